@@ -1,0 +1,23 @@
+"""Configuration: ``get_cfg()`` and the validation of a finished config."""
+
+from fima.config.config import CfgNode
+from fima.config.validation import ConfigError, validate_cfg
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of every default: the framework's and each core component's own section.
+
+    A project adds its sections with its own ``add_*_config(cfg)`` before merging its YAML.
+    """
+    from fima.config.defaults import _C
+    from fima.data.datasets.synthetic import add_synthetic_config
+    from fima.modeling.backbone.tiny import add_tiny3d_config
+    from fima.modeling.ssl.moco import add_moco_config
+
+    cfg = _C.clone()
+    for add_config in (add_tiny3d_config, add_moco_config, add_synthetic_config):
+        add_config(cfg)
+    return cfg
+
+
+__all__ = ["CfgNode", "ConfigError", "get_cfg", "validate_cfg"]

@@ -1,0 +1,127 @@
+"""Framework-wide defaults. Each method, backbone, head and dataset adds its own section next to
+its code (``add_*_config``), and :func:`fima.config.get_cfg` collects them."""
+
+from fima.config.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# A name in SSL_METHOD_REGISTRY: the method builds its own backbone and heads.
+_C.MODEL.META_ARCHITECTURE = "MoCo"
+# "auto" takes the GPU of this process when there is one, else the CPU.
+_C.MODEL.DEVICE = "auto"
+# Weights to initialise from: a fima checkpoint path/URL or a model-zoo name. Empty: from scratch.
+_C.MODEL.WEIGHTS = ""
+# Run encoders in channels_last_3d memory format (faster convolutions on CPU and GPU).
+_C.MODEL.CHANNELS_LAST = True
+
+_C.MODEL.BACKBONE = CN()
+# A name in BACKBONE_REGISTRY (I3D, R2Plus1D18, R3D18, Tiny3D, or your own).
+_C.MODEL.BACKBONE.NAME = "I3D"
+
+_C.MODEL.PROJECTOR = CN()
+# A name in HEAD_REGISTRY. The projector maps backbone features to contrastive embeddings.
+_C.MODEL.PROJECTOR.NAME = "ProjectionHead"
+_C.MODEL.PROJECTOR.HIDDEN_DIM = 1024
+_C.MODEL.PROJECTOR.OUT_DIM = 128
+
+# ---------------------------------------------------------------------------------------------
+# Input: what a clip is and the CPU-side spatial augmentation (RECIPE.md §1)
+# ---------------------------------------------------------------------------------------------
+_C.INPUT = CN()
+_C.INPUT.NUM_FRAMES = 16
+# Stride between sampled frames; a pretraining window spans NUM_FRAMES * SAMPLING_RATE frames.
+_C.INPUT.SAMPLING_RATE = 2
+_C.INPUT.CROP_SIZE = 224
+_C.INPUT.CROP_SCALE = (0.2, 1.0)
+_C.INPUT.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_C.INPUT.FLIP_PROB = 0.5
+# Test-time: resize the short side to TEST_SHORT_SIDE, take a centre crop of TEST_CROP_FRACTION of
+# it, resize that to CROP_SIZE (RECIPE.md §9: 256 x 0.875).
+_C.INPUT.TEST_SHORT_SIDE = 256
+_C.INPUT.TEST_CROP_FRACTION = 0.875
+_C.INPUT.MEAN = (0.43216, 0.394666, 0.37645)
+_C.INPUT.STD = (0.22803, 0.22145, 0.216989)
+
+# Device-side video augmentation, the same parameters on every frame of a clip (RECIPE.md §2).
+_C.INPUT.AUG = CN()
+_C.INPUT.AUG.GRAYSCALE_PROB = 0.2
+# brightness, contrast, saturation, hue
+_C.INPUT.AUG.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
+_C.INPUT.AUG.COLOR_JITTER_PROB = 0.8
+_C.INPUT.AUG.BLUR_PROB = 0.5
+_C.INPUT.AUG.BLUR_SIGMA = (0.1, 2.0)
+# Kernel size = the odd number nearest BLUR_KERNEL_FRACTION * CROP_SIZE (at least 3).
+_C.INPUT.AUG.BLUR_KERNEL_FRACTION = 0.1
+# True: sigma drawn per clip (the fix). False: drawn once when the model is built (reference).
+_C.INPUT.AUG.BLUR_SIGMA_PER_CLIP = True
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+_C.DATA = CN()
+# A name in DATASET_REGISTRY.
+_C.DATA.DATASET = "SyntheticMotion"
+# Dataset root. Empty for the synthetic dataset means the cache directory (see DATASETS.md).
+_C.DATA.ROOT = ""
+# Official split/fold (UCF101, HMDB51: 1, 2 or 3).
+_C.DATA.SPLIT = 1
+_C.DATA.TRAIN_SPLIT = "train"
+_C.DATA.TEST_SPLIT = "test"
+_C.DATA.NUM_WORKERS = 2
+# Bad videos are retried and skipped; more than this fraction of bad videos seen stops the run.
+_C.DATA.MAX_BAD_FRACTION = 0.05
+_C.DATA.DECODE_RETRIES = 2
+
+# ---------------------------------------------------------------------------------------------
+# Solver
+# ---------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "SGD"
+_C.SOLVER.BASE_LR = 0.01
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+# Clips per optimizer step summed over all processes (must divide by the world size).
+_C.SOLVER.IMS_PER_BATCH = 64
+_C.SOLVER.MAX_EPOCHS = 100
+# If > 0, the run length in iterations, overriding MAX_EPOCHS (benchmarks, tests, quick starts).
+_C.SOLVER.MAX_ITER = 0
+# "cosine" or "step" (multiply by GAMMA at each epoch in STEPS).
+_C.SOLVER.LR_SCHEDULER = "cosine"
+_C.SOLVER.STEPS = ()
+_C.SOLVER.GAMMA = 0.1
+# "epoch": the learning rate changes at epoch boundaries (the reference); "iter": every step.
+_C.SOLVER.SCHEDULE_UNIT = "epoch"
+_C.SOLVER.CHECKPOINT_PERIOD = 1000
+# Periodic checkpoints kept on disk (the final one is always kept). 0 keeps all.
+_C.SOLVER.MAX_TO_KEEP = 3
+# Micro-batches per optimizer step: each process runs IMS_PER_BATCH / (world size * ACCUM_STEPS)
+# clips at a time. Queues and the key-encoder momentum update once per optimizer step.
+_C.SOLVER.ACCUM_STEPS = 1
+_C.SOLVER.AMP = CN()
+# Autocast the encoders to AMP.DTYPE; losses, masks and queues stay in float32.
+_C.SOLVER.AMP.ENABLED = True
+# "bfloat16" (CPU with AMX, recent GPUs) or "float16" (GPU only, with a gradient scaler).
+_C.SOLVER.AMP.DTYPE = "bfloat16"
+
+# ---------------------------------------------------------------------------------------------
+# Test / evaluation
+# ---------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Evaluate every EVAL_PERIOD iterations and at the end; 0 only at the end (if an evaluator exists).
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.NUM_CLIPS = 10
+_C.TEST.IMS_PER_BATCH = 8
+
+# ---------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./output"
+# Negative: draw a seed at start-up (it is logged and written into OUTPUT_DIR/config.yaml).
+_C.SEED = -1
+_C.LOG_PERIOD = 20

@@ -1,0 +1,169 @@
+"""Validation of a finished config, once at start-up, with one-line messages naming the key."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from fima.config.config import CfgNode
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError("KEY: message")`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _range(values: Sequence[float], key: str, low: float, high: float) -> None:
+    require(
+        len(values) == 2 and low <= values[0] <= values[1] <= high,
+        key,
+        f"must be (min, max) with {low} <= min <= max <= {high}, got {tuple(values)}",
+    )
+
+
+def _probability(value: float, key: str) -> None:
+    require(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")
+
+
+def _is_local_path(path: str) -> bool:
+    return "://" not in path
+
+
+def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
+    """Check a finished config before anything is built.
+
+    Checks the framework's keys here, then asks the chosen method, backbone and dataset classes
+    for their own checks (a ``validate_config(cfg, world_size)`` classmethod, where they have one).
+
+    Raises:
+        ConfigError: the first problem found, as ``"KEY: what is wrong and what is allowed"``.
+        KeyError: a registry name (method, backbone, dataset) that is not registered.
+    """
+    from fima.data.datasets.build import DATASET_REGISTRY
+    from fima.modeling.backbone.build import BACKBONE_REGISTRY
+    from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
+
+    solver = cfg.SOLVER
+    batch = solver.IMS_PER_BATCH
+    require(batch > 0, "SOLVER.IMS_PER_BATCH", f"must be positive, got {batch}")
+    accum = solver.ACCUM_STEPS
+    require(accum >= 1, "SOLVER.ACCUM_STEPS", f"must be >= 1, got {accum}")
+    require(
+        batch % (world_size * accum) == 0,
+        "SOLVER.IMS_PER_BATCH",
+        f"{batch} must be divisible by the number of processes ({world_size}) times "
+        f"SOLVER.ACCUM_STEPS ({accum})",
+    )
+    require(solver.BASE_LR > 0, "SOLVER.BASE_LR", f"must be positive, got {solver.BASE_LR}")
+    require(solver.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", "must be >= 0")
+    require(solver.OPTIMIZER in ("SGD", "AdamW"), "SOLVER.OPTIMIZER", "must be 'SGD' or 'AdamW'")
+    require(
+        solver.MAX_EPOCHS > 0 or solver.MAX_ITER > 0,
+        "SOLVER.MAX_EPOCHS",
+        "must be positive (or set SOLVER.MAX_ITER > 0)",
+    )
+    require(solver.MAX_ITER >= 0, "SOLVER.MAX_ITER", f"must be >= 0, got {solver.MAX_ITER}")
+    require(
+        solver.LR_SCHEDULER in ("cosine", "step"),
+        "SOLVER.LR_SCHEDULER",
+        f"must be 'cosine' or 'step', got {solver.LR_SCHEDULER!r}",
+    )
+    require(
+        solver.SCHEDULE_UNIT in ("epoch", "iter"),
+        "SOLVER.SCHEDULE_UNIT",
+        f"must be 'epoch' or 'iter', got {solver.SCHEDULE_UNIT!r}",
+    )
+    require(
+        list(solver.STEPS) == sorted(solver.STEPS) and all(s > 0 for s in solver.STEPS),
+        "SOLVER.STEPS",
+        f"must be increasing positive epochs, got {tuple(solver.STEPS)}",
+    )
+    require(solver.CHECKPOINT_PERIOD > 0, "SOLVER.CHECKPOINT_PERIOD", "must be positive")
+    require(solver.MAX_TO_KEEP >= 0, "SOLVER.MAX_TO_KEEP", "must be >= 0 (0 keeps all)")
+    require(
+        solver.AMP.DTYPE in ("bfloat16", "float16"),
+        "SOLVER.AMP.DTYPE",
+        f"must be 'bfloat16' or 'float16', got {solver.AMP.DTYPE!r}",
+    )
+
+    inp = cfg.INPUT
+    require(inp.NUM_FRAMES > 0, "INPUT.NUM_FRAMES", f"must be positive, got {inp.NUM_FRAMES}")
+    require(inp.SAMPLING_RATE > 0, "INPUT.SAMPLING_RATE", "must be positive")
+    require(inp.CROP_SIZE > 0, "INPUT.CROP_SIZE", f"must be positive, got {inp.CROP_SIZE}")
+    _range(inp.CROP_SCALE, "INPUT.CROP_SCALE", 1e-6, 1.0)
+    _range(inp.CROP_RATIO, "INPUT.CROP_RATIO", 1e-6, float("inf"))
+    _probability(inp.FLIP_PROB, "INPUT.FLIP_PROB")
+    require(0 < inp.TEST_CROP_FRACTION <= 1, "INPUT.TEST_CROP_FRACTION", "must be in (0, 1]")
+    require(len(inp.MEAN) == 3 and len(inp.STD) == 3, "INPUT.MEAN/STD", "need 3 values each")
+    require(all(s > 0 for s in inp.STD), "INPUT.STD", "must be positive")
+    aug = inp.AUG
+    _probability(aug.GRAYSCALE_PROB, "INPUT.AUG.GRAYSCALE_PROB")
+    _probability(aug.COLOR_JITTER_PROB, "INPUT.AUG.COLOR_JITTER_PROB")
+    _probability(aug.BLUR_PROB, "INPUT.AUG.BLUR_PROB")
+    require(
+        len(aug.COLOR_JITTER) == 4
+        and all(v >= 0 for v in aug.COLOR_JITTER)
+        and aug.COLOR_JITTER[3] <= 0.5,
+        "INPUT.AUG.COLOR_JITTER",
+        "must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5",
+    )
+    _range(aug.BLUR_SIGMA, "INPUT.AUG.BLUR_SIGMA", 1e-6, float("inf"))
+
+    data = cfg.DATA
+    require(data.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", "must be >= 0")
+    require(0 <= data.MAX_BAD_FRACTION <= 1, "DATA.MAX_BAD_FRACTION", "must be in [0, 1]")
+    require(data.DECODE_RETRIES >= 0, "DATA.DECODE_RETRIES", "must be >= 0")
+    if data.ROOT and data.DATASET != "SyntheticMotion":
+        require(
+            os.path.isdir(os.path.expanduser(data.ROOT)),
+            "DATA.ROOT",
+            f"directory {data.ROOT!r} does not exist (see DATASETS.md for each layout)",
+        )
+    if (
+        cfg.MODEL.WEIGHTS
+        and _is_local_path(cfg.MODEL.WEIGHTS)
+        and cfg.MODEL.WEIGHTS.endswith((".pth", ".pt", ".pkl"))
+    ):
+        require(
+            os.path.isfile(os.path.expanduser(cfg.MODEL.WEIGHTS)),
+            "MODEL.WEIGHTS",
+            f"file {cfg.MODEL.WEIGHTS!r} does not exist",
+        )
+    require(cfg.TEST.NUM_CLIPS > 0, "TEST.NUM_CLIPS", "must be positive")
+    require(cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", "must be >= 0 (0: at the end only)")
+    require(bool(cfg.OUTPUT_DIR), "OUTPUT_DIR", "must not be empty")
+    require(
+        cfg.MODEL.DEVICE in ("auto", "cpu") or cfg.MODEL.DEVICE.startswith("cuda"),
+        "MODEL.DEVICE",
+        f"must be 'auto', 'cpu' or 'cuda[:N]', got {cfg.MODEL.DEVICE!r}",
+    )
+
+    backbone_cls = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)
+    strides = getattr(backbone_cls, "output_strides", None)
+    if strides is not None:
+        temporal, spatial = strides(cfg)
+        require(
+            spatial <= inp.CROP_SIZE,
+            "INPUT.CROP_SIZE",
+            f"{inp.CROP_SIZE} is smaller than the spatial stride {spatial} of "
+            f"{cfg.MODEL.BACKBONE.NAME}; use at least {spatial}",
+        )
+        require(
+            temporal <= inp.NUM_FRAMES,
+            "INPUT.NUM_FRAMES",
+            f"{inp.NUM_FRAMES} is shorter than the temporal stride {temporal} of "
+            f"{cfg.MODEL.BACKBONE.NAME}; use at least {temporal}",
+        )
+    for component in (
+        SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE),
+        backbone_cls,
+        DATASET_REGISTRY.get(cfg.DATA.DATASET),
+    ):
+        check = getattr(component, "validate_config", None)
+        if check is not None:
+            check(cfg, world_size)

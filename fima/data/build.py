@@ -1,0 +1,416 @@
+"""Data loaders: ``build_pretrain_loader``, ``build_train_loader`` and ``build_test_loader``.
+
+Every random choice of a training sample (window positions, crops, flips, replacement of a bad
+video) comes from a generator seeded by ``(seed, epoch, position in epoch)``. A batch is therefore
+the same whatever the number of workers, and a resumed run, which restarts the sampler at the
+iteration it stopped, sees exactly the data that the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fima.config.config import CfgNode
+from fima.data.bad_videos import BadVideoTracker
+from fima.data.datasets.build import VideoDataset, build_dataset
+from fima.data.decoder import DecodeError, VideoInfo, decode_frames
+from fima.data.index import build_index, default_index_path
+from fima.data.sampling import (
+    random_window_start,
+    uniform_clip_starts,
+    view_positions,
+    window_indices,
+)
+from fima.data.transforms import center_crop, random_crop_flip
+from fima.utils import comm
+from fima.utils.env import shared_seed
+
+logger = logging.getLogger(__name__)
+
+# Sample key: (video index, epoch, position of the sample within the epoch).
+SampleKey = tuple[int, int, int]
+
+
+class TrainingBatchSampler(Sampler[list[SampleKey]]):
+    """Endless batches for one rank; epoch ``e`` is a permutation seeded by ``(seed, e)``.
+
+    Each epoch the permutation is cut to a multiple of ``world_size * batch_size`` (the rest of
+    the videos is dropped for that epoch, as ``drop_last`` does) and rank ``r`` takes every
+    ``world_size``-th video from ``r``. ``start_iter`` skips the batches already consumed.
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        start_iter: int = 0,
+    ) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle = shuffle
+        self.start_iter = start_iter
+        self.iters_per_epoch = len(self.indices) // (world_size * batch_size)
+        if self.iters_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.indices)} usable videos cannot fill one batch of {batch_size} on each "
+                f"of {world_size} processes; lower SOLVER.IMS_PER_BATCH or use more data"
+            )
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This rank's video indices for ``epoch``, in order: ``[iters_per_epoch * batch_size]``."""
+        order = self.indices
+        if self.shuffle:
+            order = order[np.random.default_rng([self.seed, epoch]).permutation(len(order))]
+        used = self.iters_per_epoch * self.batch_size * self.world_size
+        return order[:used][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        iteration = self.start_iter
+        epoch, order = -1, self.indices
+        while True:
+            batch_epoch, step = divmod(iteration, self.iters_per_epoch)
+            if batch_epoch != epoch:
+                epoch, order = batch_epoch, self.epoch_order(batch_epoch)
+            first = step * self.batch_size
+            yield [
+                (int(order[first + k]), epoch, self.rank + (first + k) * self.world_size)
+                for k in range(self.batch_size)
+            ]
+            iteration += 1
+
+    def __len__(self) -> int:
+        return self.iters_per_epoch
+
+
+class WindowClips(Dataset):
+    """Training samples: ``num_windows`` random windows of a video with the requested views.
+
+    A sample is a dict:
+
+    - ``global``: ``[W, 3, T, S, S]`` uint8, ``global_box``: ``[W, 4]`` (W = ``num_windows``);
+    - ``local`` (if asked): ``[W, 2, 3, T, S, S]`` uint8, the two halves of each window;
+    - ``label``, ``index``: the video's label and dataset index;
+    - ``bad_videos``: ``[(path, reason), ...]`` skipped while producing this sample.
+    """
+
+    max_replacements = 10
+
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        infos: list[VideoInfo | None],
+        cfg: CfgNode,
+        views: Sequence[str],
+        num_windows: int,
+        seed: int,
+    ) -> None:
+        self.dataset, self.infos = dataset, infos
+        self.views = tuple(views)
+        self.num_windows = num_windows
+        self.seed = seed
+        self.cfg = cfg
+        self.num_frames = cfg.INPUT.NUM_FRAMES
+        self.sampling_rate = cfg.INPUT.SAMPLING_RATE
+        self.window = self.num_frames * self.sampling_rate
+        self.retries = cfg.DATA.DECODE_RETRIES
+        self.valid = np.array([i for i, info in enumerate(infos) if info is not None])
+        self.positions = {v: view_positions(v, self.num_frames, self.sampling_rate) for v in views}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey) -> dict[str, Any]:
+        index, epoch, position = key
+        rng = np.random.default_rng([self.seed, epoch, position])
+        bad: list[tuple[str, str]] = []
+        for replacement in range(self.max_replacements):
+            if replacement:
+                index = int(self.valid[rng.integers(len(self.valid))])
+            path = self.dataset[index].path
+            reason = ""
+            for _ in range(1 + self.retries):
+                try:
+                    sample = self._load(index, rng)
+                except DecodeError as err:
+                    reason = str(err)
+                    continue
+                sample["bad_videos"] = bad
+                return sample
+            bad.append((path, reason))
+        raise DecodeError(
+            f"{self.max_replacements} videos in a row could not be decoded, last {path}: {reason}"
+        )
+
+    def _load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        record, info = self.dataset[index], self.infos[index]
+        assert info is not None
+        windows = [
+            window_indices(
+                random_window_start(info.num_frames, self.window, rng),
+                self.window,
+                info.num_frames,
+            )
+            for _ in range(self.num_windows)
+        ]
+        # Decode only the frames that the requested views use (MoCo's global views need every
+        # SAMPLING_RATE-th frame; FIMA's local views need them all).
+        wanted = {
+            (view, w, c): windows[w][positions]
+            for view, clips in self.positions.items()
+            for w in range(self.num_windows)
+            for c, positions in enumerate(clips)
+        }
+        needed = np.unique(np.concatenate(list(wanted.values())))
+        frames = decode_frames(record.path, needed.tolist())
+        sample: dict[str, Any] = {
+            "label": torch.tensor(record.label),
+            "index": torch.tensor(index),
+        }
+        for view, clips in self.positions.items():
+            crops, boxes = [], []
+            for w in range(self.num_windows):
+                for c in range(len(clips)):
+                    rows = torch.from_numpy(np.searchsorted(needed, wanted[view, w, c]))
+                    crop, box = random_crop_flip(frames[rows], self.cfg, rng)
+                    crops.append(crop)
+                    boxes.append(box)
+            shape = (self.num_windows, len(clips)) if view == "local" else (self.num_windows,)
+            sample[view] = torch.stack(crops).view(*shape, *crops[0].shape)
+            sample[f"{view}_box"] = torch.stack(boxes).view(*shape, 4)
+        return sample
+
+
+class TestClips(Dataset):
+    """Test samples: ``TEST.NUM_CLIPS`` uniformly spaced centre-cropped clips of a video.
+
+    ``global`` is ``[K, 3, T, S, S]`` uint8; ``valid`` is False (and ``global`` zeros) for a video
+    that could not be decoded, which evaluators list and leave out of their denominators.
+    """
+
+    def __init__(self, dataset: VideoDataset, infos: list[VideoInfo | None], cfg: CfgNode) -> None:
+        self.dataset, self.infos, self.cfg = dataset, infos, cfg
+        self.num_clips = cfg.TEST.NUM_CLIPS
+        self.window = cfg.INPUT.NUM_FRAMES * cfg.INPUT.SAMPLING_RATE
+        self.positions = view_positions("global", cfg.INPUT.NUM_FRAMES, cfg.INPUT.SAMPLING_RATE)[0]
+        self.retries = cfg.DATA.DECODE_RETRIES
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record, info = self.dataset[index], self.infos[index]
+        sample: dict[str, Any] = {"label": torch.tensor(record.label), "index": torch.tensor(index)}
+        reason = "header unreadable"
+        for _ in range(1 + self.retries if info is not None else 0):
+            try:
+                sample["global"] = self._load(record.path, info)
+                sample["valid"] = torch.tensor(True)
+                sample["bad_videos"] = []
+                return sample
+            except DecodeError as err:
+                reason = str(err)
+        size = self.cfg.INPUT.CROP_SIZE
+        sample["global"] = torch.zeros(
+            self.num_clips, 3, self.cfg.INPUT.NUM_FRAMES, size, size, dtype=torch.uint8
+        )
+        sample["valid"] = torch.tensor(False)
+        sample["bad_videos"] = [(record.path, reason)]
+        return sample
+
+    def _load(self, path: str, info: VideoInfo) -> torch.Tensor:
+        starts = uniform_clip_starts(info.num_frames, self.window, self.num_clips)
+        indices = np.concatenate(
+            [window_indices(s, self.window, info.num_frames)[self.positions] for s in starts]
+        )
+        frames = decode_frames(path, indices.tolist())
+        frames = frames.view(self.num_clips, len(self.positions), *frames.shape[1:])
+        return torch.stack([center_crop(clip, self.cfg) for clip in frames])
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors of equal keys along a new batch dim; concatenate the ``bad_videos`` lists."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if key == "bad_videos":
+            batch[key] = [item for v in values for item in v]
+        else:
+            batch[key] = torch.stack(values)
+    return batch
+
+
+class TrainLoader:
+    """An endless iterable of training batches that knows its position, for exact resume.
+
+    Checkpointable: ``state_dict()`` holds the sampler seed and the number of batches handed
+    out. Batches that workers prefetched but the trainer never took are not counted, so a
+    resumed run re-creates exactly the batches that followed.
+    """
+
+    def __init__(
+        self,
+        dataset: WindowClips,
+        batch_size: int,
+        *,
+        seed: int,
+        num_workers: int,
+        tracker: BadVideoTracker,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tracker = tracker
+        self.pin_memory = pin_memory
+        self.position = 0
+        self._sampler = self._make_sampler()
+
+    def _make_sampler(self) -> TrainingBatchSampler:
+        return TrainingBatchSampler(
+            self.dataset.valid,
+            self.batch_size,
+            seed=self.seed,
+            rank=comm.get_rank(),
+            world_size=comm.get_world_size(),
+            start_iter=self.position,
+        )
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return self._sampler.iters_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.seed = self.seed
+        self._sampler = self._make_sampler()
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self._sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+            # A generator of its own keeps the loader from drawing on the global torch RNG.
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=_worker_init,
+        )
+        for batch in loader:
+            self.position += 1
+            self.tracker.record_seen(self.batch_size)
+            for path, reason in batch.pop("bad_videos"):
+                self.tracker.record_bad(path, reason)
+            self.tracker.check()
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = int(state["seed"])
+        self.position = int(state["position"])
+        self._sampler = self._make_sampler()
+
+
+def _worker_init(worker_id: int) -> None:
+    # Decoding and resizing in a worker should not fight the trainer for cores.
+    torch.set_num_threads(1)
+
+
+def load_index(
+    cfg: CfgNode, dataset: VideoDataset, tracker: BadVideoTracker
+) -> list[VideoInfo | None]:
+    """The header index of ``dataset`` (cached), with unusable videos recorded as bad."""
+    infos, bad = build_index(dataset, default_index_path(dataset, cfg.OUTPUT_DIR))
+    for path, reason in bad.items():
+        tracker.record_bad(path, reason)
+    if len(bad) == len(infos):
+        raise RuntimeError(f"No readable video in {dataset!r}; see the warnings above")
+    return infos
+
+
+def _tracker(cfg: CfgNode) -> BadVideoTracker:
+    return BadVideoTracker(
+        cfg.DATA.MAX_BAD_FRACTION, os.path.join(cfg.OUTPUT_DIR, "bad_videos.txt")
+    )
+
+
+def _batch_per_rank(cfg: CfgNode) -> int:
+    """Clips per process per micro-batch: IMS_PER_BATCH / (world size x ACCUM_STEPS)."""
+    total, accum, world = cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.ACCUM_STEPS, comm.get_world_size()
+    if total % (world * accum):
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total} must be divisible by the world size {world} times "
+            f"SOLVER.ACCUM_STEPS={accum}"
+        )
+    return total // (world * accum)
+
+
+def build_window_loader(
+    cfg: CfgNode, views: Sequence[str], num_windows: int, split: str | None = None
+) -> TrainLoader:
+    """An endless training loader of ``num_windows`` windows per video with ``views``."""
+    dataset = build_dataset(cfg, split or cfg.DATA.TRAIN_SPLIT)
+    tracker = _tracker(cfg)
+    infos = load_index(cfg, dataset, tracker)
+    logger.info("Training on %r (%d readable)", dataset, sum(i is not None for i in infos))
+    seed = shared_seed(cfg.SEED)
+    clips = WindowClips(dataset, infos, cfg, views, num_windows, seed=seed)
+    return TrainLoader(
+        clips,
+        _batch_per_rank(cfg),
+        seed=seed,
+        num_workers=cfg.DATA.NUM_WORKERS,
+        tracker=tracker,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build_pretrain_loader(cfg: CfgNode, views: Sequence[str] | None = None) -> TrainLoader:
+    """Two random windows per video per epoch with the views the SSL method asks for.
+
+    Args:
+        cfg: the finished config.
+        views: the views to produce (``"global"``, ``"local"``); by default those that
+            ``cfg.MODEL.META_ARCHITECTURE`` declares in its ``input_views(cfg)``.
+    """
+    if views is None:
+        from fima.modeling.ssl.build import SSL_METHOD_REGISTRY  # data does not import modeling
+
+        views = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE).input_views(cfg)
+    return build_window_loader(cfg, views, num_windows=2)
+
+
+def build_train_loader(cfg: CfgNode) -> TrainLoader:
+    """One random window per video per epoch (supervised fine-tuning / linear probing)."""
+    return build_window_loader(cfg, ("global",), num_windows=1)
+
+
+def build_test_loader(cfg: CfgNode, split: str | None = None) -> DataLoader:
+    """Every video of ``split`` once, as ``TEST.NUM_CLIPS`` centre-cropped clips, in order.
+
+    Under DDP each rank gets an interleaved share; evaluators gather and de-duplicate by index.
+    """
+    dataset = build_dataset(cfg, split or cfg.DATA.TEST_SPLIT)
+    infos = load_index(cfg, dataset, _tracker(cfg))
+    rank, world = comm.get_rank(), comm.get_world_size()
+    shard = list(range(rank, len(dataset), world))
+    return DataLoader(
+        torch.utils.data.Subset(TestClips(dataset, infos, cfg), shard),
+        batch_size=max(cfg.TEST.IMS_PER_BATCH // world, 1),
+        num_workers=cfg.DATA.NUM_WORKERS,
+        collate_fn=collate_samples,
+        worker_init_fn=_worker_init,
+    )

@@ -1,0 +1,160 @@
+"""Clip transforms: crops with boxes and flips on the CPU, batched video augmentation on the device.
+
+CPU side (per view, per sample): ``RandomResizedCrop`` that also returns the crop box in the
+source frame, normalised as RECIPE.md §1 says, then a horizontal flip that swaps ``x1`` and
+``x2``; or, for testing, a short-side resize and a centre crop. Clips stay uint8 until the device.
+
+Device side (per batch): :class:`VideoAugmentation`, kornia's video augmentation with one draw of
+parameters per clip shared by all its frames, then normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import kornia.augmentation as K
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fima.config.config import CfgNode
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop sampling: a region ``(top, left, h, w)`` of the frame.
+
+    Ten tries at a random area fraction in ``scale`` and aspect ratio in ``ratio`` (log-uniform);
+    if none fits, a centre crop with the aspect ratio clamped to ``ratio``.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_box(top: int, left: int, h: int, w: int, height: int, width: int) -> torch.Tensor:
+    """The crop's box ``(x1, y1, x2, y2)`` in the source frame, normalised by ``(W-1, H-1)``."""
+    sx, sy = max(width - 1, 1), max(height - 1, 1)
+    return torch.tensor(
+        [left / sx, top / sy, (left + w - 1) / sx, (top + h - 1) / sy], dtype=torch.float32
+    )
+
+
+def resized_crop(
+    frames: torch.Tensor, top: int, left: int, h: int, w: int, size: int
+) -> torch.Tensor:
+    """Crop ``frames`` ``[T, H, W, 3]`` uint8, resize: ``[3, T, size, size]`` uint8."""
+    region = frames[:, top : top + h, left : left + w].permute(0, 3, 1, 2).float()
+    if (h, w) != (size, size):
+        region = F.interpolate(
+            region, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+    return region.round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+
+def random_crop_flip(
+    frames: torch.Tensor, cfg: CfgNode, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RandomResizedCrop + horizontal flip of one view.
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8.
+        cfg: uses ``INPUT.CROP_SIZE``, ``CROP_SCALE``, ``CROP_RATIO``, ``FLIP_PROB``.
+        rng: the sample's generator.
+
+    Returns:
+        The clip ``[3, T, S, S]`` uint8 and its box ``[4]`` (``x1 > x2`` when flipped).
+    """
+    height, width = frames.shape[1], frames.shape[2]
+    top, left, h, w = random_resized_crop_params(
+        height, width, tuple(cfg.INPUT.CROP_SCALE), tuple(cfg.INPUT.CROP_RATIO), rng
+    )
+    clip = resized_crop(frames, top, left, h, w, cfg.INPUT.CROP_SIZE)
+    box = crop_box(top, left, h, w, height, width)
+    if rng.random() < cfg.INPUT.FLIP_PROB:
+        clip = clip.flip(-1)
+        box = box[[2, 1, 0, 3]]
+    return clip, box
+
+
+def center_crop(frames: torch.Tensor, cfg: CfgNode) -> torch.Tensor:
+    """Test-time view: the centre square of side ``TEST_CROP_FRACTION * short side``, resized to
+    ``CROP_SIZE`` (the same as resizing the short side to ``TEST_SHORT_SIDE`` first).
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8.
+
+    Returns:
+        ``[3, T, S, S]`` uint8.
+    """
+    height, width = frames.shape[1], frames.shape[2]
+    side = max(int(round(min(height, width) * cfg.INPUT.TEST_CROP_FRACTION)), 1)
+    return resized_crop(
+        frames, (height - side) // 2, (width - side) // 2, side, side, cfg.INPUT.CROP_SIZE
+    )
+
+
+def blur_kernel_size(cfg: CfgNode) -> int:
+    """The odd kernel size nearest ``BLUR_KERNEL_FRACTION * CROP_SIZE``, at least 3."""
+    size = int(round(cfg.INPUT.AUG.BLUR_KERNEL_FRACTION * cfg.INPUT.CROP_SIZE))
+    return max(size + (1 - size % 2), 3)
+
+
+class VideoAugmentation(nn.Module):
+    """Device-side augmentation of a clip batch (RECIPE.md §2.2), one parameter draw per clip.
+
+    RandomGrayscale, ColorJitter, GaussianBlur (kornia, applied with the same parameters to every
+    frame of a clip), then normalisation with ``INPUT.MEAN`` / ``INPUT.STD``. Draws use the torch
+    RNG of the input's device, so a resumed run continues the same augmentation stream.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        aug = cfg.INPUT.AUG
+        sigma = tuple(aug.BLUR_SIGMA)
+        if not aug.BLUR_SIGMA_PER_CLIP:
+            # The reference draws one sigma when the model is built and keeps it for the run.
+            fixed = float(
+                np.random.default_rng(cfg.SEED if cfg.SEED >= 0 else None).uniform(*sigma)
+            )
+            sigma = (fixed, fixed)
+        kernel = blur_kernel_size(cfg)
+        self.augment = K.VideoSequential(
+            K.RandomGrayscale(p=aug.GRAYSCALE_PROB),
+            K.ColorJitter(*aug.COLOR_JITTER, p=aug.COLOR_JITTER_PROB),
+            K.RandomGaussianBlur((kernel, kernel), sigma, p=aug.BLUR_PROB),
+            data_format="BCTHW",
+            same_on_frame=True,
+        )
+        self.register_buffer("mean", torch.tensor(cfg.INPUT.MEAN).view(1, 3, 1, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.INPUT.STD).view(1, 3, 1, 1, 1), False)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """Augment and normalise ``clips`` ``[N, 3, T, H, W]`` float in [0, 1]; same shape out."""
+        return self.normalize(self.augment(clips))
+
+    def normalize(self, clips: torch.Tensor) -> torch.Tensor:
+        """Only the normalisation (evaluation inputs): ``[N, 3, T, H, W]`` in, same shape out."""
+        return (clips - self.mean) / self.std

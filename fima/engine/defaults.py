@@ -1,0 +1,344 @@
+"""``DefaultTrainer``, ``default_argument_parser`` and ``default_setup``: the standard way to
+train and evaluate from a config, used by ``tools/train_net.py`` and by projects."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+import time
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from fima.checkpoint import Checkpointer, atomic_write
+from fima.config import CfgNode, validate_cfg
+from fima.data.bad_videos import BadVideoTracker
+from fima.engine import hooks
+from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
+from fima.engine.train_loop import SimpleTrainer, autocast_dtype
+from fima.modeling import build_model
+from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
+from fima.utils import comm
+from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
+from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from fima.utils.logger import setup_logger
+
+logger = logging.getLogger(__name__)
+
+
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """The command line of ``tools/train_net.py`` (and of projects' entry points)."""
+    parser = argparse.ArgumentParser(
+        epilog=epilog
+        or (
+            "Examples:\n"
+            "  python tools/train_net.py --config-file configs/Quickstart/moco_synthetic.yaml\n"
+            "  python tools/train_net.py --config-file cfg.yaml --resume\n"
+            "  python tools/train_net.py --config-file cfg.yaml --eval-only MODEL.WEIGHTS m.pth\n"
+            "  python tools/train_net.py --config-file cfg.yaml --num-gpus 2 SOLVER.BASE_LR 0.02\n"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in OUTPUT_DIR (else start from MODEL.WEIGHTS)",
+    )
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file first, e.g. one that registers a backbone "
+        "(may be repeated); its add_config(cfg), if it defines one, adds its config keys",
+    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument(
+        "--dist-url",
+        default="auto",
+        help="rendezvous URL for multi-process runs ('auto': a free port on this machine)",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="time limit of any collective: if a rank dies, the others fail after this",
+    )
+    parser.add_argument(
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.1",
+    )
+    return parser
+
+
+def _preserve_previous_config(path: str, new_text: str) -> None:
+    """Keep a differing ``config.yaml`` of an earlier run as ``config.<time>.yaml``."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        if f.read() == new_text:
+            return
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
+    os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
+
+
+def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
+    """Prepare a run: output dir, logging, seed, validation, ``config.yaml``; freezes ``cfg``.
+
+    A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used.
+
+    Raises:
+        ConfigError: the config is invalid (the message names the key).
+        FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
+            given (starting over would overwrite them).
+    """
+    output_dir = cfg.OUTPUT_DIR
+    rank = comm.get_rank()
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    comm.synchronize()
+    setup_logger(output_dir, distributed_rank=rank, name="fima")
+    setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    logger.info(
+        "Rank %d of %d; Python %s; torch %s; %d CPU threads; CUDA: %s",
+        rank,
+        comm.get_world_size(),
+        sys.version.split()[0],
+        torch.__version__,
+        torch.get_num_threads(),
+        torch.cuda.is_available(),
+    )
+    if args is not None:
+        logger.info("Command line arguments: %s", args)
+    if cfg.is_frozen():
+        cfg.defrost()
+    cfg.SEED = shared_seed(cfg.SEED)
+    validate_cfg(cfg, comm.get_world_size())
+    resuming = args is not None and (args.resume or args.eval_only)
+    if not resuming and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+        raise FileExistsError(
+            f"OUTPUT_DIR {output_dir} already holds a run (last_checkpoint). Pass --resume to "
+            "continue it, or set OUTPUT_DIR to another directory; nothing was overwritten."
+        )
+    text = cfg.dump()
+    if comm.is_main_process():
+        path = os.path.join(output_dir, "config.yaml")
+        _preserve_previous_config(path, text)
+        atomic_write(path, lambda f: f.write(text), mode="w")
+        logger.info("Full config saved to %s", path)
+    seed_all_rng(cfg.SEED + rank)
+    cfg.freeze()
+    return cfg
+
+
+def resolve_device(cfg: CfgNode) -> torch.device:
+    """``MODEL.DEVICE`` as a device: ``auto`` is this process's GPU if there is one, else CPU."""
+    if cfg.MODEL.DEVICE == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    return torch.device(cfg.MODEL.DEVICE)
+
+
+def create_ddp_model(model: nn.Module, device: torch.device, **kwargs: Any) -> nn.Module:
+    """Wrap in DistributedDataParallel when the world size is > 1, else return the model.
+
+    Buffers are not broadcast each step: queues are kept identical by all-gathers, and each
+    rank keeps its own BatchNorm statistics (as MoCo does).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    kwargs.setdefault("broadcast_buffers", False)
+    if device.type == "cuda":
+        kwargs.setdefault("device_ids", [device.index])
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+class DefaultTrainer(SimpleTrainer):
+    """Training from a config with the standard hooks (see :meth:`build_hooks`).
+
+    It builds the model (``build_model``), its optimizer and LR schedule, the method's own
+    training loader, wraps DDP when needed, and runs ``SimpleTrainer``'s step. Subclass and
+    override a ``build_*`` method to change one piece.
+
+    Example::
+
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg)
+        method = self.build_model(cfg).to(self.device)
+        optimizer = self.build_optimizer(cfg, method)
+        data_loader = self.build_train_loader(cfg)
+        accum = cfg.SOLVER.ACCUM_STEPS
+        super().__init__(
+            create_ddp_model(method, self.device),
+            data_loader,
+            optimizer,
+            amp=cfg.SOLVER.AMP.ENABLED,
+            amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE),
+            accum_steps=accum,
+            device_type=self.device.type,
+        )
+        self.method = method
+        self.iters_per_epoch = max(data_loader.iters_per_epoch // accum, 1)
+        self.max_iter = max_iterations(cfg, self.iters_per_epoch)
+        self.scheduler = self.build_lr_scheduler(
+            cfg, optimizer, self.max_iter, self.iters_per_epoch
+        )
+        self.checkpointer = Checkpointer(
+            method,
+            cfg.OUTPUT_DIR,
+            save_to_disk=comm.is_main_process(),
+            trainer=weakref.proxy(self),
+            scheduler=self.scheduler,
+            data_loader=data_loader,
+        )
+        self.start_iter = 0
+        self.register_hooks(self.build_hooks())
+        logger.info(
+            "%s: %d iterations (%d per epoch) of %d clips",
+            cfg.MODEL.META_ARCHITECTURE,
+            self.max_iter,
+            self.iters_per_epoch,
+            cfg.SOLVER.IMS_PER_BATCH,
+        )
+
+    def train(self) -> dict[str, float]:
+        """Run from ``start_iter`` to ``max_iter``; return the last evaluation results, if any."""
+        super().train(self.start_iter, self.max_iter)
+        for hook in self.hooks:
+            if isinstance(hook, hooks.EvalHook):
+                return hook.latest
+        return {}
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["rng"] = get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "rng" in state:
+            set_rng_state(state["rng"])
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With ``resume``, continue from the newest readable checkpoint of OUTPUT_DIR if there
+        is one; otherwise initialise the model from ``MODEL.WEIGHTS`` (if set)."""
+        if resume and self.checkpointer.resume() is not None:
+            self.start_iter = self.iter + 1
+            return
+        if self.cfg.MODEL.WEIGHTS:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+
+    # -- builders --------------------------------------------------------------------------------
+    @classmethod
+    def method_class(cls, cfg: CfgNode) -> type:
+        return SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        model = build_model(cfg)
+        logger.info(
+            "Model %s: %.2fM trainable parameters",
+            cfg.MODEL.META_ARCHITECTURE,
+            sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+        )
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(
+        cls, cfg: CfgNode, optimizer: torch.optim.Optimizer, max_iter: int, iters_per_epoch: int
+    ) -> Any:
+        return build_lr_scheduler(cfg, optimizer, max_iter, iters_per_epoch)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        """The method's own training loader (``build_train_loader(cfg)`` of its class)."""
+        return cls.method_class(cfg).build_train_loader(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, model: nn.Module) -> Any | None:
+        """The method's evaluator (``build_evaluator(cfg)``), or None if it has none."""
+        build = getattr(comm.unwrap_model(model), "build_evaluator", None)
+        return build(cfg) if build is not None else None
+
+    def build_writers(self) -> list[EventWriter]:
+        """Console with ETA, ``metrics.json`` and TensorBoard, all in OUTPUT_DIR."""
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardWriter(self.cfg.OUTPUT_DIR),
+        ]
+
+    def build_hooks(self) -> list[hooks.HookBase | None]:
+        """The standard hooks, in the order they must run."""
+        cfg = self.cfg
+        tracker: BadVideoTracker | None = getattr(self.data_loader, "tracker", None)
+        build_method_hooks = getattr(self.method, "build_hooks", None)
+        evaluator = self.build_evaluator(cfg, self.method)
+        return [
+            # First, so that a step's time includes every other hook.
+            hooks.IterationTimer(),
+            hooks.LRScheduler(self.optimizer, self.scheduler),
+            # The method's own hooks (momentum update before the step, queue update after it)
+            # come before checkpointing, so that a checkpoint holds the updated queues.
+            *(build_method_hooks(cfg) if build_method_hooks is not None else []),
+            hooks.NonFiniteLossGuard(),
+            hooks.BadVideoReport(tracker, cfg.LOG_PERIOD) if tracker is not None else None,
+            hooks.PeriodicCheckpointer(
+                self.checkpointer,
+                cfg.SOLVER.CHECKPOINT_PERIOD,
+                max_to_keep=cfg.SOLVER.MAX_TO_KEEP or None,
+            ),
+            # Evaluate after checkpointing, so that a crash in evaluation loses no training.
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.model, evaluator))
+            if evaluator is not None
+            else None,
+            # Write last, so that the writers see what every other hook put this iteration.
+            hooks.PeriodicWriter(self.build_writers(), cfg.LOG_PERIOD)
+            if comm.is_main_process()
+            else None,
+        ]
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluator: Any | None = None) -> dict[str, float]:
+        """Run the method's evaluator on ``model``; return flat ``{metric: value}`` results."""
+        evaluator = evaluator or cls.build_evaluator(cfg, model)
+        if evaluator is None:
+            raise RuntimeError(
+                f"{cfg.MODEL.META_ARCHITECTURE} defines no evaluator (build_evaluator). Evaluate "
+                "its backbone with a linear-probe or retrieval config instead."
+            )
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        try:
+            results = evaluator.evaluate(comm.unwrap_model(model))
+        finally:
+            model.train(was_training)
+        logger.info("Evaluation took %.1f s: %s", time.perf_counter() - start, results)
+        return results

@@ -1,0 +1,225 @@
+"""Training hooks: timing, LR schedule, key-encoder momentum, queues, checkpoints, evaluation,
+writers and the non-finite loss guard."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
+from fvcore.common.timer import Timer
+
+from fima.engine.train_loop import HookBase
+from fima.utils import comm
+from fima.utils.events import EventWriter
+
+logger = logging.getLogger(__name__)
+
+
+class IterationTimer(HookBase):
+    """Put the duration of each step (``time``) into the storage; log the total at the end.
+
+    Register it first, so that the step time includes the other hooks' work.
+    """
+
+    def __init__(self, warmup_iter: int = 3) -> None:
+        self._warmup_iter = warmup_iter
+        self._step_timer = Timer()
+        self._start_time = time.perf_counter()
+        self._total_timer = Timer()
+
+    def before_train(self) -> None:
+        self._start_time = time.perf_counter()
+        self._total_timer.reset()
+        self._total_timer.pause()
+
+    def after_train(self) -> None:
+        total = time.perf_counter() - self._start_time
+        hook_time = total - self._total_timer.seconds()
+        num_iter = self.trainer.storage.iter + 1 - self.trainer.start_iter - self._warmup_iter
+        if num_iter > 0 and self._total_timer.seconds() > 0:
+            logger.info(
+                "Total training time: %s (%.4f s / it over %d iterations)",
+                datetime.timedelta(seconds=int(total)),
+                self._total_timer.seconds() / num_iter,
+                num_iter,
+            )
+        logger.info(
+            "Total time outside steps (hooks, start-up): %s",
+            datetime.timedelta(seconds=int(hook_time)),
+        )
+
+    def before_step(self) -> None:
+        self._step_timer.reset()
+        self._total_timer.resume()
+
+    def after_step(self) -> None:
+        iter_done = self.trainer.storage.iter - self.trainer.start_iter + 1
+        if iter_done >= self._warmup_iter:
+            self.trainer.storage.put_scalar("time", self._step_timer.seconds())
+        else:
+            self._start_time = time.perf_counter()
+            self._total_timer.reset()
+        self._total_timer.pause()
+
+
+class LRScheduler(HookBase):
+    """Step the learning-rate scheduler after every iteration and record ``lr``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        self._optimizer = optimizer
+        self.scheduler = scheduler
+
+    def after_step(self) -> None:
+        self.trainer.storage.put_scalar(
+            "lr", self._optimizer.param_groups[0]["lr"], smoothing_hint=False
+        )
+        self.scheduler.step()
+
+
+class MomentumSchedule(HookBase):
+    """Update the key encoder by momentum before every step (runs on all ranks).
+
+    ``constant`` uses ``base`` throughout; ``cosine`` raises it from ``base`` to 1 over the run
+    (``m = 1 - (1 - base) * (cos(pi * t / T) + 1) / 2``). The model must define
+    ``momentum_update(m)``.
+    """
+
+    def __init__(self, base: float, schedule: str = "constant") -> None:
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"momentum schedule must be 'constant' or 'cosine', got {schedule!r}")
+        self.base = base
+        self.schedule = schedule
+
+    def momentum_at(self, iteration: int, max_iter: int) -> float:
+        if self.schedule == "constant":
+            return self.base
+        return 1.0 - (1.0 - self.base) * (math.cos(math.pi * iteration / max_iter) + 1.0) / 2.0
+
+    def before_step(self) -> None:
+        momentum = self.momentum_at(self.trainer.iter, self.trainer.max_iter)
+        comm.unwrap_model(self.trainer.model).momentum_update(momentum)
+        self.trainer.storage.put_scalar("momentum", momentum, smoothing_hint=False)
+
+
+class QueueUpdate(HookBase):
+    """Enqueue the keys of the step's batches once per optimizer step (runs on all ranks: the
+    queues all-gather). The model must define ``update_queues()``."""
+
+    def after_step(self) -> None:
+        comm.unwrap_model(self.trainer.model).update_queues()
+
+
+class NonFiniteLossGuard(HookBase):
+    """Stop every rank, before the optimizer step, when any rank's loss is NaN or infinite.
+
+    Runs on all ranks (one tiny all-reduce per step), so all of them stop at the same iteration;
+    the weights are not updated and the last checkpoint on disk stays intact.
+    """
+
+    def after_backward(self) -> None:
+        losses = self.trainer.loss_dict
+        bad = not all(math.isfinite(v) for v in losses.values())
+        flag = comm.all_reduce_tensor(
+            torch.tensor([float(bad)], device=comm.collective_device()), op="max"
+        )
+        if flag.item() > 0:
+            terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(losses.items()))
+            where = "this rank" if bad else "another rank"
+            raise FloatingPointError(
+                f"Loss became non-finite at iteration {self.trainer.iter} on {where} "
+                f"(this rank's terms: {terms}); stopping all ranks. The last checkpoint on disk "
+                "is intact: lower the learning rate or check the data, then resume."
+            )
+
+
+class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
+    """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one
+    (fvcore's logic as a hook). A run that stops early leaves its last periodic checkpoint.
+
+    Runs on all ranks (only rank 0's checkpointer writes), so that any collective gathering of
+    state happens everywhere.
+    """
+
+    def before_train(self) -> None:
+        self.max_iter = self.trainer.max_iter
+
+    def after_step(self) -> None:
+        self.step(self.trainer.iter)
+
+
+class EvalHook(HookBase):
+    """Run ``eval_function()`` every ``period`` iterations and after the last one; put its flat
+    ``{name: float}`` results into the storage. Runs on all ranks (evaluators gather)."""
+
+    def __init__(self, period: int, eval_function: Callable[[], dict[str, float]]) -> None:
+        self._period = period
+        self._func = eval_function
+        self.latest: dict[str, float] = {}
+
+    def _do_eval(self) -> None:
+        results = self._func() or {}
+        for name, value in results.items():
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"Evaluation result {name}={value!r} is not a finite number")
+            self.trainer.storage.put_scalar(name, value, smoothing_hint=False)
+        self.latest = dict(results)
+        comm.synchronize()
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if (
+            self._period > 0
+            and next_iter % self._period == 0
+            and next_iter != self.trainer.max_iter
+        ):
+            self._do_eval()
+
+    def after_train(self) -> None:
+        if self.trainer.iter >= self.trainer.max_iter:
+            self._do_eval()
+
+
+class PeriodicWriter(HookBase):
+    """Call the writers every ``period`` iterations, at the last one and at the end (rank 0)."""
+
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
+        self._writers = list(writers)
+        self._period = period
+
+    def after_step(self) -> None:
+        if (
+            self.trainer.iter + 1
+        ) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
+            for writer in self._writers:
+                writer.write()
+
+    def after_train(self) -> None:
+        for writer in self._writers:
+            writer.write()
+            writer.close()
+
+
+class BadVideoReport(HookBase):
+    """Write ``bad_videos.txt`` every ``period`` iterations and at the end, and put the count of
+    bad videos into the storage. Runs on all ranks (the lists are gathered)."""
+
+    def __init__(self, tracker: Any, period: int) -> None:
+        self.tracker = tracker
+        self._period = period
+
+    def after_step(self) -> None:
+        if (self.trainer.iter + 1) % self._period == 0:
+            self._report()
+
+    def after_train(self) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        self.tracker.write()
+        self.trainer.storage.put_scalar("bad_videos", self.tracker.bad_events, smoothing_hint=False)

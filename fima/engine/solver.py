@@ -1,0 +1,90 @@
+"""Optimizer and learning-rate schedule from the config (fvcore param schedulers)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from fvcore.common.param_scheduler import (
+    CosineParamScheduler,
+    MultiStepParamScheduler,
+    ParamScheduler,
+)
+from torch import nn
+
+from fima.config.config import CfgNode
+
+
+def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay, optional Nesterov) or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    solver = cfg.SOLVER
+    if solver.OPTIMIZER == "SGD":
+        return torch.optim.SGD(
+            params,
+            lr=solver.BASE_LR,
+            momentum=solver.MOMENTUM,
+            weight_decay=solver.WEIGHT_DECAY,
+            nesterov=solver.NESTEROV,
+        )
+    return torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
+
+
+class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
+    """Learning rate = base LR x ``multiplier(progress)``, stepped once per iteration.
+
+    With ``unit > 1`` (iterations per epoch) the progress only advances at unit boundaries, so
+    the learning rate is constant within an epoch, as in the reference.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        multiplier: ParamScheduler,
+        max_iter: int,
+        unit: int = 1,
+        last_iter: int = -1,
+    ) -> None:
+        self._multiplier = multiplier
+        self._max_iter = max_iter
+        self._unit = max(unit, 1)
+        super().__init__(optimizer, last_epoch=last_iter)
+
+    def state_dict(self) -> dict:
+        # The multiplier is rebuilt from the config; only the position matters.
+        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def get_lr(self) -> list[float]:
+        step = (self.last_epoch // self._unit) * self._unit
+        factor = self._multiplier(min(step / self._max_iter, 1.0 - 1e-9))
+        return [base * factor for base in self.base_lrs]
+
+
+def build_lr_scheduler(
+    cfg: CfgNode, optimizer: torch.optim.Optimizer, max_iter: int, iters_per_epoch: int
+) -> LRMultiplier:
+    """The schedule of ``SOLVER.LR_SCHEDULER`` over ``max_iter`` iterations.
+
+    ``cosine`` decays to 0 (no warm-up, RECIPE.md §8); ``step`` multiplies by ``GAMMA`` at each
+    epoch in ``STEPS``. ``SCHEDULE_UNIT: epoch`` holds the rate constant within an epoch.
+    """
+    solver = cfg.SOLVER
+    if solver.LR_SCHEDULER == "cosine":
+        multiplier: ParamScheduler = CosineParamScheduler(1.0, 0.0)
+    else:
+        milestones = [int(step * iters_per_epoch) for step in solver.STEPS]
+        milestones = sorted({m for m in milestones if 0 < m < max_iter})
+        multiplier = MultiStepParamScheduler(
+            values=[solver.GAMMA**k for k in range(len(milestones) + 1)],
+            num_updates=max_iter,
+            milestones=milestones,
+        )
+    unit = iters_per_epoch if solver.SCHEDULE_UNIT == "epoch" else 1
+    return LRMultiplier(optimizer, multiplier, max_iter, unit=unit)
+
+
+def max_iterations(cfg: CfgNode, iters_per_epoch: int) -> int:
+    """``SOLVER.MAX_ITER`` if set, else ``MAX_EPOCHS`` epochs of ``iters_per_epoch``."""
+    if cfg.SOLVER.MAX_ITER > 0:
+        return int(cfg.SOLVER.MAX_ITER)
+    return int(math.ceil(cfg.SOLVER.MAX_EPOCHS * iters_per_epoch))

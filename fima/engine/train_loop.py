@@ -1,0 +1,251 @@
+"""The training loop: ``HookBase``, ``TrainerBase`` and ``SimpleTrainer``.
+
+``TrainerBase.train`` is the whole loop: inside ``with EventStorage(start_iter)`` it calls the
+hooks around each ``run_step``. ``SimpleTrainer.run_step`` is one optimizer step: fetch data, run
+the model under autocast when mixed precision is on, sum the losses, backward (through a gradient
+scaler for float16), then step the optimizer; with gradient accumulation the data/forward/backward
+part repeats ``accum_steps`` times per optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from fima.utils import comm
+from fima.utils.events import EventStorage, get_event_storage
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """A hook is called around every step of the loop.
+
+    The order is ``before_train``, then per iteration ``before_step``, ``after_backward`` (after
+    the backward pass of all micro-batches, before the optimizer step) and ``after_step``, and
+    finally ``after_train``. ``self.trainer`` is a weak proxy of the trainer, set on registration.
+    A hook that runs a collective operation must run on every rank, and says so in its docstring.
+    """
+
+    trainer: Any = None
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_backward(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint; only hooks that return a non-empty dict are saved."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class TrainerBase:
+    """Iteration-based training with hooks.
+
+    Attributes:
+        iter: the current iteration (``start_iter <= iter < max_iter`` during training).
+        start_iter, max_iter: the range of this run.
+        storage: the ``EventStorage`` of the run.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: list[HookBase] = []
+        self.iter = 0
+        self.start_iter = 0
+        self.max_iter = 0
+        self.storage: EventStorage
+
+    def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
+        """Append hooks (None entries are skipped); they run in registration order."""
+        for hook in hooks:
+            if hook is None:
+                continue
+            # A weak proxy: the trainer owns the hooks, not the other way round.
+            hook.trainer = weakref.proxy(self)
+            self._hooks.append(hook)
+
+    @property
+    def hooks(self) -> list[HookBase]:
+        return list(self._hooks)
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                # After the loop ``iter`` is max_iter, so that after_train sees a finished run.
+                self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+
+    def before_train(self) -> None:
+        for hook in self._hooks:
+            hook.before_train()
+
+    def after_train(self) -> None:
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            hook.after_train()
+
+    def before_step(self) -> None:
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            hook.before_step()
+
+    def after_backward(self) -> None:
+        for hook in self._hooks:
+            hook.after_backward()
+
+    def after_step(self) -> None:
+        for hook in self._hooks:
+            hook.after_step()
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        hooks = {}
+        for hook in self._hooks:
+            state = hook.state_dict()
+            if state:
+                hooks[type(hook).__qualname__] = state
+        return {"iteration": self.iter, "hooks": hooks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iter = state["iteration"]
+        for name, hook_state in state.get("hooks", {}).items():
+            for hook in self._hooks:
+                if type(hook).__qualname__ == name:
+                    hook.load_state_dict(hook_state)
+                    break
+            else:
+                logger.warning("Cannot find a hook %s to restore its state", name)
+
+
+def autocast_dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+class SimpleTrainer(TrainerBase):
+    """One optimizer step per iteration for a model that returns a dict of losses.
+
+    Args:
+        model: returns ``dict[str, Tensor]`` of losses in training mode.
+        data_loader: an endless iterable of batches.
+        optimizer: a torch optimizer.
+        amp: autocast the forward to ``amp_dtype`` (losses inside the model opt out and stay in
+            float32); float16 adds a gradient scaler.
+        amp_dtype: ``torch.bfloat16`` or ``torch.float16``.
+        accum_steps: micro-batches per optimizer step. Under DDP the gradients are synchronised
+            only on the last one.
+        device_type: ``"cpu"`` or ``"cuda"``, for autocast and the scaler.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data_loader: Iterable[Any],
+        optimizer: torch.optim.Optimizer,
+        *,
+        amp: bool = False,
+        amp_dtype: torch.dtype = torch.bfloat16,
+        accum_steps: int = 1,
+        device_type: str = "cpu",
+    ) -> None:
+        super().__init__()
+        model.train()
+        self.model = model
+        self.data_loader = data_loader
+        self._data_loader_iter_obj: Iterator[Any] | None = None
+        self.optimizer = optimizer
+        self.amp = amp
+        self.amp_dtype = amp_dtype
+        self.accum_steps = accum_steps
+        self.device_type = device_type
+        self.grad_scaler = torch.amp.GradScaler(
+            device_type, enabled=amp and amp_dtype == torch.float16 and device_type == "cuda"
+        )
+        self.loss_dict: dict[str, float] = {}
+
+    @property
+    def _data_loader_iter(self) -> Iterator[Any]:
+        # Created on first use, after a resume has restored the loader's position.
+        if self._data_loader_iter_obj is None:
+            self._data_loader_iter_obj = iter(self.data_loader)
+        return self._data_loader_iter_obj
+
+    def run_step(self) -> None:
+        assert self.model.training, "SimpleTrainer: the model was switched to eval mode"
+        self.optimizer.zero_grad(set_to_none=True)
+        data_time = 0.0
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(self.accum_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            last = micro == self.accum_steps - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not isinstance(self.model, nn.parallel.DistributedDataParallel)
+                else self.model.no_sync()
+            )
+            with sync:
+                with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+                    loss_dict = self.model(data)
+                losses = sum(loss_dict.values())
+                self.grad_scaler.scale(losses / self.accum_steps).backward()
+            for name, value in loss_dict.items():
+                totals[name] = totals.get(name, 0) + value.detach() / self.accum_steps
+        self.loss_dict = {name: float(value) for name, value in totals.items()}
+        self.after_backward()
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self._write_metrics(self.loss_dict, data_time)
+
+    def _write_metrics(self, loss_dict: Mapping[str, float], data_time: float) -> None:
+        """Put losses and data time, averaged over ranks, into the storage."""
+        metrics = comm.reduce_dict_mean({**loss_dict, "data_time": data_time})
+        storage = get_event_storage()
+        storage.put_scalar("data_time", metrics.pop("data_time"))
+        storage.put_scalar("total_loss", sum(metrics.values()))
+        storage.put_scalars(**metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])

@@ -1,0 +1,61 @@
+"""The backbone registry, the ``Backbone`` base class and ``build_backbone``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.utils.registry import Registry
+
+BACKBONE_REGISTRY = Registry("BACKBONE")
+BACKBONE_REGISTRY.__doc__ = """
+Registry of video backbones.
+
+An entry is called as ``cls(cfg)`` and returns a :class:`Backbone` (any ``nn.Module`` with an
+``out_channels: int`` attribute works) whose ``forward(x)`` maps a clip batch ``[B, 3, T, H, W]`` to
+its last feature map ``[B, C, T', H', W']`` with ``C == out_channels``. Heads size themselves from
+``out_channels``, so any registered backbone works with every SSL method without touching them.
+"""
+
+
+class Backbone(nn.Module):
+    """Base class of fima's backbones.
+
+    Attributes:
+        out_channels: channels ``C`` of the returned feature map.
+        temporal_stride: ``T / T'`` for inputs whose length divides by it.
+        spatial_stride: ``H / H'`` for inputs whose size divides by it.
+    """
+
+    out_channels: int
+    temporal_stride: int = 1
+    spatial_stride: int = 1
+
+    @classmethod
+    def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:
+        """``(temporal_stride, spatial_stride)`` of this backbone under ``cfg``, without building
+        it (start-up validation checks the input size against them)."""
+        return cls.temporal_stride, cls.spatial_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Map ``x`` ``[B, 3, T, H, W]`` to the last feature map ``[B, C, T', H', W']``."""
+        raise NotImplementedError
+
+
+def build_backbone(cfg: CfgNode) -> nn.Module:
+    """Build the backbone named by ``cfg.MODEL.BACKBONE.NAME``.
+
+    Raises:
+        KeyError: no backbone of that name is registered (the message lists the known ones).
+        TypeError: the entry returned something without an integer ``out_channels``.
+    """
+    name = cfg.MODEL.BACKBONE.NAME
+    backbone = BACKBONE_REGISTRY.get(name)(cfg)
+    if not isinstance(backbone, nn.Module) or not isinstance(
+        getattr(backbone, "out_channels", None), int
+    ):
+        raise TypeError(
+            f"Backbone {name!r} must be an nn.Module with an integer 'out_channels' attribute"
+        )
+    return backbone

@@ -1,0 +1,97 @@
+"""I3D: Inception-v1 inflated to 3-D (Carreira & Zisserman, 2017), as used by FAME and FIMA."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.modeling.backbone.build import BACKBONE_REGISTRY, Backbone
+
+# (output channels of branch 0, 1a, 1b, 2a, 2b, 3) of each Inception block, in order.
+_MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
+    ("mixed_3b", (64, 96, 128, 16, 32, 32)),
+    ("mixed_3c", (128, 128, 192, 32, 96, 64)),
+    ("mixed_4b", (192, 96, 208, 16, 48, 64)),
+    ("mixed_4c", (160, 112, 224, 24, 64, 64)),
+    ("mixed_4d", (128, 128, 256, 24, 64, 64)),
+    ("mixed_4e", (112, 144, 288, 32, 64, 64)),
+    ("mixed_4f", (256, 160, 320, 32, 128, 128)),
+    ("mixed_5b", (256, 160, 320, 32, 128, 128)),
+    ("mixed_5c", (384, 192, 384, 48, 128, 128)),
+)
+
+
+class Unit3D(nn.Sequential):
+    """Conv3d (no bias) + BatchNorm3d + ReLU with 'same' padding for odd kernels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+    ) -> None:
+        padding = tuple(k // 2 for k in kernel_size)
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3)
+        self.relu = nn.ReLU(inplace=True)
+
+
+class InceptionBlock(nn.Module):
+    """Four parallel branches (1x1; 1x1-3x3; 1x1-3x3; pool-1x1) concatenated on channels."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]) -> None:
+        super().__init__()
+        w0, w1a, w1b, w2a, w2b, w3 = widths
+        self.b0 = Unit3D(in_channels, w0)
+        self.b1a = Unit3D(in_channels, w1a)
+        self.b1b = Unit3D(w1a, w1b, (3, 3, 3))
+        self.b2a = Unit3D(in_channels, w2a)
+        self.b2b = Unit3D(w2a, w2b, (3, 3, 3))
+        self.b3a = nn.MaxPool3d(3, stride=1, padding=1)
+        self.b3b = Unit3D(in_channels, w3)
+        self.out_channels = w0 + w1b + w2b + w3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))],
+            dim=1,
+        )
+
+
+@BACKBONE_REGISTRY.register()
+class I3D(Backbone):
+    """Inception-v1 I3D up to ``Mixed_5c``: 1024 channels, time /8, space /32.
+
+    12,287,264 parameters. Padding follows TensorFlow's 'same' rule, so a side of ``n`` becomes
+    ``ceil(n / stride)`` at every strided layer (16x224x224 -> 2x7x7, 16x112x112 -> 2x4x4).
+    """
+
+    out_channels = 1024
+    temporal_stride = 8
+    spatial_stride = 32
+
+    def __init__(self, cfg: CfgNode | None = None) -> None:
+        super().__init__()
+        self.conv_1a = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+        self.pool_2a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.conv_2b = Unit3D(64, 64)
+        self.conv_2c = Unit3D(64, 192, (3, 3, 3))
+        self.pool_3a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        in_channels = 192
+        for name, widths in _MIXED_BLOCKS:
+            if name == "mixed_4b":
+                self.pool_4a = nn.MaxPool3d(3, stride=2, padding=1)
+            elif name == "mixed_5b":
+                self.pool_5a = nn.MaxPool3d(2, stride=2, ceil_mode=True)
+            block = InceptionBlock(in_channels, widths)
+            self.add_module(name, block)
+            in_channels = block.out_channels
+        self._layers = [n for n, _ in self.named_children()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self._layers:
+            x = getattr(self, name)(x)
+        return x

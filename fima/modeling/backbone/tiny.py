@@ -1,0 +1,71 @@
+"""Tiny3D: a small 3-D ResNet for tests, quick starts and CPU benchmarks (well under 1M weights)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.config.config import CfgNode as CN
+from fima.modeling.backbone.build import BACKBONE_REGISTRY, Backbone
+from fima.modeling.backbone.resnet3d import BasicBlock, conv3d_simple, init_conv_bn
+
+
+def add_tiny3d_config(cfg: CfgNode) -> None:
+    """``MODEL.TINY3D``: stage widths and strides of :class:`Tiny3D`."""
+    cfg.MODEL.TINY3D = CN()
+    # Channels of the stem and of each stage; the last is out_channels.
+    cfg.MODEL.TINY3D.WIDTHS = (16, 32, 64, 128)
+    # Per stage (stem first): temporal and spatial strides. Defaults: time /4, space /16.
+    cfg.MODEL.TINY3D.TEMPORAL_STRIDES = (1, 1, 2, 2)
+    cfg.MODEL.TINY3D.SPATIAL_STRIDES = (2, 2, 2, 2)
+
+
+@BACKBONE_REGISTRY.register()
+class Tiny3D(Backbone):
+    """A 3x3x3 stem and one residual block per further stage, sized by ``MODEL.TINY3D``."""
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        widths = tuple(cfg.MODEL.TINY3D.WIDTHS)
+        t_strides = tuple(cfg.MODEL.TINY3D.TEMPORAL_STRIDES)
+        s_strides = tuple(cfg.MODEL.TINY3D.SPATIAL_STRIDES)
+        if not (len(widths) == len(t_strides) == len(s_strides) >= 1):
+            raise ValueError(
+                "MODEL.TINY3D.WIDTHS, TEMPORAL_STRIDES and SPATIAL_STRIDES must have the same "
+                f"length >= 1, got {len(widths)}, {len(t_strides)}, {len(s_strides)}"
+            )
+        self.stem = nn.Sequential(
+            nn.Conv3d(
+                3,
+                widths[0],
+                3,
+                stride=(t_strides[0], s_strides[0], s_strides[0]),
+                padding=1,
+                bias=False,
+            ),
+            nn.BatchNorm3d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        self.stages = nn.Sequential(
+            *(
+                BasicBlock(widths[i - 1], widths[i], conv3d_simple, (t, s, s))
+                for i, (t, s) in enumerate(zip(t_strides, s_strides))
+                if i > 0
+            )
+        )
+        self.out_channels = widths[-1]
+        self.temporal_stride, self.spatial_stride = self.output_strides(cfg)
+        init_conv_bn(self)
+
+    @classmethod
+    def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:
+        return (
+            math.prod(cfg.MODEL.TINY3D.TEMPORAL_STRIDES),
+            math.prod(cfg.MODEL.TINY3D.SPATIAL_STRIDES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))

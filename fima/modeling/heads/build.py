@@ -1,0 +1,21 @@
+"""The head registry and ``build_head``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.utils.registry import Registry
+
+HEAD_REGISTRY = Registry("HEAD")
+HEAD_REGISTRY.__doc__ = """
+Registry of heads: projection heads, the motion decoder, classifiers.
+
+An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the backbone's
+``out_channels``, and returns an ``nn.Module``. A head reads its sizes from its own config section.
+"""
+
+
+def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
+    """Build the head registered as ``name`` for a backbone with ``in_channels`` channels."""
+    return HEAD_REGISTRY.get(name)(cfg, in_channels)

@@ -1,0 +1,39 @@
+"""The projection head shared by the global and dense branches (RECIPE.md §3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.modeling.heads.build import HEAD_REGISTRY
+
+
+@HEAD_REGISTRY.register()
+class ProjectionHead(nn.Module):
+    """Average over time, then 1x1 conv C->HIDDEN, ReLU, 1x1 conv HIDDEN->OUT, L2-normalise.
+
+    Being 1x1 convolutions, it applies per spatial position: :meth:`forward` projects every cell
+    of a feature map (dense embeddings), :meth:`embed` the globally pooled feature.
+    """
+
+    def __init__(self, cfg: CfgNode, in_channels: int) -> None:
+        super().__init__()
+        hidden, out = cfg.MODEL.PROJECTOR.HIDDEN_DIM, cfg.MODEL.PROJECTOR.OUT_DIM
+        self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(hidden, out, 1)
+        self.out_dim = out
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Project ``[N, C, H, W]`` to L2-normalised ``[N, OUT, H, W]`` (float32)."""
+        return F.normalize(self.fc2(self.relu(self.fc1(x))).float(), dim=1)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Dense embeddings of a feature map ``[N, C, T, H, W]``: ``[N, OUT, H, W]``."""
+        return self.project(feat.mean(dim=2))
+
+    def embed(self, feat: torch.Tensor) -> torch.Tensor:
+        """Global embedding of a feature map ``[N, C, T, H, W]``: ``[N, OUT]``."""
+        return self.project(feat.mean(dim=(2, 3, 4))[:, :, None, None]).flatten(1)

@@ -1,0 +1,59 @@
+"""The SSL method registry, the ``SSLMethod`` base class and ``build_model``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.utils.registry import Registry
+
+SSL_METHOD_REGISTRY = Registry("SSL_METHOD")
+SSL_METHOD_REGISTRY.__doc__ = """
+Registry of training methods (self-supervised methods and the supervised classifier).
+
+An entry is called as ``cls(cfg)`` and returns an ``nn.Module`` whose ``forward(batch: dict)``
+returns, in training mode, a ``dict[str, Tensor]`` of losses that the trainer sums. A method owns
+what it needs beyond that, so the trainer never branches on its name:
+
+- ``input_views(cfg)`` (classmethod): the views its training batches need;
+- ``build_train_loader(cfg)`` (classmethod): its training data loader;
+- ``build_hooks(cfg)``: its training hooks (momentum update, queue updates, monitors);
+- ``build_evaluator(cfg)`` (optional): what ``--eval-only`` and the evaluation hook run.
+
+Subclassing :class:`SSLMethod` provides defaults for all of these.
+"""
+
+
+class SSLMethod(nn.Module):
+    """Base class of training methods, with the defaults of the registry contract."""
+
+    @classmethod
+    def input_views(cls, cfg: CfgNode) -> tuple[str, ...]:
+        """Views a training batch carries (see ``fima.data.sampling``)."""
+        return ("global",)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        """Two random windows per video with :meth:`input_views` (pretraining)."""
+        from fima.data import build_pretrain_loader
+
+        return build_pretrain_loader(cfg, cls.input_views(cfg))
+
+    def build_hooks(self, cfg: CfgNode) -> list[Any]:
+        """Hooks that this method needs during training, in the order they must run."""
+        return []
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def build_model(cfg: CfgNode) -> nn.Module:
+    """Build ``cfg.MODEL.META_ARCHITECTURE`` on the CPU, in training mode.
+
+    Moving it to a device, converting BatchNorm and wrapping DDP are the trainer's business.
+    """
+    return SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)

@@ -1,0 +1,185 @@
+"""The MoCo baseline: symmetric cross-window InfoNCE with a momentum key encoder and a queue."""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from fima.config.config import CfgNode
+from fima.config.config import CfgNode as CN
+from fima.data.transforms import VideoAugmentation
+from fima.modeling.backbone import build_backbone
+from fima.modeling.heads import build_head
+from fima.modeling.losses import info_nce, top1_accuracy
+from fima.modeling.queue import KeyQueue
+from fima.modeling.ssl.build import SSL_METHOD_REGISTRY, SSLMethod
+from fima.utils.events import get_event_storage, has_event_storage
+
+
+def add_moco_config(cfg: CfgNode) -> None:
+    """``MODEL.MOCO``: the instance branch shared by MoCo and FIMA."""
+    cfg.MODEL.MOCO = CN()
+    # Global queue length (RECIPE.md §7: 65536 for Kinetics-400, 2240 for UCF101). Any size works.
+    cfg.MODEL.MOCO.QUEUE_SIZE = 65536
+    # Key-encoder momentum m in theta_k <- m theta_k + (1 - m) theta_q.
+    cfg.MODEL.MOCO.MOMENTUM = 0.999
+    # "constant", or "cosine": m rises from MOMENTUM to 1 over the run (BYOL's schedule).
+    cfg.MODEL.MOCO.MOMENTUM_SCHEDULE = "constant"
+    cfg.MODEL.MOCO.TEMPERATURE = 0.1
+    # False (the fix): both instance terms see the queue before this batch's keys are enqueued.
+    # True (the reference): k_n is enqueued between the two terms, so the second term sees the
+    # batch's own keys as negatives.
+    cfg.MODEL.MOCO.ENQUEUE_BETWEEN_TERMS = False
+    # True: one encoder call for the 2B clips of windows m and n (BatchNorm statistics over 2B
+    # clips). False: one call per window, as the reference (statistics over B clips).
+    cfg.MODEL.MOCO.FUSE_WINDOWS = True
+
+
+@SSL_METHOD_REGISTRY.register()
+class MoCo(SSLMethod):
+    """MoCo baseline (RECIPE.md §3, §6 "Instance", §7).
+
+    Query and key encoder receive the same augmented RGB clip of each window; the positives are
+    across windows: ``q_m`` with ``k_n`` and ``q_n`` with ``k_m``; negatives are the global queue.
+    The key encoder is a momentum copy updated once per optimizer step, before the forward
+    (:class:`fima.engine.hooks.MomentumSchedule`); this batch's keys are enqueued after the step
+    (:class:`fima.engine.hooks.QueueUpdate`), so both loss terms see the same queue.
+
+    Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8 (windows m and n). Losses: ``loss_inst``.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        moco = cfg.MODEL.MOCO
+        self.encoder_q = build_backbone(cfg)
+        self.projector_q = build_head(cfg.MODEL.PROJECTOR.NAME, cfg, self.encoder_q.out_channels)
+        if cfg.MODEL.CHANNELS_LAST:
+            self.encoder_q.to(memory_format=torch.channels_last_3d)
+        self.encoder_k = copy.deepcopy(self.encoder_q)
+        self.projector_k = copy.deepcopy(self.projector_q)
+        for param in (*self.encoder_k.parameters(), *self.projector_k.parameters()):
+            param.requires_grad_(False)
+        self.queue = KeyQueue(moco.QUEUE_SIZE, cfg.MODEL.PROJECTOR.OUT_DIM)
+        self.augment = VideoAugmentation(cfg)
+        self.temperature = moco.TEMPERATURE
+        self.enqueue_between_terms = moco.ENQUEUE_BETWEEN_TERMS
+        self.fuse_windows = moco.FUSE_WINDOWS
+        self.channels_last = cfg.MODEL.CHANNELS_LAST
+        # Keys waiting for the end of the optimizer step, per queue attribute name.
+        self._pending_keys: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        """The instance branch's settings; raises ``ConfigError`` naming the key."""
+        from fima.config.validation import require
+
+        moco = cfg.MODEL.MOCO
+        keys_per_step = 2 * cfg.SOLVER.IMS_PER_BATCH
+        require(
+            keys_per_step <= moco.QUEUE_SIZE,
+            "MODEL.MOCO.QUEUE_SIZE",
+            f"{moco.QUEUE_SIZE} is smaller than the {keys_per_step} keys enqueued per step "
+            "(2 x SOLVER.IMS_PER_BATCH): every step would replace the whole queue",
+        )
+        require(0 <= moco.MOMENTUM < 1, "MODEL.MOCO.MOMENTUM", "must be in [0, 1)")
+        require(
+            moco.MOMENTUM_SCHEDULE in ("constant", "cosine"),
+            "MODEL.MOCO.MOMENTUM_SCHEDULE",
+            f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
+        )
+        require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
+
+    # -- hooks' entry points -----------------------------------------------------------------
+    def build_hooks(self, cfg: CfgNode) -> list[Any]:
+        """Momentum update before each step, queue update after it."""
+        from fima.engine.hooks import MomentumSchedule, QueueUpdate  # engine imports modeling
+
+        return [
+            MomentumSchedule(cfg.MODEL.MOCO.MOMENTUM, cfg.MODEL.MOCO.MOMENTUM_SCHEDULE),
+            QueueUpdate(),
+        ]
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        """``theta_k <- m * theta_k + (1 - m) * theta_q`` for every key-side parameter."""
+        for online, target in (
+            (self.encoder_q, self.encoder_k),
+            (self.projector_q, self.projector_k),
+        ):
+            q_params = [p.detach() for p in online.parameters()]
+            k_params = list(target.parameters())
+            torch._foreach_mul_(k_params, momentum)
+            torch._foreach_add_(k_params, q_params, alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def update_queues(self) -> None:
+        """Enqueue every key stashed since the last call (once per optimizer step)."""
+        for name, keys in self._pending_keys.items():
+            getattr(self, name).enqueue(torch.cat(keys))
+        self._pending_keys.clear()
+
+    def stash_keys(self, queue_name: str, keys: torch.Tensor) -> None:
+        """Keep ``keys`` for ``update_queues`` (only in training: evaluation must not enqueue)."""
+        if self.training:
+            self._pending_keys[queue_name].append(keys.detach())
+
+    # -- forward -------------------------------------------------------------------------------
+    def prepare_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, W, 3, T, S, S]`` -> window-major ``[W*B, 3, T, S, S]`` float in [0, 1]."""
+        clips = clips.to(self.device, non_blocking=True)
+        return clips.transpose(0, 1).flatten(0, 1).float().div_(255)
+
+    def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """Device augmentation + normalisation in float32, laid out for the encoders."""
+        with torch.autocast(clips.device.type, enabled=False):
+            clips = self.augment(clips)
+        if self.channels_last:
+            clips = clips.contiguous(memory_format=torch.channels_last_3d)
+        return clips
+
+    def encode(self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
+        """Run ``encoder`` on ``[W*B, 3, T, S, S]`` in one call, or per window if not fused."""
+        if self.fuse_windows or windows == 1:
+            return encoder(clips)
+        return torch.cat([encoder(part) for part in clips.chunk(windows)])
+
+    @torch.no_grad()
+    def encode_keys(self, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
+        """The key encoder's feature maps ``[N, C, T', H', W']`` (no gradient)."""
+        return self.encode(self.encoder_k, clips, windows)
+
+    def instance_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Symmetric cross-window InfoNCE against the global queue (RECIPE.md §6 "Instance").
+
+        Args:
+            q: query embeddings ``[2B, D]``, window m first then n.
+            k: key embeddings ``[2B, D]`` in the same order.
+
+        Returns:
+            ``L_inst = (CE(q_m, k_n) + CE(q_n, k_m)) / 2``; ``k_n`` then ``k_m`` are stashed for
+            the queue update after the step.
+        """
+        q_m, q_n = q.chunk(2)
+        k_m, k_n = k.chunk(2)
+        queue = self.queue()
+        loss_mn, logits_mn = info_nce(q_m, k_n, temperature=self.temperature, queue=queue)
+        if self.enqueue_between_terms:
+            queue = self.queue.peek_enqueued(k_n)
+        loss_nm, logits_nm = info_nce(q_n, k_m, temperature=self.temperature, queue=queue)
+        self.stash_keys("queue", torch.cat([k_n, k_m]))
+        if has_event_storage():
+            accuracy = (top1_accuracy(logits_mn) + top1_accuracy(logits_nm)) / 2
+            get_event_storage().put_scalar("acc_inst", accuracy)
+        return (loss_mn + loss_nm) / 2
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"loss_inst": 0-d}`` for a batch with ``global`` ``[B, 2, 3, T, S, S]`` uint8."""
+        rgb = self.augment_clips(self.prepare_clips(batch["global"]))
+        q = self.projector_q.embed(self.encode(self.encoder_q, rgb))
+        with torch.no_grad():
+            k = self.projector_k.embed(self.encode_keys(rgb))
+        return {"loss_inst": self.instance_loss(q, k)}

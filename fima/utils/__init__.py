@@ -1,0 +1,1 @@
+"""Utilities shared by every part of fima: distributed helpers, events, logging, seeding."""

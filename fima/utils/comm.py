@@ -1,0 +1,140 @@
+"""Distributed helpers that answer sensibly without a process group (world 1, rank 0).
+
+Every function here may be called from any code path: on a laptop without ``torch.distributed``
+initialised they degrade to the single-process answer, so model and engine code never branch on
+whether it runs distributed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+_LOCAL_PROCESS_GROUP: dist.ProcessGroup | None = None
+
+
+def is_distributed() -> bool:
+    """Whether a default process group exists (and so collectives are real)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_local_rank() -> int:
+    """Rank of this process within its machine (0 without a process group)."""
+    if not is_distributed() or _LOCAL_PROCESS_GROUP is None:
+        return 0
+    return dist.get_rank(group=_LOCAL_PROCESS_GROUP)
+
+
+def get_local_size() -> int:
+    """Number of processes on this machine (1 without a process group)."""
+    if not is_distributed() or _LOCAL_PROCESS_GROUP is None:
+        return 1
+    return dist.get_world_size(group=_LOCAL_PROCESS_GROUP)
+
+
+def set_local_process_group(group: dist.ProcessGroup | None) -> None:
+    """Record the group of the processes on this machine; called by ``fima.engine.launch``."""
+    global _LOCAL_PROCESS_GROUP
+    _LOCAL_PROCESS_GROUP = group
+
+
+def is_main_process() -> bool:
+    """Rank 0 is the only process that writes files."""
+    return get_rank() == 0
+
+
+def synchronize() -> None:
+    """Barrier across all processes; a no-op in one process."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+@functools.lru_cache
+def _cpu_group() -> dist.ProcessGroup:
+    """A gloo group for collectives on Python objects, whatever the default backend."""
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")
+
+
+def collective_device() -> torch.device:
+    """The device that the default backend reduces on: the current GPU for NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_gather_object(data: Any) -> list[Any]:
+    """Gather a picklable object from every rank, in rank order."""
+    if get_world_size() == 1:
+        return [data]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, data, group=_cpu_group())
+    return out
+
+
+def broadcast_object(data: Any, src: int = 0) -> Any:
+    """Return rank ``src``'s object on every rank."""
+    if get_world_size() == 1:
+        return data
+    box = [data]
+    dist.broadcast_object_list(box, src=src, group=_cpu_group())
+    return box[0]
+
+
+@torch.no_grad()
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped tensors from every rank along dim 0 (rank order), no gradient.
+
+    Args:
+        tensor: ``[N, ...]`` on this rank; every rank must pass the same shape.
+
+    Returns:
+        ``[world_size * N, ...]``; the input itself in one process.
+    """
+    world = get_world_size()
+    if world == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_tensor(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (``"sum"``, ``"max"``, ``"min"``); a no-op in one process."""
+    if get_world_size() > 1:
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        dist.all_reduce(tensor, op=ops[op])
+    return tensor
+
+
+def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
+    """Average a dict of floats over ranks; every rank gets the result."""
+    if get_world_size() == 1 or not values:
+        return dict(values)
+    keys = sorted(values)
+    stacked = torch.tensor(
+        [float(values[k]) for k in keys], dtype=torch.float64, device=collective_device()
+    )
+    all_reduce_tensor(stacked)
+    stacked /= get_world_size()
+    return {k: float(v) for k, v in zip(keys, stacked.cpu().tolist())}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        return model.module
+    return model

@@ -1,0 +1,228 @@
+"""Metrics from anywhere: an ``EventStorage`` that models and hooks write into, and its writers.
+
+Inside a training run any code may call ``get_event_storage().put_scalar("loss_dense", v)``; the
+writers (console with ETA, ``metrics.json`` with one JSON object per line, TensorBoard) read the
+storage periodically. Only rank 0 builds writers, so nothing else writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from fvcore.common.history_buffer import HistoryBuffer
+
+_CURRENT_STORAGE_STACK: list[EventStorage] = []
+
+
+def get_event_storage() -> EventStorage:
+    """The storage of the innermost ``with EventStorage():`` block.
+
+    Raises:
+        RuntimeError: outside any such block (for example a model called outside training).
+    """
+    if not _CURRENT_STORAGE_STACK:
+        raise RuntimeError("get_event_storage() must be called inside a 'with EventStorage(...)'")
+    return _CURRENT_STORAGE_STACK[-1]
+
+
+def has_event_storage() -> bool:
+    """Whether a storage is active, so that models can put metrics only when someone listens."""
+    return bool(_CURRENT_STORAGE_STACK)
+
+
+class EventStorage:
+    """Scalars (with history), images and the current iteration of a run."""
+
+    def __init__(self, start_iter: int = 0) -> None:
+        self._history: dict[str, HistoryBuffer] = defaultdict(HistoryBuffer)
+        self._smoothing_hints: dict[str, bool] = {}
+        self._latest_scalars: dict[str, tuple[float, int]] = {}
+        self._images: list[tuple[str, torch.Tensor, int]] = []
+        self._iter = start_iter
+
+    def put_scalar(
+        self, name: str, value: float | torch.Tensor, smoothing_hint: bool = True
+    ) -> None:
+        """Record ``value`` for the current iteration.
+
+        Args:
+            name: metric name, e.g. ``"loss_inst"`` or ``"knn/top1"``.
+            value: a float or a 0-d tensor (read with ``.item()``).
+            smoothing_hint: whether writers should show a windowed median rather than the raw
+                value (losses: yes; an evaluation result: no).
+        """
+        value = float(value.detach().item() if isinstance(value, torch.Tensor) else value)
+        self._history[name].update(value, self._iter)
+        self._latest_scalars[name] = (value, self._iter)
+        previous = self._smoothing_hints.setdefault(name, smoothing_hint)
+        if previous != smoothing_hint:
+            raise ValueError(f"Scalar {name!r} was put with different smoothing hints")
+
+    def put_scalars(self, *, smoothing_hint: bool = True, **values: float | torch.Tensor) -> None:
+        for name, value in values.items():
+            self.put_scalar(name, value, smoothing_hint=smoothing_hint)
+
+    def put_image(self, name: str, image: torch.Tensor) -> None:
+        """Queue an image ``[3, H, W]`` in [0, 1] for the TensorBoard writer."""
+        self._images.append((name, image.detach().cpu(), self._iter))
+
+    def pop_images(self) -> list[tuple[str, torch.Tensor, int]]:
+        images, self._images = self._images, []
+        return images
+
+    def history(self, name: str) -> HistoryBuffer:
+        if name not in self._history:
+            raise KeyError(f"No history metric available for {name!r}")
+        return self._history[name]
+
+    def histories(self) -> dict[str, HistoryBuffer]:
+        return dict(self._history)
+
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """Latest ``(value, iteration)`` of every scalar."""
+        return dict(self._latest_scalars)
+
+    def latest_with_smoothing_hint(self, window_size: int = 20) -> dict[str, tuple[float, int]]:
+        """Latest scalars, the smoothed ones replaced by their median over ``window_size``."""
+        result = {}
+        for name, (value, itr) in self._latest_scalars.items():
+            if self._smoothing_hints[name]:
+                value = self._history[name].median(window_size)
+            result[name] = (value, itr)
+        return result
+
+    @property
+    def iter(self) -> int:
+        return self._iter
+
+    @iter.setter
+    def iter(self, value: int) -> None:
+        self._iter = int(value)
+
+    def __enter__(self) -> EventStorage:
+        _CURRENT_STORAGE_STACK.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert _CURRENT_STORAGE_STACK[-1] is self
+        _CURRENT_STORAGE_STACK.pop()
+
+
+class EventWriter:
+    """Base class of the writers; ``write()`` is called periodically, ``close()`` at the end."""
+
+    def write(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONWriter(EventWriter):
+    """Append one JSON object per iteration with the scalars new since the last write."""
+
+    def __init__(self, json_file: str, window_size: int = 20) -> None:
+        self._file = open(json_file, "a")  # noqa: SIM115  (kept open for the whole run)
+        self._window_size = window_size
+        self._last_written = -1
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        by_iter: dict[int, dict[str, Any]] = defaultdict(dict)
+        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_written:
+                by_iter[itr][name] = value
+        for itr in sorted(by_iter):
+            self._file.write(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n")
+        if by_iter:
+            self._last_written = max(by_iter)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorboardWriter(EventWriter):
+    """Scalars and images to TensorBoard event files in ``log_dir``."""
+
+    def __init__(self, log_dir: str, window_size: int = 20) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir)
+        self._window_size = window_size
+        self._last_written = -1
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        newest = self._last_written
+        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
+            if itr > self._last_written:
+                self._writer.add_scalar(name, value, itr)
+                newest = max(newest, itr)
+        self._last_written = newest
+        for name, image, itr in storage.pop_images():
+            self._writer.add_image(name, image, itr)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class CommonMetricPrinter(EventWriter):
+    """Log iteration, ETA, losses, timings, learning rate and memory to the console."""
+
+    def __init__(self, max_iter: int, window_size: int = 20) -> None:
+        self._logger = logging.getLogger("fima.utils.events")
+        self._max_iter = max_iter
+        self._window_size = window_size
+        self._last_write: tuple[int, float] | None = None
+
+    def _eta(self, storage: EventStorage) -> str:
+        iteration = storage.iter
+        try:
+            seconds = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
+        except KeyError:
+            # Before the timer has data: estimate from wall time between two writes.
+            now = time.perf_counter()
+            if self._last_write is None:
+                self._last_write = (iteration, now)
+                return ""
+            last_iter, last_time = self._last_write
+            per_iter = (now - last_time) / max(iteration - last_iter, 1)
+            seconds = per_iter * (self._max_iter - iteration - 1)
+            self._last_write = (iteration, now)
+        return str(datetime.timedelta(seconds=int(seconds)))
+
+    def write(self) -> None:
+        storage = get_event_storage()
+        iteration = storage.iter
+        if iteration == self._max_iter:
+            return  # the final write after training has nothing new to say
+        histories = storage.histories()
+
+        def median(name: str) -> str:
+            return f"{histories[name].median(self._window_size):.4f}" if name in histories else ""
+
+        losses = "  ".join(
+            f"{k}: {v.median(self._window_size):.4g}"
+            for k, v in sorted(histories.items())
+            if "loss" in k
+        )
+        parts = [f"eta: {self._eta(storage)}", f"iter: {iteration}", losses]
+        if "time" in histories:
+            parts.append(f"time: {median('time')}")
+        if "data_time" in histories:
+            parts.append(f"data_time: {median('data_time')}")
+        if "lr" in histories:
+            parts.append(f"lr: {histories['lr'].latest():.5g}")
+        if torch.cuda.is_available():
+            parts.append(f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M")
+        self._logger.info("  ".join(p for p in parts if p))

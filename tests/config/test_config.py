@@ -1,0 +1,107 @@
+"""get_cfg, _BASE_ inheritance, strict keys, safe YAML and start-up validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from fima.config import ConfigError, get_cfg, validate_cfg
+from tests.conftest import tiny_cfg
+
+
+def test_defaults_follow_the_recipe() -> None:
+    cfg = get_cfg()
+    assert cfg.MODEL.MOCO.TEMPERATURE == 0.1
+    assert cfg.MODEL.MOCO.MOMENTUM == 0.999
+    assert cfg.INPUT.NUM_FRAMES * cfg.INPUT.SAMPLING_RATE == 32
+    assert cfg.INPUT.AUG.COLOR_JITTER == (0.4, 0.4, 0.4, 0.1)
+    assert cfg.SOLVER.MOMENTUM == 0.9 and cfg.SOLVER.WEIGHT_DECAY == 1e-4
+
+
+def test_base_inheritance_and_override(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n  IMS_PER_BATCH: 8\n")
+    (tmp_path / "child.yaml").write_text('_BASE_: "base.yaml"\nSOLVER:\n  IMS_PER_BATCH: 4\n')
+    cfg = get_cfg()
+    cfg.merge_from_file(str(tmp_path / "child.yaml"))
+    assert cfg.SOLVER.BASE_LR == 0.5
+    assert cfg.SOLVER.IMS_PER_BATCH == 4
+
+
+def test_unknown_key_in_file_names_key_and_file(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("SOLVER:\n  BASE_LRR: 0.1\n")
+    with pytest.raises(KeyError, match=r"SOLVER\.BASE_LRR.*bad\.yaml"):
+        get_cfg().merge_from_file(str(path))
+
+
+def test_unknown_key_on_command_line() -> None:
+    with pytest.raises(KeyError, match="MODEL.NOPE"):
+        get_cfg().merge_from_list(["MODEL.NOPE", "1"])
+
+
+def test_python_tags_are_refused(tmp_path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("SOLVER:\n  BASE_LR: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ValueError, match="Cannot read config"):
+        get_cfg().merge_from_file(str(path))
+    with pytest.raises(ValueError, match="safely"):
+        get_cfg().merge_from_file(str(path), allow_unsafe=True)
+
+
+def test_missing_and_empty_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "nope.yaml"))
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="mapping"):
+        get_cfg().merge_from_file(str(tmp_path / "empty.yaml"))
+
+
+def test_dump_round_trips(tmp_path) -> None:
+    cfg = tiny_cfg()
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.dump())
+    again = get_cfg()
+    again.merge_from_file(str(path))
+    assert again == cfg
+
+
+def test_tiny_config_is_valid() -> None:
+    validate_cfg(tiny_cfg())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "world", "message"),
+    [
+        ("SOLVER.IMS_PER_BATCH", 6, 4, "SOLVER.IMS_PER_BATCH: 6 must be divisible"),
+        ("SOLVER.IMS_PER_BATCH", 0, 1, "SOLVER.IMS_PER_BATCH: must be positive"),
+        ("SOLVER.BASE_LR", -1.0, 1, "SOLVER.BASE_LR"),
+        ("SOLVER.LR_SCHEDULER", "linear", 1, "SOLVER.LR_SCHEDULER: must be 'cosine' or 'step'"),
+        ("INPUT.CROP_SIZE", 8, 1, "INPUT.CROP_SIZE: 8 is smaller than the spatial stride 16"),
+        ("INPUT.NUM_FRAMES", 2, 1, "INPUT.NUM_FRAMES: 2 is shorter than the temporal stride 4"),
+        ("INPUT.FLIP_PROB", 1.5, 1, "INPUT.FLIP_PROB: must be a probability"),
+        ("INPUT.CROP_SCALE", (0.8, 0.2), 1, "INPUT.CROP_SCALE"),
+        ("MODEL.MOCO.QUEUE_SIZE", 4, 1, "MODEL.MOCO.QUEUE_SIZE: 4 is smaller than the 8 keys"),
+        ("MODEL.MOCO.MOMENTUM", 1.0, 1, "MODEL.MOCO.MOMENTUM"),
+        ("DATA.MAX_BAD_FRACTION", 2.0, 1, "DATA.MAX_BAD_FRACTION"),
+        ("SOLVER.AMP.DTYPE", "int8", 1, "SOLVER.AMP.DTYPE"),
+        ("DATA.SYNTHETIC.CLASSES", ("SlideLeft", "Teleport"), 1, "Teleport"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(key: str, value, world: int, message: str) -> None:
+    cfg = tiny_cfg(**{key: value})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_cfg(cfg, world_size=world)
+
+
+def test_missing_paths_fail(tmp_path) -> None:
+    cfg = tiny_cfg(**{"DATA.DATASET": "UCF101", "DATA.ROOT": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match="DATA.ROOT: directory .*nowhere.* does not exist"):
+        validate_cfg(cfg)
+    cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(tmp_path / "missing.pth")})
+    with pytest.raises(ConfigError, match="MODEL.WEIGHTS"):
+        validate_cfg(cfg)
+
+
+def test_unknown_registry_name_lists_known_ones() -> None:
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.NAME": "ResNeXt"})
+    with pytest.raises(KeyError, match="Registered: .*I3D.*R2Plus1D18"):
+        validate_cfg(cfg)

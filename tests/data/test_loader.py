@@ -1,0 +1,75 @@
+"""Loaders: batch layout, determinism whatever the workers, sharding, resume position."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fima.data import build_pretrain_loader, build_test_loader, build_train_loader
+from fima.data.build import TrainingBatchSampler
+from tests.conftest import tiny_cfg
+
+
+def _first_batches(loader, n: int) -> list[dict]:
+    iterator = iter(loader)
+    return [next(iterator) for _ in range(n)]
+
+
+def test_pretrain_batch_layout_for_moco_and_with_local_views(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path))
+    batch = _first_batches(build_pretrain_loader(cfg), 1)[0]
+    assert batch["global"].shape == (4, 2, 3, 8, 32, 32) and batch["global"].dtype == torch.uint8
+    assert batch["global_box"].shape == (4, 2, 4)
+    assert "local" not in batch  # MoCo asks for the global views only
+    batch = _first_batches(build_pretrain_loader(cfg, views=("global", "local")), 1)[0]
+    assert batch["local"].shape == (4, 2, 2, 3, 8, 32, 32)
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path))
+    serial = _first_batches(build_pretrain_loader(cfg), 3)
+    cfg.DATA.NUM_WORKERS = 2
+    parallel = _first_batches(build_pretrain_loader(cfg), 3)
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a["global"], b["global"])
+        assert torch.equal(a["global_box"], b["global_box"])
+
+
+def test_loader_resumes_at_its_position(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path))
+    loader = build_pretrain_loader(cfg)
+    straight = _first_batches(loader, 5)
+    resumed = build_pretrain_loader(cfg)
+    resumed.load_state_dict({"seed": cfg.SEED, "position": 3})
+    again = _first_batches(resumed, 2)
+    for a, b in zip(straight[3:], again):
+        assert torch.equal(a["global"], b["global"])
+    assert resumed.state_dict()["position"] == 5
+
+
+def test_sampler_epochs_are_permutations_and_ranks_are_disjoint() -> None:
+    indices = np.arange(23)
+    samplers = [TrainingBatchSampler(indices, 3, seed=5, rank=r, world_size=2) for r in range(2)]
+    assert samplers[0].iters_per_epoch == 3
+    seen = []
+    for sampler in samplers:
+        iterator = iter(sampler)
+        epoch0 = [key for _ in range(3) for key in next(iterator)]
+        assert {e for _, e, _ in epoch0} == {0}
+        seen.extend(idx for idx, _, _ in epoch0)
+    assert len(seen) == len(set(seen)) == 18
+    first = [k[0] for k in next(iter(TrainingBatchSampler(indices, 3, seed=5)))]
+    other = [k[0] for k in next(iter(TrainingBatchSampler(indices, 3, seed=5, start_iter=7)))]
+    assert first != other
+
+
+def test_train_and_test_loaders(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path))
+    batch = _first_batches(build_train_loader(cfg), 1)[0]
+    assert batch["global"].shape == (4, 1, 3, 8, 32, 32)
+    assert batch["label"].min() >= 0
+    test_batches = list(build_test_loader(cfg))
+    videos = torch.cat([b["index"] for b in test_batches])
+    assert sorted(videos.tolist()) == list(range(8))
+    assert test_batches[0]["global"].shape[1:] == (2, 3, 8, 32, 32)
+    assert all(b["valid"].all() for b in test_batches)

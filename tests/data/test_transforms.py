@@ -1,0 +1,84 @@
+"""CPU crops with boxes (RECIPE.md §1), flips, centre crop, device augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fima.data.transforms import (
+    VideoAugmentation,
+    blur_kernel_size,
+    center_crop,
+    crop_box,
+    random_crop_flip,
+    random_resized_crop_params,
+    resized_crop,
+)
+from tests.conftest import tiny_cfg
+
+
+def test_crop_box_formula() -> None:
+    box = crop_box(top=10, left=20, h=30, w=40, height=101, width=201)
+    expected = [20 / 200, 10 / 100, (20 + 40 - 1) / 200, (10 + 30 - 1) / 100]
+    torch.testing.assert_close(box, torch.tensor(expected))
+
+
+def test_random_crop_params_stay_inside_and_respect_scale() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_crop_params(96, 128, (0.2, 1.0), (3 / 4, 4 / 3), rng)
+        assert top >= 0 and top + h <= 96 and left >= 0 and left + w <= 128
+        assert h * w >= 0.2 * 96 * 128 * 0.9
+
+
+def test_flip_swaps_x1_and_x2_and_mirrors_pixels() -> None:
+    cfg = tiny_cfg(
+        **{
+            "INPUT.FLIP_PROB": 1.0,
+            "INPUT.CROP_SCALE": (1.0, 1.0),
+            "INPUT.CROP_RATIO": (4 / 3, 4 / 3),
+        }
+    )
+    frames = torch.randint(0, 255, (8, 48, 64, 3), dtype=torch.uint8)
+    clip, box = random_crop_flip(frames, cfg, np.random.default_rng(0))
+    assert box[0] > box[2]
+    unflipped = resized_crop(frames, 0, 0, 48, 64, cfg.INPUT.CROP_SIZE)
+    assert torch.equal(clip, unflipped.flip(-1))
+    torch.testing.assert_close(box, torch.tensor([1.0, 0.0, 0.0, 1.0]))
+
+
+def test_center_crop_shape_and_position() -> None:
+    cfg = tiny_cfg()
+    frames = torch.zeros(8, 48, 64, 3, dtype=torch.uint8)
+    frames[:, 20:28, 28:36] = 255
+    clip = center_crop(frames, cfg)
+    assert clip.shape == (3, 8, 32, 32)
+    assert clip[:, :, 14:18, 14:18].float().mean() > 200  # the bright centre stays centred
+
+
+def test_blur_kernel_is_odd_and_scaled() -> None:
+    assert blur_kernel_size(tiny_cfg(**{"INPUT.CROP_SIZE": 224})) == 23
+    assert blur_kernel_size(tiny_cfg(**{"INPUT.CROP_SIZE": 112})) == 11
+    assert blur_kernel_size(tiny_cfg(**{"INPUT.CROP_SIZE": 16})) == 3
+
+
+def test_augmentation_is_shared_by_the_frames_of_a_clip() -> None:
+    cfg = tiny_cfg(**{"INPUT.AUG.BLUR_PROB": 0.0})
+    aug = VideoAugmentation(cfg)
+    frame = torch.rand(1, 3, 1, 32, 32)
+    clips = frame.repeat(6, 1, 4, 1, 1)  # six clips of four identical frames
+    torch.manual_seed(0)
+    out = aug(clips)
+    assert out.shape == clips.shape
+    for clip in out:
+        for t in range(1, 4):
+            torch.testing.assert_close(clip[:, t], clip[:, 0])
+    assert not torch.allclose(out[0], out[1])  # but clips get their own draws
+
+
+def test_reference_blur_sigma_is_fixed_per_model() -> None:
+    cfg = tiny_cfg(**{"INPUT.AUG.BLUR_SIGMA_PER_CLIP": False})
+    aug = VideoAugmentation(cfg)
+    blur = aug.augment[2]
+    low, high = blur._param_generator.sigma  # kornia keeps the range it samples from
+    assert float(low) == float(high)

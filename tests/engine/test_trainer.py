@@ -1,0 +1,134 @@
+"""The loop and hooks on a toy model; DefaultTrainer outputs and exact resume on tiny MoCo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+
+from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup
+from fima.engine.hooks import NonFiniteLossGuard
+from tests.conftest import tiny_cfg
+
+
+class ToyModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss_a": (self.weight * batch).sum(), "loss_b": self.weight.square().mean()}
+
+
+def endless(value: float = 1.0):
+    while True:
+        yield torch.full((3,), value)
+
+
+def test_hooks_are_called_in_order_and_count() -> None:
+    model = ToyModel()
+    trainer = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1))
+    hook = mock.Mock(spec=HookBase)
+    hook.state_dict.return_value = {}
+    trainer.register_hooks([hook])
+    trainer.train(0, 5)
+    names = [c[0] for c in hook.method_calls]
+    assert names[0] == "before_train" and names[-1] == "after_train"
+    assert names.count("before_step") == names.count("after_backward") == 5
+    assert names.count("after_step") == 5
+    assert names[1:4] == ["before_step", "after_backward", "after_step"]
+
+
+def test_gradient_accumulation_averages_micro_batches() -> None:
+    torch.manual_seed(0)
+    batches = [torch.randn(3) for _ in range(4)]
+    accumulated = ToyModel()
+    trainer = SimpleTrainer(
+        accumulated,
+        iter(batches),
+        torch.optim.SGD(accumulated.parameters(), lr=0.1),
+        accum_steps=2,
+    )
+    trainer.train(0, 2)
+    reference = ToyModel()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for pair in (batches[:2], batches[2:]):
+        optimizer.zero_grad()
+        sum(sum(reference(b).values()) for b in pair).div(2).backward()
+        optimizer.step()
+    torch.testing.assert_close(accumulated.weight, reference.weight)
+
+
+def test_non_finite_loss_stops_before_the_update() -> None:
+    model = ToyModel()
+
+    def data():
+        yield torch.ones(3)
+        yield torch.ones(3)
+        yield torch.full((3,), float("nan"))
+
+    trainer = SimpleTrainer(model, data(), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([NonFiniteLossGuard()])
+    with pytest.raises(FloatingPointError, match="iteration 2.*loss_a=nan"):
+        trainer.train(0, 10)
+    assert torch.isfinite(model.weight).all()
+
+
+class LossRecorder(HookBase):
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+
+    def after_step(self) -> None:
+        self.losses.append((self.trainer.iter, self.trainer.loss_dict["loss_inst"]))
+
+
+class StopAt(HookBase):
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def after_step(self) -> None:
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def _run(cfg, resume: bool, stop_at: int | None = None) -> tuple[DefaultTrainer, LossRecorder]:
+    trainer = DefaultTrainer(cfg)
+    recorder = LossRecorder()
+    trainer.register_hooks([recorder] + ([StopAt(stop_at)] if stop_at is not None else []))
+    trainer.resume_or_load(resume=resume)
+    with contextlib.suppress(KeyboardInterrupt):
+        trainer.train()
+    return trainer, recorder
+
+
+def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
+    def config(name: str, resume: bool = False):
+        cfg = tiny_cfg(
+            str(tmp_path / name), **{"SOLVER.MAX_ITER": 6, "SOLVER.CHECKPOINT_PERIOD": 3}
+        )
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    straight, straight_losses = _run(config("straight"), resume=False)
+    out = tmp_path / "straight"
+    for name in ("config.yaml", "metrics.json", "model_final.pth", "last_checkpoint"):
+        assert (out / name).is_file(), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    last_step = [r for r in rows if r["iteration"] == 5][0]
+    assert {"loss_inst", "total_loss", "lr", "acc_inst", "time", "data_time"} <= set(last_step)
+
+    _, first = _run(config("resumed"), resume=False, stop_at=4)
+    with pytest.raises(FileExistsError, match="--resume"):
+        config("resumed")  # starting over would overwrite the interrupted run
+    resumed, second = _run(config("resumed", resume=True), resume=True)
+    assert resumed.start_iter == 3  # the checkpoint of iteration 2, not the crash at 4
+    combined = first.losses[:3] + second.losses
+    assert combined == straight_losses.losses  # bit-identical losses at every iteration
+    for name, tensor in straight.method.state_dict().items():
+        assert torch.equal(tensor, resumed.method.state_dict()[name]), name

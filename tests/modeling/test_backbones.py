@@ -1,0 +1,89 @@
+"""Backbones: exact parameter counts, feature-map shapes and strides, registry contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fima.modeling import BACKBONE_REGISTRY, Backbone, build_backbone
+from tests.conftest import tiny_cfg
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "channels"),
+    [("I3D", 12_287_264, 1024), ("R2Plus1D18", 31_300_125, 512), ("R3D18", 33_166_272, 512)],
+)
+def test_parameter_counts_are_exact(name: str, params: int, channels: int) -> None:
+    backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": name}))
+    assert sum(p.numel() for p in backbone.parameters()) == params
+    assert backbone.out_channels == channels
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "size", "out_shape"),
+    [
+        ("I3D", 16, 64, (1024, 2, 2, 2)),
+        ("R2Plus1D18", 16, 64, (512, 2, 4, 4)),
+        ("R3D18", 8, 32, (512, 1, 2, 2)),
+        ("Tiny3D", 8, 32, (32, 2, 2, 2)),
+    ],
+)
+def test_feature_map_shapes(name: str, frames: int, size: int, out_shape: tuple) -> None:
+    cfg = tiny_cfg(**{"MODEL.BACKBONE.NAME": name})
+    backbone = build_backbone(cfg).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, frames, size, size))
+    assert tuple(out.shape[1:]) == out_shape
+    temporal, spatial = type(backbone).output_strides(cfg)
+    assert out.shape[2] == -(-frames // temporal)
+    assert out.shape[3] == -(-size // spatial)
+
+
+def test_i3d_recipe_resolution_gives_2x7x7() -> None:
+    backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "I3D"})).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 16, 224, 224))
+    assert tuple(out.shape) == (1, 1024, 2, 7, 7)
+
+
+def test_registered_user_backbone_is_built_and_unregistered() -> None:
+    @BACKBONE_REGISTRY.register()
+    class _TestOnlyBackbone(Backbone):
+        out_channels = 7
+
+        def __init__(self, cfg) -> None:
+            super().__init__()
+            self.conv = nn.Conv3d(3, 7, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    try:
+        backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "_TestOnlyBackbone"}))
+        assert backbone.out_channels == 7
+    finally:
+        BACKBONE_REGISTRY._obj_map.pop("_TestOnlyBackbone")
+
+
+def test_backbone_without_out_channels_is_rejected() -> None:
+    @BACKBONE_REGISTRY.register()
+    class _NoChannels(nn.Module):
+        def __init__(self, cfg) -> None:
+            super().__init__()
+
+    try:
+        with pytest.raises(TypeError, match="out_channels"):
+            build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "_NoChannels"}))
+    finally:
+        BACKBONE_REGISTRY._obj_map.pop("_NoChannels")
+
+
+def test_registries_document_their_contract() -> None:
+    from fima.data import DATASET_REGISTRY
+    from fima.modeling import HEAD_REGISTRY, SSL_METHOD_REGISTRY
+
+    assert "[B, 3, T, H, W]" in BACKBONE_REGISTRY.__doc__
+    assert "cls(cfg, in_channels)" in HEAD_REGISTRY.__doc__
+    assert "dict[str, Tensor]" in SSL_METHOD_REGISTRY.__doc__
+    assert "cls(cfg, split)" in DATASET_REGISTRY.__doc__

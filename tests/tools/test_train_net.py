@@ -1,0 +1,78 @@
+"""tools/train_net.py as a user runs it: a user backbone from outside fima, outputs, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "MODEL.PROJECTOR.HIDDEN_DIM", "32", "MODEL.PROJECTOR.OUT_DIM", "16",
+    "MODEL.MOCO.QUEUE_SIZE", "64", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
+    "DATA.NUM_WORKERS", "0",
+    "DATA.SYNTHETIC.CLASSES", "('SlideLeft','SlideRight','SlideUp','SlideDown')",
+    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
+    "DATA.SYNTHETIC.NUM_FRAMES", "40", "DATA.SYNTHETIC.HEIGHT", "48", "DATA.SYNTHETIC.WIDTH", "64",
+    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "LOG_PERIOD", "1",
+]  # fmt: skip
+
+
+def train_net(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ},
+    )
+
+
+def test_user_backbone_trains_with_moco_without_touching_fima(tmp_path) -> None:
+    user_file = tmp_path / "user_backbone.py"
+    with open(os.path.join(ROOT, "examples", "my_backbone.py")) as f:
+        user_file.write_text(f.read())
+    out = tmp_path / "out"
+    result = train_net(
+        "--import",
+        str(user_file),
+        "--config-file",
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        "MODEL.BACKBONE.NAME",
+        "TwoLayer3D",
+        "MODEL.TWO_LAYER3D.WIDTH",
+        "8",
+        "OUTPUT_DIR",
+        str(out),
+        *TINY,
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("config.yaml", "metrics.json", "model_final.pth", "log.txt"):
+        assert (out / name).is_file()
+    assert "TwoLayer3D" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["SOLVER.BASE_LRR", "0.1"], "Non-existent config key: SOLVER.BASE_LRR"),
+        (["SOLVER.IMS_PER_BATCH", "-4"], "SOLVER.IMS_PER_BATCH: must be positive"),
+        (["MODEL.BACKBONE.NAME", "Nope"], "No backbone named 'Nope'"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, args: list[str], message: str) -> None:
+    result = train_net(
+        "--config-file",
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        *TINY,
+        *args,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()

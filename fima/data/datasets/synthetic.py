@@ -1,0 +1,316 @@
+"""SyntheticMotion: a built-in motion video dataset that fima generates itself.
+
+Each class is a motion pattern of a foreground object; everything a single frame shows (the
+background texture and colours, the distractor shapes, the object's shape, colour, texture, size
+and start position) is drawn at random per video, independently of the class. So the class is only
+in the motion, and a model that tells videos apart by their backgrounds learns nothing about it.
+
+The videos are real MPEG-4 files in UCF101's layout (class folders, ``ucfTrainTestlist``), so the
+UCF101 reader loads them. They are generated on first use into a cache directory named after the
+generation settings (``$FIMA_CACHE``, default ``~/.cache/fima``), atomically and under a file lock,
+so concurrent processes neither duplicate nor see half a dataset.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import av
+import numpy as np
+
+from fima.config.config import CfgNode
+from fima.config.config import CfgNode as CN
+from fima.data.datasets.build import DATASET_REGISTRY, VideoDataset
+from fima.data.datasets.ucf101 import read_ucf101_split
+
+logger = logging.getLogger(__name__)
+
+# A trajectory maps (frame times t [T], speed in px/frame, radius in px, rng) to centre offsets
+# (dx [T], dy [T]) in pixels relative to a random start.
+Trajectory = Callable[[np.ndarray, float, float, float], tuple[np.ndarray, np.ndarray]]
+
+
+def _slide(ux: float, uy: float) -> Trajectory:
+    return lambda t, speed, radius, phase: (ux * speed * t, uy * speed * t)
+
+
+def _circle(direction: float) -> Trajectory:
+    def trajectory(t: np.ndarray, speed: float, radius: float, phase: float):
+        angle = phase + direction * speed * t / radius  # image y points down: +1 is clockwise
+        return radius * np.cos(angle), radius * np.sin(angle)
+
+    return trajectory
+
+
+def _shake(ux: float, uy: float) -> Trajectory:
+    def trajectory(t: np.ndarray, speed: float, radius: float, phase: float):
+        # Same peak speed as the other classes: amplitude * angular frequency = speed.
+        offset = radius * np.sin(phase + speed * t / radius)
+        return ux * offset, uy * offset
+
+    return trajectory
+
+
+MOTIONS: dict[str, Trajectory] = {
+    "SlideLeft": _slide(-1, 0),
+    "SlideRight": _slide(1, 0),
+    "SlideUp": _slide(0, -1),
+    "SlideDown": _slide(0, 1),
+    "CircleClockwise": _circle(1),
+    "CircleCounterclockwise": _circle(-1),
+    "ShakeHorizontal": _shake(1, 0),
+    "ShakeVertical": _shake(0, 1),
+    "SlideDiagonalDown": _slide(math.sqrt(0.5), math.sqrt(0.5)),
+    "SlideDiagonalUp": _slide(math.sqrt(0.5), -math.sqrt(0.5)),
+}
+
+
+def add_synthetic_config(cfg: CfgNode) -> None:
+    """``DATA.SYNTHETIC``: what the built-in motion dataset generates."""
+    cfg.DATA.SYNTHETIC = CN()
+    # Motion classes, from fima.data.datasets.synthetic.MOTIONS.
+    cfg.DATA.SYNTHETIC.CLASSES = (
+        "SlideLeft", "SlideRight", "SlideUp", "SlideDown",
+        "CircleClockwise", "CircleCounterclockwise", "ShakeHorizontal", "ShakeVertical",
+    )  # fmt: skip
+    # Videos per class (UCF101 "groups"); TEST_GROUPS of them per class form each fold's test set.
+    cfg.DATA.SYNTHETIC.VIDEOS_PER_CLASS = 16
+    cfg.DATA.SYNTHETIC.TEST_GROUPS = 4
+    cfg.DATA.SYNTHETIC.NUM_FRAMES = 64
+    cfg.DATA.SYNTHETIC.HEIGHT = 96
+    cfg.DATA.SYNTHETIC.WIDTH = 128
+    cfg.DATA.SYNTHETIC.FPS = 25
+    # Object speed in frame widths per frame, drawn uniformly per video.
+    cfg.DATA.SYNTHETIC.SPEED = (0.008, 0.02)
+    # Object size (its bounding square's side) in frame heights.
+    cfg.DATA.SYNTHETIC.OBJECT_SIZE = (0.2, 0.35)
+    # Static distractor shapes painted on the background, per video.
+    cfg.DATA.SYNTHETIC.DISTRACTORS = 4
+    # Std of per-pixel Gaussian noise added to every frame, in [0, 1] units.
+    cfg.DATA.SYNTHETIC.NOISE = 0.02
+    cfg.DATA.SYNTHETIC.KEYFRAME_INTERVAL = 16
+    cfg.DATA.SYNTHETIC.SEED = 0
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
+    """Bilinearly upsampled random grid: a smooth texture ``[H, W]`` in [0, 1]."""
+    grid = rng.random((cells + 1, cells + 1))
+    ys = np.linspace(0, cells, height)
+    xs = np.linspace(0, cells, width)
+    y0 = np.minimum(ys.astype(int), cells - 1)
+    x0 = np.minimum(xs.astype(int), cells - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An anti-aliased random shape (disc, square, triangle, ring or diamond) ``[size, size]``."""
+    kind = rng.integers(5)
+    sub = 4  # supersampling for soft edges
+    c = (np.arange(size * sub) + 0.5) / (size * sub) * 2 - 1
+    y, x = np.meshgrid(c, c, indexing="ij")
+    if kind == 0:
+        inside = x**2 + y**2 <= 0.9**2
+    elif kind == 1:
+        inside = (np.abs(x) <= 0.75) & (np.abs(y) <= 0.75)
+    elif kind == 2:
+        inside = (y <= 0.8) & (y >= -0.8 + 2 * np.abs(x) * 0.9)
+    elif kind == 3:
+        inside = (x**2 + y**2 <= 0.9**2) & (x**2 + y**2 >= 0.45**2)
+    else:
+        inside = np.abs(x) + np.abs(y) <= 0.9
+    return inside.reshape(size, sub, size, sub).mean(axis=(1, 3))
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.05, 0.95, size=3)
+
+
+def render_video(
+    motion: Trajectory, rng: np.random.Generator, cfg: CfgNode
+) -> np.ndarray:
+    """Render one video of ``motion`` with random appearance.
+
+    Returns:
+        ``[T, H, W, 3]`` uint8 frames.
+    """
+    syn = cfg.DATA.SYNTHETIC
+    height, width, frames = syn.HEIGHT, syn.WIDTH, syn.NUM_FRAMES
+    # Background: a smooth field mixing two random colours, modulated by an oriented grating of
+    # random frequency and phase (a texture that colour jitter does not hide), with fine grain.
+    mix = _smooth_noise(rng, height, width, int(rng.integers(2, 6)))
+    grain = _smooth_noise(rng, height, width, int(rng.integers(12, 24)))
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 16)
+    ys, xs = np.mgrid[0:height, 0:width]
+    grating = 0.5 + 0.5 * np.sin(
+        2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi)
+    )
+    contrast = rng.uniform(0.15, 0.4)
+    background = (
+        mix[..., None] * _random_colour(rng) + (1 - mix[..., None]) * _random_colour(rng)
+    ) * ((1 - contrast) + contrast * grating[..., None]) * (0.85 + 0.15 * grain[..., None])
+    # Foreground object: random shape, colour and stripe texture.
+    size = int(round(rng.uniform(*syn.OBJECT_SIZE) * height))
+    alpha = _shape_mask(rng, size)[..., None]
+    period = rng.uniform(3, 8)
+    stripes = 0.5 + 0.5 * np.sin(
+        2 * np.pi * (np.arange(size)[:, None] * rng.uniform(-1, 1) + np.arange(size)[None, :])
+        / period
+    )
+    sprite = stripes[..., None] * _random_colour(rng) + (1 - stripes[..., None]) * _random_colour(
+        rng
+    )
+    speed = rng.uniform(*syn.SPEED) * width
+    radius = rng.uniform(0.12, 0.25) * height
+    dx, dy = motion(np.arange(frames, dtype=np.float64), speed, radius, rng.uniform(0, 2 * np.pi))
+    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    video = np.empty((frames, height, width, 3), dtype=np.float32)
+    for t in range(frames):
+        frame = background.copy()
+        # Paste on a torus so that an object leaving one side comes back on the other.
+        left = int(round(x0 + dx[t] - size / 2)) % width
+        top = int(round(y0 + dy[t] - size / 2)) % height
+        for oy in (top, top - height):
+            for ox in (left, left - width):
+                y1, x1 = max(oy, 0), max(ox, 0)
+                y2, x2 = min(oy + size, height), min(ox + size, width)
+                if y1 < y2 and x1 < x2:
+                    a = alpha[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
+                    s = sprite[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
+                    frame[y1:y2, x1:x2] = a * s + (1 - a) * frame[y1:y2, x1:x2]
+        video[t] = frame
+    video += rng.normal(0, syn.NOISE, size=video.shape).astype(np.float32)
+    return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_video(path: str, frames: np.ndarray, fps: int, keyframe_interval: int) -> None:
+    """Encode ``[T, H, W, 3]`` uint8 frames as MPEG-4 into ``path`` (an ``.avi``)."""
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 4_000_000
+        stream.codec_context.gop_size = keyframe_interval
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _settings(cfg: CfgNode) -> dict:
+    syn = cfg.DATA.SYNTHETIC
+    unknown = [c for c in syn.CLASSES if c not in MOTIONS]
+    if unknown or len(syn.CLASSES) < 2:
+        raise ValueError(
+            f"DATA.SYNTHETIC.CLASSES must name at least 2 of {sorted(MOTIONS)}; unknown: {unknown}"
+        )
+    if not 1 <= syn.TEST_GROUPS < syn.VIDEOS_PER_CLASS:
+        raise ValueError(
+            "DATA.SYNTHETIC.TEST_GROUPS must be in [1, VIDEOS_PER_CLASS), got "
+            f"{syn.TEST_GROUPS} with VIDEOS_PER_CLASS={syn.VIDEOS_PER_CLASS}"
+        )
+    settings = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in syn.items()}
+    settings["CLASSES"] = sorted(settings["CLASSES"])
+    settings["FORMAT"] = 2  # bump when the generator changes what it draws
+    return settings
+
+
+def synthetic_root(cfg: CfgNode) -> str:
+    """Where the dataset of these settings lives: ``DATA.ROOT`` or a cache folder named by them."""
+    if cfg.DATA.ROOT:
+        return os.path.abspath(os.path.expanduser(cfg.DATA.ROOT))
+    digest = hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    cache = os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima"))
+    return os.path.join(os.path.expanduser(cache), "datasets", f"synthetic_motion-{digest}")
+
+
+def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:
+    """Write the dataset to ``root`` in UCF101 layout unless it is already complete there."""
+    settings = _settings(cfg)
+    done_marker = os.path.join(root, "settings.json")
+    if os.path.isfile(done_marker):
+        return
+    parent = os.path.dirname(root)
+    os.makedirs(parent, exist_ok=True)
+    with open(root + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be generating the same dataset
+        if os.path.isfile(done_marker):
+            return
+        if os.path.exists(root) and os.listdir(root):
+            raise FileExistsError(
+                f"{root} exists, is not empty and is not a complete SyntheticMotion dataset; "
+                "move it away or point DATA.ROOT elsewhere"
+            )
+        logger.info("Generating the SyntheticMotion dataset into %s ...", root)
+        staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+        try:
+            _generate_into(staging, settings, cfg)
+            if os.path.exists(root):
+                os.rmdir(root)
+            os.rename(staging, root)
+        finally:
+            if os.path.exists(staging):
+                shutil.rmtree(staging)
+        logger.info("SyntheticMotion ready: %s", root)
+
+
+def _generate_into(staging: str, settings: dict, cfg: CfgNode) -> None:
+    syn = cfg.DATA.SYNTHETIC
+    classes = settings["CLASSES"]
+    groups, test_groups = syn.VIDEOS_PER_CLASS, syn.TEST_GROUPS
+    lists = os.path.join(staging, "ucfTrainTestlist")
+    os.makedirs(lists)
+    rels: dict[tuple[int, int], str] = {}
+    for label, name in enumerate(classes):
+        os.makedirs(os.path.join(staging, "UCF-101", name))
+        for group in range(1, groups + 1):
+            rel = f"{name}/v_{name}_g{group:02d}_c01.avi"
+            rng = np.random.default_rng([syn.SEED, label, group])
+            frames = render_video(MOTIONS[name], rng, cfg)
+            write_video(os.path.join(staging, "UCF-101", rel), frames, syn.FPS, syn.KEYFRAME_INTERVAL)
+            rels[label, group] = rel
+    with open(os.path.join(lists, "classInd.txt"), "w") as f:
+        f.writelines(f"{i + 1} {name}\n" for i, name in enumerate(classes))
+    for fold in (1, 2, 3):
+        test = {((fold - 1) * test_groups + g) % groups + 1 for g in range(test_groups)}
+        with open(os.path.join(lists, f"trainlist0{fold}.txt"), "w") as train_file, open(
+            os.path.join(lists, f"testlist0{fold}.txt"), "w"
+        ) as test_file:
+            for (label, group), rel in sorted(rels.items()):
+                if group in test:
+                    test_file.write(f"{rel}\n")
+                else:
+                    train_file.write(f"{rel} {label + 1}\n")
+    with open(os.path.join(staging, "settings.json"), "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+
+
+@DATASET_REGISTRY.register()
+class SyntheticMotion(VideoDataset):
+    """Motion-pattern classes on random appearance, generated on first use (see module doc)."""
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        from fima.config.validation import ConfigError
+
+        try:
+            _settings(cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def __init__(self, cfg: CfgNode, split: str) -> None:
+        root = synthetic_root(cfg)
+        generate_synthetic_dataset(cfg, root)
+        records, class_names = read_ucf101_split(root, split, cfg.DATA.SPLIT)
+        super().__init__(records, class_names, name="SyntheticMotion", split=split, root=root)

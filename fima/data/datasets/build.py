@@ -47,7 +47,12 @@ class VideoDataset(Dataset):
     """
 
     def __init__(
-        self, records: list[VideoRecord], class_names: list[str], *, name: str, split: str,
+        self,
+        records: list[VideoRecord],
+        class_names: list[str],
+        *,
+        name: str,
+        split: str,
         root: str,
     ) -> None:
         self.records = records

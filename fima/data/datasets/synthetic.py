@@ -136,9 +136,7 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.05, 0.95, size=3)
 
 
-def render_video(
-    motion: Trajectory, rng: np.random.Generator, cfg: CfgNode
-) -> np.ndarray:
+def render_video(motion: Trajectory, rng: np.random.Generator, cfg: CfgNode) -> np.ndarray:
     """Render one video of ``motion`` with random appearance.
 
     Returns:
@@ -157,14 +155,18 @@ def render_video(
     )
     contrast = rng.uniform(0.15, 0.4)
     background = (
-        mix[..., None] * _random_colour(rng) + (1 - mix[..., None]) * _random_colour(rng)
-    ) * ((1 - contrast) + contrast * grating[..., None]) * (0.85 + 0.15 * grain[..., None])
+        (mix[..., None] * _random_colour(rng) + (1 - mix[..., None]) * _random_colour(rng))
+        * ((1 - contrast) + contrast * grating[..., None])
+        * (0.85 + 0.15 * grain[..., None])
+    )
     # Foreground object: random shape, colour and stripe texture.
     size = int(round(rng.uniform(*syn.OBJECT_SIZE) * height))
     alpha = _shape_mask(rng, size)[..., None]
     period = rng.uniform(3, 8)
     stripes = 0.5 + 0.5 * np.sin(
-        2 * np.pi * (np.arange(size)[:, None] * rng.uniform(-1, 1) + np.arange(size)[None, :])
+        2
+        * np.pi
+        * (np.arange(size)[:, None] * rng.uniform(-1, 1) + np.arange(size)[None, :])
         / period
     )
     sprite = stripes[..., None] * _random_colour(rng) + (1 - stripes[..., None]) * _random_colour(
@@ -278,15 +280,17 @@ def _generate_into(staging: str, settings: dict, cfg: CfgNode) -> None:
             rel = f"{name}/v_{name}_g{group:02d}_c01.avi"
             rng = np.random.default_rng([syn.SEED, label, group])
             frames = render_video(MOTIONS[name], rng, cfg)
-            write_video(os.path.join(staging, "UCF-101", rel), frames, syn.FPS, syn.KEYFRAME_INTERVAL)
+            path = os.path.join(staging, "UCF-101", rel)
+            write_video(path, frames, syn.FPS, syn.KEYFRAME_INTERVAL)
             rels[label, group] = rel
     with open(os.path.join(lists, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {name}\n" for i, name in enumerate(classes))
     for fold in (1, 2, 3):
         test = {((fold - 1) * test_groups + g) % groups + 1 for g in range(test_groups)}
-        with open(os.path.join(lists, f"trainlist0{fold}.txt"), "w") as train_file, open(
-            os.path.join(lists, f"testlist0{fold}.txt"), "w"
-        ) as test_file:
+        with (
+            open(os.path.join(lists, f"trainlist0{fold}.txt"), "w") as train_file,
+            open(os.path.join(lists, f"testlist0{fold}.txt"), "w") as test_file,
+        ):
             for (label, group), rel in sorted(rels.items()):
                 if group in test:
                     test_file.write(f"{rel}\n")

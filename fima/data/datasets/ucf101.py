@@ -60,8 +60,9 @@ def read_ucf101_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
     for number, line in read_lines(class_file):
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(class_names) + 1:
-            raise AnnotationError(f"{class_file}:{number}: expected '<{len(class_names) + 1}> "
-                                  f"<Class>', got {line!r}")
+            raise AnnotationError(
+                f"{class_file}:{number}: expected '<{len(class_names) + 1}> <Class>', got {line!r}"
+            )
         class_names.append(parts[1])
     label_of = {name: i for i, name in enumerate(class_names)}
     records = []

@@ -22,8 +22,21 @@ _MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
 )
 
 
-class Unit3D(nn.Sequential):
-    """Conv3d (no bias) + BatchNorm3d + ReLU with 'same' padding for odd kernels."""
+def tf_same_padding(kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
+    """TensorFlow 'SAME' padding as ``F.pad`` wants it: ``(w0, w1, h0, h1, t0, t1)``.
+
+    Each side of length ``n`` becomes ``ceil(n / stride)``; odd padding puts the extra pixel at the
+    end, as TensorFlow and the reference implementation do.
+    """
+    pads: list[int] = []
+    for k, s in reversed(list(zip(kernel, stride))):
+        along = max(k - s, 0)
+        pads += [along // 2, along - along // 2]
+    return tuple(pads)
+
+
+class Unit3D(nn.Module):
+    """Conv3d (no bias) + BatchNorm3d + ReLU with TensorFlow 'SAME' padding."""
 
     def __init__(
         self,
@@ -32,11 +45,29 @@ class Unit3D(nn.Sequential):
         kernel_size: tuple[int, int, int] = (1, 1, 1),
         stride: tuple[int, int, int] = (1, 1, 1),
     ) -> None:
-        padding = tuple(k // 2 for k in kernel_size)
         super().__init__()
+        pads = tf_same_padding(kernel_size, stride)
+        symmetric = all(pads[i] == pads[i + 1] for i in range(0, 6, 2))
+        # Symmetric padding folds into the convolution; asymmetric needs an explicit pad.
+        self.pad = None if symmetric else nn.ConstantPad3d(pads, 0.0)
+        padding = (pads[4], pads[2], pads[0]) if symmetric else 0
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3)
-        self.relu = nn.ReLU(inplace=True)
+        self.bn = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
+        return torch.relu_(self.bn(self.conv(x)))
+
+
+class SamePool3d(nn.Sequential):
+    """Max pooling with TensorFlow 'SAME' padding (zeros: the inputs follow a ReLU)."""
+
+    def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
+        super().__init__(
+            nn.ConstantPad3d(tf_same_padding(kernel, stride), 0.0),
+            nn.MaxPool3d(kernel, stride, ceil_mode=True),
+        )
 
 
 class InceptionBlock(nn.Module):
@@ -50,6 +81,7 @@ class InceptionBlock(nn.Module):
         self.b1b = Unit3D(w1a, w1b, (3, 3, 3))
         self.b2a = Unit3D(in_channels, w2a)
         self.b2b = Unit3D(w2a, w2b, (3, 3, 3))
+        # Symmetric 'SAME' padding; -inf and zero padding agree on post-ReLU inputs.
         self.b3a = nn.MaxPool3d(3, stride=1, padding=1)
         self.b3b = Unit3D(in_channels, w3)
         self.out_channels = w0 + w1b + w2b + w3
@@ -65,8 +97,10 @@ class InceptionBlock(nn.Module):
 class I3D(Backbone):
     """Inception-v1 I3D up to ``Mixed_5c``: 1024 channels, time /8, space /32.
 
-    12,287,264 parameters. Padding follows TensorFlow's 'same' rule, so a side of ``n`` becomes
-    ``ceil(n / stride)`` at every strided layer (16x224x224 -> 2x7x7, 16x112x112 -> 2x4x4).
+    12,287,264 parameters. Padding follows TensorFlow's 'SAME' rule exactly as the FAME/FIMA
+    reference implementation does (asymmetric where the kernel minus the stride is odd), so a side
+    of ``n`` becomes ``ceil(n / stride)`` at every strided layer (16x224x224 -> 2x7x7,
+    16x112x112 -> 2x4x4) and converted reference weights compute the same features.
     """
 
     out_channels = 1024
@@ -76,16 +110,16 @@ class I3D(Backbone):
     def __init__(self, cfg: CfgNode | None = None) -> None:
         super().__init__()
         self.conv_1a = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
-        self.pool_2a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool_2a = SamePool3d((1, 3, 3), (1, 2, 2))
         self.conv_2b = Unit3D(64, 64)
         self.conv_2c = Unit3D(64, 192, (3, 3, 3))
-        self.pool_3a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool_3a = SamePool3d((1, 3, 3), (1, 2, 2))
         in_channels = 192
         for name, widths in _MIXED_BLOCKS:
             if name == "mixed_4b":
-                self.pool_4a = nn.MaxPool3d(3, stride=2, padding=1)
+                self.pool_4a = SamePool3d((3, 3, 3), (2, 2, 2))
             elif name == "mixed_5b":
-                self.pool_5a = nn.MaxPool3d(2, stride=2, ceil_mode=True)
+                self.pool_5a = SamePool3d((2, 2, 2), (2, 2, 2))
             block = InceptionBlock(in_channels, widths)
             self.add_module(name, block)
             in_channels = block.out_channels

@@ -18,13 +18,23 @@ import argparse
 import datetime
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 from types import ModuleType
+from typing import NoReturn
+
+import torch
 
 from fima.checkpoint import Checkpointer
+from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from fima.engine.defaults import resolve_device
+from fima.evaluation import summary_table, write_results
+from fima.utils import comm
+
+logger = logging.getLogger("fima.train_net")
 
 
 def import_user_module(spec: str) -> ModuleType:
@@ -56,18 +66,49 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return default_setup(cfg, args)
 
 
+def fail(message: str) -> NoReturn:
+    """Stop with one clear line on stderr and exit status 2 (nothing trained or written)."""
+    print(f"train_net.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
+    """``--eval-only``: evaluate a checkpoint (OUTPUT_DIR's newest with ``--resume``, else
+    ``MODEL.WEIGHTS``; neither: the random initialisation), log one summary table and write
+    ``OUTPUT_DIR/results.json`` (config, checkpoint and its sha256, metrics, time)."""
+    # The same initialisation on every rank, for a randomly initialised model under DDP.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.SEED)
+        model = DefaultTrainer.build_model(cfg).to(resolve_device(cfg))
+    checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
+    if args.resume and checkpointer.has_checkpoint():
+        checkpoint = checkpointer.get_checkpoint_file()
+    else:
+        try:
+            checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
+        except FileNotFoundError as err:
+            fail(str(err))
+    checkpointer.load(checkpoint, checkpointables=[])
+    results = DefaultTrainer.test(cfg, model)
+    if comm.is_main_process():
+        path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint)
+        logger.info(
+            "Evaluation of %s:\n%s\nWritten to %s",
+            checkpoint or "a randomly initialised model",
+            summary_table(results),
+            path,
+        )
+    return results
+
+
 def main(args: argparse.Namespace) -> dict[str, float]:
     try:
         cfg = setup(args)
     except (ConfigError, KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         # A bad config or command line: one clear line, nothing trained, nothing written.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"train_net.py: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
     if args.eval_only:
-        model = DefaultTrainer.build_model(cfg)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return DefaultTrainer.test(cfg, model)
+        return evaluate(cfg, args)
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -11,11 +11,21 @@ def get_cfg() -> CfgNode:
     """
     from fima.config.defaults import _C
     from fima.data.datasets.synthetic import add_synthetic_config
+    from fima.data.datasets.validation import add_validation_config
+    from fima.evaluation.config import add_evaluation_config
     from fima.modeling.backbone.tiny import add_tiny3d_config
+    from fima.modeling.ssl.classifier import add_classifier_config
     from fima.modeling.ssl.moco import add_moco_config
 
     cfg = _C.clone()
-    for add_config in (add_tiny3d_config, add_moco_config, add_synthetic_config):
+    for add_config in (
+        add_tiny3d_config,
+        add_moco_config,
+        add_synthetic_config,
+        add_classifier_config,
+        add_evaluation_config,
+        add_validation_config,
+    ):
         add_config(cfg)
     return cfg
 

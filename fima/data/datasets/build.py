@@ -81,10 +81,17 @@ class VideoDataset(Dataset):
 def build_dataset(cfg: CfgNode, split: str) -> VideoDataset:
     """Build ``cfg.DATA.DATASET`` for ``split``.
 
+    With ``DATA.VALIDATION.FRACTION > 0`` the training split is divided by group into the
+    ``"val"`` split and the rest (see :mod:`fima.data.datasets.validation`).
+
     Raises:
         KeyError: the dataset name is unknown (the message lists the registered ones).
     """
-    dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET)(cfg, split)
+    # Imported here: the validation module builds on VideoDataset, defined above.
+    from fima.data.datasets.validation import carve_validation_split, uses_validation_split
+
+    carve = uses_validation_split(cfg, split)
+    dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET)(cfg, cfg.DATA.TRAIN_SPLIT if carve else split)
     if not isinstance(dataset, VideoDataset):
         raise TypeError(f"Dataset {cfg.DATA.DATASET!r} must return a VideoDataset")
-    return dataset
+    return carve_validation_split(cfg, split, dataset) if carve else dataset

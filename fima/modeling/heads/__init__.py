@@ -1,6 +1,7 @@
 """Heads: ``HEAD_REGISTRY`` and its entries."""
 
 from fima.modeling.heads.build import HEAD_REGISTRY, build_head
+from fima.modeling.heads.classifier import LinearClassifier
 from fima.modeling.heads.projection import ProjectionHead
 
-__all__ = ["HEAD_REGISTRY", "ProjectionHead", "build_head"]
+__all__ = ["HEAD_REGISTRY", "LinearClassifier", "ProjectionHead", "build_head"]

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fima.config.config import CfgNode
@@ -76,6 +77,7 @@ class MoCo(SSLMethod):
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
         """The instance branch's settings; raises ``ConfigError`` naming the key."""
         from fima.config.validation import require
+        from fima.evaluation.config import validate_knn_config
 
         moco = cfg.MODEL.MOCO
         keys_per_step = 2 * cfg.SOLVER.IMS_PER_BATCH
@@ -92,6 +94,7 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
+        validate_knn_config(cfg)
 
     # -- hooks' entry points -----------------------------------------------------------------
     def build_hooks(self, cfg: CfgNode) -> list[Any]:
@@ -102,6 +105,23 @@ class MoCo(SSLMethod):
             MomentumSchedule(cfg.MODEL.MOCO.MOMENTUM, cfg.MODEL.MOCO.MOMENTUM_SCHEDULE),
             QueueUpdate(),
         ]
+
+    def build_evaluator(self, cfg: CfgNode) -> Any | None:
+        """The online weighted-kNN monitor when ``TEST.KNN.ENABLED`` (else no evaluator)."""
+        if not cfg.TEST.KNN.ENABLED:
+            return None
+        from fima.evaluation.knn import KNNEvaluator
+
+        return KNNEvaluator(cfg)
+
+    @torch.no_grad()
+    def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled query-encoder features ``[N, C]`` of uint8 clips
+        ``[N, 3, T, S, S]``, without augmentation (the kNN monitor and retrieval)."""
+        x = self.augment.normalize(self.prepare_clips(clips[:, None]))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return F.normalize(self.encoder_q(x).float().mean(dim=(2, 3, 4)), dim=1)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:

@@ -1,0 +1,122 @@
+"""Backbone weights from a pretraining checkpoint: resolving ``MODEL.WEIGHTS``, mapping the query
+encoder's keys onto a backbone, and checking that nothing is missing.
+
+A fima pretraining checkpoint (MoCo, FIMA) holds ``{"model": state_dict, ...}`` with the query
+encoder under ``encoder_q.*`` next to the key encoder, projectors, decoders and queues. Transfer
+takes ``encoder_q.<name>`` as the backbone's ``<name>`` and ignores the rest (listed in the log).
+A classifier checkpoint (``backbone.*``) and a bare backbone ``state_dict`` map the same way. The
+load is strict: a backbone key that the checkpoint lacks, a checkpoint key that the backbone does
+not have, or a shape that differs is an error naming the keys, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from iopath.common.file_io import g_pathmgr
+from torch import nn
+
+from fima.checkpoint.checkpointer import Checkpointer
+
+logger = logging.getLogger(__name__)
+
+# Where each layout keeps the backbone, most specific first: MoCo/FIMA's query encoder, then a
+# fima classifier's backbone.
+BACKBONE_PREFIXES = ("encoder_q.", "backbone.")
+
+
+@dataclass
+class BackboneLoadReport:
+    """What :func:`load_backbone_weights` did.
+
+    Attributes:
+        prefix: the checkpoint prefix mapped onto the backbone (``""`` for a bare backbone).
+        loaded: number of tensors loaded into the backbone.
+        ignored: checkpoint entries outside the backbone, counted by their top-level name.
+        missing: backbone keys absent from the checkpoint (empty after a successful load).
+        unexpected: mapped checkpoint keys the backbone lacks (empty after a successful load).
+    """
+
+    prefix: str
+    loaded: int
+    ignored: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def resolve_weights(name: str) -> str:
+    """The local file of ``MODEL.WEIGHTS``: a path, or a URL fetched into iopath's cache.
+
+    Raises:
+        FileNotFoundError: ``name`` is neither an existing file nor a URL (model-zoo names are
+            not known yet: pass the checkpoint file).
+    """
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        return path
+    if "://" in name:
+        return g_pathmgr.get_local_path(name)
+    raise FileNotFoundError(
+        f"MODEL.WEIGHTS {name!r} is neither an existing file nor a URL. Pass the path of a "
+        "fima checkpoint (e.g. output/quickstart_moco/model_final.pth) or an http(s):// URL; "
+        "model-zoo names are not available in this version."
+    )
+
+
+def backbone_prefix(state: Mapping[str, torch.Tensor]) -> str:
+    """The prefix under which ``state`` keeps a backbone (``""``: the state is a bare backbone)."""
+    for prefix in BACKBONE_PREFIXES:
+        if any(key.startswith(prefix) for key in state):
+            return prefix
+    return ""
+
+
+def load_backbone_weights(
+    backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> BackboneLoadReport:
+    """Load the backbone part of a model ``state`` into ``backbone``, strictly.
+
+    Args:
+        backbone: the module to initialise.
+        state: a model ``state_dict`` (pretraining, classifier or bare backbone layout).
+        source: a name for the log and errors (the checkpoint path).
+
+    Returns:
+        The report (also logged): mapping, number of tensors, ignored entries.
+
+    Raises:
+        CheckpointMismatchError: a backbone key is missing, a mapped key is unexpected, or a
+            shape differs; the message lists them.
+    """
+    prefix = backbone_prefix(state)
+    mapped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    ignored = Counter(k.split(".", 1)[0] for k in state if not k.startswith(prefix))
+    own = backbone.state_dict()
+    report = BackboneLoadReport(
+        prefix=prefix,
+        loaded=0,
+        ignored=dict(sorted(ignored.items())),
+        missing=sorted(set(own) - set(mapped)),
+        unexpected=sorted(set(mapped) - set(own)),
+    )
+    # The same strict check as resuming: missing, unexpected and mis-shaped keys, all listed.
+    Checkpointer(backbone)._check_compatible(
+        mapped, f"{source} (keys '{prefix}*' onto {type(backbone).__name__})"
+    )
+    backbone.load_state_dict(mapped, strict=True)
+    report.loaded = len(mapped)
+    logger.info(
+        "Backbone initialised from %s: %d tensors '%s*' -> %s (missing: none, unexpected: none); "
+        "ignored: %s",
+        source,
+        report.loaded,
+        prefix,
+        type(backbone).__name__,
+        ", ".join(f"{name} ({count})" for name, count in report.ignored.items()) or "nothing",
+    )
+    return report

@@ -1,0 +1,110 @@
+"""Combining evaluators, and keeping the best weights by a validation metric.
+
+An evaluator is any object with ``evaluate(model) -> dict[str, float]`` that runs on every rank
+(``DefaultTrainer.test`` calls it with the unwrapped model in eval mode; ``EvalHook`` puts the
+results into the event storage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from fima.checkpoint import atomic_write
+from fima.utils import comm
+from fima.utils.events import get_event_storage, has_event_storage
+
+logger = logging.getLogger(__name__)
+
+
+class Evaluator(Protocol):
+    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+class BestModelSelector:
+    """Keep the weights of the evaluation with the highest ``metric`` (a validation metric).
+
+    ``OUTPUT_DIR/best/model_best.pth`` holds ``{"model", "iteration", "metric", "value"}`` (a
+    classifier checkpoint: ``--eval-only MODEL.WEIGHTS .../model_best.pth`` evaluates it) and
+    ``model_best.json`` the same without weights. It sits in a folder of its own so that
+    ``--resume``, which looks at the ``.pth`` files of OUTPUT_DIR, never mistakes it for the run's
+    state. A resumed run continues from the best value on disk.
+    """
+
+    def __init__(self, metric: str, output_dir: str) -> None:
+        self.metric = metric
+        self.directory = os.path.join(output_dir, "best")
+        self.best: float | None = None
+        summary = os.path.join(self.directory, "model_best.json")
+        if os.path.isfile(summary):
+            with open(summary) as f:
+                previous = json.load(f)
+            if previous.get("metric") == metric:
+                self.best = float(previous["value"])
+
+    def update(self, results: dict[str, float], model: nn.Module, iteration: int) -> bool:
+        """Save ``model`` if ``results[metric]`` beats the best so far; return whether it did.
+
+        Raises:
+            KeyError: the results have no such metric (the message lists those they have).
+        """
+        if self.metric not in results:
+            raise KeyError(
+                f"TEST.BEST_METRIC {self.metric!r} is not among the evaluation results: "
+                f"{sorted(results)}"
+            )
+        value = float(results[self.metric])
+        if not math.isfinite(value) or (self.best is not None and value <= self.best):
+            return False
+        self.best = value
+        if comm.is_main_process():
+            os.makedirs(self.directory, exist_ok=True)
+            summary = {"metric": self.metric, "value": value, "iteration": iteration}
+            payload = {"model": model.state_dict(), **summary}
+            atomic_write(
+                os.path.join(self.directory, "model_best.pth"), lambda f: torch.save(payload, f)
+            )
+            atomic_write(
+                os.path.join(self.directory, "model_best.json"),
+                lambda f: json.dump(summary, f, indent=1),
+                mode="w",
+            )
+            logger.info(
+                "New best %s = %.3f at iteration %d: saved best/model_best.pth",
+                self.metric,
+                value,
+                iteration,
+            )
+        return True
+
+
+class EvaluatorList:
+    """Run several evaluators and merge their flat results; optionally select the best weights.
+
+    Selection happens only inside a training run (where there is an event storage, which gives
+    the iteration); ``--eval-only`` never writes a best model.
+    """
+
+    def __init__(
+        self, evaluators: Sequence[Evaluator], selector: BestModelSelector | None = None
+    ) -> None:
+        self.evaluators = list(evaluators)
+        self.selector = selector
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        results: dict[str, Any] = {}
+        for evaluator in self.evaluators:
+            for name, value in evaluator.evaluate(model).items():
+                if name in results:
+                    raise KeyError(f"Two evaluators report the metric {name!r}")
+                results[name] = value
+        if self.selector is not None and has_event_storage():
+            self.selector.update(results, model, get_event_storage().iter)
+        return results

@@ -1,0 +1,232 @@
+"""Nearest-neighbour video retrieval: test videos query the training videos (RECIPE.md §9).
+
+A video's feature is the mean of its ``TEST.NUM_CLIPS`` centre clips' L2-normalised pooled backbone
+features. Each set is centred on its own mean and re-normalised (FAME's protocol,
+``TEST.RETRIEVAL.CENTER``), then every test video ranks the training videos by cosine similarity;
+R@k is the share of test videos with at least one training video of their class among the k
+nearest. Features are cached in ``OUTPUT_DIR/features`` under a key made of the weights, the
+settings that change a feature and the videos themselves (path, size, modification time), so a
+second metric on the same model costs nothing and a changed model or config never reads stale
+features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fima.checkpoint import atomic_write
+from fima.config.config import CfgNode
+from fima.evaluation.inference import (
+    VideoOutputs,
+    infer_videos,
+    log_bad_videos,
+    video_features,
+)
+from fima.utils import comm
+
+logger = logging.getLogger(__name__)
+
+# Similarity rows computed at once: bounds the memory of a [rows, bank] matrix to ~256 MB.
+_SIMILARITY_ELEMENTS = 1 << 26
+
+
+def nearest_neighbours(
+    queries: torch.Tensor, bank: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most similar bank rows of every query (dot product), in chunks of queries.
+
+    Args:
+        queries: ``[Q, D]``; bank: ``[N, D]``; ``k <= N``.
+
+    Returns:
+        Similarities and indices, both ``[Q, k]``, most similar first.
+    """
+    rows = max(1, _SIMILARITY_ELEMENTS // max(len(bank), 1))
+    values, indices = [], []
+    for chunk in queries.split(rows):
+        top = (chunk @ bank.T).topk(k, dim=1)
+        values.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(values), torch.cat(indices)
+
+
+def recall_at_k(
+    query_features: torch.Tensor,
+    query_labels: torch.Tensor,
+    bank_features: torch.Tensor,
+    bank_labels: torch.Tensor,
+    topk: Sequence[int],
+    center: bool = True,
+) -> dict[int, float]:
+    """R@k in percent: the share of queries with a same-class bank entry among the k nearest.
+
+    Args:
+        query_features: ``[Q, D]``; query_labels: ``[Q]``.
+        bank_features: ``[N, D]``; bank_labels: ``[N]``.
+        topk: the k to report; a k larger than N is computed as N.
+        center: subtract each set's mean before normalising (FAME).
+    """
+    queries, bank = query_features.float(), bank_features.float()
+    if center:
+        queries = queries - queries.mean(dim=0, keepdim=True)
+        bank = bank - bank.mean(dim=0, keepdim=True)
+    queries, bank = F.normalize(queries, dim=1), F.normalize(bank, dim=1)
+    largest = min(max(topk), len(bank))
+    _, neighbours = nearest_neighbours(queries, bank, largest)
+    hits = bank_labels[neighbours] == query_labels[:, None]  # [Q, largest]
+    first_hit = torch.where(hits.any(dim=1), hits.float().argmax(dim=1), largest)
+    return {k: 100.0 * float((first_hit < min(k, len(bank))).float().mean()) for k in topk}
+
+
+def _update_with_state(digest: Any, model: nn.Module) -> None:
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
+    """A key that changes with the weights, the settings that change a feature, and the videos.
+
+    Hashes every tensor of ``model``'s state, ``MODEL``, ``INPUT``, ``DATA`` (but its number of
+    workers and bad-video budget), ``TEST.NUM_CLIPS``, ``SOLVER.AMP``, the split, and every
+    video's path, label, size and modification time.
+    """
+    from fima.data.datasets import build_dataset
+
+    digest = hashlib.sha256()
+    _update_with_state(digest, model)
+    settings = cfg.clone()
+    settings.defrost()
+    data = settings.DATA
+    for key in ("NUM_WORKERS", "MAX_BAD_FRACTION", "DECODE_RETRIES"):
+        data.pop(key)
+    relevant = {
+        "MODEL": settings.MODEL,
+        "INPUT": settings.INPUT,
+        "DATA": data,
+        "NUM_CLIPS": settings.TEST.NUM_CLIPS,
+        "AMP": settings.SOLVER.AMP,
+        "split": split,
+    }
+    digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())
+    for record in build_dataset(cfg, split).records:
+        try:
+            stat = os.stat(record.path)
+            seen = f"{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            seen = "missing"
+        digest.update(f"{record.path}\t{record.label}\t{seen}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _to_payload(videos: VideoOutputs) -> dict:
+    return {
+        "indices": torch.from_numpy(videos.indices),
+        "labels": torch.from_numpy(videos.labels),
+        "features": torch.from_numpy(videos.outputs["feature"]),
+        "bad": [list(item) for item in videos.bad],
+    }
+
+
+def _from_payload(payload: dict) -> VideoOutputs:
+    return VideoOutputs(
+        indices=payload["indices"].numpy(),
+        labels=payload["labels"].numpy(),
+        outputs={"feature": payload["features"].numpy()},
+        bad=[(int(i), str(p), str(r)) for i, p, r in payload["bad"]],
+    )
+
+
+class RetrievalEvaluator:
+    """R@k of test videos querying training videos with ``model.extract_features`` (all ranks).
+
+    Args:
+        cfg: the run's config (``TEST.RETRIEVAL``, ``TEST.NUM_CLIPS``, splits, ``OUTPUT_DIR``).
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+        options = cfg.TEST.RETRIEVAL
+        self.topk = tuple(options.TOPK)
+        self.center = options.CENTER
+        self.cache = options.CACHE_FEATURES
+        self.cache_dir = os.path.join(cfg.OUTPUT_DIR, "features")
+        self._loaders: dict[str, object] = {}
+
+    def features(self, model: nn.Module, split: str) -> VideoOutputs:
+        """Video features of ``split``, from the cache when it holds them for this model."""
+        from fima.data import build_test_loader
+
+        path = ""
+        if self.cache:
+            key = feature_cache_key(self.cfg, model, split)
+            path = os.path.join(self.cache_dir, f"{split}-{key}.pt")
+            # Rank 0 decides and shares, so ranks without the output dir agree with it.
+            if comm.broadcast_object(os.path.isfile(path) if comm.is_main_process() else None):
+                payload = comm.broadcast_object(
+                    torch.load(path, map_location="cpu", weights_only=True)
+                    if comm.is_main_process()
+                    else None
+                )
+                logger.info("Retrieval features of the %s split read from %s", split, path)
+                return _from_payload(payload)
+        if split not in self._loaders:
+            self._loaders[split] = build_test_loader(self.cfg, split)
+        videos = infer_videos(
+            self.cfg, model, self._loaders[split], video_features(model), desc=f"{split} features"
+        )
+        if path and comm.is_main_process():
+            payload = _to_payload(videos)
+            atomic_write(path, lambda f: torch.save(payload, f))
+            logger.info("Retrieval features of the %s split cached in %s", split, path)
+        return videos
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Run on every rank; return ``{"retrieval/R@k": percent}`` (identical on all ranks)."""
+        bank = self.features(model, self.cfg.DATA.TRAIN_SPLIT)
+        queries = self.features(model, self.cfg.DATA.TEST_SPLIT)
+        log_bad_videos(bank.bad, self.cfg.DATA.TRAIN_SPLIT)
+        log_bad_videos(queries.bad, self.cfg.DATA.TEST_SPLIT)
+        if max(self.topk) > len(bank):
+            logger.warning(
+                "R@k for k > %d training videos is computed with k = %d", len(bank), len(bank)
+            )
+        recalls = recall_at_k(
+            torch.from_numpy(queries.outputs["feature"]),
+            torch.from_numpy(queries.labels),
+            torch.from_numpy(bank.outputs["feature"]),
+            torch.from_numpy(bank.labels),
+            self.topk,
+            center=self.center,
+        )
+        results = {f"retrieval/R@{k}": value for k, value in recalls.items()}
+        results["retrieval/num_queries"] = float(len(queries))
+        results["retrieval/num_train"] = float(len(bank))
+        if comm.is_main_process():
+            report = {
+                "metrics": results,
+                "train_split": self.cfg.DATA.TRAIN_SPLIT,
+                "test_split": self.cfg.DATA.TEST_SPLIT,
+                "center": self.center,
+                "bad_videos": [
+                    {"split": split, "index": i, "path": p, "reason": r}
+                    for split, videos in (
+                        (self.cfg.DATA.TRAIN_SPLIT, bank),
+                        (self.cfg.DATA.TEST_SPLIT, queries),
+                    )
+                    for i, p, r in videos.bad
+                ],
+            }
+            path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "retrieval.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
+        return results

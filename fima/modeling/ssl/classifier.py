@@ -1,0 +1,221 @@
+"""Action recognition on a pretrained backbone: fine-tuning or linear probing (RECIPE.md §9).
+
+The classification task is a registered method like MoCo, so it runs through the same
+``tools/train_net.py``, trainer, hooks and configs; only its configs differ
+(``configs/Finetune``, ``configs/Linear``, ``configs/Retrieval``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.module import _IncompatibleKeys
+
+from fima.checkpoint.backbone_weights import BACKBONE_PREFIXES, load_backbone_weights
+from fima.config.config import CfgNode
+from fima.config.config import CfgNode as CN
+from fima.data.transforms import VideoAugmentation
+from fima.modeling.backbone import build_backbone
+from fima.modeling.heads import build_head
+from fima.modeling.heads.classifier import global_pool
+from fima.modeling.ssl.build import SSL_METHOD_REGISTRY, SSLMethod
+from fima.utils.events import get_event_storage, has_event_storage
+
+logger = logging.getLogger(__name__)
+
+MODES = ("finetune", "linear")
+
+
+def add_classifier_config(cfg: CfgNode) -> None:
+    """``MODEL.CLASSIFIER``: the head and what trains."""
+    cfg.MODEL.CLASSIFIER = CN()
+    # A name in HEAD_REGISTRY, called as cls(cfg, backbone.out_channels).
+    cfg.MODEL.CLASSIFIER.HEAD = "LinearClassifier"
+    # Classes of the task; 0 takes the number of classes of the training split.
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 0
+    # Dropout before the linear layer (RECIPE.md §9: 0.7 UCF101, 0.5 HMDB51, 0 linear probe).
+    cfg.MODEL.CLASSIFIER.DROPOUT = 0.5
+    # "finetune": every weight trains. "linear": the backbone is frozen and kept in eval mode
+    # (its BatchNorm statistics never change); only the head trains.
+    cfg.MODEL.CLASSIFIER.MODE = "finetune"
+
+
+def num_classes_of(cfg: CfgNode) -> int:
+    """``MODEL.CLASSIFIER.NUM_CLASSES``, or the number of classes of the training split if 0."""
+    if cfg.MODEL.CLASSIFIER.NUM_CLASSES > 0:
+        return int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
+    from fima.data.datasets import build_dataset
+
+    return build_dataset(cfg, cfg.DATA.TRAIN_SPLIT).num_classes
+
+
+def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
+    """The class names of ``split``, after checking its labels fit a ``num_classes``-way head.
+
+    Raises:
+        ValueError: the split has unlabelled videos or another number of classes.
+    """
+    from fima.data.datasets import build_dataset
+
+    dataset = build_dataset(cfg, split)
+    if dataset.num_classes != num_classes:
+        raise ValueError(
+            f"MODEL.CLASSIFIER.NUM_CLASSES is {num_classes} but {dataset!r} has "
+            f"{dataset.num_classes} classes; set it to {dataset.num_classes} (or 0 to follow "
+            "the dataset)"
+        )
+    unlabelled = sum(record.label < 0 for record in dataset.records)
+    if unlabelled:
+        raise ValueError(
+            f"{dataset!r} has {unlabelled} videos without a label; classification needs labels"
+        )
+    return dataset.class_names
+
+
+@SSL_METHOD_REGISTRY.register()
+class VideoClassifier(SSLMethod):
+    """A backbone, pooling, dropout and a linear classifier (``MODEL.CLASSIFIER``).
+
+    - ``MODEL.WEIGHTS`` set to a pretraining checkpoint (MoCo, FIMA) initialises the backbone
+      from its query encoder, strictly (see :meth:`load_state_dict`); a classifier checkpoint
+      loads as a whole. Empty: a randomly initialised backbone (the baseline to compare with).
+    - ``MODE: finetune`` trains everything; ``MODE: linear`` freezes the backbone and keeps it in
+      eval mode whatever ``train()`` is called with, so its BatchNorm statistics stay those of
+      the checkpoint.
+    - Training batch: ``global`` ``[B, 1, 3, T, S, S]`` uint8 (one random window per video,
+      RandomResizedCrop and flip on the CPU), ``label`` ``[B]``; on the device: grayscale and
+      colour jitter (``INPUT.AUG``), normalisation. Loss: ``loss_cls`` (cross-entropy).
+    - Evaluation batch: ``global`` ``[B, K, 3, T, S, S]`` (K test clips); ``forward`` returns the
+      clip scores ``[B, K, NUM_CLASSES]``.
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        super().__init__()
+        options = cfg.MODEL.CLASSIFIER
+        self.backbone = build_backbone(cfg)
+        self.num_classes = num_classes_of(cfg)
+        head_cfg = cfg.clone()
+        head_cfg.defrost()
+        head_cfg.MODEL.CLASSIFIER.NUM_CLASSES = self.num_classes
+        self.head = build_head(options.HEAD, head_cfg, self.backbone.out_channels)
+        self.channels_last = cfg.MODEL.CHANNELS_LAST
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last_3d)
+        self.augment = VideoAugmentation(cfg)
+        self.linear_probe = options.MODE == "linear"
+        if self.linear_probe:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        """``MODEL.CLASSIFIER``, ``MODEL.WEIGHTS``, the evaluators and the validation split."""
+        from fima.config.validation import require
+        from fima.data.datasets.validation import validate_validation_config
+        from fima.evaluation.config import validate_classifier_evaluation
+
+        options = cfg.MODEL.CLASSIFIER
+        require(options.MODE in MODES, "MODEL.CLASSIFIER.MODE", f"must be one of {MODES}")
+        require(0.0 <= options.DROPOUT < 1.0, "MODEL.CLASSIFIER.DROPOUT", "must be in [0, 1)")
+        require(
+            options.NUM_CLASSES == 0 or options.NUM_CLASSES >= 2,
+            "MODEL.CLASSIFIER.NUM_CLASSES",
+            f"must be >= 2, or 0 to follow the dataset; got {options.NUM_CLASSES}",
+        )
+        weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights:
+            require(
+                os.path.isfile(os.path.expanduser(weights)),
+                "MODEL.WEIGHTS",
+                f"{weights!r} is neither an existing file nor a URL; pass the path of a fima "
+                "checkpoint (model-zoo names are not available in this version)",
+            )
+        validate_classifier_evaluation(cfg)
+        validate_validation_config(cfg)
+
+    # -- what the trainer asks of a method ------------------------------------------------------
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        """One random window per video per epoch (``fima.data.build_train_loader``)."""
+        from fima.data import build_train_loader
+
+        check_labels(cfg, cfg.DATA.TRAIN_SPLIT, num_classes_of(cfg))
+        return build_train_loader(cfg)
+
+    def build_evaluator(self, cfg: CfgNode) -> Any:
+        """Classification (test split, and the validation split when carved) and/or retrieval,
+        as ``TEST.EVALUATORS`` says; best-model selection when ``TEST.BEST_METRIC`` is set."""
+        from fima.evaluation import build_classifier_evaluator
+
+        return build_classifier_evaluator(cfg)
+
+    def train(self, mode: bool = True) -> VideoClassifier:
+        """Set training mode; a linear probe's backbone stays in eval mode."""
+        super().train(mode)
+        if self.linear_probe:
+            self.backbone.eval()
+        return self
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
+        """Load a classifier checkpoint as usual, or initialise from a pretraining checkpoint.
+
+        A state without ``backbone.*`` keys (MoCo's or FIMA's ``encoder_q.*``, or a bare
+        backbone) goes through :func:`fima.checkpoint.backbone_weights.load_backbone_weights`:
+        the backbone keys are mapped, every one must be present and fit (else
+        ``CheckpointMismatchError``), the rest is logged as ignored; the head stays as initialised
+        and is reported missing.
+        """
+        if any(key.startswith(BACKBONE_PREFIXES[1]) for key in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        load_backbone_weights(self.backbone, state_dict, source="MODEL.WEIGHTS")
+        return _IncompatibleKeys(
+            missing_keys=[f"head.{key}" for key in self.head.state_dict()], unexpected_keys=[]
+        )
+
+    # -- forward ----------------------------------------------------------------------------------
+    def encode(self, clips: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """The backbone's feature map ``[N, C, T', H', W']`` of uint8 clips ``[N, 3, T, S, S]``.
+
+        With ``augment`` the device augmentation runs before normalisation (training).
+        """
+        x = clips.to(self.device, non_blocking=True).float().div_(255)
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.augment(x) if augment else self.augment.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.linear_probe:
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def clip_scores(self, clips: torch.Tensor) -> torch.Tensor:
+        """Class scores ``[N, NUM_CLASSES]`` (float32) of uint8 clips ``[N, 3, T, S, S]``."""
+        return self.head(self.encode(clips))
+
+    @torch.no_grad()
+    def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled backbone features ``[N, C]`` of uint8 clips ``[N, 3, T, S, S]``
+        (retrieval and kNN evaluators)."""
+        return F.normalize(global_pool(self.encode(clips)).float(), dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        """``{"loss_cls": 0-d}`` in training; clip scores ``[B, K, NUM_CLASSES]`` in eval mode."""
+        clips = batch["global"]
+        windows = clips.shape[1]
+        if not self.training:
+            return self.clip_scores(clips.flatten(0, 1)).view(clips.shape[0], windows, -1)
+        labels = batch["label"].to(self.device).repeat_interleave(windows)
+        logits = self.head(self.encode(clips.flatten(0, 1), augment=True))
+        loss = F.cross_entropy(logits, labels)
+        if has_event_storage():
+            get_event_storage().put_scalar(
+                "cls_accuracy", (logits.argmax(dim=1) == labels).float().mean()
+            )
+        return {"loss_cls": loss}

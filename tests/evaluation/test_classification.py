@@ -1,0 +1,71 @@
+"""Video-level classification: undecodable videos, reports, validation-driven selection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import torch
+
+from fima.checkpoint import Checkpointer
+from fima.data.datasets import build_dataset
+from fima.data.datasets.synthetic import synthetic_root
+from fima.engine import DefaultTrainer, default_setup
+from fima.evaluation import ClassificationEvaluator
+from fima.modeling import build_model
+from tests.evaluation.helpers import classifier_cfg
+
+
+def test_undecodable_videos_are_listed_and_excluded(tmp_path) -> None:
+    source = classifier_cfg()
+    build_dataset(source, "test")  # generate the set, then work on a copy
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root(source), root)
+    cfg = classifier_cfg(str(tmp_path / "out"), **{"DATA.ROOT": str(root)})
+    broken = build_dataset(cfg, "test").records[1].path
+    with open(broken, "wb") as f:
+        f.write(b"not a video")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    results = ClassificationEvaluator(cfg, "test", "test").evaluate(model)
+    assert results["test/num_videos"] == 2 and results["test/bad_videos"] == 1
+    report_dir = tmp_path / "out" / "inference" / "test"
+    report = json.loads((report_dir / "classification.json").read_text())
+    assert [b["path"] for b in report["bad_videos"]] == [broken]
+    assert [v["index"] for v in report["videos"]] == [0, 2]
+    assert sum(c["videos"] for c in report["per_class"]) == 2
+    assert sum(map(sum, report["confusion_matrix"])) == 2
+    assert (report_dir / "confusion_matrix.png").stat().st_size > 0
+
+
+def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp_path) -> None:
+    cfg = classifier_cfg(
+        str(tmp_path / "out"),
+        **{
+            "DATA.VALIDATION.FRACTION": 0.4,
+            "TEST.EVAL_PERIOD": 2,
+            "TEST.BEST_METRIC": "val/video_top1",
+            "SOLVER.MAX_ITER": 4,
+        },
+    )
+    cfg = default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    final = trainer.train()
+    assert {"val/video_top1", "test/video_top1", "test/clip_top1"} <= set(final)
+    assert final["val/num_videos"] == 6  # 2 of 5 training groups of each of 3 classes
+    rows = [
+        json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()
+    ]
+    evaluated = [r["iteration"] for r in rows if "val/video_top1" in r]
+    assert evaluated == [1, 4]
+    best = json.loads((tmp_path / "out" / "best" / "model_best.json").read_text())
+    assert best["metric"] == "val/video_top1" and best["iteration"] in evaluated
+    assert best["value"] == max(r["val/video_top1"] for r in rows if "val/video_top1" in r)
+    # The best weights are a classifier checkpoint; resuming still picks the run's own state.
+    fresh = build_model(cfg)
+    Checkpointer(fresh, cfg.OUTPUT_DIR).load(str(tmp_path / "out" / "best" / "model_best.pth"))
+    assert (tmp_path / "out" / "last_checkpoint").read_text() == "model_final.pth"
+    assert os.path.isfile(tmp_path / "out" / "inference" / "val" / "classification.json")

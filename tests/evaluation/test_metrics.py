@@ -1,0 +1,122 @@
+"""The metric functions on hand-made inputs: accuracies, gathering, retrieval, kNN, records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fima.evaluation import classification_metrics, recall_at_k, weighted_knn_predict
+from fima.evaluation.classification import per_class_table
+from fima.evaluation.inference import merge_video_outputs
+from fima.evaluation.results import summary_table, write_results
+from fima.evaluation.visualization import render_confusion_matrix
+
+
+def test_classification_metrics_video_clip_top5_and_confusion() -> None:
+    labels = np.array([0, 1, 2, 2])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0],  # right
+            [0.6, 0.3, 0.1],  # wrong (second)
+            [0.1, 0.2, 0.7],  # right
+            [0.5, 0.4, 0.1],  # wrong (third)
+        ]
+    )
+    clips = np.array([[0, 0], [0, 1], [2, 1], [0, 0]])
+    metrics = classification_metrics(labels, scores, clips)
+    assert metrics["video_top1"] == 50.0
+    assert metrics["clip_top1"] == 100.0 * 4 / 8
+    assert metrics["video_top5"] == 100.0  # 3 classes: top-3
+    np.testing.assert_array_equal(metrics["confusion"], [[1, 0, 0], [1, 0, 0], [1, 0, 1]])
+    np.testing.assert_allclose(metrics["per_class"], [100.0, 0.0, 50.0])
+    assert metrics["mean_class_accuracy"] == 50.0
+
+
+def test_per_class_accuracy_skips_classes_without_videos() -> None:
+    metrics = classification_metrics(
+        np.array([0, 0]), np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), np.zeros((2, 1), int)
+    )
+    assert math.isnan(metrics["per_class"][1]) and math.isnan(metrics["per_class"][2])
+    assert metrics["mean_class_accuracy"] == 50.0
+    table = per_class_table(["a", "b", "c"], metrics["per_class"], np.array([2, 0, 0]))
+    assert "50.0" in table and "-" in table
+
+
+def test_gathered_rows_are_kept_once_per_video_and_sorted() -> None:
+    def part(indices, bad=()):
+        indices = np.array(indices)
+        return indices, indices % 3, {"score": indices[:, None] * np.ones((1, 2))}, list(bad)
+
+    merged = merge_video_outputs(
+        [
+            part([4, 0, 2], [(5, "v5.avi", "corrupt")]),
+            part([1, 3, 4]),
+            part([], [(5, "v5.avi", "x")]),
+        ]
+    )
+    np.testing.assert_array_equal(merged.indices, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(merged.labels, [0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(merged.outputs["score"][:, 0], [0, 1, 2, 3, 4])
+    assert [b[0] for b in merged.bad] == [5]
+    with pytest.raises(RuntimeError, match="No video"):
+        merge_video_outputs([part([]), part([])])
+
+
+def test_recall_at_k_counts_a_hit_in_the_top_k() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    bank_labels = torch.tensor([0, 1, 1, 2])
+    queries = torch.tensor([[1.0, 0.05], [0.0, 1.0], [-1.0, 0.1]])
+    query_labels = torch.tensor([1, 0, 0])
+    # Query 0: nearest bank 0 (class 0), then 1 (class 1): hit at rank 2.
+    # Query 1: nearest 2 (1), then 1 (1), 0 (0): hit at rank 3. Query 2: class 0 at rank 3 or 4.
+    recalls = recall_at_k(queries, query_labels, bank, bank_labels, (1, 2, 3, 10), center=False)
+    assert recalls[1] == 0.0
+    assert recalls[2] == pytest.approx(100 / 3)
+    assert recalls[3] == pytest.approx(200 / 3)
+    assert recalls[10] == 100.0  # k larger than the bank: every class is within reach
+
+
+def test_weighted_knn_votes_by_similarity() -> None:
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=2, temperature=0.1)
+    # The two nearest are bank 0 (class 0, closer) and bank 1 (class 1): class 0 wins.
+    assert votes.argmax(dim=1).item() == 0
+    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=4, temperature=10)
+    # With a flat weighting the three class-1 neighbours outvote the single class-0 one.
+    assert votes.argmax(dim=1).item() == 1
+
+
+def test_confusion_matrix_png(tmp_path) -> None:
+    confusion = np.array([[3, 1, 0], [0, 2, 2], [1, 0, 4]])
+    names = ["CircleClockwise", "SlideLeft", "ShakeVertical"]
+    image = render_confusion_matrix(confusion, names, str(tmp_path / "cm.png"), title="test")
+    loaded = Image.open(tmp_path / "cm.png")
+    assert loaded.size == image.size and loaded.mode == "RGB"
+    pixels = np.asarray(loaded)
+    # The full rows' darkest cell (row 2, 4 of 5) is darker than an empty one (white).
+    assert pixels.min() < 100 and pixels.max() == 255
+    # Room for the labels: the image is much wider than the cells alone.
+    assert loaded.size[0] > 3 * 40
+
+
+def test_results_json_records_checkpoint_hash_and_keeps_the_previous(tmp_path) -> None:
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"weights")
+    path = write_results(str(tmp_path), {"test/video_top1": 50.0}, "cfg.yaml", str(checkpoint))
+    with open(path) as f:
+        record = json.load(f)
+    assert record["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert record["metrics"] == {"test/video_top1": 50.0}
+    assert record["config_file"].endswith("cfg.yaml") and record["timestamp"]
+    write_results(str(tmp_path), {"test/video_top1": 60.0}, "", "")
+    assert len(list(tmp_path.glob("results.*.json"))) == 1  # the first record is kept
+    with open(path) as f:
+        assert json.load(f)["checkpoint_sha256"] is None
+    assert "test/video_top1" in summary_table({"test/video_top1": 60.0})

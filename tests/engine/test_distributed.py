@@ -1,0 +1,177 @@
+"""Real multi-process runs on 127.0.0.1 with gloo: ``--num-gpus 2``, torchrun, two "machines";
+identical queues and weights, one set of output files, exact resume of 2 ranks, the NaN guard on
+2 ranks, and no hang when a rank dies or stops responding."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.engine.procs import (
+    MAX_ITER,
+    assert_same_state,
+    final_state,
+    free_port,
+    read_losses,
+    torchrun,
+    train_net,
+    train_net_args,
+)
+
+TWO = ("--num-gpus", "2")
+
+
+@pytest.fixture(scope="module")
+def spawn2(tmp_path_factory) -> str:
+    """The uninterrupted 6-iteration run on 2 gloo processes (``--num-gpus 2``)."""
+    test_dir = str(tmp_path_factory.mktemp("spawn2"))
+    train_net(test_dir, *train_net_args(os.path.join(test_dir, "out"), launcher=TWO)).wait_ok()
+    return test_dir
+
+
+def test_two_processes_hold_identical_queues_and_weights_and_write_one_set_of_files(
+    spawn2: str,
+) -> None:
+    for rank in (0, 1):
+        assert [it for it, _ in read_losses(spawn2, rank)] == list(range(MAX_ITER))
+    # The ranks saw different clips (their losses differ) ...
+    assert read_losses(spawn2, 0) != read_losses(spawn2, 1)
+    # ... but every parameter, the key encoder, the queue and its pointer and the optimizer state
+    # are identical. BatchNorm running statistics are per rank, as in MoCo.
+    rank0, rank1 = final_state(spawn2, 0), final_state(spawn2, 1)
+    assert_same_state(rank0, rank1, skip=("running_mean", "running_var"))
+    assert any(
+        not (rank0["model"][k] == rank1["model"][k]).all()
+        for k in rank0["model"]
+        if "running_mean" in k
+    )
+    files = sorted(os.listdir(os.path.join(spawn2, "out")))
+    events = [f for f in files if f.startswith("events.out.tfevents")]
+    assert len(events) == 1
+    assert [f for f in files if f not in events] == [
+        "config.yaml",
+        "last_checkpoint",
+        "log.txt",
+        "metrics.json",
+        "model_0000002.pth",
+        "model_0000005.pth",
+        "model_final.pth",
+    ]
+
+
+def test_torchrun_without_flags_runs_the_same_job(spawn2: str, tmp_path) -> None:
+    test_dir = str(tmp_path)
+    torchrun(test_dir, 2, *train_net_args(str(tmp_path / "out"))).wait_ok()
+    for rank in (0, 1):
+        assert read_losses(test_dir, rank) == read_losses(spawn2, rank)
+    assert_same_state(final_state(test_dir, 0), final_state(spawn2, 0))
+
+
+def test_two_machines_rendezvous_at_dist_url(spawn2: str, tmp_path) -> None:
+    test_dir, out = str(tmp_path), str(tmp_path / "out")
+    url = f"tcp://127.0.0.1:{free_port()}"
+    machines = [
+        train_net(
+            test_dir,
+            *train_net_args(
+                out,
+                launcher=("--num-machines", "2", "--machine-rank", str(r), "--dist-url", url),
+            ),
+            name=f"machine{r}",
+        )
+        for r in (0, 1)
+    ]
+    for machine in machines:
+        machine.wait_ok()
+    rank0, rank1 = final_state(test_dir, 0), final_state(test_dir, 1)
+    assert_same_state(rank0, rank1, skip=("running_mean", "running_var"))
+    for rank in (0, 1):
+        assert [it for it, _ in read_losses(test_dir, rank)] == list(range(MAX_ITER))
+    # The same job as --num-gpus 2: same data, seeds and first loss. One process per machine
+    # uses both cores where --num-gpus 2 gives each process one, so later losses differ in the
+    # last bits of bfloat16 (bit-identical results need the same thread count).
+    for rank in (0, 1):
+        first = float.fromhex(read_losses(test_dir, rank)[0][1].split("=")[1])
+        reference = float.fromhex(read_losses(spawn2, rank)[0][1].split("=")[1])
+        assert first == pytest.approx(reference, rel=1e-2)
+
+
+def test_two_processes_resume_bit_identically_after_sigkill(spawn2: str, tmp_path) -> None:
+    test_dir, out = str(tmp_path), str(tmp_path / "out")
+    run = train_net(test_dir, *train_net_args(out, launcher=TWO), FIMA_TEST_PAUSE_AT="4")
+    run.wait_paused(ranks=(0, 1))
+    run.kill()
+    train_net(test_dir, *train_net_args(out, launcher=(*TWO, "--resume")), name="resumed").wait_ok()
+    for rank in (0, 1):
+        # Each rank's own RNG states were restored: its losses continue exactly.
+        expected = dict(read_losses(spawn2, rank))
+        recorded = read_losses(test_dir, rank)
+        assert [it for it, _ in recorded] == [0, 1, 2, 3, 3, 4, 5]
+        assert all(terms == expected[it] for it, terms in recorded)
+        assert_same_state(final_state(test_dir, rank), final_state(spawn2, rank))
+
+
+def test_nan_on_one_rank_stops_both_at_that_iteration(tmp_path) -> None:
+    test_dir, out = str(tmp_path), str(tmp_path / "out")
+    opts = ("MODEL.META_ARCHITECTURE", "NaNMoCo", "TEST_FAULT.NAN_ITER", "4")
+    run = train_net(test_dir, *train_net_args(out, *opts, "TEST_FAULT.NAN_RANK", "1", launcher=TWO))
+    assert run.wait() != 0
+    assert "Loss became non-finite at iteration 4 (rank 1: loss_inst=nan)" in run.output
+    for rank in (0, 1):
+        assert [it for it, _ in read_losses(test_dir, rank)] == [0, 1, 2, 3]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000002.pth"]
+
+
+def test_killing_one_of_two_processes_stops_the_other(tmp_path) -> None:
+    test_dir = str(tmp_path)
+    launcher = (*TWO, "--dist-timeout", "20")
+    run = train_net(
+        test_dir,
+        *train_net_args(str(tmp_path / "out"), launcher=launcher),
+        FIMA_TEST_PAUSE_AT="2",
+        FIMA_TEST_PAUSE_RANK="1",
+    )
+    (pid,) = run.wait_paused(ranks=(1,))
+    os.kill(pid, 9)
+    start = time.monotonic()
+    assert run.wait(timeout=60) != 0
+    assert time.monotonic() - start < 20
+    assert "terminated with signal SIGKILL" in run.output
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_rank_on_another_machine_that_dies_or_hangs_does_not_hang_the_other(
+    fault: str, tmp_path
+) -> None:
+    """Machine 1's only rank stops at iteration 2 and is killed, or stays stopped (a hang);
+    machine 0 must exit with an error within the collective timeout either way."""
+    timeout = 10
+    test_dir, out = str(tmp_path), str(tmp_path / "out")
+    url = f"tcp://127.0.0.1:{free_port()}"
+
+    def machine(rank: int, **env: str):
+        launcher = ("--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url)
+        launcher += ("--dist-timeout", str(timeout))
+        return train_net(
+            test_dir, *train_net_args(out, launcher=launcher), name=f"machine{rank}", **env
+        )
+
+    survivor = machine(0)
+    victim = machine(1, FIMA_TEST_PAUSE_AT="2")
+    try:
+        victim.wait_paused(ranks=(1,))
+        start = time.monotonic()
+        if fault == "killed":
+            victim.kill()
+        assert survivor.wait(timeout=timeout + 60) != 0
+        elapsed = time.monotonic() - start
+    finally:
+        victim.kill()
+    # A dead peer is noticed at once (its connection closes); a hung one when the timeout expires.
+    assert elapsed < (timeout if fault == "killed" else timeout + 15), survivor.output
+    if fault == "killed":
+        assert "Connection closed by peer" in survivor.output
+    else:
+        assert "Timed out" in survivor.output or "timeout" in survivor.output

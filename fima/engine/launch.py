@@ -4,7 +4,8 @@
 - ``--num-gpus N`` on one machine: N processes are spawned (one per GPU, or N gloo processes on a
   CPU-only machine) that rendezvous at ``--dist-url`` (``auto``: a free local port).
 - Many machines: every machine runs the same command with its ``--machine-rank`` and a shared
-  ``--dist-url tcp://HOST:PORT`` (an address of machine 0 that the others can reach).
+  ``--dist-url tcp://HOST:PORT`` (an address of machine 0 that the others can reach). With one
+  process per machine the launching process itself is the rank.
 - Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) no flag is
   needed: each process joins the group torchrun describes.
 
@@ -66,8 +67,8 @@ def launch(
         timeout: limit of any collective operation (and of the rendezvous).
 
     Returns:
-        ``main_func``'s return value in a single process (or in this process under torchrun),
-        else None.
+        ``main_func``'s return value where it ran in this process (one process per machine, or
+        under torchrun), else None.
 
     Raises:
         SystemExit: a spawned process exited with an error code or was killed; the launcher
@@ -94,6 +95,9 @@ def launch(
         logger.warning("file:// rendezvous across machines needs a shared file system")
     per_machine = num_gpus_per_machine
     worker_args = (main_func, world_size, per_machine, machine_rank, dist_url, args, timeout)
+    if per_machine == 1:
+        # One process on this machine: it joins the job itself instead of spawning a copy.
+        return _distributed_worker(0, *worker_args)
     try:
         mp.start_processes(
             _distributed_worker,
@@ -168,11 +172,11 @@ def _distributed_worker(
     dist_url: str,
     args: tuple[Any, ...],
     timeout: datetime.timedelta,
-) -> None:
+) -> Any:
     rank = machine_rank * per_machine + local_rank
     _join_group(dist_url, rank, world_size, local_rank, per_machine, timeout)
     try:
-        main_func(*args)
+        return main_func(*args)
     finally:
         _leave_group()
 

@@ -24,11 +24,69 @@ TWO = ("--num-gpus", "2")
 
 
 @pytest.fixture(scope="module")
-def spawn2(tmp_path_factory) -> str:
-    """The uninterrupted 6-iteration run on 2 gloo processes (``--num-gpus 2``)."""
-    test_dir = str(tmp_path_factory.mktemp("spawn2"))
-    train_net(test_dir, *train_net_args(os.path.join(test_dir, "out"), launcher=TWO)).wait_ok()
-    return test_dir
+def first(tmp_path_factory) -> dict[str, tuple[str, int, str]]:
+    """The first run of every 2-rank job, started together (they are independent): the
+    uninterrupted run with ``--num-gpus 2``, the same under torchrun and as two "machines", a
+    run killed at the start of iteration 4, one whose loss is NaN at iteration 4 on rank 1.
+
+    Returns:
+        ``{name: (test_dir, exit code, output)}`` (the machines' outputs concatenated).
+    """
+    dirs = {
+        name: str(tmp_path_factory.mktemp(name))
+        for name in ("spawn", "torchrun", "machines", "killed", "nan")
+    }
+    url = f"tcp://127.0.0.1:{free_port()}"
+    nan = ("MODEL.META_ARCHITECTURE", "NaNMoCo", "TEST_FAULT.NAN_ITER", "4")
+    runs = {
+        "spawn": [train_net(dirs["spawn"], *train_net_args(f"{dirs['spawn']}/out", launcher=TWO))],
+        "torchrun": [torchrun(dirs["torchrun"], 2, *train_net_args(f"{dirs['torchrun']}/out"))],
+        "machines": [
+            train_net(
+                dirs["machines"],
+                *train_net_args(
+                    f"{dirs['machines']}/out",
+                    launcher=("--num-machines", "2", "--machine-rank", str(r), "--dist-url", url),
+                ),
+                name=f"machine{r}",
+            )
+            for r in (0, 1)
+        ],
+        "killed": [
+            train_net(
+                dirs["killed"],
+                *train_net_args(f"{dirs['killed']}/out", launcher=TWO),
+                FIMA_TEST_PAUSE_AT="4",
+            )
+        ],
+        "nan": [
+            train_net(
+                dirs["nan"],
+                *train_net_args(
+                    f"{dirs['nan']}/out", *nan, "TEST_FAULT.NAN_RANK", "1", launcher=TWO
+                ),
+            )
+        ],
+    }
+    try:
+        runs["killed"][0].wait_paused(ranks=(0, 1))
+        runs["killed"][0].kill()
+        results = {}
+        for name, group in runs.items():
+            codes = [run.wait() for run in group]
+            results[name] = (dirs[name], max(codes, key=abs), "".join(r.output for r in group))
+    finally:
+        for group in runs.values():
+            for run in group:
+                run.kill()
+    for name in ("spawn", "torchrun", "machines"):
+        assert results[name][1] == 0, results[name][2]
+    return results
+
+
+@pytest.fixture(scope="module")
+def spawn2(first) -> str:
+    return first["spawn"][0]
 
 
 def test_two_processes_hold_identical_queues_and_weights_and_write_one_set_of_files(
@@ -61,30 +119,15 @@ def test_two_processes_hold_identical_queues_and_weights_and_write_one_set_of_fi
     ]
 
 
-def test_torchrun_without_flags_runs_the_same_job(spawn2: str, tmp_path) -> None:
-    test_dir = str(tmp_path)
-    torchrun(test_dir, 2, *train_net_args(str(tmp_path / "out"))).wait_ok()
+def test_torchrun_without_flags_runs_the_same_job(first, spawn2: str) -> None:
+    test_dir = first["torchrun"][0]
     for rank in (0, 1):
         assert read_losses(test_dir, rank) == read_losses(spawn2, rank)
     assert_same_state(final_state(test_dir, 0), final_state(spawn2, 0))
 
 
-def test_two_machines_rendezvous_at_dist_url(spawn2: str, tmp_path) -> None:
-    test_dir, out = str(tmp_path), str(tmp_path / "out")
-    url = f"tcp://127.0.0.1:{free_port()}"
-    machines = [
-        train_net(
-            test_dir,
-            *train_net_args(
-                out,
-                launcher=("--num-machines", "2", "--machine-rank", str(r), "--dist-url", url),
-            ),
-            name=f"machine{r}",
-        )
-        for r in (0, 1)
-    ]
-    for machine in machines:
-        machine.wait_ok()
+def test_two_machines_rendezvous_at_dist_url(first, spawn2: str) -> None:
+    test_dir = first["machines"][0]
     rank0, rank1 = final_state(test_dir, 0), final_state(test_dir, 1)
     assert_same_state(rank0, rank1, skip=("running_mean", "running_var"))
     for rank in (0, 1):
@@ -93,19 +136,18 @@ def test_two_machines_rendezvous_at_dist_url(spawn2: str, tmp_path) -> None:
     # uses both cores where --num-gpus 2 gives each process one, so later losses differ in the
     # last bits of bfloat16 (bit-identical results need the same thread count).
     for rank in (0, 1):
-        first = float.fromhex(read_losses(test_dir, rank)[0][1].split("=")[1])
+        first_loss = float.fromhex(read_losses(test_dir, rank)[0][1].split("=")[1])
         reference = float.fromhex(read_losses(spawn2, rank)[0][1].split("=")[1])
-        assert first == pytest.approx(reference, rel=1e-2)
+        assert first_loss == pytest.approx(reference, rel=1e-2)
 
 
-def test_two_processes_resume_bit_identically_after_sigkill(spawn2: str, tmp_path) -> None:
-    test_dir, out = str(tmp_path), str(tmp_path / "out")
-    run = train_net(test_dir, *train_net_args(out, launcher=TWO), FIMA_TEST_PAUSE_AT="4")
-    run.wait_paused(ranks=(0, 1))
-    run.kill()
+def test_two_processes_resume_bit_identically_after_sigkill(first, spawn2: str) -> None:
+    test_dir = first["killed"][0]
+    out = os.path.join(test_dir, "out")
     train_net(test_dir, *train_net_args(out, launcher=(*TWO, "--resume")), name="resumed").wait_ok()
     for rank in (0, 1):
-        # Each rank's own RNG states were restored: its losses continue exactly.
+        # Each rank's own RNG states and BatchNorm statistics were restored: it continues
+        # exactly.
         expected = dict(read_losses(spawn2, rank))
         recorded = read_losses(test_dir, rank)
         assert [it for it, _ in recorded] == [0, 1, 2, 3, 3, 4, 5]
@@ -113,15 +155,14 @@ def test_two_processes_resume_bit_identically_after_sigkill(spawn2: str, tmp_pat
         assert_same_state(final_state(test_dir, rank), final_state(spawn2, rank))
 
 
-def test_nan_on_one_rank_stops_both_at_that_iteration(tmp_path) -> None:
-    test_dir, out = str(tmp_path), str(tmp_path / "out")
-    opts = ("MODEL.META_ARCHITECTURE", "NaNMoCo", "TEST_FAULT.NAN_ITER", "4")
-    run = train_net(test_dir, *train_net_args(out, *opts, "TEST_FAULT.NAN_RANK", "1", launcher=TWO))
-    assert run.wait() != 0
-    assert "Loss became non-finite at iteration 4 (rank 1: loss_inst=nan)" in run.output
+def test_nan_on_one_rank_stops_both_at_that_iteration(first) -> None:
+    test_dir, code, output = first["nan"]
+    assert code not in (0, -9)
+    assert "Loss became non-finite at iteration 4 (rank 1: loss_inst=nan)" in output
     for rank in (0, 1):
         assert [it for it, _ in read_losses(test_dir, rank)] == [0, 1, 2, 3]
-    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000002.pth"]
+    pth = sorted(f for f in os.listdir(os.path.join(test_dir, "out")) if f.endswith(".pth"))
+    assert pth == ["model_0000002.pth"]
 
 
 def test_killing_one_of_two_processes_stops_the_other(tmp_path) -> None:

@@ -173,7 +173,15 @@ def test_bfloat16_autocast_on_the_cpu_inside_simple_trainer() -> None:
 
 
 def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:
-    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.ACCUM_STEPS": 2, "SOLVER.MAX_ITER": 2})
+    cfg = tiny_cfg(
+        str(tmp_path),
+        **{
+            "SOLVER.ACCUM_STEPS": 2,
+            "SOLVER.MAX_ITER": 2,
+            "MODEL.MOCO.MOMENTUM": 0.99,
+            "MODEL.MOCO.MOMENTUM_SCHEDULE": "cosine",
+        },
+    )
     trainer = DefaultTrainer(cfg)
     method = trainer.method
     with (
@@ -183,6 +191,8 @@ def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_pat
     ):
         trainer.train()
     assert momentum.call_count == queues.call_count == 2
+    # The cosine schedule from the config: 0.99 at the start, halfway to 1 at the middle.
+    assert [c.args[0] for c in momentum.call_args_list] == pytest.approx([0.99, 0.995])
     assert encoder_q.call_count == 4  # two micro-batches of 2 clips per step
     assert [c.args[0].shape[0] for c in encoder_q.call_args_list] == [4] * 4  # 2 windows x 2
     # All keys of a step (2 micro-batches x 2 windows x 2 clips) enqueued after it.

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fima.config import ConfigError, validate_cfg
-from fima.engine import launch
+from fima.engine import DefaultTrainer, launch
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import (
     SplitBatchNorm,
@@ -171,3 +171,12 @@ def test_batchnorm_settings_are_validated(overrides: dict, world: int, message: 
 
 def test_split_groups_that_divide_the_batch_are_accepted() -> None:
     validate_cfg(tiny_cfg(**{"MODEL.SPLIT_BN_GROUPS": 2}), 2)
+
+
+def test_default_trainer_emulates_split_groups_under_bfloat16(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path), **{"MODEL.SPLIT_BN_GROUPS": 2, "SOLVER.MAX_ITER": 2})
+    assert cfg.SOLVER.AMP.ENABLED
+    trainer = DefaultTrainer(cfg)
+    assert split_bn_groups(trainer.method.encoder_q) == split_bn_groups(trainer.method) == 2
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.loss_dict["loss_inst"]))

@@ -8,8 +8,8 @@
 - Resuming requires the checkpoint to match the model exactly; a mismatch fails with the keys.
 - If the newest checkpoint cannot be read (truncated, corrupt), resuming falls back to the
   next newest with a warning naming the bad file.
-- State that differs per rank (RNG states) is gathered from every rank into the one file that
-  rank 0 writes, and each rank gets its own back on resume.
+- State that differs per rank (RNG states, BatchNorm running statistics) is gathered from every
+  rank into the one file that rank 0 writes, and each rank gets its own back on resume.
 """
 
 from __future__ import annotations
@@ -168,16 +168,13 @@ class Checkpointer(_FvcoreCheckpointer):
                 return self._load_file(path), path, None
             except Exception as err:
                 logger.warning("Cannot read checkpoint %s (%s); trying the previous one", path, err)
-        if candidates:
-            return (
-                None,
-                None,
-                (
-                    f"None of the checkpoints in {self.save_dir} can be read ({len(candidates)} "
-                    "tried, see the warnings); move them away to start over"
-                ),
-            )
-        return None, None, None
+        if not candidates:
+            return None, None, None
+        error = (
+            f"None of the checkpoints in {self.save_dir} can be read ({len(candidates)} tried, "
+            "see the warnings); move them away to start over"
+        )
+        return None, None, error
 
     def resume(self) -> dict[str, Any] | None:
         """Load the newest readable checkpoint with every checkpointable, strictly.
@@ -234,7 +231,7 @@ class Checkpointer(_FvcoreCheckpointer):
             if len(states) != world:
                 logger.warning(
                     "%s was written by %d processes, this run has %d: the per-rank state of %r "
-                    "(RNG states) is not restored, so the run does not continue bit for bit",
+                    "is not restored, so the run does not continue bit for bit",
                     path,
                     len(states),
                     world,

@@ -173,8 +173,8 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     keep the newest ``max_to_keep`` periodic ones. A run that stops early (an exception, the
     non-finite loss guard) writes nothing more, so its last periodic checkpoint stays as it was.
 
-    Runs on all ranks: saving gathers every rank's RNG state (a collective); only rank 0 writes
-    and deletes files.
+    Runs on all ranks: saving gathers every rank's own state (RNG states, BatchNorm statistics;
+    a collective); only rank 0 writes and deletes files.
     """
 
     def before_train(self) -> None:

@@ -12,7 +12,8 @@
 NCCL is used on GPUs, gloo on the CPU. Every collective times out after ``timeout``: a rank whose
 peer died fails at once (gloo sees the closed connection; the NCCL watchdog aborts), one whose
 peer hangs fails when the timeout expires, and the launcher then stops the remaining processes.
-On a CPU-only machine the N processes share its cores (``torch.set_num_threads``).
+On a CPU-only machine the N processes share its cores (``torch.set_num_threads``), unless
+``OMP_NUM_THREADS`` says how many threads each should use.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ def _join_group(
             local = group
     cpu = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     comm.set_process_groups(local, cpu)
-    if not use_cuda:
-        # N processes on one CPU share its cores instead of each taking all of them.
+    if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
+        # N processes on one CPU share its cores instead of each taking all of them (an
+        # explicit OMP_NUM_THREADS wins; torchrun sets it to 1 for several processes).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
     comm.synchronize()
 

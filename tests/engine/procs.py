@@ -81,7 +81,9 @@ class Run:
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FIMA_TEST_DIR": test_dir, **(env or {})},
+            # One thread per process: runs are as fast as they can be on a shared machine, and
+            # launchers that would give a process more threads get bit-identical results.
+            env={**os.environ, "OMP_NUM_THREADS": "1", "FIMA_TEST_DIR": test_dir, **(env or {})},
             start_new_session=True,
         )
 

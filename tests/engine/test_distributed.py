@@ -5,6 +5,7 @@ identical queues and weights, one set of output files, exact resume of 2 ranks, 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -208,7 +209,9 @@ def test_a_rank_on_another_machine_that_dies_or_hangs_does_not_hang_the_other(
         victim.kill()
     # A dead peer is noticed at once (its connection closes); a hung one when the timeout expires.
     assert elapsed < (timeout if fault == "killed" else timeout + 15), survivor.output
-    if fault == "killed":
-        assert "Connection closed by peer" in survivor.output
-    else:
-        assert "Timed out" in survivor.output or "timeout" in survivor.output
+    expected = (
+        r"Connection (closed|reset) by peer"
+        if fault == "killed"
+        else rf"Timed out waiting {timeout * 1000}ms"
+    )
+    assert re.search(expected, survivor.output), survivor.output

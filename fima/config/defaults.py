@@ -18,6 +18,15 @@ _C.MODEL.DEVICE = "auto"
 _C.MODEL.WEIGHTS = ""
 # Run encoders in channels_last_3d memory format (faster convolutions on CPU and GPU).
 _C.MODEL.CHANNELS_LAST = True
+# BatchNorm across devices (fima/modeling/batch_shuffle.py). The key encoder's passes always
+# shuffle clips between BatchNorm groups (shuffle-BN): across ranks under DDP, and across the
+# SPLIT_BN_GROUPS groups that each process emulates. SPLIT_BN_GROUPS = G > 1 normalises G groups
+# of every batch separately, to reproduce a G-device run on one device; it must divide the clips
+# per process and micro-batch (SOLVER.IMS_PER_BATCH / (processes x SOLVER.ACCUM_STEPS)).
+_C.MODEL.SPLIT_BN_GROUPS = 1
+# True: SyncBatchNorm over all ranks (GPUs only; no shuffle is needed then). Excludes
+# SPLIT_BN_GROUPS > 1.
+_C.MODEL.SYNC_BN = False
 
 _C.MODEL.BACKBONE = CN()
 # A name in BACKBONE_REGISTRY (I3D, R2Plus1D18, R3D18, Tiny3D, or your own).
@@ -101,7 +110,11 @@ _C.SOLVER.CHECKPOINT_PERIOD = 1000
 # Periodic checkpoints kept on disk (the final one is always kept). 0 keeps all.
 _C.SOLVER.MAX_TO_KEEP = 3
 # Micro-batches per optimizer step: each process runs IMS_PER_BATCH / (world size * ACCUM_STEPS)
-# clips at a time. Queues and the key-encoder momentum update once per optimizer step.
+# clips at a time and the gradients are summed over them (DDP synchronises only the last one).
+# Queues and the key-encoder momentum update once per optimizer step: the key encoder is the
+# same for all micro-batches of a step, and all their keys are enqueued after the step, so
+# every micro-batch sees the same queue (as one large batch would; BatchNorm statistics are per
+# micro-batch, though).
 _C.SOLVER.ACCUM_STEPS = 1
 _C.SOLVER.AMP = CN()
 # Autocast the encoders to AMP.DTYPE; losses, masks and queues stay in float32.

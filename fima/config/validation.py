@@ -34,6 +34,43 @@ def _is_local_path(path: str) -> bool:
     return "://" not in path
 
 
+def _on_gpu(cfg: CfgNode) -> bool:
+    import torch
+
+    device = cfg.MODEL.DEVICE
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def _multi_device(cfg: CfgNode, world_size: int) -> None:
+    """Mixed precision and BatchNorm across devices."""
+    solver, model = cfg.SOLVER, cfg.MODEL
+    require(
+        not (solver.AMP.ENABLED and solver.AMP.DTYPE == "float16") or _on_gpu(cfg),
+        "SOLVER.AMP.DTYPE",
+        "float16 needs a GPU (its gradient scaler is CUDA-only); use bfloat16 on the CPU",
+    )
+    groups = model.SPLIT_BN_GROUPS
+    require(groups >= 1, "MODEL.SPLIT_BN_GROUPS", f"must be >= 1, got {groups}")
+    per_process = solver.IMS_PER_BATCH // (world_size * solver.ACCUM_STEPS)
+    require(
+        per_process % groups == 0,
+        "MODEL.SPLIT_BN_GROUPS",
+        f"{groups} must divide the {per_process} clips per process and micro-batch "
+        "(SOLVER.IMS_PER_BATCH / (processes x SOLVER.ACCUM_STEPS))",
+    )
+    require(
+        not (model.SYNC_BN and groups > 1),
+        "MODEL.SYNC_BN",
+        "excludes MODEL.SPLIT_BN_GROUPS > 1 (SyncBatchNorm normalises over the whole batch)",
+    )
+    require(
+        not model.SYNC_BN or _on_gpu(cfg),
+        "MODEL.SYNC_BN",
+        "needs GPUs (SyncBatchNorm has no CPU implementation); on the CPU the key passes "
+        "use shuffle-BN across processes",
+    )
+
+
 def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     """Check a finished config before anything is built.
 
@@ -90,6 +127,7 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
         "SOLVER.AMP.DTYPE",
         f"must be 'bfloat16' or 'float16', got {solver.AMP.DTYPE!r}",
     )
+    _multi_device(cfg, world_size)
 
     inp = cfg.INPUT
     require(inp.NUM_FRAMES > 0, "INPUT.NUM_FRAMES", f"must be positive, got {inp.NUM_FRAMES}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fima.checkpoint import Checkpointer, atomic_write
 from fima.config import CfgNode, validate_cfg
@@ -22,6 +24,7 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, autocast_dtype
 from fima.modeling import build_model
+from fima.modeling.batch_shuffle import convert_batchnorm
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
@@ -129,7 +132,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     cfg.SEED = shared_seed(cfg.SEED)
     validate_cfg(cfg, comm.get_world_size())
     resuming = args is not None and (args.resume or args.eval_only)
-    if not resuming and os.path.isfile(os.path.join(output_dir, "last_checkpoint")):
+    # Rank 0 decides, so that all ranks stop together (other machines may not see the files).
+    has_run = comm.broadcast_object(os.path.isfile(os.path.join(output_dir, "last_checkpoint")))
+    if not resuming and has_run:
         raise FileExistsError(
             f"OUTPUT_DIR {output_dir} already holds a run (last_checkpoint). Pass --resume to "
             "continue it, or set OUTPUT_DIR to another directory; nothing was overwritten."
@@ -157,23 +162,39 @@ def resolve_device(cfg: CfgNode) -> torch.device:
 def create_ddp_model(model: nn.Module, device: torch.device, **kwargs: Any) -> nn.Module:
     """Wrap in DistributedDataParallel when the world size is > 1, else return the model.
 
-    Buffers are not broadcast each step: queues are kept identical by all-gathers, and each
-    rank keeps its own BatchNorm statistics (as MoCo does).
+    Parameters and buffers are broadcast from rank 0 once, here, so every rank starts from the
+    same weights and queues (each rank draws its own random initial queue). Buffers are not
+    broadcast each step: the queues stay identical through their all-gathers, and each rank
+    keeps its own BatchNorm running statistics (as MoCo does; checkpoints hold rank 0's).
     """
     if comm.get_world_size() == 1:
         return model
-    kwargs.setdefault("broadcast_buffers", False)
+    with torch.no_grad():
+        for buffer in model.buffers():
+            comm.broadcast_tensor(buffer)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.13 renamed broadcast_buffers (which also skipped the initial sync of buffers).
+    if "forward_sync_buffers" in inspect.signature(ddp).parameters:
+        kwargs.setdefault("forward_sync_buffers", False)
+    else:
+        kwargs.setdefault("broadcast_buffers", False)
     if device.type == "cuda":
         kwargs.setdefault("device_ids", [device.index])
-    return nn.parallel.DistributedDataParallel(model, **kwargs)
+    return ddp(model, **kwargs)
 
 
 class DefaultTrainer(SimpleTrainer):
     """Training from a config with the standard hooks (see :meth:`build_hooks`).
 
-    It builds the model (``build_model``), its optimizer and LR schedule, the method's own
-    training loader, wraps DDP when needed, and runs ``SimpleTrainer``'s step. Subclass and
-    override a ``build_*`` method to change one piece.
+    It builds the model (``build_model``), converts its BatchNorm layers for multi-device
+    training (``MODEL.SPLIT_BN_GROUPS``, ``MODEL.SYNC_BN``), builds its optimizer and LR
+    schedule and the method's own training loader, wraps DDP when needed, and runs
+    ``SimpleTrainer``'s step. Subclass and override a ``build_*`` method to change one piece.
+
+    Checkpoints hold everything a run needs to continue bit for bit: the model (query and key
+    encoders, heads, queues and their pointers, BatchNorm statistics), optimizer, LR scheduler,
+    grad scaler, iteration, the data loader's position and every rank's RNG states (Python,
+    NumPy, torch CPU and CUDA).
 
     Example::
 
@@ -185,7 +206,11 @@ class DefaultTrainer(SimpleTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg)
-        method = self.build_model(cfg).to(self.device)
+        method = convert_batchnorm(
+            self.build_model(cfg),
+            split_groups=cfg.MODEL.SPLIT_BN_GROUPS,
+            sync=cfg.MODEL.SYNC_BN and comm.get_world_size() > 1,
+        ).to(self.device)
         optimizer = self.build_optimizer(cfg, method)
         data_loader = self.build_train_loader(cfg)
         accum = cfg.SOLVER.ACCUM_STEPS
@@ -231,19 +256,35 @@ class DefaultTrainer(SimpleTrainer):
         return {}
 
     # -- checkpoint state ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["rng"] = get_rng_state()
-        return state
+    def rank_state_dict(self) -> dict[str, Any]:
+        """What differs between ranks: the RNG states and the BatchNorm running statistics
+        (each rank keeps its own; the model's state holds rank 0's). The checkpointer gathers
+        it from every rank."""
+        return {
+            "rng": get_rng_state(),
+            "batchnorm": {k: v.detach().cpu().clone() for k, v in self._batchnorm_stats().items()},
+        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "rng" in state:
-            set_rng_state(state["rng"])
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state["rng"])
+        own = self._batchnorm_stats()
+        with torch.no_grad():
+            for name, value in state["batchnorm"].items():
+                own[name].copy_(value)
+
+    def _batchnorm_stats(self) -> dict[str, torch.Tensor]:
+        return {
+            f"{module_name}.{name}": buffer
+            for module_name, module in self.method.named_modules()
+            if isinstance(module, _BatchNorm)
+            for name, buffer in module.named_buffers(recurse=False)
+            if name in ("running_mean", "running_var")
+        }
 
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume``, continue from the newest readable checkpoint of OUTPUT_DIR if there
-        is one; otherwise initialise the model from ``MODEL.WEIGHTS`` (if set)."""
+        is one; otherwise initialise the model from ``MODEL.WEIGHTS`` (if set). Call on every
+        rank."""
         if resume and self.checkpointer.resume() is not None:
             self.start_iter = self.iter + 1
             return

@@ -1,11 +1,17 @@
 """Training hooks: timing, LR schedule, key-encoder momentum, queues, checkpoints, evaluation,
-writers and the non-finite loss guard."""
+writers and the non-finite loss guard.
+
+Under DDP every rank registers the same hooks (``DefaultTrainer.build_hooks``), except
+:class:`PeriodicWriter`, which only rank 0 has. Each hook's docstring says whether it runs a
+collective, i.e. whether it relies on running on all ranks.
+"""
 
 from __future__ import annotations
 
 import datetime
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +22,7 @@ from fvcore.common.timer import Timer
 
 from fima.engine.train_loop import HookBase
 from fima.utils import comm
+from fima.utils.env import preserved_rng
 from fima.utils.events import EventWriter
 
 logger = logging.getLogger(__name__)
@@ -24,7 +31,7 @@ logger = logging.getLogger(__name__)
 class IterationTimer(HookBase):
     """Put the duration of each step (``time``) into the storage; log the total at the end.
 
-    Register it first, so that the step time includes the other hooks' work.
+    Register it first, so that the step time includes the other hooks' work. No collective.
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:
@@ -69,7 +76,10 @@ class IterationTimer(HookBase):
 
 
 class LRScheduler(HookBase):
-    """Step the learning-rate scheduler after every iteration and record ``lr``."""
+    """Step the learning-rate scheduler after every iteration and record ``lr``.
+
+    No collective, but every rank steps its own scheduler, so that all ranks use the same rate.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         self._optimizer = optimizer
@@ -83,11 +93,13 @@ class LRScheduler(HookBase):
 
 
 class MomentumSchedule(HookBase):
-    """Update the key encoder by momentum before every step (runs on all ranks).
+    """Update the key encoder by momentum once per optimizer step, before it (all ranks).
 
     ``constant`` uses ``base`` throughout; ``cosine`` raises it from ``base`` to 1 over the run
-    (``m = 1 - (1 - base) * (cos(pi * t / T) + 1) / 2``). The model must define
-    ``momentum_update(m)``.
+    (``m = 1 - (1 - base) * (cos(pi * t / T) + 1) / 2``, BYOL's schedule). The momentum is a
+    function of the iteration alone, so a resumed run continues the schedule exactly. The model
+    must define ``momentum_update(m)``. No collective: every rank updates its own key encoder
+    from identical query weights, so the key encoders stay identical.
     """
 
     def __init__(self, base: float, schedule: str = "constant") -> None:
@@ -108,8 +120,12 @@ class MomentumSchedule(HookBase):
 
 
 class QueueUpdate(HookBase):
-    """Enqueue the keys of the step's batches once per optimizer step (runs on all ranks: the
-    queues all-gather). The model must define ``update_queues()``."""
+    """Enqueue the keys of the step's micro-batches once per optimizer step, after it.
+
+    Runs on all ranks: the queues all-gather the keys of every rank, so they stay identical.
+    Register it before :class:`PeriodicCheckpointer`, so that a checkpoint holds the queues that
+    the next step sees. The model must define ``update_queues()``.
+    """
 
     def after_step(self) -> None:
         comm.unwrap_model(self.trainer.model).update_queues()
@@ -118,8 +134,10 @@ class QueueUpdate(HookBase):
 class NonFiniteLossGuard(HookBase):
     """Stop every rank, before the optimizer step, when any rank's loss is NaN or infinite.
 
-    Runs on all ranks (one tiny all-reduce per step), so all of them stop at the same iteration;
-    the weights are not updated and the last checkpoint on disk stays intact.
+    Runs on all ranks (one tiny all-reduce per step; the loss terms of every rank are gathered
+    only when one is bad), so all of them stop at the same iteration with the same message. The
+    weights, queues and key encoder are not updated and no checkpoint is written, so the last
+    checkpoint on disk stays intact.
     """
 
     def after_backward(self) -> None:
@@ -128,22 +146,35 @@ class NonFiniteLossGuard(HookBase):
         flag = comm.all_reduce_tensor(
             torch.tensor([float(bad)], device=comm.collective_device()), op="max"
         )
-        if flag.item() > 0:
-            terms = ", ".join(f"{k}={v:.6g}" for k, v in sorted(losses.items()))
-            where = "this rank" if bad else "another rank"
-            raise FloatingPointError(
-                f"Loss became non-finite at iteration {self.trainer.iter} on {where} "
-                f"(this rank's terms: {terms}); stopping all ranks. The last checkpoint on disk "
-                "is intact: lower the learning rate or check the data, then resume."
-            )
+        if flag.item() == 0:
+            return
+        per_rank = comm.all_gather_object(losses)
+
+        def terms(values: dict[str, float]) -> str:
+            return ", ".join(f"{k}={v:.6g}" for k, v in sorted(values.items()))
+
+        if len(per_rank) == 1:
+            where = terms(losses)
+        else:
+            bad_ranks = [
+                r for r, v in enumerate(per_rank) if not all(map(math.isfinite, v.values()))
+            ]
+            where = "; ".join(f"rank {r}: {terms(per_rank[r])}" for r in bad_ranks)
+        raise FloatingPointError(
+            f"Loss became non-finite at iteration {self.trainer.iter} ({where}); stopping "
+            f"{'all ranks' if len(per_rank) > 1 else 'training'} before the optimizer step. "
+            "The last checkpoint on disk is intact: lower the learning rate or check the data, "
+            "then resume with --resume."
+        )
 
 
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
-    """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one
-    (fvcore's logic as a hook). A run that stops early leaves its last periodic checkpoint.
+    """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one;
+    keep the newest ``max_to_keep`` periodic ones. A run that stops early (an exception, the
+    non-finite loss guard) writes nothing more, so its last periodic checkpoint stays as it was.
 
-    Runs on all ranks (only rank 0's checkpointer writes), so that any collective gathering of
-    state happens everywhere.
+    Runs on all ranks: saving gathers every rank's own state (RNG states, BatchNorm statistics;
+    a collective); only rank 0 writes and deletes files.
     """
 
     def before_train(self) -> None:
@@ -152,10 +183,34 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     def after_step(self) -> None:
         self.step(self.trainer.iter)
 
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        """fvcore's schedule, except that only rank 0 deletes old files, after the new one and
+        its pointer are on disk (fvcore lets every rank delete what the pointer names)."""
+        iteration = int(iteration)
+        state = {"iteration": iteration, **kwargs}
+        if (iteration + 1) % self.period == 0:
+            name = f"{self.file_prefix}_{iteration:07d}"
+            self.checkpointer.save(name, **state)
+            if self.max_to_keep is not None and comm.is_main_process():
+                self.recent_checkpoints.append(
+                    os.path.join(self.checkpointer.save_dir, f"{name}.pth")
+                )
+                while len(self.recent_checkpoints) > self.max_to_keep:
+                    old = self.recent_checkpoints.pop(0)
+                    if self.path_manager.exists(old):
+                        self.path_manager.rm(old)
+        if self.max_iter is not None and iteration >= self.max_iter - 1:
+            self.checkpointer.save(f"{self.file_prefix}_final", **state)
+
 
 class EvalHook(HookBase):
     """Run ``eval_function()`` every ``period`` iterations and after the last one; put its flat
-    ``{name: float}`` results into the storage. Runs on all ranks (evaluators gather)."""
+    ``{name: float}`` results into the storage.
+
+    Runs on all ranks (evaluators gather). Evaluation runs with the RNG states saved and restored
+    around it, so that training continues as if it had not run: a resumed run is exact wherever
+    the evaluations fell. Not after a failed run.
+    """
 
     def __init__(self, period: int, eval_function: Callable[[], dict[str, float]]) -> None:
         self._period = period
@@ -163,7 +218,8 @@ class EvalHook(HookBase):
         self.latest: dict[str, float] = {}
 
     def _do_eval(self) -> None:
-        results = self._func() or {}
+        with preserved_rng():
+            results = self._func() or {}
         for name, value in results.items():
             if not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"Evaluation result {name}={value!r} is not a finite number")
@@ -181,12 +237,16 @@ class EvalHook(HookBase):
             self._do_eval()
 
     def after_train(self) -> None:
-        if self.trainer.iter >= self.trainer.max_iter:
+        if self.trainer.iter >= self.trainer.max_iter and not self.trainer.failed:
             self._do_eval()
 
 
 class PeriodicWriter(HookBase):
-    """Call the writers every ``period`` iterations, at the last one and at the end (rank 0)."""
+    """Call the writers every ``period`` iterations, at the last one and at the end.
+
+    Rank 0 only (the writers write files); no collective. Metrics are averaged over ranks when
+    they are put into the storage.
+    """
 
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         self._writers = list(writers)
@@ -207,7 +267,12 @@ class PeriodicWriter(HookBase):
 
 class BadVideoReport(HookBase):
     """Write ``bad_videos.txt`` every ``period`` iterations and at the end, and put the count of
-    bad videos into the storage. Runs on all ranks (the lists are gathered)."""
+    bad videos into the storage.
+
+    Runs on all ranks (the lists are gathered). After a failed run only a single process writes
+    its list: under DDP the other ranks may not reach the gather, and each rank has logged its
+    skipped videos as warnings.
+    """
 
     def __init__(self, tracker: Any, period: int) -> None:
         self.tracker = tracker
@@ -218,7 +283,8 @@ class BadVideoReport(HookBase):
             self._report()
 
     def after_train(self) -> None:
-        self._report()
+        if not self.trainer.failed or comm.get_world_size() == 1:
+            self._report()
 
     def _report(self) -> None:
         self.tracker.write()

@@ -4,12 +4,16 @@
 - ``--num-gpus N`` on one machine: N processes are spawned (one per GPU, or N gloo processes on a
   CPU-only machine) that rendezvous at ``--dist-url`` (``auto``: a free local port).
 - Many machines: every machine runs the same command with its ``--machine-rank`` and a shared
-  ``--dist-url tcp://HOST:PORT``.
+  ``--dist-url tcp://HOST:PORT`` (an address of machine 0 that the others can reach). With one
+  process per machine the launching process itself is the rank.
 - Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) no flag is
   needed: each process joins the group torchrun describes.
 
-NCCL is used on GPUs, gloo on the CPU. Collectives time out after ``timeout``: if a rank dies,
-the others fail with an error instead of hanging, and the launcher stops the rest.
+NCCL is used on GPUs, gloo on the CPU. Every collective times out after ``timeout``: a rank whose
+peer died fails at once (gloo sees the closed connection; the NCCL watchdog aborts), one whose
+peer hangs fails when the timeout expires, and the launcher then stops the remaining processes.
+On a CPU-only machine the N processes share its cores (``torch.set_num_threads``), unless
+``OMP_NUM_THREADS`` says how many threads each should use.
 """
 
 from __future__ import annotations
@@ -61,15 +65,28 @@ def launch(
         machine_rank: this machine's rank (0 .. num_machines - 1).
         dist_url: rendezvous URL; ``"auto"`` picks a free local port (one machine only).
         args: arguments of ``main_func``.
-        timeout: limit of any collective operation.
+        timeout: limit of any collective operation (and of the rendezvous).
 
     Returns:
-        ``main_func``'s return value in a single process, else None.
+        ``main_func``'s return value where it ran in this process (one process per machine, or
+        under torchrun), else None.
+
+    Raises:
+        SystemExit: a spawned process exited with an error code or was killed; the launcher
+            has stopped the others.
     """
     if launched_by_torchrun():
+        if num_gpus_per_machine > 1 or num_machines > 1:
+            logger.warning("Under torchrun, --num-gpus and --num-machines are ignored")
         return _run_under_torchrun(main_func, args, timeout)
+    if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine}, --num-machines {num_machines}, --machine-rank "
+            f"{machine_rank}: need at least one process and machine, and a rank below "
+            "--num-machines"
+        )
     world_size = num_machines * num_gpus_per_machine
-    if world_size <= 1:
+    if world_size == 1:
         return main_func(*args)
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
@@ -77,19 +94,46 @@ def launch(
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared file system")
-    mp.start_processes(
-        _distributed_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
-    )
+    per_machine = num_gpus_per_machine
+    worker_args = (main_func, world_size, per_machine, machine_rank, dist_url, args, timeout)
+    if per_machine == 1:
+        # One process on this machine: it joins the job itself instead of spawning a copy.
+        return _distributed_worker(0, *worker_args)
+    try:
+        mp.start_processes(
+            _distributed_worker,
+            nprocs=per_machine,
+            args=worker_args,
+            daemon=False,
+            start_method="spawn",
+        )
+    except mp.ProcessExitedException as err:
+        # The process said why (e.g. a config error on stderr) or was killed: exit with its
+        # code instead of a launcher traceback. A raised exception keeps its traceback.
+        if err.signal_name is None and err.exit_code:
+            raise SystemExit(err.exit_code) from None
+        raise SystemExit(f"fima.engine.launch: {err}") from None
     return None
 
 
-def _init_group(
-    backend: str, init_method: str, world_size: int, rank: int, timeout: datetime.timedelta
+def _join_group(
+    init_method: str,
+    rank: int,
+    world_size: int,
+    local_rank: int,
+    local_size: int,
+    timeout: datetime.timedelta,
 ) -> None:
+    """Initialise the default group, the per-machine groups and the object group; pin the GPU."""
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        if torch.cuda.device_count() <= local_rank:
+            raise RuntimeError(
+                f"{local_size} processes per machine but only {torch.cuda.device_count()} GPUs "
+                "are visible"
+            )
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if use_cuda else "gloo"
     try:
         dist.init_process_group(
             backend=backend,
@@ -100,20 +144,25 @@ def _init_group(
         )
     except Exception as err:
         raise RuntimeError(f"Process group initialisation failed at {init_method}: {err}") from err
-
-
-def _set_local_group(num_machines: int, per_machine: int, machine_rank: int) -> None:
-    for machine in range(num_machines):
-        ranks = list(range(machine * per_machine, (machine + 1) * per_machine))
-        group = dist.new_group(ranks)
-        if machine == machine_rank:
-            comm.set_local_process_group(group)
-
-
-def _limit_cpu_threads(local_size: int) -> None:
-    # N processes on one CPU share its cores instead of each taking all of them.
-    if not torch.cuda.is_available():
+    # new_group is collective: every rank creates every machine's group, in the same order.
+    local = None
+    for machine in range(world_size // local_size):
+        ranks = list(range(machine * local_size, (machine + 1) * local_size))
+        group = dist.new_group(ranks, timeout=timeout)
+        if machine == rank // local_size:
+            local = group
+    cpu = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+    comm.set_process_groups(local, cpu)
+    if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
+        # N processes on one CPU share its cores instead of each taking all of them (an
+        # explicit OMP_NUM_THREADS wins; torchrun sets it to 1 for several processes).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    comm.synchronize()
+
+
+def _leave_group() -> None:
+    dist.destroy_process_group()
+    comm.set_process_groups(None, None)
 
 
 def _distributed_worker(
@@ -125,23 +174,13 @@ def _distributed_worker(
     dist_url: str,
     args: tuple[Any, ...],
     timeout: datetime.timedelta,
-) -> None:
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        if torch.cuda.device_count() < per_machine:
-            raise RuntimeError(
-                f"--num-gpus {per_machine} but only {torch.cuda.device_count()} GPUs are visible"
-            )
-        torch.cuda.set_device(local_rank)
+) -> Any:
     rank = machine_rank * per_machine + local_rank
-    _init_group("nccl" if use_cuda else "gloo", dist_url, world_size, rank, timeout)
-    _set_local_group(world_size // per_machine, per_machine, machine_rank)
-    _limit_cpu_threads(per_machine)
-    comm.synchronize()
+    _join_group(dist_url, rank, world_size, local_rank, per_machine, timeout)
     try:
-        main_func(*args)
+        return main_func(*args)
     finally:
-        dist.destroy_process_group()
+        _leave_group()
 
 
 def _run_under_torchrun(
@@ -150,16 +189,12 @@ def _run_under_torchrun(
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
     if world_size == 1:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
         return main_func(*args)
-    _init_group("nccl" if use_cuda else "gloo", "env://", world_size, rank, timeout)
-    _set_local_group(world_size // local_size, local_size, rank // local_size)
-    _limit_cpu_threads(local_size)
-    comm.synchronize()
+    _join_group("env://", rank, world_size, local_rank, local_size, timeout)
     try:
         return main_func(*args)
     finally:
-        dist.destroy_process_group()
+        _leave_group()

@@ -31,7 +31,11 @@ class HookBase:
     The order is ``before_train``, then per iteration ``before_step``, ``after_backward`` (after
     the backward pass of all micro-batches, before the optimizer step) and ``after_step``, and
     finally ``after_train``. ``self.trainer`` is a weak proxy of the trainer, set on registration.
-    A hook that runs a collective operation must run on every rank, and says so in its docstring.
+
+    Under DDP every rank runs the same hooks. A hook that runs a collective operation (or calls
+    something that does) relies on that, and says so in its docstring. ``after_train`` also runs
+    when training stopped on an exception (``trainer.failed`` is then True); a hook must not start
+    a collective then, since the other ranks may never join it.
     """
 
     trainer: Any = None
@@ -66,6 +70,7 @@ class TrainerBase:
         iter: the current iteration (``start_iter <= iter < max_iter`` during training).
         start_iter, max_iter: the range of this run.
         storage: the ``EventStorage`` of the run.
+        failed: whether training stopped on an exception (for ``after_train``).
     """
 
     def __init__(self) -> None:
@@ -73,6 +78,7 @@ class TrainerBase:
         self.iter = 0
         self.start_iter = 0
         self.max_iter = 0
+        self.failed = False
         self.storage: EventStorage
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
@@ -92,6 +98,7 @@ class TrainerBase:
         logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
+        self.failed = False
         with EventStorage(start_iter) as self.storage:
             try:
                 self.before_train()
@@ -101,8 +108,10 @@ class TrainerBase:
                     self.after_step()
                 # After the loop ``iter`` is max_iter, so that after_train sees a finished run.
                 self.iter += 1
-            except Exception:
-                logger.exception("Exception during training:")
+            except BaseException as err:
+                self.failed = True
+                if isinstance(err, Exception):
+                    logger.exception("Exception during training:")
                 raise
             finally:
                 self.after_train()
@@ -164,10 +173,14 @@ class SimpleTrainer(TrainerBase):
         optimizer: a torch optimizer.
         amp: autocast the forward to ``amp_dtype`` (losses inside the model opt out and stay in
             float32); float16 adds a gradient scaler.
-        amp_dtype: ``torch.bfloat16`` or ``torch.float16``.
-        accum_steps: micro-batches per optimizer step. Under DDP the gradients are synchronised
-            only on the last one.
+        amp_dtype: ``torch.bfloat16`` (CPU or GPU) or ``torch.float16`` (GPU only).
+        accum_steps: micro-batches per optimizer step; the loss of each is divided by it, so the
+            gradients are those of their mean. Under DDP the gradients are synchronised only on
+            the last one. Hooks run once per optimizer step (an iteration), whatever the count.
         device_type: ``"cpu"`` or ``"cuda"``, for autocast and the scaler.
+
+    Raises:
+        ValueError: float16 mixed precision on a device other than CUDA.
     """
 
     def __init__(
@@ -182,6 +195,11 @@ class SimpleTrainer(TrainerBase):
         device_type: str = "cpu",
     ) -> None:
         super().__init__()
+        if amp and amp_dtype == torch.float16 and device_type != "cuda":
+            raise ValueError(
+                "float16 mixed precision needs a GPU (its gradient scaler is CUDA-only); "
+                "use bfloat16 on the CPU"
+            )
         model.train()
         self.model = model
         self.data_loader = data_loader
@@ -192,7 +210,7 @@ class SimpleTrainer(TrainerBase):
         self.accum_steps = accum_steps
         self.device_type = device_type
         self.grad_scaler = torch.amp.GradScaler(
-            device_type, enabled=amp and amp_dtype == torch.float16 and device_type == "cuda"
+            device_type, enabled=amp and amp_dtype == torch.float16
         )
         self.loss_dict: dict[str, float] = {}
 

@@ -7,7 +7,6 @@ whether it runs distributed.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 _LOCAL_PROCESS_GROUP: dist.ProcessGroup | None = None
+_CPU_PROCESS_GROUP: dist.ProcessGroup | None = None
 
 
 def is_distributed() -> bool:
@@ -44,10 +44,15 @@ def get_local_size() -> int:
     return dist.get_world_size(group=_LOCAL_PROCESS_GROUP)
 
 
-def set_local_process_group(group: dist.ProcessGroup | None) -> None:
-    """Record the group of the processes on this machine; called by ``fima.engine.launch``."""
-    global _LOCAL_PROCESS_GROUP
-    _LOCAL_PROCESS_GROUP = group
+def set_process_groups(
+    local: dist.ProcessGroup | None, cpu: dist.ProcessGroup | None = None
+) -> None:
+    """Record the group of the processes on this machine and, when the default backend is not
+    gloo, a gloo group for collectives on Python objects; called by ``fima.engine.launch``, which
+    creates them with the job's timeout. ``(None, None)`` forgets them (after the default group
+    is destroyed)."""
+    global _LOCAL_PROCESS_GROUP, _CPU_PROCESS_GROUP
+    _LOCAL_PROCESS_GROUP, _CPU_PROCESS_GROUP = local, cpu
 
 
 def is_main_process() -> bool:
@@ -61,12 +66,18 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache
 def _cpu_group() -> dist.ProcessGroup:
-    """A gloo group for collectives on Python objects, whatever the default backend."""
+    """A gloo group for collectives on Python objects, whatever the default backend.
+
+    ``launch`` creates it up front; a process group set up by other code gets one on the first
+    object collective (which every rank reaches together, as ``new_group`` requires).
+    """
+    global _CPU_PROCESS_GROUP
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
-    return dist.new_group(backend="gloo")
+    if _CPU_PROCESS_GROUP is None:
+        _CPU_PROCESS_GROUP = dist.new_group(backend="gloo")
+    return _CPU_PROCESS_GROUP
 
 
 def collective_device() -> torch.device:
@@ -110,6 +121,37 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast of rank ``src``'s ``tensor`` (on :func:`collective_device`); a no-op
+    in one process."""
+    if get_world_size() > 1:
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+@torch.no_grad()
+def all_to_all_tensor(
+    tensor: torch.Tensor, send_counts: list[int], recv_counts: list[int]
+) -> torch.Tensor:
+    """Exchange rows between ranks, no gradient.
+
+    Args:
+        tensor: ``[sum(send_counts), ...]``: the first ``send_counts[0]`` rows go to rank 0, the
+            next ``send_counts[1]`` to rank 1, and so on.
+        send_counts: rows for each rank.
+        recv_counts: rows that arrive from each rank (what they send to this one).
+
+    Returns:
+        ``[sum(recv_counts), ...]``, grouped by source rank in rank order; the input itself in
+        one process.
+    """
+    if get_world_size() == 1:
+        return tensor
+    out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
+    dist.all_to_all_single(out, tensor.contiguous(), recv_counts, send_counts)
+    return out
 
 
 def all_reduce_tensor(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""Logging: console on rank 0 (warnings only elsewhere) and a log file per rank."""
+"""Logging: the console and ``OUTPUT_DIR/log.txt`` on rank 0; warnings and errors elsewhere.
+
+Only rank 0 writes files, so a run of any size leaves one set of outputs. The other ranks print
+their warnings and errors (a skipped video, an exception's traceback) to their console, prefixed
+with their rank: with ``--num-gpus`` and torchrun that is the launching terminal, on other
+machines their own terminal or job log.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ def setup_logger(
     """Configure the ``fima`` logger.
 
     Args:
-        output: a directory (then ``log.txt`` inside it) or a ``.txt``/``.log`` file; rank r > 0
-            writes ``<file>.rank<r>``. ``None`` logs to the console only.
-        distributed_rank: this process's rank; only rank 0 prints INFO to the console.
+        output: a directory (then ``log.txt`` inside it) or a ``.txt``/``.log`` file, written by
+            rank 0 only. ``None`` logs to the console only.
+        distributed_rank: this process's rank; rank 0 prints INFO and above to the console and
+            writes the file, the others print warnings and errors, prefixed with their rank.
         name: the logger to configure.
 
     Returns:
@@ -44,13 +51,12 @@ def setup_logger(
     date_fmt = "%m/%d %H:%M:%S"
     console = logging.StreamHandler(stream=sys.stdout)
     console.setLevel(logging.INFO if distributed_rank == 0 else logging.WARNING)
-    console.setFormatter(_ColorFormatter(f"[%(asctime)s {name}]: %(message)s", datefmt=date_fmt))
+    prefix = name if distributed_rank == 0 else f"{name} rank{distributed_rank}"
+    console.setFormatter(_ColorFormatter(f"[%(asctime)s {prefix}]: %(message)s", datefmt=date_fmt))
     console._fima_handler = True  # type: ignore[attr-defined]
     logger.addHandler(console)
-    if output is not None:
+    if output is not None and distributed_rank == 0:
         filename = output if output.endswith((".txt", ".log")) else os.path.join(output, "log.txt")
-        if distributed_rank > 0:
-            filename = f"{filename}.rank{distributed_rank}"
         os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
         handler = logging.FileHandler(filename)
         handler.setLevel(logging.DEBUG)

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from fima.checkpoint import CheckpointMismatchError
+from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup
-from fima.engine.hooks import NonFiniteLossGuard
+from fima.engine.hooks import EvalHook, NonFiniteLossGuard
 from tests.conftest import tiny_cfg
 
 
@@ -75,7 +77,7 @@ def test_non_finite_loss_stops_before_the_update() -> None:
 
     trainer = SimpleTrainer(model, data(), torch.optim.SGD(model.parameters(), lr=0.1))
     trainer.register_hooks([NonFiniteLossGuard()])
-    with pytest.raises(FloatingPointError, match="iteration 2.*loss_a=nan"):
+    with pytest.raises(FloatingPointError, match=r"iteration 2 \(loss_a=nan, loss_b=0\.\d+\)"):
         trainer.train(0, 10)
     assert torch.isfinite(model.weight).all()
 
@@ -132,3 +134,103 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
     assert combined == straight_losses.losses  # bit-identical losses at every iteration
     for name, tensor in straight.method.state_dict().items():
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
+
+
+def test_float16_needs_a_gpu_and_is_validated() -> None:
+    model = ToyModel()
+    with pytest.raises(ValueError, match="float16 mixed precision needs a GPU"):
+        SimpleTrainer(
+            model,
+            endless(),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            amp=True,
+            amp_dtype=torch.float16,
+        )
+    cfg = tiny_cfg(**{"SOLVER.AMP.DTYPE": "float16", "MODEL.DEVICE": "cpu"})
+    with pytest.raises(ConfigError, match="SOLVER.AMP.DTYPE: float16 needs a GPU"):
+        validate_cfg(cfg)
+
+
+class LinearModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.linear(batch[None])
+        self.dtypes.append(out.dtype)
+        return {"loss": out.float().square().mean()}
+
+
+def test_bfloat16_autocast_on_the_cpu_inside_simple_trainer() -> None:
+    model = LinearModel()
+    trainer = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1), amp=True)
+    trainer.train(0, 2)
+    assert model.dtypes == [torch.bfloat16, torch.bfloat16]
+    assert model.linear.weight.dtype == torch.float32
+    assert not trainer.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
+
+
+def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:
+    cfg = tiny_cfg(
+        str(tmp_path),
+        **{
+            "SOLVER.ACCUM_STEPS": 2,
+            "SOLVER.MAX_ITER": 2,
+            "MODEL.MOCO.MOMENTUM": 0.99,
+            "MODEL.MOCO.MOMENTUM_SCHEDULE": "cosine",
+        },
+    )
+    trainer = DefaultTrainer(cfg)
+    method = trainer.method
+    with (
+        mock.patch.object(method, "momentum_update", wraps=method.momentum_update) as momentum,
+        mock.patch.object(method, "update_queues", wraps=method.update_queues) as queues,
+        mock.patch.object(method.encoder_q, "forward", wraps=method.encoder_q.forward) as encoder_q,
+    ):
+        trainer.train()
+    assert momentum.call_count == queues.call_count == 2
+    # The cosine schedule from the config: 0.99 at the start, halfway to 1 at the middle.
+    assert [c.args[0] for c in momentum.call_args_list] == pytest.approx([0.99, 0.995])
+    assert encoder_q.call_count == 4  # two micro-batches of 2 clips per step
+    assert [c.args[0].shape[0] for c in encoder_q.call_args_list] == [4] * 4  # 2 windows x 2
+    # All keys of a step (2 micro-batches x 2 windows x 2 clips) enqueued after it.
+    assert int(method.queue.ptr) == 2 * 2 * cfg.SOLVER.IMS_PER_BATCH
+    assert trainer.data_loader.position == 4
+
+
+class RandomDraws(HookBase):
+    def __init__(self) -> None:
+        self.draws: list[float] = []
+
+    def before_step(self) -> None:
+        self.draws.append(float(torch.rand(())))
+
+
+def test_evaluation_does_not_disturb_the_training_rng() -> None:
+    def draws(with_eval: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = ToyModel()
+        trainer = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1))
+        recorder = RandomDraws()
+
+        def evaluate() -> dict[str, float]:
+            return {"score": float(torch.rand(()))}
+
+        trainer.register_hooks([recorder, EvalHook(1, evaluate) if with_eval else None])
+        trainer.train(0, 4)
+        return recorder.draws
+
+    assert draws(with_eval=True) == draws(with_eval=False)
+
+
+def test_resuming_with_another_model_config_lists_the_mismatched_keys(tmp_path) -> None:
+    output = str(tmp_path)
+    DefaultTrainer(tiny_cfg(output, **{"SOLVER.MAX_ITER": 1})).train()
+    other = DefaultTrainer(tiny_cfg(output, **{"MODEL.PROJECTOR.OUT_DIM": 8}))
+    with pytest.raises(CheckpointMismatchError) as info:
+        other.resume_or_load(resume=True)
+    assert "model_final.pth does not match the model" in str(info.value)
+    assert "queue.keys: checkpoint (64, 16) vs model (64, 8)" in str(info.value)
+    assert "projector_q.fc2.weight" in str(info.value)

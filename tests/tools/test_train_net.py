@@ -8,16 +8,9 @@ import sys
 
 import pytest
 
+from tests.engine.procs import TINY
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = [
-    "MODEL.PROJECTOR.HIDDEN_DIM", "32", "MODEL.PROJECTOR.OUT_DIM", "16",
-    "MODEL.MOCO.QUEUE_SIZE", "64", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
-    "DATA.NUM_WORKERS", "0",
-    "DATA.SYNTHETIC.CLASSES", "('SlideLeft','SlideRight','SlideUp','SlideDown')",
-    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
-    "DATA.SYNTHETIC.NUM_FRAMES", "40", "DATA.SYNTHETIC.HEIGHT", "48", "DATA.SYNTHETIC.WIDTH", "64",
-    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "LOG_PERIOD", "1",
-]  # fmt: skip
 
 
 def train_net(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
@@ -76,3 +69,22 @@ def test_bad_config_fails_before_training(tmp_path, args: list[str], message: st
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_path) -> None:
+    result = train_net(
+        "--num-gpus",
+        "2",
+        "--config-file",
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        *TINY,
+        "SOLVER.IMS_PER_BATCH",
+        "3",
+    )
+    assert result.returncode == 2
+    assert "SOLVER.IMS_PER_BATCH: 3 must be divisible by the number of processes (2)" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr

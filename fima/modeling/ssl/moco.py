@@ -169,8 +169,15 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def encode_keys(self, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
-        """The key encoder's feature maps ``[N, C, T', H', W']`` (no gradient)."""
-        return self.encode(self.encoder_k, clips, windows)
+        """The key encoder's feature maps ``[N, C, T', H', W']`` (no gradient).
+
+        Every encoder call shuffles its clips between BatchNorm groups and back (shuffle-BN
+        across ranks, or across ``MODEL.SPLIT_BN_GROUPS`` in one process; see
+        :mod:`fima.modeling.batch_shuffle`), so every rank must make the same key passes.
+        """
+        from fima.modeling.batch_shuffle import ShuffleBN
+
+        return self.encode(ShuffleBN(self.encoder_k), clips, windows)
 
     def instance_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Symmetric cross-window InfoNCE against the global queue (RECIPE.md §6 "Instance").

@@ -1,0 +1,222 @@
+"""Shuffle-BN for the key encoder: across ranks under DDP, across emulated groups in one process.
+
+A BatchNorm layer in training mode normalises each clip with statistics of the clips it is
+batched with. If the key encoder saw the same groups of clips as the query encoder, a query could
+find its positive key through those shared statistics instead of through the content (MoCo, He et
+al. 2020, §3.3). So every key pass shuffles the clips between BatchNorm groups, encodes them, and
+puts the outputs back in the original order:
+
+- Under DDP (each rank's BatchNorm is a group) the clips of all ranks are permuted at random
+  (rank 0 draws the permutation and broadcasts it); each rank encodes its share of the permuted
+  batch and the outputs return to the ranks the clips came from (two all-to-alls of the local
+  batch, not an all-gather of the global one).
+- In one process, ``MODEL.SPLIT_BN_GROUPS = G`` emulates G devices: :func:`convert_batchnorm`
+  replaces every BatchNorm with :class:`SplitBatchNorm`, which normalises G groups of the batch
+  separately, and the key pass permutes the batch before the encoder. Group ``g`` holds the
+  samples ``g, g + G, g + 2G, ...``: with the window-major layout ``[m_0..m_{B-1}, n_0..n_{B-1}]``
+  a group holds both windows of its videos, as one device of a real DDP run would.
+- Both combine: under DDP with G > 1 each rank emulates G devices.
+- With SyncBatchNorm (``MODEL.SYNC_BN``) the statistics span the whole global batch, so there is
+  nothing to shuffle and the key pass runs as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from fima.utils import comm
+
+
+class SplitBatchNorm(_BatchNorm):
+    """BatchNorm over ``num_splits`` groups of the batch at once, to emulate that many devices.
+
+    In training mode (or without running statistics) group ``g`` = samples ``g, g + G, ...`` is
+    normalised with its own statistics; the running statistics are updated per group, then
+    averaged over the groups. In evaluation it is an ordinary BatchNorm, and its state dict has
+    the same keys, so checkpoints load into models with plain BatchNorm and back.
+
+    Args:
+        num_features: channels ``C`` of the input ``[N, C, ...]``.
+        num_splits: groups ``G``; ``N`` must be divisible by it.
+        **kwargs: as for ``nn.BatchNorm3d`` (eps, momentum, affine, track_running_stats).
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs: object) -> None:
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        self.num_splits = num_splits
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input [N, C, ...], got {input.dim()}-D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Normalise ``input`` ``[N, C, ...]``; the output has its shape and memory format."""
+        self._check_input_dim(input)
+        groups = self.num_splits
+        batch_stats = self.training or self.running_mean is None
+        if groups == 1 or not batch_stats:
+            return super().forward(input)
+        n, c = input.shape[:2]
+        if n % groups:
+            raise ValueError(
+                f"SplitBatchNorm: a batch of {n} cannot be split into {groups} equal groups "
+                "(MODEL.SPLIT_BN_GROUPS must divide every batch the encoders see)"
+            )
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm does
+                factor = 1.0 / float(self.num_batches_tracked)
+        running_mean = running_var = None
+        if self.running_mean is not None and self.training:
+            running_mean = self.running_mean.repeat(groups)
+            running_var = self.running_var.repeat(groups)
+        # [N, C, ...] -> [N / G, G * C, ...]: channel g * C + c of row a is sample a * G + g.
+        grouped = input.reshape(n // groups, groups * c, *input.shape[2:])
+        out = F.batch_norm(
+            grouped,
+            running_mean,
+            running_var,
+            self.weight.repeat(groups) if self.weight is not None else None,
+            self.bias.repeat(groups) if self.bias is not None else None,
+            True,
+            factor,
+            self.eps,
+        ).view(input.shape)
+        if running_mean is not None:
+            with torch.no_grad():
+                self.running_mean.copy_(running_mean.view(groups, c).mean(0))
+                self.running_var.copy_(running_var.view(groups, c).mean(0))
+        return _like(out, input)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def _like(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in the memory format of ``reference`` (channels-last 3-D or contiguous)."""
+    if (
+        reference.dim() == 5
+        and not reference.is_contiguous()
+        and reference.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return tensor.contiguous(memory_format=torch.channels_last_3d)
+    return tensor
+
+
+def convert_batchnorm(model: nn.Module, *, split_groups: int = 1, sync: bool = False) -> nn.Module:
+    """Replace the BatchNorm layers of ``model`` for multi-device training.
+
+    Call it before the optimizer is built; the new layers keep the old parameters and buffers.
+
+    Args:
+        model: any module.
+        split_groups: > 1 replaces every BatchNorm by :class:`SplitBatchNorm` with that many
+            groups (``MODEL.SPLIT_BN_GROUPS``).
+        sync: replace every BatchNorm by ``nn.SyncBatchNorm`` (``MODEL.SYNC_BN``; GPUs only).
+
+    Returns:
+        ``model``, or a new top-level module if ``model`` itself was a BatchNorm.
+    """
+    if sync and split_groups > 1:
+        raise ValueError("SyncBatchNorm and SplitBatchNorm exclude each other")
+    if sync:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if split_groups == 1:
+        return model
+    return _convert_split(model, split_groups)
+
+
+def _convert_split(module: nn.Module, groups: int) -> nn.Module:
+    if isinstance(module, _BatchNorm) and not isinstance(module, SplitBatchNorm | nn.SyncBatchNorm):
+        split = SplitBatchNorm(
+            module.num_features,
+            groups,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+        )
+        if module.affine:
+            split.weight = module.weight
+            split.bias = module.bias
+        split.running_mean = module.running_mean
+        split.running_var = module.running_var
+        split.num_batches_tracked = module.num_batches_tracked
+        split.train(module.training)
+        return split
+    for name, child in module.named_children():
+        converted = _convert_split(child, groups)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def split_bn_groups(module: nn.Module) -> int:
+    """The number of emulated BatchNorm groups of ``module`` (1 without SplitBatchNorm)."""
+    return max((m.num_splits for m in module.modules() if isinstance(m, SplitBatchNorm)), default=1)
+
+
+def _has_sync_bn(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+
+
+@torch.no_grad()
+def shuffled_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with BatchNorm groups drawn at random across ranks and split-BN groups.
+
+    Every rank must call it together with the same batch size (it runs collectives). Without
+    groups to shuffle between (one process without SplitBatchNorm, or SyncBatchNorm) it is just
+    ``module(x)``. The permutation comes from rank 0's global torch RNG, which checkpoints save,
+    so a resumed run draws the same permutations.
+
+    Args:
+        module: the key encoder; its output has the batch in dim 0.
+        x: this rank's batch ``[N, ...]`` (e.g. clips ``[N, 3, T, H, W]``).
+
+    Returns:
+        ``module``'s output for this rank's samples, in the order of ``x``: ``[N, ...]``.
+    """
+    world, rank = comm.get_world_size(), comm.get_rank()
+    if world * split_bn_groups(module) == 1 or _has_sync_bn(module):
+        return module(x)
+    n = x.shape[0]
+    perm = torch.randperm(world * n) if rank == 0 else torch.empty(world * n, dtype=torch.long)
+    perm = comm.broadcast_tensor(perm.to(comm.collective_device())).cpu()
+    # Rank d encodes the global samples slots[d] (sample i of rank r is global index r * n + i).
+    slots = perm.view(world, n)
+    owner = slots // n
+    mine = owner == rank
+    # This rank's samples, grouped by the rank that encodes them, in that rank's slot order.
+    send_index = (slots[mine] % n).to(x.device)
+    send_counts = mine.sum(dim=1).tolist()
+    recv_counts = torch.bincount(owner[rank], minlength=world).tolist()
+    # Rows arrive grouped by source rank; arrival[j] is the slot that the j-th row fills.
+    arrival = torch.argsort(owner[rank], stable=True).to(x.device)
+    received = comm.all_to_all_tensor(x[send_index], send_counts, recv_counts)
+    shuffled = torch.empty_like(received)
+    shuffled[arrival] = received
+    out = module(_like(shuffled, x))
+    returned = comm.all_to_all_tensor(out[arrival], recv_counts, send_counts)
+    result = torch.empty_like(returned)
+    result[send_index] = returned
+    return _like(result, out)
+
+
+class ShuffleBN(nn.Module):
+    """A view of ``module`` whose forward is :func:`shuffled_forward` (for key passes).
+
+    It holds no state of its own; build it around the key encoder where a key pass runs.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shuffled_forward(self.module, x)

@@ -14,6 +14,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.transforms import VideoAugmentation
 from fima.modeling.backbone import build_backbone
+from fima.modeling.batch_shuffle import ShuffleBN
 from fima.modeling.heads import build_head
 from fima.modeling.losses import info_nce, top1_accuracy
 from fima.modeling.queue import KeyQueue
@@ -175,8 +176,6 @@ class MoCo(SSLMethod):
         across ranks, or across ``MODEL.SPLIT_BN_GROUPS`` in one process; see
         :mod:`fima.modeling.batch_shuffle`), so every rank must make the same key passes.
         """
-        from fima.modeling.batch_shuffle import ShuffleBN
-
         return self.encode(ShuffleBN(self.encoder_k), clips, windows)
 
     def instance_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,20 @@ def get_cfg() -> CfgNode:
     A project adds its sections with its own ``add_*_config(cfg)`` before merging its YAML.
     """
     from fima.config.defaults import _C
+    from fima.data.build import add_data_config
     from fima.data.datasets.synthetic import add_synthetic_config
+    from fima.data.datasets.video_list import add_video_list_config
     from fima.modeling.backbone.tiny import add_tiny3d_config
     from fima.modeling.ssl.moco import add_moco_config
 
     cfg = _C.clone()
-    for add_config in (add_tiny3d_config, add_moco_config, add_synthetic_config):
+    for add_config in (
+        add_tiny3d_config,
+        add_moco_config,
+        add_synthetic_config,
+        add_data_config,
+        add_video_list_config,
+    ):
         add_config(cfg)
     return cfg
 

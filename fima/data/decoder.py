@@ -129,6 +129,9 @@ class _FrameClock:
     def pts(self, index: int) -> int:
         return self.start_pts + int(math.floor(index / self.fps / self.time_base))
 
+    def ticks(self, seconds: float) -> int:
+        return int(math.ceil(seconds / self.time_base))
+
 
 class _KeyframeIndex:
     """The container's index of the stream: which keyframe precedes a frame, and its timestamp.
@@ -311,17 +314,21 @@ def _decode_pass(
     """
     needed, first, last = set(span), span[0], span[-1]
     last_frame: tuple[int, av.VideoFrame] | None = None
+    second = clock.ticks(1.0)
     target = start[1] if start is not None else clock.pts(first)
-    # Seeking with backward=True lands on the keyframe at or before the target; a container with
-    # a sparse index can overshoot, and then the second try starts from the stream start.
-    for seek_pts in (target, clock.start_pts):
+    # Seeking with backward=True should land on the keyframe at or before the target, but some
+    # demuxers (MPEG-TS seeks by byte position) overshoot. Then earlier targets are tried, and
+    # last one before the stream start, which every demuxer reads from its beginning.
+    floor = clock.start_pts - second
+    targets = [t for t in (target, target - second, target - 10 * second) if t > floor]
+    for seek_pts in [*targets, floor]:
         container.seek(seek_pts, stream=stream, backward=True)
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
             if index is None:
                 continue
-            if last_frame is None and index > first and seek_pts > clock.start_pts:
+            if last_frame is None and index > first and seek_pts > floor:
                 break
             if index in needed:
                 frames[index] = convert(frame)
@@ -329,7 +336,9 @@ def _decode_pass(
             if index >= last:
                 return last_frame
         else:
-            return last_frame  # the stream ended before ``last``: a short video
+            if last_frame is not None:
+                return last_frame  # the stream ended before ``last``: a short video
+            # Nothing after the seek point (a seek past the end of what can be decoded).
     return last_frame
 
 

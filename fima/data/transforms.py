@@ -122,7 +122,9 @@ def random_crop_flip(
 
 def center_crop(frames: torch.Tensor, cfg: CfgNode) -> torch.Tensor:
     """Test-time view: the centre square of side ``TEST_CROP_FRACTION * short side``, resized to
-    ``CROP_SIZE`` (the same as resizing the short side to ``TEST_SHORT_SIDE`` first).
+    ``CROP_SIZE``. With the short side at ``TEST_SHORT_SIDE`` (the test loader decodes larger
+    frames to it) this is RECIPE.md §9's 256 x 0.875 crop; on smaller frames it takes the same
+    region, so no upscaling pass is needed before the crop.
 
     Args:
         frames: ``[T, H, W, 3]`` uint8.

@@ -207,7 +207,7 @@ class PeriodicWriter(HookBase):
 
 class BadVideoReport(HookBase):
     """Write ``bad_videos.txt`` every ``period`` iterations and at the end, and put the count of
-    bad videos into the storage. Runs on all ranks (the lists are gathered)."""
+    bad videos into the storage. Runs on all ranks (each merges its own list into the file)."""
 
     def __init__(self, tracker: Any, period: int) -> None:
         self.tracker = tracker

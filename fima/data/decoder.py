@@ -22,7 +22,7 @@ import bisect
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -148,6 +148,11 @@ class _KeyframeIndex:
     def covers(self, index: int) -> bool:
         return len(self.entries) > 0 and self.clock.index_of(self.entries[-1].timestamp) >= index
 
+    def frame_before(self, index: int) -> int:
+        """The frame index of the last keyframe at or before ``index`` (0 if none is listed)."""
+        keyframe = self.keyframe_before(index)
+        return keyframe[0] if keyframe else 0
+
     def keyframe_before(self, index: int) -> tuple[int, int] | None:
         """``(frame index, index timestamp)`` of the last keyframe at or before ``index``."""
         # Index timestamps are decoding times, which may run a few frames ahead of presentation
@@ -163,25 +168,27 @@ class _KeyframeIndex:
 
 
 def plan_passes(
-    wanted: Sequence[int], keyframes: Sequence[int] | None, max_gap: int
+    wanted: Sequence[int], keyframe_before: Callable[[int], int] | None, max_gap: int
 ) -> list[list[int]]:
     """Split sorted frame indices into decoding passes (each is one seek, then decode on).
 
     Args:
         wanted: sorted, distinct frame indices.
-        keyframes: for each wanted index, the keyframe at or before it; None if unknown.
+        keyframe_before: the index of the keyframe at or before a frame; None if unknown. Only
+            asked about frames that follow a gap longer than ``max_gap``.
         max_gap: a later frame closer than this to the previous one never gets a new pass.
 
     Returns:
         The passes, each a list of consecutive entries of ``wanted``.
     """
     passes: list[list[int]] = []
-    for k, index in enumerate(wanted):
+    for index in wanted:
         if passes:
             previous = passes[-1][-1]
-            far = index - previous > max_gap
             # A new pass only pays off if it starts after the frame where the last one stopped.
-            if not far or (keyframes is not None and keyframes[k] <= previous):
+            if index - previous <= max_gap or (
+                keyframe_before is not None and keyframe_before(index) <= previous
+            ):
                 passes[-1].append(index)
                 continue
         passes.append([index])
@@ -217,9 +224,20 @@ class _Converter:
         if self.size is None:
             self.size = short_side_size(frame.height, frame.width, self.short_side)
         height, width = self.size
+        # Area averaging: an antialiased downscale, and cheaper than swscale's default bilinear
+        # (measured ~1.5x at 1080p to 256; with it, a 1080p clip costs less than converting at
+        # full size and cropping from that, and holds 17x less memory).
+        scaling = "AREA" if (height, width) != (frame.height, frame.width) else None
         return (
             _reformatter()
-            .reformat(frame, width=width, height=height, format="rgb24", threads=1)
+            .reformat(
+                frame,
+                width=width,
+                height=height,
+                format="rgb24",
+                interpolation=scaling,
+                threads=1,
+            )
             .to_ndarray()
         )
 
@@ -262,17 +280,13 @@ def decode_frames(
         stream.thread_type = "AUTO"
         stream.thread_count = threads
         clock = _FrameClock(stream)
-        keyframe_index = _KeyframeIndex(stream, clock)
-        starts = (
-            {i: keyframe_index.keyframe_before(i) for i in wanted}
-            if keyframe_index.covers(wanted[-1])
-            else None
-        )
-        keyframes = None if starts is None else [s[0] if s else 0 for s in starts.values()]
+        keyframes = _KeyframeIndex(stream, clock)
+        if not keyframes.covers(wanted[-1]):
+            keyframes = None
         max_gap = max(int(seek_gap_seconds * clock.fps), 1)
         try:
-            for span in plan_passes(wanted, keyframes, max_gap):
-                start = None if starts is None else starts[span[0]]
+            for span in plan_passes(wanted, keyframes and keyframes.frame_before, max_gap):
+                start = keyframes.keyframe_before(span[0]) if keyframes else None
                 reached = _decode_pass(container, stream, clock, span, start, convert, frames)
                 if reached is not None and (tail is None or reached[0] > tail[0]):
                     tail = reached

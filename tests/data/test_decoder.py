@@ -107,11 +107,16 @@ def test_plan_passes_uses_keyframes_to_avoid_reseeking() -> None:
     # Without an index: any gap longer than max_gap is a new pass.
     assert plan_passes(wanted, None, 25) == [[10, 11], [200, 201], [500]]
     # One keyframe at 0 before 10 and 200 (a long GOP): decoding on beats seeking back to 0.
-    assert plan_passes(wanted, [0, 0, 0, 0, 250], 25) == [[10, 11, 200, 201], [500]]
+    long_gop = {200: 0, 500: 250}
+    assert plan_passes(wanted, long_gop.__getitem__, 25) == [[10, 11, 200, 201], [500]]
     # A keyframe between them: seek.
-    assert plan_passes(wanted, [0, 0, 150, 150, 500], 25) == [[10, 11], [200, 201], [500]]
-    # Close frames never get a pass of their own, keyframes or not (all-intra video).
-    assert plan_passes([1, 2, 3], [1, 2, 3], 25) == [[1, 2, 3]]
+    assert plan_passes(wanted, {200: 150, 500: 500}.__getitem__, 25) == [
+        [10, 11],
+        [200, 201],
+        [500],
+    ]
+    # Close frames never get a pass of their own (nor a look-up), keyframes or not.
+    assert plan_passes([1, 2, 3], {}.__getitem__, 25) == [[1, 2, 3]]
 
 
 def test_decoding_a_header_first_mp4_that_is_cut_fails(tmp_path) -> None:

@@ -74,6 +74,21 @@ def test_kinetics_skips_and_counts_missing_videos(roots, tmp_path) -> None:
     assert [os.path.basename(p) for p in dataset.missing] == ["bad_missing_000000_000010.mp4"]
 
 
+def test_kinetics_flat_split_folders_and_val_csv(tmp_path) -> None:
+    # The CVDF mirror's archives: videos not sorted into label folders, annotations/val.csv.
+    root = tmp_path / "k400"
+    LAYOUTS["Kinetics400"](str(root), ["a b", "c"], 3, {})
+    for folder in (root / "train").iterdir():
+        for video in folder.iterdir():
+            video.rename(root / "train" / video.name)
+        folder.rmdir()
+    (root / "annotations" / "validate.csv").rename(root / "annotations" / "val.csv")
+    train = build_dataset(_cfg("Kinetics400", str(root)), "train")
+    assert len(train) == 4 and not train.missing
+    assert all(os.path.dirname(r.path) == str(root / "train") for r in train)
+    assert len(build_dataset(_cfg("Kinetics400", str(root)), "val")) == 2
+
+
 def test_video_list_csv_and_text_with_names(roots) -> None:
     cfg = _cfg("VideoList", roots["VideoList"])
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")

@@ -2,12 +2,15 @@
 
 ::
 
-    ROOT/annotations/{train,validate,test}.csv   "label,youtube_id,time_start,time_end,split"
+    ROOT/annotations/{train,val,test}.csv   "label,youtube_id,time_start,time_end,split"
     ROOT/<split>/<label>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4
 
-``<split>`` is the CSV's split column (``train``, ``val``, ``test``). A label folder may also
-be spelled with underscores for spaces, as several download scripts do. The classes are the
-labels of ``train.csv``, sorted; a label is the index of its class in that order, for every split.
+``<split>`` is the CSV's split column (``train``, ``val``, ``test``); the validation CSV may
+also be named ``validate.csv``, as in DeepMind's archive. A label folder may be spelled with
+underscores for spaces, as several download scripts do, and a split whose videos were never
+sorted into label folders (the CVDF mirror's archives) is read flat: ``ROOT/<split>/<video>``.
+The classes are the labels of ``train.csv``, sorted; a label is the index of its class in that
+order, for every split.
 
 Kinetics videos come from YouTube and some always fail to download: rows whose video is absent
 are skipped, counted and logged (``dataset.missing``), not reported as bad videos.
@@ -32,10 +35,10 @@ from fima.data.datasets.build import (
 logger = logging.getLogger(__name__)
 
 LAYOUT = (
-    "expected ROOT/annotations/{train,validate,test}.csv (label,youtube_id,time_start,time_end,"
-    "split) and ROOT/<split>/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4; see DATASETS.md"
+    "expected ROOT/annotations/{train,val,test}.csv (label,youtube_id,time_start,time_end,split) "
+    "and ROOT/<split>/<label>/<youtube_id>_<start:06d>_<end:06d>.mp4; see DATASETS.md"
 )
-CSV_FILES = {"train": "train.csv", "val": "validate.csv", "test": "test.csv"}
+CSV_FILES = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test": ("test.csv",)}
 COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
@@ -90,27 +93,46 @@ def _seconds(text: str) -> int:
 
 
 class _VideoFolders:
-    """Which video files exist, listing each ``ROOT/<split>/<label>`` folder once."""
+    """Which video files exist, listing each folder once (240k ``exists`` calls would not do)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
         self._files: dict[tuple[str, str], tuple[str, set[str]]] = {}
 
     def folder(self, split: str, label: str) -> tuple[str, set[str]]:
+        """The folder that holds ``label``'s videos of ``split`` and the names in it."""
         key = (split, label)
         if key not in self._files:
             candidates = [os.path.join(self.root, split, label)]
             if " " in label:
                 candidates.append(os.path.join(self.root, split, label.replace(" ", "_")))
-            found = next((c for c in candidates if os.path.isdir(c)), candidates[0])
-            names = set(os.listdir(found)) if os.path.isdir(found) else set()
-            self._files[key] = (found, names)
+            found = next((c for c in candidates if os.path.isdir(c)), None)
+            self._files[key] = (
+                (found, set(os.listdir(found))) if found else self._flat(split, candidates[0])
+            )
         return self._files[key]
+
+    def _flat(self, split: str, missing: str) -> tuple[str, set[str]]:
+        folder = os.path.join(self.root, split)
+        if (split, "") not in self._files:
+            names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            self._files[split, ""] = (folder, names)
+        folder, names = self._files[split, ""]
+        # Without label folders the videos lie flat in the split's folder, if anywhere.
+        return (folder, names) if any(name.endswith(".mp4") for name in names) else (missing, set())
+
+
+def _csv_file(root: str, split: str) -> str:
+    annotations = os.path.join(root, "annotations")
+    for name in CSV_FILES[split]:
+        if os.path.isfile(os.path.join(annotations, name)):
+            return os.path.join(annotations, name)
+    return require_file(os.path.join(annotations, CSV_FILES[split][0]), LAYOUT)
 
 
 @DATASET_REGISTRY.register()
 class Kinetics400(VideoDataset):
-    """Kinetics-400 (400 classes); splits ``train``, ``val`` (validate.csv) and ``test``."""
+    """Kinetics-400 (400 classes); splits ``train``, ``val`` and ``test``."""
 
     LAYOUT = LAYOUT
 
@@ -118,9 +140,8 @@ class Kinetics400(VideoDataset):
         if split not in CSV_FILES:
             raise ValueError(f"Kinetics400 has splits {sorted(CSV_FILES)}, not {split!r}")
         root = require_root(cfg.DATA.ROOT, "Kinetics400", LAYOUT)
-        annotations = os.path.join(root, "annotations")
-        train_csv = require_file(os.path.join(annotations, CSV_FILES["train"]), LAYOUT)
-        split_csv = require_file(os.path.join(annotations, CSV_FILES[split]), LAYOUT)
+        train_csv = _csv_file(root, "train")
+        split_csv = _csv_file(root, split)
         train_rows = read_kinetics_csv(train_csv)
         class_names = sorted({str(row["label"]) for _, row in train_rows})
         label_of = {name: i for i, name in enumerate(class_names)}

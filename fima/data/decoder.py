@@ -144,9 +144,15 @@ class _KeyframeIndex:
     def __init__(self, stream: av.video.stream.VideoStream, clock: _FrameClock) -> None:
         self.entries = stream.index_entries
         self.clock = clock
+        # Index timestamps are decoding times, which run ahead of presentation times by the
+        # B-frame delay (MP4 from x264: the first frame is decoded at -2 frames).
+        first = self.entries[0].timestamp if len(self.entries) else clock.start_pts
+        self.delay = max(clock.start_pts - first, 0)
 
     def covers(self, index: int) -> bool:
-        return len(self.entries) > 0 and self.clock.index_of(self.entries[-1].timestamp) >= index
+        if not len(self.entries):
+            return False
+        return self.clock.index_of(self.entries[-1].timestamp + self.delay) >= index
 
     def frame_before(self, index: int) -> int:
         """The frame index of the last keyframe at or before ``index`` (0 if none is listed)."""
@@ -154,16 +160,17 @@ class _KeyframeIndex:
         return keyframe[0] if keyframe else 0
 
     def keyframe_before(self, index: int) -> tuple[int, int] | None:
-        """``(frame index, index timestamp)`` of the last keyframe at or before ``index``."""
-        # Index timestamps are decoding times, which may run a few frames ahead of presentation
-        # times (B-frames); they only decide where passes start, never which frame is which.
+        """``(frame index, index timestamp)`` of the last keyframe at or before ``index``.
+
+        It only decides where a pass starts; which frame is which comes from decoded timestamps.
+        """
         position = bisect.bisect_right(
-            self.entries, self.clock.pts(index), key=lambda entry: entry.timestamp
+            self.entries, self.clock.pts(index) - self.delay, key=lambda entry: entry.timestamp
         )
         for i in range(position - 1, -1, -1):
             entry = self.entries[i]
             if entry.is_keyframe:
-                return max(self.clock.index_of(entry.timestamp), 0), entry.timestamp
+                return max(self.clock.index_of(entry.timestamp + self.delay), 0), entry.timestamp
         return None
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fima.data import decoder
 from fima.data.decoder import DecodeError, decode_frames, plan_passes, probe_video
 from fima.data.transforms import short_side_size
 from tests.conftest import write_test_video
@@ -117,6 +118,22 @@ def test_plan_passes_uses_keyframes_to_avoid_reseeking() -> None:
     ]
     # Close frames never get a pass of their own (nor a look-up), keyframes or not.
     assert plan_passes([1, 2, 3], {}.__getitem__, 25) == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize(("gop", "passes"), [(250, 1), (25, 2)])
+def test_two_windows_in_one_gop_are_decoded_in_one_pass(
+    tmp_path, monkeypatch, gop: int, passes: int
+) -> None:
+    path = write_test_video(str(tmp_path / "v.mp4"), num_frames=90, gop=gop)
+    calls = []
+    real = decoder._decode_pass
+    monkeypatch.setattr(decoder, "_decode_pass", lambda *args: calls.append(args[3]) or real(*args))
+    indices = [*range(0, 16, 2), *range(60, 76, 2)]
+    frames = decode_frames(path, indices)
+    np.testing.assert_array_equal(frames.numpy(), full_decode(path)[indices])
+    # Frames 14 and 60 are more than a second apart: with a keyframe between them (every 25
+    # frames) a seek pays off; without one (every 250), decoding on does.
+    assert len(calls) == passes
 
 
 def test_decoding_a_header_first_mp4_that_is_cut_fails(tmp_path) -> None:

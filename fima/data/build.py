@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,7 +37,7 @@ from fima.data.sampling import (
 )
 from fima.data.transforms import center_crop, random_crop_flip
 from fima.utils import comm
-from fima.utils.env import seed_all_rng, shared_seed
+from fima.utils.env import shared_seed
 
 logger = logging.getLogger(__name__)
 
@@ -215,14 +216,23 @@ class WindowClips(Dataset):
             crops, boxes = [], []
             for w in range(self.num_windows):
                 for c in range(len(clips)):
-                    rows = torch.from_numpy(np.searchsorted(needed, wanted[view, w, c]))
-                    crop, box = random_crop_flip(frames[rows], self.cfg, rng)
+                    rows = np.searchsorted(needed, wanted[view, w, c])
+                    crop, box = random_crop_flip(_take(frames, rows), self.cfg, rng)
                     crops.append(crop)
                     boxes.append(box)
             shape = (self.num_windows, len(clips)) if view == "local" else (self.num_windows,)
             sample[view] = torch.stack(crops).view(*shape, *crops[0].shape)
             sample[f"{view}_box"] = torch.stack(boxes).view(*shape, 4)
         return sample
+
+
+def _take(frames: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``frames[rows]``, as a view when the rows are evenly spaced (the usual case: a view's
+    frames are every k-th decoded frame), which saves copying whole frames before the crop."""
+    step = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+    if step > 0 and np.array_equal(rows, rows[0] + step * np.arange(len(rows))):
+        return frames[int(rows[0]) : int(rows[-1]) + 1 : step]
+    return frames[torch.from_numpy(rows)]
 
 
 class TestClips(Dataset):
@@ -397,8 +407,11 @@ class TestLoader(DataLoader):
 def _worker_init(worker_id: int) -> None:
     # Decoding and resizing in a worker should not fight the trainer for cores.
     torch.set_num_threads(1)
-    # The DataLoader seeded this worker's torch RNG; NumPy and Python follow it.
-    seed_all_rng(torch.initial_seed() % 2**31)
+    # The DataLoader seeded this worker's torch RNG (its generator's seed + worker id); NumPy
+    # and Python follow it, so that user code drawing from them differs between workers.
+    seed = torch.initial_seed()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def load_index(

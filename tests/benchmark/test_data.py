@@ -50,5 +50,6 @@ def test_quick_data_benchmark_reports_every_figure(tmp_path) -> None:
         assert math.isfinite(figure["value"]), figure
         if figure["unit"] in ("ms", "s", "clips/s", "x"):
             assert figure["value"] > 0, figure
-    ratios = [f["value"] for f in figures if f["unit"] == "x"]
-    assert len(ratios) == 2  # one per keyframe interval
+    # The decoder's work, per keyframe interval: never fewer frames than the unavoidable ones.
+    work = [f["value"] for f in figures if f["name"].startswith("frames decoded")]
+    assert len(work) == 2 and min(work) >= 1.0

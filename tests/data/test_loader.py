@@ -126,3 +126,14 @@ def test_workers_seed_numpy_differently(tmp_path) -> None:
     first, second = [float(x) for x in loader]
     assert first != second
     assert [float(x) for x in loader] != [first, second]  # new epoch, new worker seeds
+
+
+def test_take_returns_a_view_for_evenly_spaced_rows() -> None:
+    from fima.data.build import _take
+
+    frames = torch.arange(10 * 2).view(10, 2)
+    view = _take(frames, np.array([1, 3, 5, 7]))
+    assert view.data_ptr() == frames[1].data_ptr()  # no copy
+    assert torch.equal(view, frames[[1, 3, 5, 7]])
+    assert torch.equal(_take(frames, np.array([0, 1, 1, 4])), frames[[0, 1, 1, 4]])
+    assert torch.equal(_take(frames, np.array([6])), frames[[6]])

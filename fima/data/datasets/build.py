@@ -105,8 +105,9 @@ class AnnotationError(ValueError):
 
 
 def read_lines(path: str) -> list[tuple[int, str]]:
-    """Non-empty lines of a text file, stripped, with their 1-based line numbers."""
-    with open(path, encoding="utf-8") as f:
+    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
+    their 1-based line numbers."""
+    with open(path, encoding="utf-8-sig") as f:
         return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
 
 

@@ -53,7 +53,7 @@ def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
             number or an empty label/id (the message names the file and line number).
     """
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
         if any(name not in header for name in COLUMNS):

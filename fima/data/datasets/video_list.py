@@ -66,7 +66,7 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
             label in a file whose first line has none (or the reverse).
     """
     if path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             lines = [(reader.line_num, [field.strip() for field in row]) for row in reader]
         lines = [(n, fields) for n, fields in lines if any(fields)]

@@ -13,8 +13,8 @@ at a 256-px short side with one keyframe per second and one per ten seconds, a 1
 - **start-up**: indexing 2,000 videos from their headers (1 and 8 threads), and a second start
   that reads the list and the cached index;
 - **the pretraining loader**: decoded clips/s (a clip is one window's views) with 0 and N workers,
-  for MoCo's views and FIMA's, with the peak resident memory of the process and its workers, and
-  the decode-only time of a clip;
+  for MoCo's views and FIMA's, with the peak memory of the process and its workers (PSS, so that
+  pages a forked worker shares with its parent count once), and the decode-only time of a clip;
 - **memory**: resident memory over 5,000 decoded clips.
 
 Figures are medians of repeated measurements (each timing the minimum of a few repeats where
@@ -147,10 +147,23 @@ def _children() -> list[int]:
     return pids
 
 
-class PeakMemory:
-    """Samples the resident memory of this process plus its children in a background thread."""
+def _pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size in MB: resident memory with pages shared by several processes
+    (a forked worker shares most of its parent's) split between them. RSS where not available."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _rss_mb(pid)
 
-    def __init__(self, interval: float = 0.05) -> None:
+
+class PeakMemory:
+    """Samples the memory (PSS) of this process plus its children in a background thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.peak_mb = 0.0
         self._stop = threading.Event()
@@ -158,7 +171,7 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = _rss_mb() + sum(_rss_mb(pid) for pid in _children())
+            total = _pss_mb() + sum(_pss_mb(pid) for pid in _children())
             self.peak_mb = max(self.peak_mb, total)
             self._stop.wait(self.interval)
 
@@ -430,7 +443,7 @@ def loader_throughput(
             clips = batches * batch_size * 2
             figures += [
                 Figure(section, f"{name}: clips/s", clips / elapsed, "clips/s"),
-                Figure(section, f"{name}: peak RSS, process + workers", memory.peak_mb, "MB"),
+                Figure(section, f"{name}: peak PSS, process + workers", memory.peak_mb, "MB"),
             ]
     return figures
 

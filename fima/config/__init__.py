@@ -10,8 +10,10 @@ def get_cfg() -> CfgNode:
     A project adds its sections with its own ``add_*_config(cfg)`` before merging its YAML.
     """
     from fima.config.defaults import _C
+    from fima.data.build import add_data_config
     from fima.data.datasets.synthetic import add_synthetic_config
     from fima.data.datasets.validation import add_validation_config
+    from fima.data.datasets.video_list import add_video_list_config
     from fima.evaluation.config import add_evaluation_config
     from fima.modeling.backbone.tiny import add_tiny3d_config
     from fima.modeling.ssl.classifier import add_classifier_config
@@ -25,6 +27,8 @@ def get_cfg() -> CfgNode:
         add_classifier_config,
         add_evaluation_config,
         add_validation_config,
+        add_data_config,
+        add_video_list_config,
     ):
         add_config(cfg)
     return cfg

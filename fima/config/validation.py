@@ -156,11 +156,16 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(data.NUM_WORKERS >= 0, "DATA.NUM_WORKERS", "must be >= 0")
     require(0 <= data.MAX_BAD_FRACTION <= 1, "DATA.MAX_BAD_FRACTION", "must be in [0, 1]")
     require(data.DECODE_RETRIES >= 0, "DATA.DECODE_RETRIES", "must be >= 0")
+    require(data.DECODE_THREADS >= 0, "DATA.DECODE_THREADS", "must be >= 0 (0: automatic)")
+    require(data.MIN_VIDEO_FRAMES >= 1, "DATA.MIN_VIDEO_FRAMES", "must be >= 1")
+    require(inp.TRAIN_SHORT_SIDE >= 0, "INPUT.TRAIN_SHORT_SIDE", "must be >= 0 (0: keep)")
+    require(inp.TEST_SHORT_SIDE >= 0, "INPUT.TEST_SHORT_SIDE", "must be >= 0 (0: keep)")
     if data.ROOT and data.DATASET != "SyntheticMotion":
+        layout = getattr(DATASET_REGISTRY.get(data.DATASET), "LAYOUT", "see DATASETS.md")
         require(
             os.path.isdir(os.path.expanduser(data.ROOT)),
             "DATA.ROOT",
-            f"directory {data.ROOT!r} does not exist (see DATASETS.md for each layout)",
+            f"directory {data.ROOT!r} does not exist ({layout})",
         )
     if (
         cfg.MODEL.WEIGHTS

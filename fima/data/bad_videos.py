@@ -1,32 +1,39 @@
 """Bookkeeping of videos that could not be read: counted, listed, and bounded.
 
 Loaders retry a bad video a few times, then skip it (training draws another video; testing
-leaves it out of the denominator). Each skip is recorded here with its reason. The run stops with
-a clear error only when more than ``DATA.MAX_BAD_FRACTION`` of the videos seen were bad.
+marks it invalid and leaves it out of the denominator). Each skip is recorded here with its
+reason and listed in ``OUTPUT_DIR/bad_videos.txt``. The run stops with a clear error only when
+more than ``DATA.MAX_BAD_FRACTION`` of the videos read were bad.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-
-from fima.utils import comm
+import tempfile
+from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
 
 class TooManyBadVideosError(RuntimeError):
-    """More than ``DATA.MAX_BAD_FRACTION`` of the videos seen could not be decoded."""
+    """More than ``DATA.MAX_BAD_FRACTION`` of the videos read could not be decoded."""
 
 
 class BadVideoTracker:
-    """Counts videos seen and bad ones (with reasons), per process.
+    """Counts videos read and bad ones (with reasons), per process.
 
     Args:
-        max_fraction: the largest tolerated share of bad videos among those seen.
+        max_fraction: the largest tolerated share of bad videos among those read.
         output_file: where :meth:`write` lists them (``OUTPUT_DIR/bad_videos.txt``); None: nowhere.
         min_seen: the fraction is only enforced after this many videos, so that one bad file
             among the first few does not stop a run.
+
+    Attributes:
+        seen: videos read (a failed attempt that was replaced counts as one more).
+        bad_events: reads that failed; a video bad in every epoch counts every time.
+        bad: ``{path: reason}`` of the distinct bad videos.
     """
 
     def __init__(self, max_fraction: float, output_file: str | None, min_seen: int = 20) -> None:
@@ -36,32 +43,68 @@ class BadVideoTracker:
         self.seen = 0
         self.bad: dict[str, str] = {}
         self.bad_events = 0
+        self._unwritten = False
 
-    def record_seen(self, count: int) -> None:
-        self.seen += count
+    def record(self, seen: int, bad: Iterable[tuple[str, str]] = ()) -> None:
+        """Count ``seen`` videos read, of which the ``(path, reason)`` pairs in ``bad`` failed."""
+        self.seen += seen
+        for path, reason in bad:
+            if path not in self.bad:
+                logger.warning("Skipping unreadable video %s: %s", path, reason)
+            if self.bad.get(path) != reason:
+                self.bad[path] = reason
+                self._unwritten = True
+            self.bad_events += 1
 
-    def record_bad(self, path: str, reason: str) -> None:
-        if path not in self.bad:
-            logger.warning("Skipping unreadable video %s: %s", path, reason)
-        self.bad[path] = reason
-        self.bad_events += 1
-        self.seen += 1
+    def check(self, complete: bool = False) -> None:
+        """Raise if too large a share of the videos read was bad.
 
-    def check(self) -> None:
-        """Raise if too large a share of the videos seen was bad."""
-        if self.seen >= self.min_seen and self.bad_events > self.max_fraction * self.seen:
+        Args:
+            complete: the counts cover a whole dataset (its index), so the share is exact and
+                ``min_seen`` does not apply.
+        """
+        enough = complete or self.seen >= self.min_seen
+        if enough and self.bad_events > self.max_fraction * self.seen:
+            self.write()
             raise TooManyBadVideosError(
                 f"{self.bad_events} of {self.seen} videos read were bad (more than "
                 f"DATA.MAX_BAD_FRACTION={self.max_fraction}); see {self.output_file or 'the log'}"
             )
 
     def write(self) -> None:
-        """Gather every rank's list and write it on rank 0 (call on all ranks together)."""
-        merged: dict[str, str] = {}
-        for part in comm.all_gather_object(self.bad):
-            merged.update(part)
-        if comm.is_main_process() and self.output_file and merged:
-            tmp = self.output_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(f"{path}\t{reason}\n" for path, reason in sorted(merged.items()))
-            os.replace(tmp, self.output_file)
+        """Merge this process's list into ``output_file`` (any rank, any time, no collective).
+
+        The file keeps what it listed before (an earlier run, another rank, the other loader),
+        one ``path<TAB>reason`` line per video, sorted; a lock serialises concurrent writers.
+        """
+        if not self.output_file or not self._unwritten:
+            return
+        directory = os.path.dirname(os.path.abspath(self.output_file))
+        os.makedirs(directory, exist_ok=True)
+        lock_file = os.path.join(directory, "." + os.path.basename(self.output_file) + ".lock")
+        with open(lock_file, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            listed = read_bad_videos(self.output_file)
+            listed.update(self.bad)
+            fd, tmp = tempfile.mkstemp(prefix=".bad_videos-", dir=directory)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.writelines(f"{path}\t{reason}\n" for path, reason in sorted(listed.items()))
+                os.replace(tmp, self.output_file)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        self._unwritten = False
+
+
+def read_bad_videos(path: str) -> dict[str, str]:
+    """``{path: reason}`` from a ``bad_videos.txt`` (empty if there is none)."""
+    if not os.path.isfile(path):
+        return {}
+    listed = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            video, _, reason = line.rstrip("\n").partition("\t")
+            if video:
+                listed[video] = reason
+    return listed

@@ -4,12 +4,20 @@ Every random choice of a training sample (window positions, crops, flips, replac
 video) comes from a generator seeded by ``(seed, epoch, position in epoch)``. A batch is therefore
 the same whatever the number of workers, and a resumed run, which restarts the sampler at the
 iteration it stopped, sees exactly the data that the uninterrupted run would have seen.
+
+Workers: each decodes with one thread (the workers are the parallelism) and seeds NumPy and
+Python from the seed the DataLoader gives it, for user code that draws from them. Pinned memory
+is used when the model runs on a GPU. Persistent workers serve the test loader, which evaluation
+iterates again and again; a training loader's batch sampler never ends, so its workers already
+live as long as the run's one iterator, and a resume (a new position) needs new ones anyway.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,7 +29,7 @@ from fima.config.config import CfgNode
 from fima.data.bad_videos import BadVideoTracker
 from fima.data.datasets.build import VideoDataset, build_dataset
 from fima.data.decoder import DecodeError, VideoInfo, decode_frames
-from fima.data.index import build_index, default_index_path
+from fima.data.index import build_index, index_cache_file
 from fima.data.sampling import (
     random_window_start,
     uniform_clip_starts,
@@ -33,6 +41,31 @@ from fima.utils import comm
 from fima.utils.env import shared_seed
 
 logger = logging.getLogger(__name__)
+
+# mallopt parameters (glibc's malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def add_data_config(cfg: CfgNode) -> None:
+    """Keys of the decoding and loading steps (the basic ``DATA`` keys are framework defaults)."""
+    # Frames whose short side is larger are downscaled to this while they are converted to RGB,
+    # before the random crops (the reference rescaled its videos to 256 px offline). 0: keep.
+    cfg.INPUT.TRAIN_SHORT_SIDE = 256
+    # Decoder threads per video. 0: one inside data-loader workers (they are the parallelism),
+    # FFmpeg's choice when decoding in the main process (DATA.NUM_WORKERS 0).
+    cfg.DATA.DECODE_THREADS = 0
+    # A video with fewer frames (by its header) is a bad video: a 1-frame "video" has no motion.
+    cfg.DATA.MIN_VIDEO_FRAMES = 2
+    # Keep the test loader's workers between evaluation passes.
+    cfg.DATA.PERSISTENT_WORKERS = True
+
+
+def decode_threads(cfg: CfgNode) -> int:
+    """``DATA.DECODE_THREADS``, with 0 resolved as its comment in :func:`add_data_config` says."""
+    if cfg.DATA.DECODE_THREADS > 0:
+        return cfg.DATA.DECODE_THREADS
+    return 1 if cfg.DATA.NUM_WORKERS > 0 else 0
+
 
 # Sample key: (video index, epoch, position of the sample within the epoch).
 SampleKey = tuple[int, int, int]
@@ -126,6 +159,8 @@ class WindowClips(Dataset):
         self.sampling_rate = cfg.INPUT.SAMPLING_RATE
         self.window = self.num_frames * self.sampling_rate
         self.retries = cfg.DATA.DECODE_RETRIES
+        self.short_side = cfg.INPUT.TRAIN_SHORT_SIDE
+        self.threads = decode_threads(cfg)
         self.valid = np.array([i for i, info in enumerate(infos) if info is not None])
         self.positions = {v: view_positions(v, self.num_frames, self.sampling_rate) for v in views}
 
@@ -174,7 +209,9 @@ class WindowClips(Dataset):
             for c, positions in enumerate(clips)
         }
         needed = np.unique(np.concatenate(list(wanted.values())))
-        frames = decode_frames(record.path, needed.tolist())
+        frames = decode_frames(
+            record.path, needed.tolist(), threads=self.threads, short_side=self.short_side
+        )
         sample: dict[str, Any] = {
             "label": torch.tensor(record.label),
             "index": torch.tensor(index),
@@ -183,8 +220,8 @@ class WindowClips(Dataset):
             crops, boxes = [], []
             for w in range(self.num_windows):
                 for c in range(len(clips)):
-                    rows = torch.from_numpy(np.searchsorted(needed, wanted[view, w, c]))
-                    crop, box = random_crop_flip(frames[rows], self.cfg, rng)
+                    rows = np.searchsorted(needed, wanted[view, w, c])
+                    crop, box = random_crop_flip(_take(frames, rows), self.cfg, rng)
                     crops.append(crop)
                     boxes.append(box)
             shape = (self.num_windows, len(clips)) if view == "local" else (self.num_windows,)
@@ -193,19 +230,44 @@ class WindowClips(Dataset):
         return sample
 
 
+def _take(frames: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """``frames[rows]``, as a view when the rows are evenly spaced (the usual case: a view's
+    frames are every k-th decoded frame), which saves copying whole frames before the crop."""
+    step = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+    if step > 0 and np.array_equal(rows, rows[0] + step * np.arange(len(rows))):
+        return frames[int(rows[0]) : int(rows[-1]) + 1 : step]
+    return frames[torch.from_numpy(rows)]
+
+
 class TestClips(Dataset):
     """Test samples: ``TEST.NUM_CLIPS`` uniformly spaced centre-cropped clips of a video.
 
+    Frames are decoded with their short side at most ``INPUT.TEST_SHORT_SIDE``, then
+    :func:`center_crop` takes the centre square of ``TEST_CROP_FRACTION`` of the short side.
+
     ``global`` is ``[K, 3, T, S, S]`` uint8; ``valid`` is False (and ``global`` zeros) for a video
-    that could not be decoded, which evaluators list and leave out of their denominators.
+    that could not be decoded, which evaluators list and leave out of their denominators;
+    ``bad_videos`` then holds its ``(path, reason)``.
+
+    Args:
+        errors: ``{path: reason}`` of the videos whose header was unusable (``infos[i]`` None).
     """
 
-    def __init__(self, dataset: VideoDataset, infos: list[VideoInfo | None], cfg: CfgNode) -> None:
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        infos: list[VideoInfo | None],
+        cfg: CfgNode,
+        errors: dict[str, str] | None = None,
+    ) -> None:
         self.dataset, self.infos, self.cfg = dataset, infos, cfg
+        self.errors = errors or {}
         self.num_clips = cfg.TEST.NUM_CLIPS
         self.window = cfg.INPUT.NUM_FRAMES * cfg.INPUT.SAMPLING_RATE
         self.positions = view_positions("global", cfg.INPUT.NUM_FRAMES, cfg.INPUT.SAMPLING_RATE)[0]
         self.retries = cfg.DATA.DECODE_RETRIES
+        self.short_side = cfg.INPUT.TEST_SHORT_SIDE
+        self.threads = decode_threads(cfg)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -213,7 +275,7 @@ class TestClips(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record, info = self.dataset[index], self.infos[index]
         sample: dict[str, Any] = {"label": torch.tensor(record.label), "index": torch.tensor(index)}
-        reason = "header unreadable"
+        reason = self.errors.get(record.path, "header unusable")
         for _ in range(1 + self.retries if info is not None else 0):
             try:
                 sample["global"] = self._load(record.path, info)
@@ -235,7 +297,9 @@ class TestClips(Dataset):
         indices = np.concatenate(
             [window_indices(s, self.window, info.num_frames)[self.positions] for s in starts]
         )
-        frames = decode_frames(path, indices.tolist())
+        frames = decode_frames(
+            path, indices.tolist(), threads=self.threads, short_side=self.short_side
+        )
         frames = frames.view(self.num_clips, len(self.positions), *frames.shape[1:])
         return torch.stack([center_crop(clip, self.cfg) for clip in frames])
 
@@ -296,6 +360,8 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.dataset.seed = self.seed
         self._sampler = self._make_sampler()
+        if self.num_workers == 0:
+            retain_freed_memory()
         loader = DataLoader(
             self.dataset,
             batch_sampler=self._sampler,
@@ -309,9 +375,9 @@ class TrainLoader:
         )
         for batch in loader:
             self.position += 1
-            self.tracker.record_seen(self.batch_size)
-            for path, reason in batch.pop("bad_videos"):
-                self.tracker.record_bad(path, reason)
+            bad = batch.pop("bad_videos")
+            # Each replaced video was one more read.
+            self.tracker.record(self.batch_size + len(bad), bad)
             self.tracker.check()
             yield batch
 
@@ -324,27 +390,91 @@ class TrainLoader:
         self._sampler = self._make_sampler()
 
 
+class TestLoader(DataLoader):
+    """The DataLoader of :func:`build_test_loader`, which also accounts for bad videos.
+
+    Batches pass through unchanged (``bad_videos`` stays in them). Each pass counts the videos
+    read and the bad ones; at its end the bad ones are merged into ``OUTPUT_DIR/bad_videos.txt``
+    (by every rank that has some, without a collective) and ``DATA.MAX_BAD_FRACTION`` is checked.
+    """
+
+    def __init__(self, *args: Any, tracker: BadVideoTracker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tracker = tracker
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        if self.num_workers == 0:
+            retain_freed_memory()
+        for batch in super().__iter__():
+            self.tracker.record(len(batch["index"]), batch["bad_videos"])
+            yield batch
+        self.tracker.write()
+        self.tracker.check(complete=True)  # a pass reads every video of this rank's share
+
+
+def retain_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse in this process instead of returning it at once.
+
+    Every clip allocates the same large buffers (converted frames, the stacked clip, crops);
+    by default glibc maps the large ones afresh and hands freed memory back, so each clip pays
+    its page faults again: measured ~20% of decoding a 256-px window. Processes that decode
+    (data-loader workers, or the main process when ``DATA.NUM_WORKERS`` is 0) call this; the
+    price is that they keep their peak memory. A no-op where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks above are still mapped
+    mallopt(_M_TRIM_THRESHOLD, 2**30)
+
+
 def _worker_init(worker_id: int) -> None:
+    retain_freed_memory()
     # Decoding and resizing in a worker should not fight the trainer for cores.
     torch.set_num_threads(1)
+    # The DataLoader seeded this worker's torch RNG (its generator's seed + worker id); NumPy
+    # and Python follow it, so that user code drawing from them differs between workers.
+    seed = torch.initial_seed()
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def load_index(
-    cfg: CfgNode, dataset: VideoDataset, tracker: BadVideoTracker
-) -> list[VideoInfo | None]:
-    """The header index of ``dataset`` (cached), with unusable videos recorded as bad."""
-    infos, bad = build_index(dataset, default_index_path(dataset, cfg.OUTPUT_DIR))
-    for path, reason in bad.items():
-        tracker.record_bad(path, reason)
-    if len(bad) == len(infos):
-        raise RuntimeError(f"No readable video in {dataset!r}; see the warnings above")
-    return infos
+    cfg: CfgNode, dataset: VideoDataset
+) -> tuple[list[VideoInfo | None], dict[str, str]]:
+    """The header index of ``dataset`` (cached; call on all ranks together).
+
+    Returns:
+        ``infos[i]`` of record ``i``, None for a bad video (unreadable header, or fewer frames
+        than ``DATA.MIN_VIDEO_FRAMES``), and ``{path: reason}`` of the bad ones.
+
+    Raises:
+        RuntimeError: no video of the dataset is usable.
+    """
+    infos, bad = build_index(dataset, index_cache_file(dataset, cfg.OUTPUT_DIR))
+    min_frames = cfg.DATA.MIN_VIDEO_FRAMES
+    for i, info in enumerate(infos):
+        if info is not None and info.num_frames < min_frames:
+            bad[dataset[i].path] = (
+                f"{info.num_frames} frame(s), fewer than DATA.MIN_VIDEO_FRAMES={min_frames}"
+            )
+            infos[i] = None
+    if infos and all(info is None for info in infos):
+        path, reason = next(iter(bad.items()))
+        raise RuntimeError(f"No usable video in {dataset!r}; e.g. {path}: {reason}")
+    return infos, bad
 
 
 def _tracker(cfg: CfgNode) -> BadVideoTracker:
     return BadVideoTracker(
         cfg.DATA.MAX_BAD_FRACTION, os.path.join(cfg.OUTPUT_DIR, "bad_videos.txt")
     )
+
+
+def _pin_memory(cfg: CfgNode) -> bool:
+    """Page-locked batches copy to the GPU faster (and asynchronously); on CPU they only cost."""
+    return torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu"
 
 
 def _batch_per_rank(cfg: CfgNode) -> int:
@@ -363,9 +493,12 @@ def build_window_loader(
 ) -> TrainLoader:
     """An endless training loader of ``num_windows`` windows per video with ``views``."""
     dataset = build_dataset(cfg, split or cfg.DATA.TRAIN_SPLIT)
+    infos, bad = load_index(cfg, dataset)
     tracker = _tracker(cfg)
-    infos = load_index(cfg, dataset, tracker)
-    logger.info("Training on %r (%d readable)", dataset, sum(i is not None for i in infos))
+    tracker.record(len(dataset), bad.items())
+    tracker.write()
+    tracker.check(complete=True)
+    logger.info("Training on %r (%d usable)", dataset, sum(i is not None for i in infos))
     seed = shared_seed(cfg.SEED)
     clips = WindowClips(dataset, infos, cfg, views, num_windows, seed=seed)
     return TrainLoader(
@@ -374,7 +507,7 @@ def build_window_loader(
         seed=seed,
         num_workers=cfg.DATA.NUM_WORKERS,
         tracker=tracker,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=_pin_memory(cfg),
     )
 
 
@@ -398,19 +531,26 @@ def build_train_loader(cfg: CfgNode) -> TrainLoader:
     return build_window_loader(cfg, ("global",), num_windows=1)
 
 
-def build_test_loader(cfg: CfgNode, split: str | None = None) -> DataLoader:
+def build_test_loader(cfg: CfgNode, split: str | None = None) -> TestLoader:
     """Every video of ``split`` once, as ``TEST.NUM_CLIPS`` centre-cropped clips, in order.
 
-    Under DDP each rank gets an interleaved share; evaluators gather and de-duplicate by index.
+    Call it on all ranks together. Under DDP each rank gets an interleaved share and every video
+    goes to exactly one rank (no padding, so no duplicates); evaluators gather by ``index``.
+    Batches: ``global`` ``[B, K, 3, T, S, S]`` uint8, ``label``, ``index``, ``valid`` and the
+    list ``bad_videos`` (see :class:`TestClips`).
     """
     dataset = build_dataset(cfg, split or cfg.DATA.TEST_SPLIT)
-    infos = load_index(cfg, dataset, _tracker(cfg))
+    infos, bad = load_index(cfg, dataset)
     rank, world = comm.get_rank(), comm.get_world_size()
     shard = list(range(rank, len(dataset), world))
-    return DataLoader(
-        torch.utils.data.Subset(TestClips(dataset, infos, cfg), shard),
+    workers = cfg.DATA.NUM_WORKERS
+    return TestLoader(
+        torch.utils.data.Subset(TestClips(dataset, infos, cfg, bad), shard),
         batch_size=max(cfg.TEST.IMS_PER_BATCH // world, 1),
-        num_workers=cfg.DATA.NUM_WORKERS,
+        num_workers=workers,
         collate_fn=collate_samples,
         worker_init_fn=_worker_init,
+        pin_memory=_pin_memory(cfg),
+        persistent_workers=workers > 0 and cfg.DATA.PERSISTENT_WORKERS,
+        tracker=_tracker(cfg),
     )

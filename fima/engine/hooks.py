@@ -267,12 +267,7 @@ class PeriodicWriter(HookBase):
 
 class BadVideoReport(HookBase):
     """Write ``bad_videos.txt`` every ``period`` iterations and at the end, and put the count of
-    bad videos into the storage.
-
-    Runs on all ranks (the lists are gathered). After a failed run only a single process writes
-    its list: under DDP the other ranks may not reach the gather, and each rank has logged its
-    skipped videos as warnings.
-    """
+    bad videos into the storage. Runs on all ranks (each merges its own list into the file)."""
 
     def __init__(self, tracker: Any, period: int) -> None:
         self.tracker = tracker
@@ -283,8 +278,7 @@ class BadVideoReport(HookBase):
             self._report()
 
     def after_train(self) -> None:
-        if not self.trainer.failed or comm.get_world_size() == 1:
-            self._report()
+        self._report()  # no collective: safe after a failure too
 
     def _report(self) -> None:
         self.tracker.write()

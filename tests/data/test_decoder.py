@@ -1,4 +1,5 @@
-"""Decoding: frame-exact against a full decode, clamping, and bad files."""
+"""Decoding: frame-exact against a full decode in common containers, clamping, downscaling,
+pass planning, and bad files."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fima.data.decoder import DecodeError, decode_frames, probe_video
+from fima.data import decoder
+from fima.data.decoder import DecodeError, decode_frames, plan_passes, probe_video
+from fima.data.transforms import short_side_size
 from tests.conftest import write_test_video
+from tests.data.layouts import write_bad
 
 
 def full_decode(path: str) -> np.ndarray:
@@ -20,8 +25,18 @@ def full_decode(path: str) -> np.ndarray:
         )
 
 
+# MP4 and AVI index every frame; MKV/WebM have cues; MPEG-TS has no index and a start time
+# after zero, and its demuxer's seeks overshoot (the decoder must step back).
 @pytest.fixture(
-    scope="module", params=[("libx264", 10, "mp4"), ("libx264", 50, "mp4"), ("mpeg4", 12, "avi")]
+    scope="module",
+    params=[
+        ("libx264", 10, "mp4"),
+        ("libx264", 50, "mp4"),
+        ("mpeg4", 12, "avi"),
+        ("libx264", 25, "mkv"),
+        ("libx264", 25, "ts"),
+        ("libvpx", 30, "webm"),
+    ],
 )
 def video(request, tmp_path_factory) -> str:
     codec, gop, ext = request.param
@@ -69,6 +84,71 @@ def test_unreadable_files_raise_decode_error(tmp_path, content: bytes, reason: s
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(DecodeError, match="not found"):
         decode_frames(str(tmp_path / "nope.mp4"), [0])
+
+
+def test_downscaling_while_converting(video: str) -> None:
+    reference = torch.from_numpy(full_decode(video)[[3, 40]]).permute(0, 3, 1, 2).float()
+    frames = decode_frames(video, [3, 40], short_side=24)
+    assert frames.shape == (2, 24, 32, 3)
+    expected = F.interpolate(reference, size=(24, 32), mode="bilinear", antialias=True)
+    error = (frames.permute(0, 3, 1, 2).float() - expected).abs().mean()
+    assert error < 4  # swscale's and torch's bilinear filters differ only in rounding and edges
+    assert decode_frames(video, [3], short_side=64).shape == (1, 48, 64, 3)  # never upscales
+
+
+def test_short_side_size() -> None:
+    assert short_side_size(1080, 1920, 256) == (256, 455)
+    assert short_side_size(1920, 1080, 256) == (455, 256)
+    assert short_side_size(240, 320, 256) == (240, 320)
+    assert short_side_size(240, 320, 0) == (240, 320)
+
+
+def test_plan_passes_uses_keyframes_to_avoid_reseeking() -> None:
+    wanted = [10, 11, 200, 201, 500]
+    # Without an index: any gap longer than max_gap is a new pass.
+    assert plan_passes(wanted, None, 25) == [[10, 11], [200, 201], [500]]
+    # One keyframe at 0 before 10 and 200 (a long GOP): decoding on beats seeking back to 0.
+    long_gop = {200: 0, 500: 250}
+    assert plan_passes(wanted, long_gop.__getitem__, 25) == [[10, 11, 200, 201], [500]]
+    # A keyframe between them: seek.
+    assert plan_passes(wanted, {200: 150, 500: 500}.__getitem__, 25) == [
+        [10, 11],
+        [200, 201],
+        [500],
+    ]
+    # Close frames never get a pass of their own (nor a look-up), keyframes or not.
+    assert plan_passes([1, 2, 3], {}.__getitem__, 25) == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize(("gop", "passes"), [(250, 1), (25, 2)])
+def test_two_windows_in_one_gop_are_decoded_in_one_pass(
+    tmp_path, monkeypatch, gop: int, passes: int
+) -> None:
+    path = write_test_video(str(tmp_path / "v.mp4"), num_frames=90, gop=gop)
+    calls = []
+    real = decoder._decode_pass
+    monkeypatch.setattr(decoder, "_decode_pass", lambda *args: calls.append(args[3]) or real(*args))
+    indices = [*range(0, 16, 2), *range(60, 76, 2)]
+    frames = decode_frames(path, indices)
+    np.testing.assert_array_equal(frames.numpy(), full_decode(path)[indices])
+    # Frames 14 and 60 are more than a second apart: with a keyframe between them (every 25
+    # frames) a seek pays off; without one (every 250), decoding on does.
+    assert len(calls) == passes
+
+
+def test_decoding_a_header_first_mp4_that_is_cut_fails(tmp_path) -> None:
+    path = write_bad(str(tmp_path / "cut.mp4"), "cut_payload", str(tmp_path))
+    assert probe_video(path).num_frames == 90  # the header is intact
+    with pytest.raises(DecodeError, match="decoding failed|truncated"):
+        decode_frames(path, list(range(50, 82)))
+
+
+def test_audio_only_and_one_frame_files(tmp_path) -> None:
+    with pytest.raises(DecodeError, match="no video stream"):
+        probe_video(write_bad(str(tmp_path / "a.mp4"), "audio", str(tmp_path)))
+    one = write_bad(str(tmp_path / "one.mp4"), "one_frame", str(tmp_path))
+    assert probe_video(one).num_frames == 1
+    assert decode_frames(one, [0, 5]).shape == (2, 48, 64, 3)
 
 
 def test_truncated_file_decodes_what_is_there_or_fails_cleanly(video: str, tmp_path) -> None:

@@ -73,3 +73,67 @@ def test_train_and_test_loaders(tmp_path) -> None:
     assert sorted(videos.tolist()) == list(range(8))
     assert test_batches[0]["global"].shape[1:] == (2, 3, 8, 32, 32)
     assert all(b["valid"].all() for b in test_batches)
+
+
+def test_under_ddp_every_test_video_goes_to_exactly_one_rank(tmp_path, monkeypatch) -> None:
+    from fima.utils import comm
+
+    cfg = tiny_cfg(str(tmp_path), **{"TEST.IMS_PER_BATCH": 3, "TEST.NUM_CLIPS": 1})
+    monkeypatch.setattr(comm, "get_world_size", lambda: 3)
+    # Indexing is collective; here every simulated rank indexes alone, as rank 0 would.
+    monkeypatch.setattr(comm, "is_main_process", lambda: True)
+    monkeypatch.setattr(comm, "broadcast_object", lambda data, src=0: data)
+    monkeypatch.setattr(comm, "all_gather_object", lambda data: [data])
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        loader = build_test_loader(cfg)
+        assert loader.batch_size == 1
+        shares.append([i for batch in loader for i in batch["index"].tolist()])
+    videos = [i for share in shares for i in share]
+    assert sorted(videos) == list(range(8))  # 8 test videos: none twice, none left out
+    assert [len(share) for share in shares] == [3, 3, 2]
+
+
+def test_frames_larger_than_the_short_side_are_downscaled_before_cropping(tmp_path) -> None:
+    # The synthetic videos are 48x64; a 24-px short side halves them before the crops.
+    cfg = tiny_cfg(str(tmp_path), **{"INPUT.TRAIN_SHORT_SIDE": 24, "INPUT.CROP_SCALE": (1.0, 1.0)})
+    batch = _first_batches(build_train_loader(cfg), 1)[0]
+    assert batch["global"].shape == (4, 1, 3, 8, 32, 32)
+    full = _first_batches(build_train_loader(tiny_cfg(str(tmp_path))), 1)[0]
+    assert not torch.equal(batch["global"], full["global"])
+
+
+def test_workers_seed_numpy_differently(tmp_path) -> None:
+    from torch.utils.data import DataLoader
+
+    from fima.data.build import _worker_init
+
+    class Draw(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, index: int) -> float:
+            return float(np.random.random())
+
+    loader = DataLoader(
+        Draw(),
+        batch_size=1,
+        num_workers=2,
+        worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(0),
+    )
+    first, second = [float(x) for x in loader]
+    assert first != second
+    assert [float(x) for x in loader] != [first, second]  # new epoch, new worker seeds
+
+
+def test_take_returns_a_view_for_evenly_spaced_rows() -> None:
+    from fima.data.build import _take
+
+    frames = torch.arange(10 * 2).view(10, 2)
+    view = _take(frames, np.array([1, 3, 5, 7]))
+    assert view.data_ptr() == frames[1].data_ptr()  # no copy
+    assert torch.equal(view, frames[[1, 3, 5, 7]])
+    assert torch.equal(_take(frames, np.array([0, 1, 1, 4])), frames[[0, 1, 1, 4]])
+    assert torch.equal(_take(frames, np.array([6])), frames[[6]])

@@ -1,7 +1,8 @@
-"""The dataset registry, the video record type and ``build_dataset``."""
+"""The dataset registry, the video record type, ``build_dataset`` and annotation-file helpers."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -16,7 +17,8 @@ Registry of video datasets.
 An entry is called as ``cls(cfg, split)`` with ``split`` in ``{"train", "test"}`` (some datasets
 accept more) and returns a :class:`VideoDataset`: the list of videos of that split with their
 labels. Decoding, clip sampling and augmentation are the loaders' business, so one dataset serves
-pretraining, fine-tuning and testing.
+pretraining, fine-tuning and testing. A class attribute ``LAYOUT`` says what ``DATA.ROOT`` must
+hold, for error messages. DATASETS.md describes each entry's layout and preparation.
 """
 
 
@@ -43,8 +45,14 @@ class VideoDataset(Dataset):
         name: registry name of the dataset.
         split: the split it holds.
         root: dataset root directory.
-        class_names: ``class_names[label]`` is the class of a label; sorted, so labels are stable.
+        class_names: ``class_names[label]`` is the class of a label; in a fixed documented order
+            (sorted, or the official one), so labels are stable.
+        missing: videos that the annotations list but that are absent and were left out (only
+            datasets that are commonly incomplete, as Kinetics-400, skip them; the others keep
+            them and the loaders report them as bad videos).
     """
+
+    LAYOUT = "see DATASETS.md"
 
     def __init__(
         self,
@@ -54,12 +62,14 @@ class VideoDataset(Dataset):
         name: str,
         split: str,
         root: str,
+        missing: list[str] | None = None,
     ) -> None:
         self.records = records
         self.class_names = class_names
         self.name = name
         self.split = split
         self.root = root
+        self.missing = missing or []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,3 +105,35 @@ def build_dataset(cfg: CfgNode, split: str) -> VideoDataset:
     if not isinstance(dataset, VideoDataset):
         raise TypeError(f"Dataset {cfg.DATA.DATASET!r} must return a VideoDataset")
     return carve_validation_split(cfg, split, dataset) if carve else dataset
+
+
+class AnnotationError(ValueError):
+    """A malformed line in a split, list or CSV file; the message names the file and line."""
+
+
+def read_lines(path: str) -> list[tuple[int, str]]:
+    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
+    their 1-based line numbers."""
+    with open(path, encoding="utf-8-sig") as f:
+        return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+
+
+def require_root(root: str, dataset: str, layout: str) -> str:
+    """Return ``root`` made absolute, or fail with the layout that was expected there.
+
+    Raises:
+        FileNotFoundError: ``root`` is empty or not a directory.
+    """
+    if not root:
+        raise FileNotFoundError(f"DATA.ROOT is empty: set it to the {dataset} root ({layout})")
+    root = os.path.expanduser(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{dataset} root {root!r} does not exist: {layout}")
+    return os.path.abspath(root)
+
+
+def require_file(path: str, layout: str) -> str:
+    """Return ``path``, or fail naming it and the layout it belongs to."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Missing {path}: {layout}")
+    return path

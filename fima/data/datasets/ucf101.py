@@ -7,7 +7,8 @@
     ROOT/ucfTrainTestlist/trainlist0{1,2,3}.txt  "<Class>/v_..._gXX_cYY.avi <1-based index>"
     ROOT/ucfTrainTestlist/testlist0{1,2,3}.txt   "<Class>/v_..._gXX_cYY.avi"
 
-Labels are ``classInd.txt``'s indices minus one (the official file is in sorted class order).
+Labels are ``classInd.txt``'s indices minus one: the official order, which is the class names
+sorted alphabetically without regard to case.
 """
 
 from __future__ import annotations
@@ -16,46 +17,37 @@ import os
 import re
 
 from fima.config.config import CfgNode
-from fima.data.datasets.build import DATASET_REGISTRY, VideoDataset, VideoRecord
+from fima.data.datasets.build import (
+    DATASET_REGISTRY,
+    AnnotationError,
+    VideoDataset,
+    VideoRecord,
+    read_lines,
+    require_file,
+    require_root,
+)
 
 _GROUP = re.compile(r"_g(\d+)_c\d+")
-LAYOUT_HELP = (
+LAYOUT = (
     "expected ROOT/UCF-101/<Class>/<video>.avi and ROOT/ucfTrainTestlist/{classInd.txt,"
     "trainlist0N.txt,testlist0N.txt}; see DATASETS.md"
 )
 
 
-class AnnotationError(ValueError):
-    """A malformed line in a split or CSV file; the message names the file and line."""
-
-
-def read_lines(path: str) -> list[tuple[int, str]]:
-    """Non-empty lines of a text file with their 1-based line numbers."""
-    with open(path, encoding="utf-8") as f:
-        return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
-
-
-def require_root(root: str, dataset: str, layout_help: str) -> str:
-    """Return ``root`` made absolute, or fail with what was expected there."""
-    if not root:
-        raise FileNotFoundError(f"DATA.ROOT is empty: set it to the {dataset} root ({layout_help})")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{dataset} root {root!r} does not exist: {layout_help}")
-    return os.path.abspath(root)
-
-
 def read_ucf101_split(root: str, split: str, fold: int) -> tuple[list[VideoRecord], list[str]]:
-    """Read fold ``fold`` (1..3) of ``split`` (``train``/``test``) of a UCF101-layout root."""
+    """Read fold ``fold`` (1..3) of ``split`` (``train``/``test``) of a UCF101-layout root.
+
+    Raises:
+        FileNotFoundError: a list file is missing.
+        AnnotationError: a malformed line (the message names the file and line number).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"UCF101 has splits 'train' and 'test', not {split!r}")
     if fold not in (1, 2, 3):
         raise ValueError(f"DATA.SPLIT must be 1, 2 or 3 for UCF101, got {fold}")
     lists = os.path.join(root, "ucfTrainTestlist")
-    class_file = os.path.join(lists, "classInd.txt")
-    list_file = os.path.join(lists, f"{split}list0{fold}.txt")
-    for path in (class_file, list_file):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Missing {path}: {LAYOUT_HELP}")
+    class_file = require_file(os.path.join(lists, "classInd.txt"), LAYOUT)
+    list_file = require_file(os.path.join(lists, f"{split}list0{fold}.txt"), LAYOUT)
     class_names: list[str] = []
     for number, line in read_lines(class_file):
         parts = line.split()
@@ -96,7 +88,9 @@ def read_ucf101_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
 class UCF101(VideoDataset):
     """UCF101 (101 classes, 13,320 videos); ``DATA.SPLIT`` picks the official fold."""
 
+    LAYOUT = LAYOUT
+
     def __init__(self, cfg: CfgNode, split: str) -> None:
-        root = require_root(cfg.DATA.ROOT, "UCF101", LAYOUT_HELP)
+        root = require_root(cfg.DATA.ROOT, "UCF101", LAYOUT)
         records, class_names = read_ucf101_split(root, split, cfg.DATA.SPLIT)
         super().__init__(records, class_names, name="UCF101", split=split, root=root)

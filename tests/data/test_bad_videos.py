@@ -1,0 +1,122 @@
+"""Bad input end to end: mini datasets in each official layout with bad files mixed in, loaded
+through configs only; every bad file listed with its reason; training and testing finish."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from fima.data import build_dataset, build_test_loader, build_train_loader
+from fima.data.bad_videos import BadVideoTracker, TooManyBadVideosError, read_bad_videos
+from fima.data.build import WindowClips, load_index
+from fima.engine import DefaultTrainer
+from tests.conftest import tiny_cfg
+from tests.data.layouts import BAD_KINDS, LAYOUTS
+
+CLASSES = ["jump", "run"]
+# Every kind of bad file, spread over the classes.
+BAD = {kind: CLASSES[i % 2] for i, kind in enumerate(BAD_KINDS)}
+
+
+def _dataset_cfg(tmp_path, dataset: str, **overrides: object):
+    root = tmp_path / "data"
+    LAYOUTS[dataset](str(root), CLASSES, 4, BAD)
+    return tiny_cfg(
+        str(tmp_path / "output"),
+        **{
+            "DATA.DATASET": dataset,
+            "DATA.ROOT": str(root),
+            "DATA.MAX_BAD_FRACTION": 0.6,
+            "SOLVER.MAX_ITER": 2,
+            **overrides,
+        },
+    )
+
+
+def _listed_bad(cfg) -> dict[str, str]:
+    return read_bad_videos(os.path.join(cfg.OUTPUT_DIR, "bad_videos.txt"))
+
+
+def _check_listed(listed: dict[str, str], dataset: str, kinds) -> None:
+    by_kind = {}
+    for path, reason in listed.items():
+        kind = next(k for k in BAD_KINDS if f"bad_{k}" in path)
+        by_kind[kind] = reason
+    for kind in kinds:
+        assert kind in by_kind, f"{dataset}: the {kind} file is not in bad_videos.txt"
+        assert re.search(BAD_KINDS[kind], by_kind[kind]), (kind, by_kind[kind])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", sorted(LAYOUTS))
+def test_training_and_testing_finish_and_list_every_bad_file(tmp_path, dataset: str) -> None:
+    cfg = _dataset_cfg(tmp_path, dataset)
+    expected = [k for k in BAD_KINDS if not (dataset == "Kinetics400" and k == "missing")]
+    train = build_dataset(cfg, "train")
+    assert len(train) == 2 * 3 + len(expected)
+    assert train.class_names == CLASSES
+
+    trainer = DefaultTrainer(cfg)
+    trainer.train()
+    assert os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    listed = _listed_bad(cfg)
+    # The files that headers give away are listed as soon as the index is read.
+    _check_listed(listed, dataset, [k for k in expected if k != "cut_payload"])
+
+    # Testing over the same split: every video once, the bad ones invalid, all of them listed.
+    cfg.DATA.TEST_SPLIT = "train"
+    batches = list(build_test_loader(cfg))
+    index = torch.cat([b["index"] for b in batches])
+    valid = torch.cat([b["valid"] for b in batches])
+    assert sorted(index.tolist()) == list(range(len(train)))
+    invalid = {train[i].path for i in index[~valid].tolist()}
+    listed = _listed_bad(cfg)
+    assert invalid == set(listed) and len(invalid) == len(expected)
+    _check_listed(listed, dataset, expected)
+    for batch in batches:
+        assert batch["global"].shape[1:] == (2, 3, 8, 32, 32)
+        assert batch["label"].tolist() == [train[i].label for i in batch["index"].tolist()]
+        assert not batch["global"][~batch["valid"]].any()
+
+
+def test_a_video_that_fails_to_decode_is_replaced_in_training(tmp_path) -> None:
+    cfg = _dataset_cfg(tmp_path, "VideoList")
+    dataset = build_dataset(cfg, "train")
+    infos, bad = load_index(cfg, dataset)
+    cut = next(i for i, r in enumerate(dataset) if "bad_cut_payload" in r.path)
+    assert infos[cut] is not None  # its header is fine: only decoding finds it out
+    clips = WindowClips(dataset, infos, cfg, ("global",), num_windows=2, seed=0)
+    sample = clips[cut, 0, 0]
+    assert sample["index"] != cut and infos[int(sample["index"])] is not None
+    assert [path for path, _ in sample["bad_videos"]] == [dataset[cut].path]
+    assert sample["global"].shape == (2, 3, 8, 32, 32)
+    assert sample["label"] == dataset[int(sample["index"])].label
+
+
+def test_too_many_bad_videos_stop_the_run_with_the_list_written(tmp_path) -> None:
+    cfg = _dataset_cfg(tmp_path, "UCF101", **{"DATA.MAX_BAD_FRACTION": 0.1})
+    with pytest.raises(TooManyBadVideosError, match=r"DATA.MAX_BAD_FRACTION=0.1.*bad_videos.txt"):
+        build_train_loader(cfg)
+    assert len(_listed_bad(cfg)) == len(BAD_KINDS) - 1  # all but the one decoding finds
+
+
+def test_tracker_merges_into_the_file_and_counts(tmp_path) -> None:
+    path = str(tmp_path / "bad_videos.txt")
+    first = BadVideoTracker(0.5, path, min_seen=4)
+    first.record(3, [("/a.mp4", "cannot open")])
+    first.write()
+    second = BadVideoTracker(0.5, path, min_seen=4)
+    second.record(2, [("/b.mp4", "no video stream"), ("/a.mp4", "cannot open")])
+    second.write()
+    assert read_bad_videos(path) == {"/a.mp4": "cannot open", "/b.mp4": "no video stream"}
+    second.check()  # 2 of 2 but fewer than min_seen
+    second.record(2, [("/b.mp4", "no video stream")])
+    with pytest.raises(TooManyBadVideosError, match="3 of 4 videos"):
+        second.check()
+    np.testing.assert_equal(
+        sorted(os.listdir(tmp_path)), [".bad_videos.txt.lock", "bad_videos.txt"]
+    )

@@ -1,0 +1,169 @@
+"""Datasets in their official layouts: counts, labels, class order, and errors that help."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from fima.config import ConfigError, validate_cfg
+from fima.data import build_dataset
+from fima.data.datasets import AnnotationError
+from tests.conftest import tiny_cfg
+from tests.data.layouts import LAYOUTS
+
+CLASSES = ["brush_hair", "Archery", "yoyo"]
+
+
+def _cfg(dataset: str, root: str, **overrides: object):
+    return tiny_cfg(**{"DATA.DATASET": dataset, "DATA.ROOT": root, **overrides})
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> dict[str, str]:
+    """Each layout with 3 classes of 3 good videos (no bad files)."""
+    out = {}
+    for name, make in LAYOUTS.items():
+        root = str(tmp_path_factory.mktemp(name))
+        classes = ["playing cello", *CLASSES[1:]] if name == "Kinetics400" else CLASSES
+        make(root, sorted(classes, key=str.lower) if name == "UCF101" else classes, 3, {})
+        out[name] = root
+    return out
+
+
+def test_ucf101_official_order_and_folds(roots) -> None:
+    train = build_dataset(_cfg("UCF101", roots["UCF101"]), "train")
+    test = build_dataset(_cfg("UCF101", roots["UCF101"]), "test")
+    # classInd.txt's order: alphabetical without regard to case.
+    assert train.class_names == ["Archery", "brush_hair", "yoyo"]
+    assert (len(train), len(test)) == (6, 3)
+    assert {r.label for r in test} == {0, 1, 2}
+    for record in train:
+        assert os.path.isfile(record.path)
+        assert f"/{train.class_names[record.label]}/" in record.path
+    assert {r.group for r in train}.isdisjoint({r.group for r in test})
+
+
+def test_hmdb51_marks_and_sorted_classes(roots) -> None:
+    train = build_dataset(_cfg("HMDB51", roots["HMDB51"]), "train")
+    test = build_dataset(_cfg("HMDB51", roots["HMDB51"]), "test")
+    assert train.class_names == sorted(CLASSES) == test.class_names
+    # Per class: marks 1, 1, 2 and 0 (unused).
+    assert (len(train), len(test)) == (6, 3)
+    assert all(record.path.endswith("_2.avi") for record in test)
+    for record in train:
+        assert os.path.basename(os.path.dirname(record.path)) == train.class_names[record.label]
+
+
+def test_kinetics_labels_from_train_csv_and_underscore_folders(roots) -> None:
+    train = build_dataset(_cfg("Kinetics400", roots["Kinetics400"]), "train")
+    val = build_dataset(_cfg("Kinetics400", roots["Kinetics400"]), "val")
+    assert train.class_names == sorted(["playing cello", "Archery", "yoyo"])
+    assert (len(train), len(val), train.missing) == (6, 3, [])
+    cello = train.class_names.index("playing cello")
+    assert all("/train/playing_cello/" in r.path for r in train if r.label == cello)
+    assert all("/val/" in r.path and os.path.isfile(r.path) for r in val)
+
+
+def test_kinetics_skips_and_counts_missing_videos(roots, tmp_path) -> None:
+    root = tmp_path / "k400"
+    LAYOUTS["Kinetics400"](str(root), ["a", "b"], 3, {"missing": "a"})
+    dataset = build_dataset(_cfg("Kinetics400", str(root)), "train")
+    assert len(dataset) == 4
+    assert [os.path.basename(p) for p in dataset.missing] == ["bad_missing_000000_000010.mp4"]
+
+
+def test_kinetics_flat_split_folders_and_val_csv(tmp_path) -> None:
+    # The CVDF mirror's archives: videos not sorted into label folders, annotations/val.csv.
+    root = tmp_path / "k400"
+    LAYOUTS["Kinetics400"](str(root), ["a b", "c"], 3, {})
+    for folder in (root / "train").iterdir():
+        for video in folder.iterdir():
+            video.rename(root / "train" / video.name)
+        folder.rmdir()
+    (root / "annotations" / "validate.csv").rename(root / "annotations" / "val.csv")
+    train = build_dataset(_cfg("Kinetics400", str(root)), "train")
+    assert len(train) == 4 and not train.missing
+    assert all(os.path.dirname(r.path) == str(root / "train") for r in train)
+    assert len(build_dataset(_cfg("Kinetics400", str(root)), "val")) == 2
+
+
+def test_video_list_csv_and_text_with_names(roots) -> None:
+    cfg = _cfg("VideoList", roots["VideoList"])
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert train.class_names == sorted(CLASSES) == test.class_names
+    assert (len(train), len(test)) == (6, 3)
+    for dataset in (train, test):
+        for record in dataset:
+            assert os.path.isfile(record.path)
+            assert f"/{dataset.class_names[record.label]}/" in record.path
+
+
+def test_video_list_integer_labels_unlabelled_lists_and_explicit_files(tmp_path) -> None:
+    (tmp_path / "a b.mp4").touch()
+    (tmp_path / "train.txt").write_text("x/1.mp4 2\n/abs/2.mp4 0\n")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "pretrain.csv").write_text('"../a b.mp4"\nc.mp4\n')
+    cfg = _cfg("VideoList", str(tmp_path))
+    train = build_dataset(cfg, "train")
+    assert train.class_names == ["0", "1", "2"]
+    assert [r.label for r in train] == [2, 0]
+    assert [r.path for r in train] == [str(tmp_path / "x" / "1.mp4"), "/abs/2.mp4"]
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TRAIN": str(tmp_path / "lists/pretrain.csv")})
+    unlabelled = build_dataset(cfg, "train")
+    assert [r.label for r in unlabelled] == [-1, -1]
+    assert unlabelled[0].path == str(tmp_path / "a b.mp4")  # relative to the list's folder
+
+
+@pytest.mark.parametrize(
+    ("dataset", "relative", "text", "line"),
+    [
+        ("UCF101", "ucfTrainTestlist/trainlist01.txt", "Archery/v.avi 2\nArchery/w.avi x\n", 2),
+        ("UCF101", "ucfTrainTestlist/classInd.txt", "1 Archery\n3 yoyo\n", 2),
+        ("HMDB51", "testTrainMulti_7030_splits/yoyo_test_split1.txt", "a.avi 1\nb.avi 7\n", 2),
+        (
+            "Kinetics400",
+            "annotations/train.csv",
+            'label,youtube_id,time_start,time_end,split\na,x,0,10,train\n\n"b",y,zero,10,train\n',
+            4,
+        ),  # fmt: skip
+        ("Kinetics400", "annotations/train.csv", "label,youtube_id,start,end\n", 1),
+        ("VideoList", "train.csv", "path,label\na.mp4,x\nb.mp4,y,z\n", 3),
+        ("VideoList", "train.txt", "a.mp4 x\nb.mp4\n", 2),
+    ],
+)
+def test_malformed_lines_name_file_and_line(
+    roots, tmp_path, dataset: str, relative: str, text: str, line: int
+) -> None:
+    root = tmp_path / dataset
+    LAYOUTS[dataset](str(root), CLASSES, 1, {})
+    path = root / relative
+    if dataset == "VideoList":
+        os.remove(root / "train.csv")
+    path.write_text(text)
+    with pytest.raises(AnnotationError, match=re.escape(f"{path}:{line}: ")):
+        build_dataset(_cfg(dataset, str(root)), "train")
+
+
+@pytest.mark.parametrize("dataset", ["UCF101", "HMDB51", "Kinetics400", "VideoList"])
+def test_missing_root_states_the_layout(tmp_path, dataset: str) -> None:
+    cfg = _cfg(dataset, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"DATA.ROOT: .*nowhere.*expected .*DATASETS.md"):
+        validate_cfg(cfg)
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*expected .*DATASETS.md"):
+        build_dataset(cfg, "train")
+
+
+def test_missing_list_files_state_the_layout(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"classInd.txt: expected .*DATASETS.md"):
+        build_dataset(_cfg("UCF101", str(tmp_path)), "train")
+    with pytest.raises(FileNotFoundError, match=r"testTrainMulti_7030_splits: expected"):
+        build_dataset(_cfg("HMDB51", str(tmp_path)), "train")
+    with pytest.raises(FileNotFoundError, match=r"annotations/train.csv: expected"):
+        build_dataset(_cfg("Kinetics400", str(tmp_path)), "train")
+    with pytest.raises(FileNotFoundError, match=r"No list file for split 'test'"):
+        build_dataset(_cfg("VideoList", str(tmp_path)), "test")
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": str(tmp_path / "none.csv")})
+    with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: list file .*none.csv"):
+        validate_cfg(cfg)

@@ -1,0 +1,77 @@
+"""The header index: probed once, cached per dataset, re-probed only where files changed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fima.data import build_dataset
+from fima.data import index as index_module
+from fima.data.index import build_index, index_cache_file
+from tests.conftest import tiny_cfg, write_test_video
+from tests.data.layouts import make_video_list
+
+
+@pytest.fixture
+def counted_probes(monkeypatch) -> list[str]:
+    probed: list[str] = []
+    real = index_module._probe
+
+    def probe(path: str) -> dict:
+        probed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(index_module, "_probe", probe)
+    return probed
+
+
+def test_second_start_reads_the_cache_and_reprobes_changed_files(tmp_path, counted_probes) -> None:
+    make_video_list(str(tmp_path), ["a", "b"], 3, {"empty": "a"})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    train = build_dataset(cfg, "train")
+    cache = index_cache_file(train, str(tmp_path / "out"))
+    assert cache == str(tmp_path / ".fima_index" / "VideoList.json")
+    infos, bad = build_index(train, cache)
+    assert len(counted_probes) == len(train) == 5
+    empty = str(tmp_path / "videos" / "a" / "bad_empty.mp4")
+    assert [r.path for r, info in zip(train, infos) if info is None] == list(bad) == [empty]
+    assert bad[empty].startswith("cannot open")
+    assert (infos[0].num_frames, infos[0].width, infos[0].height) == (24, 64, 48)
+
+    counted_probes.clear()
+    assert build_index(train, cache) == (infos, bad)
+    assert counted_probes == []
+
+    # One file rewritten, the test split new: only those are probed, and the cache keeps both.
+    changed = train[1].path
+    write_test_video(changed, num_frames=40)
+    os.utime(changed, ns=(1, 1))
+    test = build_dataset(cfg, "test")
+    infos, _ = build_index(train, cache)
+    build_index(test, cache)
+    assert counted_probes == [changed, *(r.path for r in test)]
+    assert infos[1].num_frames == 40
+    with open(cache) as f:
+        assert len(json.load(f)["videos"]) == len(train) + len(test)
+
+
+def test_read_only_root_caches_in_the_output_dir(tmp_path, monkeypatch) -> None:
+    make_video_list(str(tmp_path / "data"), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path / "data")})
+    dataset = build_dataset(cfg, "train")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    cache = index_cache_file(dataset, str(tmp_path / "out"))
+    assert cache.startswith(str(tmp_path / "out" / "video_index" / "VideoList-"))
+
+
+def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes) -> None:
+    make_video_list(str(tmp_path), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    cache = tmp_path / "cache.json"
+    cache.write_text("{not json")
+    infos, bad = build_index(dataset, str(cache))
+    assert counted_probes and not bad and all(infos)
+    assert json.loads(cache.read_text())["format"] == index_module._INDEX_FORMAT

@@ -83,7 +83,7 @@ def test_tiny_config_is_valid() -> None:
         ("MODEL.MOCO.MOMENTUM", 1.0, 1, "MODEL.MOCO.MOMENTUM"),
         ("DATA.MAX_BAD_FRACTION", 2.0, 1, "DATA.MAX_BAD_FRACTION"),
         ("SOLVER.AMP.DTYPE", "int8", 1, "SOLVER.AMP.DTYPE"),
-        ("DATA.SYNTHETIC.CLASSES", ("SlideLeft", "Teleport"), 1, "Teleport"),
+        ("DATA.SYNTHETIC.CLASSES", ("SlideUp", "Teleport"), 1, "Teleport"),
     ],
 )
 def test_bad_values_fail_naming_the_key(key: str, value, world: int, message: str) -> None:

@@ -44,15 +44,15 @@ def test_appearance_does_not_depend_on_the_class() -> None:
     cfg = tiny_cfg(**{"DATA.SYNTHETIC.NOISE": 0.0})
     videos = {
         name: render_video(MOTIONS[name], np.random.default_rng(7), cfg)
-        for name in ("SlideLeft", "SlideUp", "CircleClockwise")
+        for name in ("SlideHorizontal", "SlideUp", "Circle")
     }
     # Same draws, different motion: the frames differ only where the object moved, and the
     # pixels that never change (the background) are the same for every class.
     still = {name: (video == video[0]).all(axis=(0, 3)) for name, video in videos.items()}
-    common = still["SlideLeft"] & still["SlideUp"] & still["CircleClockwise"]
+    common = still["SlideHorizontal"] & still["SlideUp"] & still["Circle"]
     assert common.mean() > 0.3
-    reference = videos["SlideLeft"][0][common]
+    reference = videos["SlideHorizontal"][0][common]
     for video in videos.values():
         assert np.array_equal(video[0][common], reference)
     # And the motion differs between classes.
-    assert not np.array_equal(videos["SlideLeft"], videos["SlideUp"])
+    assert not np.array_equal(videos["SlideHorizontal"], videos["SlideUp"])

@@ -95,7 +95,7 @@ def test_weighted_knn_votes_by_similarity() -> None:
 
 def test_confusion_matrix_png(tmp_path) -> None:
     confusion = np.array([[3, 1, 0], [0, 2, 2], [1, 0, 4]])
-    names = ["CircleClockwise", "SlideLeft", "ShakeVertical"]
+    names = ["Circle", "SlideHorizontal", "ShakeVertical"]
     image = render_confusion_matrix(confusion, names, str(tmp_path / "cm.png"), title="test")
     loaded = Image.open(tmp_path / "cm.png")
     assert loaded.size == image.size and loaded.mode == "RGB"

@@ -33,8 +33,10 @@ from fima.data.datasets.ucf101 import read_ucf101_split
 
 logger = logging.getLogger(__name__)
 
-# A trajectory maps (frame times t [T], speed in px/frame, radius in px, rng) to centre offsets
-# (dx [T], dy [T]) in pixels relative to a random start.
+# A trajectory maps (frame times t [T], speed in px/frame, radius in px, phase) to centre offsets
+# (dx [T], dy [T]) in pixels relative to a random start. Every video is also mirrored left-right
+# at random (see render_video), so the classes are the motions up to a horizontal flip: the flip
+# augmentation of the recipe never turns one class into another.
 Trajectory = Callable[[np.ndarray, float, float, float], tuple[np.ndarray, np.ndarray]]
 
 
@@ -42,12 +44,9 @@ def _slide(ux: float, uy: float) -> Trajectory:
     return lambda t, speed, radius, phase: (ux * speed * t, uy * speed * t)
 
 
-def _circle(direction: float) -> Trajectory:
-    def trajectory(t: np.ndarray, speed: float, radius: float, phase: float):
-        angle = phase + direction * speed * t / radius  # image y points down: +1 is clockwise
-        return radius * np.cos(angle), radius * np.sin(angle)
-
-    return trajectory
+def _circle(t: np.ndarray, speed: float, radius: float, phase: float):
+    angle = phase + speed * t / radius  # clockwise on screen; the mirror makes it either way
+    return radius * np.cos(angle), radius * np.sin(angle)
 
 
 def _shake(ux: float, uy: float) -> Trajectory:
@@ -59,17 +58,21 @@ def _shake(ux: float, uy: float) -> Trajectory:
     return trajectory
 
 
+def _still(t: np.ndarray, speed: float, radius: float, phase: float):
+    return np.zeros_like(t), np.zeros_like(t)
+
+
 MOTIONS: dict[str, Trajectory] = {
-    "SlideLeft": _slide(-1, 0),
-    "SlideRight": _slide(1, 0),
+    "SlideHorizontal": _slide(1, 0),
     "SlideUp": _slide(0, -1),
     "SlideDown": _slide(0, 1),
-    "CircleClockwise": _circle(1),
-    "CircleCounterclockwise": _circle(-1),
+    "SlideDiagonalUp": _slide(math.sqrt(0.5), -math.sqrt(0.5)),
+    "SlideDiagonalDown": _slide(math.sqrt(0.5), math.sqrt(0.5)),
+    "Circle": _circle,
     "ShakeHorizontal": _shake(1, 0),
     "ShakeVertical": _shake(0, 1),
-    "SlideDiagonalDown": _slide(math.sqrt(0.5), math.sqrt(0.5)),
-    "SlideDiagonalUp": _slide(math.sqrt(0.5), -math.sqrt(0.5)),
+    "ShakeDiagonal": _shake(math.sqrt(0.5), math.sqrt(0.5)),
+    "Still": _still,
 }
 
 
@@ -78,8 +81,8 @@ def add_synthetic_config(cfg: CfgNode) -> None:
     cfg.DATA.SYNTHETIC = CN()
     # Motion classes, from fima.data.datasets.synthetic.MOTIONS.
     cfg.DATA.SYNTHETIC.CLASSES = (
-        "SlideLeft", "SlideRight", "SlideUp", "SlideDown",
-        "CircleClockwise", "CircleCounterclockwise", "ShakeHorizontal", "ShakeVertical",
+        "SlideHorizontal", "SlideUp", "SlideDown", "SlideDiagonalUp", "SlideDiagonalDown",
+        "Circle", "ShakeHorizontal", "ShakeVertical",
     )  # fmt: skip
     # Videos per class (UCF101 "groups"); TEST_GROUPS of them per class form each fold's test set.
     cfg.DATA.SYNTHETIC.VIDEOS_PER_CLASS = 16
@@ -175,6 +178,7 @@ def render_video(motion: Trajectory, rng: np.random.Generator, cfg: CfgNode) -> 
     speed = rng.uniform(*syn.SPEED) * width
     radius = rng.uniform(0.12, 0.25) * height
     dx, dy = motion(np.arange(frames, dtype=np.float64), speed, radius, rng.uniform(0, 2 * np.pi))
+    dx = dx * rng.choice((-1.0, 1.0))  # a random left-right mirror of the motion
     x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
     video = np.empty((frames, height, width, 3), dtype=np.float32)
     for t in range(frames):
@@ -224,7 +228,7 @@ def _settings(cfg: CfgNode) -> dict:
         )
     settings = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in syn.items()}
     settings["CLASSES"] = sorted(settings["CLASSES"])
-    settings["FORMAT"] = 2  # bump when the generator changes what it draws
+    settings["FORMAT"] = 3  # bump when the generator changes what it draws
     return settings
 
 

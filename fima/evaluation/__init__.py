@@ -8,6 +8,7 @@ from fima.evaluation.config import add_evaluation_config
 from fima.evaluation.evaluator import BestModelSelector, Evaluator, EvaluatorList
 from fima.evaluation.inference import VideoOutputs, infer_videos
 from fima.evaluation.knn import KNNEvaluator, weighted_knn_predict
+from fima.evaluation.linear_probe import LinearProbeEvaluator, fit_linear_probe
 from fima.evaluation.results import summary_table, write_results
 from fima.evaluation.retrieval import RetrievalEvaluator, recall_at_k
 
@@ -16,7 +17,8 @@ def build_classifier_evaluator(cfg: CfgNode) -> EvaluatorList:
     """What a ``VideoClassifier`` run evaluates, from ``TEST.EVALUATORS``.
 
     ``classification``: the validation split first when one is carved (``val/*``), then the
-    test split (``test/*``); ``retrieval``: ``retrieval/R@k``. With ``TEST.BEST_METRIC`` the
+    test split (``test/*``); ``retrieval``: ``retrieval/R@k``; ``linear_probe``: a logistic
+    regression on the frozen features (``linear_probe/top1``). With ``TEST.BEST_METRIC`` the
     weights with the best validation value are kept (never selected on test).
     """
     from fima.data.datasets.validation import VALIDATION_SPLIT
@@ -28,6 +30,8 @@ def build_classifier_evaluator(cfg: CfgNode) -> EvaluatorList:
         evaluators.append(ClassificationEvaluator(cfg, cfg.DATA.TEST_SPLIT, "test"))
     if "retrieval" in cfg.TEST.EVALUATORS:
         evaluators.append(RetrievalEvaluator(cfg))
+    if "linear_probe" in cfg.TEST.EVALUATORS:
+        evaluators.append(LinearProbeEvaluator(cfg))
     selector = (
         BestModelSelector(cfg.TEST.BEST_METRIC, cfg.OUTPUT_DIR) if cfg.TEST.BEST_METRIC else None
     )
@@ -40,11 +44,13 @@ __all__ = [
     "Evaluator",
     "EvaluatorList",
     "KNNEvaluator",
+    "LinearProbeEvaluator",
     "RetrievalEvaluator",
     "VideoOutputs",
     "add_evaluation_config",
     "build_classifier_evaluator",
     "classification_metrics",
+    "fit_linear_probe",
     "infer_videos",
     "recall_at_k",
     "summary_table",

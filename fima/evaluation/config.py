@@ -6,13 +6,14 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 
 # Evaluators that VideoClassifier can run (TEST.EVALUATORS).
-CLASSIFIER_EVALUATORS = ("classification", "retrieval")
+CLASSIFIER_EVALUATORS = ("classification", "retrieval", "linear_probe")
 
 
 def add_evaluation_config(cfg: CfgNode) -> None:
     """Evaluation keys under ``TEST``."""
     # What VideoClassifier evaluates: "classification" (clip and video accuracy on the test
-    # split, and on the validation split when one is carved) and/or "retrieval".
+    # split, and on the validation split when one is carved), "retrieval" and/or "linear_probe"
+    # (logistic regression on the frozen features; fima.evaluation.linear_probe).
     cfg.TEST.EVALUATORS = ("classification",)
     # A validation metric ("val/video_top1", ...) whose best value is kept as
     # OUTPUT_DIR/best/model_best.pth during training. Empty: no selection; the last epoch is the
@@ -27,6 +28,10 @@ def add_evaluation_config(cfg: CfgNode) -> None:
     # Keep the video features in OUTPUT_DIR/features, keyed by the weights, the config and the
     # videos, so that another metric on the same model costs no second pass.
     cfg.TEST.RETRIEVAL.CACHE_FEATURES = True
+
+    cfg.TEST.LINEAR_PROBE = CN()
+    # L2 penalty of the feature linear probe (on standardised features; mean loss + wd ||W||^2).
+    cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY = 1e-3
 
     # Online weighted-kNN monitor of a pretraining run (MoCo, FIMA): every TEST.EVAL_PERIOD
     # iterations the query encoder embeds labelled videos; test videos are classified by their
@@ -59,6 +64,9 @@ def validate_classifier_evaluation(cfg: CfgNode) -> None:
         bool(topk) and all(k > 0 for k in topk),
         "TEST.RETRIEVAL.TOPK",
         f"must be positive integers, got {topk}",
+    )
+    require(
+        cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY >= 0, "TEST.LINEAR_PROBE.WEIGHT_DECAY", "must be >= 0"
     )
     metric = cfg.TEST.BEST_METRIC
     if metric:

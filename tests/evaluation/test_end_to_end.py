@@ -114,3 +114,6 @@ def test_pretrain_then_linear_probe_retrieval_and_eval_only(tmp_path) -> None:
         assert again["retrieval/R@1"] == first["retrieval/R@1"]
         assert sorted(os.listdir(retrieval / "features")) == cached  # no second extraction
         assert "read from" in (retrieval / "log.txt").read_text()
+        probe = train_net(*args, "TEST.EVALUATORS", "('linear_probe',)")  # the same features
+        _check_percentages(probe, ["linear_probe/top1", "linear_probe/top5"])
+        assert sorted(os.listdir(retrieval / "features")) == cached

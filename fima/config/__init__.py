@@ -12,10 +12,18 @@ def get_cfg() -> CfgNode:
     from fima.config.defaults import _C
     from fima.data.datasets.synthetic import add_synthetic_config
     from fima.modeling.backbone.tiny import add_tiny3d_config
+    from fima.modeling.heads.motion_decoder import add_motion_decoder_config
+    from fima.modeling.ssl.fima import add_fima_config
     from fima.modeling.ssl.moco import add_moco_config
 
     cfg = _C.clone()
-    for add_config in (add_tiny3d_config, add_moco_config, add_synthetic_config):
+    for add_config in (
+        add_tiny3d_config,
+        add_moco_config,
+        add_fima_config,
+        add_motion_decoder_config,
+        add_synthetic_config,
+    ):
         add_config(cfg)
     return cfg
 

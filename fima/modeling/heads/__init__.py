@@ -1,6 +1,13 @@
 """Heads: ``HEAD_REGISTRY`` and its entries."""
 
 from fima.modeling.heads.build import HEAD_REGISTRY, build_head
+from fima.modeling.heads.motion_decoder import MotionDecoder, add_motion_decoder_config
 from fima.modeling.heads.projection import ProjectionHead
 
-__all__ = ["HEAD_REGISTRY", "ProjectionHead", "build_head"]
+__all__ = [
+    "HEAD_REGISTRY",
+    "MotionDecoder",
+    "ProjectionHead",
+    "add_motion_decoder_config",
+    "build_head",
+]

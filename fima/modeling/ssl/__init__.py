@@ -1,6 +1,15 @@
 """Training methods: ``SSL_METHOD_REGISTRY`` and its entries."""
 
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY, SSLMethod, build_model
+from fima.modeling.ssl.fima import FIMA, add_fima_config
 from fima.modeling.ssl.moco import MoCo, add_moco_config
 
-__all__ = ["SSL_METHOD_REGISTRY", "MoCo", "SSLMethod", "add_moco_config", "build_model"]
+__all__ = [
+    "FIMA",
+    "SSL_METHOD_REGISTRY",
+    "MoCo",
+    "SSLMethod",
+    "add_fima_config",
+    "add_moco_config",
+    "build_model",
+]

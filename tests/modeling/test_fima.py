@@ -179,6 +179,8 @@ def test_loss_weights_scale_terms_and_zero_drops_them() -> None:
     assert calls == [4, 4]  # RGB, global-view differences
     cfg, model = _model(**{"MODEL.FIMA.DENSE_WEIGHT": 0.0})
     assert set(model(_batch(cfg))) == {"loss_inst", "loss_local"}
+    cfg, model = _model(**{"MODEL.FIMA.DENSE_WEIGHT": 0.0, "MODEL.FIMA.LOCAL_WEIGHT": 0.0})
+    assert model.decoder is None and set(model(_batch(cfg))) == {"loss_inst"}
 
 
 @pytest.mark.parametrize("self_attention", [False, True])

@@ -111,7 +111,12 @@ class FIMA(MoCo):
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)
         fima = cfg.MODEL.FIMA
-        self.decoder = build_head(cfg.MODEL.MOTION_DECODER.NAME, cfg, self.encoder_q.out_channels)
+        # Without a motion term nothing uses the decoder (and DDP would find it unused).
+        self.decoder = (
+            build_head(cfg.MODEL.MOTION_DECODER.NAME, cfg, self.encoder_q.out_channels)
+            if fima.DENSE_WEIGHT or fima.LOCAL_WEIGHT
+            else None
+        )
         dim = cfg.MODEL.PROJECTOR.OUT_DIM
         self.dense_weight = fima.DENSE_WEIGHT
         self.local_weight = fima.LOCAL_WEIGHT

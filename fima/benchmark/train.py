@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fima.config import CfgNode, get_cfg, validate_cfg
+from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
 from fima.engine.defaults import resolve_device
 from fima.engine.solver import build_optimizer
 from fima.engine.train_loop import SimpleTrainer, autocast_dtype
@@ -108,12 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if cfg.SEED < 0:
-        cfg.SEED = 0
-    validate_cfg(cfg)
+    """The config with overrides, validated; exits with a one-line message if it is invalid.
+
+    Steps run on synthetic batches, so the dataset settings are not checked here (the loader
+    timing reports a dataset it cannot open).
+    """
+    try:
+        cfg = get_cfg()
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(opts)
+        if cfg.SEED < 0:
+            cfg.SEED = 0
+        checked = cfg.clone()
+        checked.DATA.DATASET, checked.DATA.ROOT = "SyntheticMotion", ""
+        validate_cfg(checked)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise SystemExit(f"benchmark.py --task train: error: {message}") from None
     cfg.freeze()
     return cfg
 
@@ -160,7 +171,9 @@ class Variant:
     trainer: SimpleTrainer
     calls: list[EncoderCall] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
     encoder_times: list[float] = field(default_factory=list)
+    encoder_cpu_times: list[float] = field(default_factory=list)
     peak_memory: list[int] = field(default_factory=list)
     step_memory: list[int] = field(default_factory=list)
     flops: float = 0.0
@@ -225,20 +238,30 @@ def _memory(device: torch.device) -> tuple[int, int]:
     )
 
 
-def run_step(variant: Variant, storage: EventStorage) -> float:
-    """One full training step; returns its seconds."""
+def _clocks() -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds (all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _elapsed(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clocks()
+    return wall - start[0], cpu - start[1]
+
+
+def run_step(variant: Variant, storage: EventStorage) -> tuple[float, float]:
+    """One full training step; returns its wall-clock and CPU seconds."""
     trainer = variant.trainer
     trainer.storage = storage
     _synchronize(variant.device)
-    start = time.perf_counter()
+    start = _clocks()
     storage.iter = trainer.iter
     trainer.before_step()
     trainer.run_step()
     trainer.after_step()
     _synchronize(variant.device)
-    seconds = time.perf_counter() - start
+    elapsed = _elapsed(start)
     trainer.iter += 1
-    return seconds
+    return elapsed
 
 
 def record_encoder_calls(variant: Variant, storage: EventStorage) -> None:
@@ -275,8 +298,9 @@ def record_encoder_calls(variant: Variant, storage: EventStorage) -> None:
     variant.calls = calls
 
 
-def encoder_replay(variant: Variant) -> Callable[[], float]:
-    """A function that replays the step's encoder calls on random inputs and returns seconds."""
+def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
+    """A function that replays the step's encoder calls on random inputs; it returns their
+    wall-clock and CPU seconds."""
     inputs = {}
     for call in variant.calls:
         if call not in inputs:
@@ -286,9 +310,9 @@ def encoder_replay(variant: Variant) -> Callable[[], float]:
             inputs[call] = x
     query_params = [p for p in variant.model.encoder_q.parameters() if p.requires_grad]
 
-    def replay() -> float:
+    def replay() -> tuple[float, float]:
         _synchronize(variant.device)
-        start = time.perf_counter()
+        start = _clocks()
         with torch.autocast(
             variant.device.type, dtype=autocast_dtype(variant.cfg.SOLVER.AMP.DTYPE),
             enabled=variant.amp,
@@ -303,10 +327,10 @@ def encoder_replay(variant: Variant) -> Callable[[], float]:
         if outputs:
             torch.stack(outputs).sum().backward()
         _synchronize(variant.device)
-        seconds = time.perf_counter() - start
+        elapsed = _elapsed(start)
         for param in query_params:
             param.grad = None
-        return seconds
+        return elapsed
 
     return replay
 
@@ -444,12 +468,14 @@ def main(argv: list[str]) -> dict[str, Any]:
             for variant in variants:
                 _reset_peak_memory(device)
                 before = _memory(device)[1]
-                seconds = run_step(variant, storage)
+                seconds, cpu_seconds = run_step(variant, storage)
                 peak = _memory(device)[0]
-                encoder_seconds = replays[variant.name]()
+                encoder_seconds, encoder_cpu_seconds = replays[variant.name]()
                 if round_index >= args.warmup:
                     variant.step_times.append(seconds)
+                    variant.step_cpu_times.append(cpu_seconds)
                     variant.encoder_times.append(encoder_seconds)
+                    variant.encoder_cpu_times.append(encoder_cpu_seconds)
                     variant.peak_memory.append(peak)
                     variant.step_memory.append(peak - before)
             logger.info("Round %d of %d done", round_index + 1, args.warmup + args.iters)
@@ -475,6 +501,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         "matmul_peak_flops": peaks,
         "variants": {},
         "ratios": {},
+        # Where other processes share the machine, the process's CPU seconds vary less than the
+        # wall clock (they miss the time slices lost to others, not the contention for caches).
+        "cpu_time_ratios": {},
     }
     for v in variants:
         step = statistics.median(v.step_times)
@@ -489,8 +518,12 @@ def main(argv: list[str]) -> dict[str, Any]:
             "seconds_per_step": step,
             "videos_per_second": v.batch_size / step,
             "step_times": v.step_times,
+            "cpu_seconds_per_step": statistics.median(v.step_cpu_times),
+            "step_cpu_times": v.step_cpu_times,
             "encoder_seconds": encoders,
             "encoder_share": encoders / step,
+            "encoder_cpu_share": statistics.median(v.encoder_cpu_times)
+            / statistics.median(v.step_cpu_times),
             "encoder_calls": _describe_calls(v.calls),
             "flops_per_step": v.flops,
             "mfu_step": v.flops / step / peak,
@@ -512,6 +545,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             # videos/s of `fast` over `slow` = step time of `slow` over `fast`, round by round.
             results["ratios"][f"{fast} vs {slow}"] = _ratios(
                 by_name[slow].step_times, by_name[fast].step_times
+            )
+            results["cpu_time_ratios"][f"{fast} vs {slow}"] = _ratios(
+                by_name[slow].step_cpu_times, by_name[fast].step_cpu_times
             )
     if args.data_iters > 0:
         results["loader"] = time_loader(variants[0].cfg, args.data_iters)
@@ -536,23 +572,29 @@ def format_report(results: dict[str, Any]) -> str:
         + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peaks.items()),
         "",
         f"{'variant':<14}{'method':<7}{'backbone':<12}{'batch':>5} {'input':<11}{'dtype':<9}"
-        f"{'s/step':>8}{'videos/s':>9}{'enc s':>8}{'enc %':>6}{'GFLOP':>8}{'MFU':>6}"
+        f"{'s/step':>8}{'videos/s':>9}{'cpu s':>8}{'enc s':>8}{'enc %':>6}{'cpu %':>6}"
+        f"{'GFLOP':>8}{'MFU':>6}"
         f"{'MFU enc':>8}{'peak MiB':>9}{'+step':>7}  encoder calls (clips per call)",
     ]
     for name, v in results["variants"].items():
         lines.append(
             f"{name:<14}{v['config']:<7}{v['backbone']:<12}{v['batch']:>5} {v['input']:<11}"
             f"{v['dtype']:<9}{v['seconds_per_step']:>8.3f}{v['videos_per_second']:>9.3f}"
-            f"{v['encoder_seconds']:>8.3f}{100 * v['encoder_share']:>6.0f}"
+            f"{v['cpu_seconds_per_step']:>8.2f}{v['encoder_seconds']:>8.3f}"
+            f"{100 * v['encoder_share']:>6.0f}{100 * v['encoder_cpu_share']:>6.0f}"
             f"{v['flops_per_step'] / 1e9:>8.0f}{100 * v['mfu_step']:>5.1f}%"
             f"{100 * v['mfu_encoders']:>7.1f}%{v['peak_memory_bytes'] / 2**20:>9.0f}"
             f"{v['step_memory_bytes'] / 2**20:>7.0f}  {v['encoder_calls']}"
         )
-    if results["ratios"]:
-        lines += ["", "Speed ratios (videos/s of the first over the second), per round and median:"]
-        for name, ratio in results["ratios"].items():
-            rounds = " ".join(f"{r:.2f}" for r in ratio["per_round"])
-            lines.append(f"  {name:<28} median {ratio['median']:.2f}  ({rounds})")
+    for key, title in (("ratios", "wall clock"), ("cpu_time_ratios", "process CPU time")):
+        if results[key]:
+            lines += [
+                "",
+                f"Speed ratios by {title} (the first over the second), per round, median:",
+            ]
+            for name, ratio in results[key].items():
+                rounds = " ".join(f"{r:.2f}" for r in ratio["per_round"])
+                lines.append(f"  {name:<28} median {ratio['median']:.2f}  ({rounds})")
     loader = results.get("loader")
     if loader is not None:
         if "error" in loader:

@@ -58,6 +58,7 @@ def test_compare_and_reference_report_every_figure(tmp_path, capsys) -> None:
         b / a for a, b in zip(fima["step_times"], results["variants"]["B/fp32"]["step_times"])
     ]
     assert ratio["per_round"] == expected
+    assert set(results["cpu_time_ratios"]) == set(results["ratios"])
     assert results["loader"]["seconds_per_batch"] > 0
     assert all(p > 0 for p in results["matmul_peak_flops"].values())
     report = capsys.readouterr().out

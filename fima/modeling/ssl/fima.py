@@ -25,8 +25,9 @@ from fima.utils.events import get_event_storage, has_event_storage
 logger = logging.getLogger(__name__)
 
 # The views whose frame differences go through the key encoder: the global view (dense keys,
-# foreground mask) and the two halves of the window (local keys).
+# foreground mask) and the two halves of the window (local keys, index 0 and 1 of "local").
 DIFF_VIEWS = ("global", "local1", "local2")
+LOCAL_HALF = {"local1": 0, "local2": 1}
 
 
 def add_fima_config(cfg: CfgNode) -> None:
@@ -233,7 +234,7 @@ class FIMA(MoCo):
                     "FIMA.input_views(cfg)"
                 )
             else:
-                parts.append(local_clips[:, :, int(view[-1]) - 1])
+                parts.append(local_clips[:, :, LOCAL_HALF[view]])
         clips = torch.stack(parts, dim=2)  # [B, W, V, 3, T, S, S]
         order = (1, 2, 0) if self.fuse_differences else (2, 1, 0)
         clips = clips.permute(*order, 3, 4, 5, 6).contiguous()

@@ -22,6 +22,15 @@ _MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
 )
 
 
+class MaxPool3d(nn.MaxPool3d):
+    """Max pooling in the input's dtype. A maximum is exact in any precision, but CPU autocast
+    runs ``max_pool3d`` in float32: two conversions of the whole activation per pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
 class Unit3D(nn.Sequential):
     """Conv3d (no bias) + BatchNorm3d + ReLU with 'same' padding for odd kernels."""
 
@@ -50,7 +59,7 @@ class InceptionBlock(nn.Module):
         self.b1b = Unit3D(w1a, w1b, (3, 3, 3))
         self.b2a = Unit3D(in_channels, w2a)
         self.b2b = Unit3D(w2a, w2b, (3, 3, 3))
-        self.b3a = nn.MaxPool3d(3, stride=1, padding=1)
+        self.b3a = MaxPool3d(3, stride=1, padding=1)
         self.b3b = Unit3D(in_channels, w3)
         self.out_channels = w0 + w1b + w2b + w3
 
@@ -76,16 +85,16 @@ class I3D(Backbone):
     def __init__(self, cfg: CfgNode | None = None) -> None:
         super().__init__()
         self.conv_1a = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
-        self.pool_2a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool_2a = MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         self.conv_2b = Unit3D(64, 64)
         self.conv_2c = Unit3D(64, 192, (3, 3, 3))
-        self.pool_3a = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.pool_3a = MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         in_channels = 192
         for name, widths in _MIXED_BLOCKS:
             if name == "mixed_4b":
-                self.pool_4a = nn.MaxPool3d(3, stride=2, padding=1)
+                self.pool_4a = MaxPool3d(3, stride=2, padding=1)
             elif name == "mixed_5b":
-                self.pool_5a = nn.MaxPool3d(2, stride=2, ceil_mode=True)
+                self.pool_5a = MaxPool3d(2, stride=2, ceil_mode=True)
             block = InceptionBlock(in_channels, widths)
             self.add_module(name, block)
             in_channels = block.out_channels

@@ -32,8 +32,11 @@ import copy
 import json
 import logging
 import math
+import os
 import re
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -220,22 +223,31 @@ def _synchronize(device: torch.device) -> None:
 def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
-        # Writing 5 resets the process's resident-set high-water mark (VmHWM).
+    elif os.path.exists("/proc/self/clear_refs"):
+        # Writing 5 resets the process's resident-set high-water mark (VmHWM) on Linux.
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
 
 
 def _memory(device: torch.device) -> tuple[int, int]:
-    """Bytes ``(peak, current)``: allocated memory on a GPU, the resident set on the CPU."""
+    """Bytes ``(peak, current)``: allocated memory on a GPU, the resident set on the CPU.
+
+    Without Linux's /proc the CPU peak is the process's lifetime maximum (not reset per step).
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+    if not os.path.exists("/proc/self/status"):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+        peak *= 1 if sys.platform == "darwin" else 1024
+        return peak, 0
     with open("/proc/self/status") as f:
         status = f.read()
-    return tuple(
+    peak, current = (
         int(re.search(rf"{name}:\s+(\d+) kB", status).group(1)) * 1024
         for name in ("VmHWM", "VmRSS")
     )
+    return peak, current
 
 
 def _clocks() -> tuple[float, float]:

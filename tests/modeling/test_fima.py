@@ -12,7 +12,7 @@ from fima.config import ConfigError, validate_cfg
 from fima.modeling import BACKBONE_REGISTRY, build_model
 from fima.modeling.losses import dense_contrastive_loss, info_nce
 from fima.modeling.motion import foreground_grid_mask
-from fima.modeling.ssl.fima import FIMA
+from fima.modeling.ssl.fima import FIMA, _feature_map_shape
 from fima.utils.events import EventStorage
 from tests.conftest import random_batch, tiny_cfg
 
@@ -280,6 +280,14 @@ def test_every_backbone_trains_with_fima(backbone: str, frames: int, crop: int) 
     assert set(losses) == {"loss_inst", "loss_dense", "loss_local"}
     assert all(torch.isfinite(v) for v in losses.values())
     assert any(p.grad is not None for p in model.decoder.parameters())
+
+
+@pytest.mark.parametrize("backbone", ["I3D", "R2Plus1D18", "R3D18", "Tiny3D"])
+def test_start_up_check_knows_every_builtin_feature_map(backbone: str) -> None:
+    cfg = tiny_cfg(**{**FIMA_TINY, "MODEL.BACKBONE.NAME": backbone, "INPUT.NUM_FRAMES": 16})
+    cfg.INPUT.CROP_SIZE = 64
+    expected = {"I3D": (2, 2, 2), "R2Plus1D18": (2, 4, 4), "R3D18": (2, 4, 4), "Tiny3D": (4, 4, 4)}
+    assert _feature_map_shape(cfg, 16) == expected[backbone]
 
 
 @pytest.mark.parametrize(("frames", "slices"), [(12, 3), (4, 1)])

@@ -27,6 +27,8 @@ class MaxPool3d(nn.MaxPool3d):
     runs ``max_pool3d`` in float32: two conversions of the whole activation per pool."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
+            return super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
             return super().forward(x)
 

@@ -66,7 +66,12 @@ def _feature_map_shape(cfg: CfgNode, num_frames: int) -> tuple[int, int, int] | 
         with torch.device("meta"):
             feat = build_backbone(cfg)(torch.empty(1, 3, num_frames, size, size))
     except (NotImplementedError, RuntimeError) as err:
-        logger.info("Feature map shape not known before the first step (%s)", err)
+        logger.warning(
+            "%s cannot run on the meta device (%s): FIMA checks its feature map at the first "
+            "step instead of at start-up",
+            cfg.MODEL.BACKBONE.NAME,
+            err,
+        )
         return None
     return tuple(feat.shape[2:])
 

@@ -62,7 +62,7 @@ REFERENCE_OVERRIDES = [
     "SOLVER.AMP.ENABLED", "False",
     "MODEL.CHANNELS_LAST", "False",
     "MODEL.MOCO.FUSE_WINDOWS", "False",
-    "MODEL.FIMA.FUSE_DIFFERENCES", "False",
+    "MODEL.FIMA.KEY_PASSES", "view",
 ]  # fmt: skip
 ENCODERS = ("encoder_q", "encoder_k")
 

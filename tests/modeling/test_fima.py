@@ -134,18 +134,20 @@ def test_losses_metrics_and_views() -> None:
 
 
 @pytest.mark.parametrize("windows_fused", [True, False])
-@pytest.mark.parametrize("diffs_fused", [True, False])
-def test_losses_match_a_view_by_view_restatement(windows_fused: bool, diffs_fused: bool) -> None:
+@pytest.mark.parametrize("key_passes", ["modality", "kind", "view"])
+def test_losses_match_a_view_by_view_restatement(windows_fused: bool, key_passes: str) -> None:
     cfg, model = _model(
         **NO_AUGMENTATION,
-        **{"MODEL.MOCO.FUSE_WINDOWS": windows_fused, "MODEL.FIMA.FUSE_DIFFERENCES": diffs_fused},
+        **{"MODEL.MOCO.FUSE_WINDOWS": windows_fused, "MODEL.FIMA.KEY_PASSES": key_passes},
     )
     model = _deterministic(model)
     batch = _batch(cfg, batch_size=3)
-    calls = []
+    calls, query_calls = [], []
     model.encoder_k.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model.encoder_q.register_forward_hook(lambda m, i, o: query_calls.append(i[0].shape[0]))
     losses = model(batch)
     recorded = list(calls)  # before the restatement's own calls
+    assert query_calls == ([6] if windows_fused else [3, 3])
     expected = naive_losses(model, batch)
     for name in ("loss_dense", "loss_local"):
         torch.testing.assert_close(losses[name], expected[name], rtol=1e-4, atol=1e-5)
@@ -153,13 +155,8 @@ def test_losses_match_a_view_by_view_restatement(windows_fused: bool, diffs_fuse
         torch.cat(model._pending_keys["motion_queue"]), expected["motion_keys"]
     )
     # Key-encoder calls: RGB, then the differences (global view + two local halves).
-    expected_calls = {
-        (True, True): [6, 18],
-        (True, False): [6, 6, 12],
-        (False, True): [3, 3, 9, 9],
-        (False, False): [3] * 8,
-    }
-    assert recorded == expected_calls[windows_fused, diffs_fused]
+    expected_calls = {"modality": [6, 18], "kind": [6, 6, 12], "view": [3] * 8}
+    assert recorded == expected_calls[key_passes]
 
 
 def test_loss_weights_scale_terms_and_zero_drops_them() -> None:

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # foreground mask) and the two halves of the window (local keys, index 0 and 1 of "local").
 DIFF_VIEWS = ("global", "local1", "local2")
 LOCAL_HALF = {"local1": 0, "local2": 1}
+KEY_PASSES = ("modality", "kind", "view")
 
 
 def add_fima_config(cfg: CfgNode) -> None:
@@ -50,12 +51,12 @@ def add_fima_config(cfg: CfgNode) -> None:
     # True (the reference): frame 0 is differenced against the last frame. False: that wrapped
     # frame is dropped, so difference clips have NUM_FRAMES - 1 frames.
     cfg.MODEL.FIMA.DIFF_WRAP_FIRST_FRAME = True
-    # True: the global-view and local differences go through the key encoder in one call
-    # (BatchNorm statistics over both kinds of clips together). False: one call for the global
-    # differences and one for the local ones (statistics per kind, as in the reference). With
-    # MODEL.MOCO.FUSE_WINDOWS False every view of every window has its own call, as in the
-    # reference (8 key passes of B clips).
-    cfg.MODEL.FIMA.FUSE_DIFFERENCES = True
+    # How the key encoder's inputs are grouped into calls (BatchNorm computes its statistics per
+    # call): "modality": the RGB clips of both windows in one call and every difference clip in
+    # another (2 calls); "kind": RGB, global-view differences, local differences (3 calls);
+    # "view": each view of each window alone, as the reference (8 calls of B clips). The query
+    # encoder's calls follow MODEL.MOCO.FUSE_WINDOWS.
+    cfg.MODEL.FIMA.KEY_PASSES = "modality"
 
 
 def _feature_map_shape(cfg: CfgNode, num_frames: int) -> tuple[int, int, int] | None:
@@ -102,13 +103,13 @@ class FIMA(MoCo):
 
     Encoder calls per step (``B`` clips per window), with the defaults: one query call of ``2B``
     RGB clips, one key call of the same ``2B`` clips, one key call of the ``6B`` difference clips
-    (two windows x global view, first half, second half). Fusing changes BatchNorm statistics in
-    training mode: the reference normalises each view of each window over its own ``B`` clips;
-    here the RGB statistics are over both windows (same distribution, twice the clips) and the
-    difference statistics pool global-view differences (frames ``SAMPLING_RATE`` apart) with the
-    local ones (adjacent frames), whose magnitudes differ. ``MODEL.FIMA.FUSE_DIFFERENCES False``
-    keeps the two kinds apart (3 key calls) and ``MODEL.MOCO.FUSE_WINDOWS False`` also separates
-    the windows (the reference's 2 query and 8 key calls).
+    (two windows x global view, first half, second half). Grouping changes BatchNorm statistics
+    in training mode: the reference normalises each view of each window over its own ``B``
+    clips; here the RGB statistics are over both windows (same distribution, twice the clips)
+    and the difference statistics pool global-view differences (frames ``SAMPLING_RATE`` apart)
+    with the local ones (adjacent frames), whose magnitudes differ. ``MODEL.FIMA.KEY_PASSES``
+    ``"kind"`` keeps the kinds of clips apart (3 key calls), ``"view"`` has the reference's 8 key
+    calls; ``MODEL.MOCO.FUSE_WINDOWS False`` splits the query call per window (the reference's 2).
 
     Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8, ``global_box`` ``[B, 2, 4]`` and (if the
     local term is on) ``local`` ``[B, 2, 2, 3, T, S, S]`` uint8.
@@ -129,7 +130,7 @@ class FIMA(MoCo):
         self.motion_temperature = fima.TEMPERATURE
         self.pos_ratio = fima.POS_RATIO
         self.wrap_first_frame = fima.DIFF_WRAP_FIRST_FRAME
-        self.fuse_differences = fima.FUSE_DIFFERENCES
+        self.key_passes = fima.KEY_PASSES
         self.motion_queue = KeyQueue(fima.MOTION_QUEUE_SIZE, dim) if self.local_weight else None
         self.dense_queue = (
             KeyQueue(fima.DENSE_QUEUE_SIZE, dim)
@@ -154,6 +155,11 @@ class FIMA(MoCo):
             require(fima[key] >= 0, f"MODEL.FIMA.{key}", f"must be >= 0, got {fima[key]}")
         require(fima.TEMPERATURE > 0, "MODEL.FIMA.TEMPERATURE", "must be positive")
         require(fima.POS_RATIO > 0, "MODEL.FIMA.POS_RATIO", "must be positive")
+        require(
+            fima.KEY_PASSES in KEY_PASSES,
+            "MODEL.FIMA.KEY_PASSES",
+            f"must be one of {', '.join(KEY_PASSES)}, got {fima.KEY_PASSES!r}",
+        )
         require(fima.DENSE_QUEUE_SIZE >= 0, "MODEL.FIMA.DENSE_QUEUE_SIZE", "must be >= 0 (0: off)")
         require(
             dec.DIM > 0 and dec.NUM_HEADS > 0 and dec.DIM % dec.NUM_HEADS == 0,
@@ -225,9 +231,7 @@ class FIMA(MoCo):
             global_clips: ``[B, W, 3, T, S, S]`` uint8 global views.
             local_clips: ``[B, W, 2, 3, T, S, S]`` uint8 local views (None without local term).
 
-        The clips are gathered in uint8 and converted once; in memory they lie in the order of
-        the key calls (window-major when the views share a call, view-major otherwise), so the
-        returned view-major tensor is a view of them, not a copy.
+        The clips are gathered in uint8 and converted to float once.
         """
         parts = []
         for view in self.difference_views():
@@ -240,32 +244,35 @@ class FIMA(MoCo):
                 )
             else:
                 parts.append(local_clips[:, :, LOCAL_HALF[view]])
-        clips = torch.stack(parts, dim=2)  # [B, W, V, 3, T, S, S]
-        order = (1, 2, 0) if self.fuse_differences else (2, 1, 0)
-        clips = clips.permute(*order, 3, 4, 5, 6).contiguous()
+        clips = torch.stack(parts).transpose(1, 2).contiguous()  # [V, W, B, 3, T, S, S]
         layout = clips.shape[:3]
         diffs = frame_difference(clips.flatten(0, 2).float().div_(255), wrap=self.wrap_first_frame)
-        diffs = self.augment_clips(diffs).view(*layout, *diffs.shape[1:])
-        return diffs.transpose(0, 1) if self.fuse_differences else diffs
+        return self.augment_clips(diffs).view(*layout, *diffs.shape[1:])
+
+    @torch.no_grad()
+    def encode_rgb_keys(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Key-encoder feature maps ``[2B, C, T', H', W']`` of the RGB clips (window-major):
+        one call, or one per window with ``KEY_PASSES "view"``."""
+        if self.key_passes == "view":
+            return torch.cat([self.encode_keys(part, windows=1) for part in rgb.chunk(2)])
+        return self.encode_keys(rgb, windows=1)
 
     @torch.no_grad()
     def encode_differences(self, diffs: torch.Tensor) -> torch.Tensor:
-        """Key-encoder feature maps ``[V, W, B, C, T', H', W']`` of ``[V, W, B, ...]`` clips.
-
-        Fused: one call for everything (or one per window without ``FUSE_WINDOWS``). Otherwise
-        one call for the global view and one for the local views (or one per view and window).
-        """
+        """Key-encoder feature maps ``[V, W, B, C, T', H', W']`` of ``[V, W, B, ...]`` clips,
+        grouped into calls as ``KEY_PASSES`` says."""
         views, windows, batch = diffs.shape[:3]
-        if self.fuse_differences:
-            clips = diffs.transpose(0, 1).flatten(0, 2)  # back to the window-major memory order
-            feats = self.encode_keys(clips, windows=windows)
-            return feats.view(windows, views, batch, *feats.shape[1:]).transpose(0, 1)
-        groups = [diffs[:1], diffs[1:]] if self.dense_weight and views > 1 else [diffs]
-        feats = [
-            self.encode_keys(group.flatten(0, 2), windows=group.shape[0] * windows)
-            for group in groups
-        ]
-        return torch.cat(feats).view(views, windows, batch, *feats[0].shape[1:])
+        clips = diffs.flatten(0, 2)
+        if self.key_passes == "modality" or views == 1 and self.key_passes == "kind":
+            groups = [clips]
+        elif self.key_passes == "kind":
+            # The global view comes first whenever there is more than one view.
+            groups = list(clips.split([windows * batch, (views - 1) * windows * batch]))
+        else:
+            groups = list(clips.split(batch))
+        feats = [self.encode_keys(group, windows=1) for group in groups]
+        feats = feats[0] if len(feats) == 1 else torch.cat(feats)
+        return feats.view(views, windows, batch, *feats.shape[1:])
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -275,7 +282,7 @@ class FIMA(MoCo):
         feat_q = self.encode(self.encoder_q, rgb)  # [2B, C, T', H, W]
         q = self.projector_q.embed(feat_q)
         with torch.no_grad():
-            feat_k = self.encode_keys(rgb)
+            feat_k = self.encode_rgb_keys(rgb)
             k = self.projector_k.embed(feat_k)
         losses = {"loss_inst": self.instance_loss(q, k)}
         if not (self.dense_weight or self.local_weight):

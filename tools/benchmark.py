@@ -1,58 +1,37 @@
 #!/usr/bin/env python3
-"""Benchmarks of fima, one task at a time; each prints its figures and notes.
+"""Benchmarks: ``tools/benchmark.py --task TASK [the task's arguments]``.
 
     python tools/benchmark.py --task data                  # the data pipeline (makes its videos)
-    python tools/benchmark.py --task data --quick          # a fast check that the tooling works
-    python tools/benchmark.py --task data --json data.json # also write the figures as JSON
+    python tools/benchmark.py --task data --quick --json data.json
+    python tools/benchmark.py --task train --config-file configs/FIMA/i3d_ucf101_pretrain.yaml \\
+        --reference SOLVER.IMS_PER_BATCH 4 INPUT.CROP_SIZE 112
 
-A task is an entry of ``TASKS``: its function takes the parsed arguments and returns the figures
-and notes of its report; its options come from its module's ``add_arguments``.
+Each task is a module with ``main(argv)``; ``--task TASK --help`` shows its own arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import sys
-from collections.abc import Callable
 
-from fima.benchmark import Figure, format_figures
-from fima.benchmark import data as data_benchmark
-from fima.utils.logger import setup_logger
-
-Task = Callable[[argparse.Namespace], tuple[list[Figure], list[str]]]
-AddArguments = Callable[[argparse._ArgumentGroup], None]
-
-# name -> (the task, the adder of its options)
-TASKS: dict[str, tuple[Task, AddArguments]] = {
-    "data": (data_benchmark.run, data_benchmark.add_arguments),
+# Task name -> the module that runs it.
+TASKS = {
+    "data": "fima.benchmark.data",
+    "train": "fima.benchmark.train",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", required=True, choices=sorted(TASKS), help="what to measure")
-    parser.add_argument("--json", default="", metavar="FILE", help="also write the figures here")
-    for name, (_, add_arguments) in TASKS.items():
-        add_arguments(parser.add_argument_group(f"--task {name}"))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logger(name="fima")
-    task, _ = TASKS[args.task]
-    figures, notes = task(args)
-    print(format_figures(f"fima benchmark: {args.task}", figures, notes))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"task": args.task, "figures": [fig.as_dict() for fig in figures]}, f, indent=2
-            )
-    return 0
+def main(argv: list[str]) -> None:
+    # The task's own parser handles everything but --task (and --help with a task).
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--task", choices=sorted(TASKS))
+    args, rest = parser.parse_known_args(argv)
+    if args.task is None:
+        parser.print_help()
+        raise SystemExit(0 if {"-h", "--help"} & set(argv) else 2)
+    importlib.import_module(TASKS[args.task]).main(rest)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(sys.argv[1:])

@@ -3,8 +3,13 @@ figures (medians where repeated), so that anyone can rerun them on their own mac
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from fima.utils.logger import setup_logger
 
 
 @dataclass(frozen=True)
@@ -43,3 +48,24 @@ def format_figures(title: str, figures: list[Figure], notes: list[str] = ()) -> 
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)
+
+
+def run_figures_task(
+    argv: list[str],
+    task: str,
+    run: Callable[[argparse.Namespace], tuple[list[Figure], list[str]]],
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+) -> list[Figure]:
+    """The command line of a task that reports :class:`Figure` s: parse ``argv`` with the task's
+    options and ``--json FILE``, run it, print the report and write the figures as JSON."""
+    parser = argparse.ArgumentParser(prog=f"tools/benchmark.py --task {task}")
+    parser.add_argument("--json", default="", metavar="FILE", help="also write the figures here")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logger(name="fima")
+    figures, notes = run(args)
+    print(format_figures(f"fima benchmark: {task}", figures, notes))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"task": task, "figures": [fig.as_dict() for fig in figures]}, f, indent=2)
+    return figures

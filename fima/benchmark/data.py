@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from fima.benchmark import Figure
+from fima.benchmark import Figure, run_figures_task
 from fima.config import CfgNode, get_cfg
 from fima.data import build_dataset, build_pretrain_loader, decoder
 from fima.data.build import WindowClips, load_index, retain_freed_memory
@@ -554,3 +554,8 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
     if args.quick:
         notes.append("--quick: small counts; these figures only show that the tooling works.")
     return figures, notes
+
+
+def main(argv: list[str]) -> list[Figure]:
+    """``tools/benchmark.py --task data [options]``."""
+    return run_figures_task(argv, "data", run, add_arguments)

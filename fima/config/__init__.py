@@ -16,13 +16,17 @@ def get_cfg() -> CfgNode:
     from fima.data.datasets.video_list import add_video_list_config
     from fima.evaluation.config import add_evaluation_config
     from fima.modeling.backbone.tiny import add_tiny3d_config
+    from fima.modeling.heads.motion_decoder import add_motion_decoder_config
     from fima.modeling.ssl.classifier import add_classifier_config
+    from fima.modeling.ssl.fima import add_fima_config
     from fima.modeling.ssl.moco import add_moco_config
 
     cfg = _C.clone()
     for add_config in (
         add_tiny3d_config,
         add_moco_config,
+        add_fima_config,
+        add_motion_decoder_config,
         add_synthetic_config,
         add_classifier_config,
         add_evaluation_config,

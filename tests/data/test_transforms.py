@@ -79,6 +79,5 @@ def test_augmentation_is_shared_by_the_frames_of_a_clip() -> None:
 def test_reference_blur_sigma_is_fixed_per_model() -> None:
     cfg = tiny_cfg(**{"INPUT.AUG.BLUR_SIGMA_PER_CLIP": False})
     aug = VideoAugmentation(cfg)
-    blur = aug.augment[2]
-    low, high = blur._param_generator.sigma  # kornia keeps the range it samples from
+    low, high = aug.augment.blur_sigma  # the range sigma is drawn from
     assert float(low) == float(high)

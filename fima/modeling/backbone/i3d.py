@@ -22,6 +22,17 @@ _MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
 )
 
 
+class MaxPool3d(nn.MaxPool3d):
+    """Max pooling in the input's dtype. A maximum is exact in any precision, but CPU autocast
+    runs ``max_pool3d`` in float32: two conversions of the whole activation per pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
+            return super().forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x)
+
+
 def tf_same_padding(kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
     """TensorFlow 'SAME' padding as ``F.pad`` wants it: ``(w0, w1, h0, h1, t0, t1)``.
 
@@ -66,7 +77,7 @@ class SamePool3d(nn.Sequential):
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
         super().__init__(
             nn.ConstantPad3d(tf_same_padding(kernel, stride), 0.0),
-            nn.MaxPool3d(kernel, stride, ceil_mode=True),
+            MaxPool3d(kernel, stride, ceil_mode=True),
         )
 
 
@@ -82,7 +93,7 @@ class InceptionBlock(nn.Module):
         self.b2a = Unit3D(in_channels, w2a)
         self.b2b = Unit3D(w2a, w2b, (3, 3, 3))
         # Symmetric 'SAME' padding; -inf and zero padding agree on post-ReLU inputs.
-        self.b3a = nn.MaxPool3d(3, stride=1, padding=1)
+        self.b3a = MaxPool3d(3, stride=1, padding=1)
         self.b3b = Unit3D(in_channels, w3)
         self.out_channels = w0 + w1b + w2b + w3
 

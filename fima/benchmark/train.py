@@ -1,0 +1,635 @@
+"""Training-step speed of any config: videos/s, encoder time, FLOPs, MFU and peak memory.
+
+``tools/benchmark.py --task train --config-file A.yaml [KEY VALUE ...] [--compare B.yaml [KEY
+VALUE ...]]`` builds the method of each config (the *variants*: each config in fp32 and/or bf16
+autocast, and with ``--reference`` the reference's schedule of config A) and runs full training
+steps on them in turn, A B A B ..., so that the machine's noise hits all of them alike; the
+figures to quote are the per-round ratios and their median.
+
+What a step is: the key-encoder momentum update, the forward (device augmentation, encoders,
+heads, losses) under the config's autocast, the backward, the optimizer step and the queue update,
+on a synthetic batch of random uint8 clips of the config's shape that stays in memory (so the
+step time excludes data loading). The real loader of config A is timed separately.
+
+Also measured, each in the same run:
+
+- the step's encoder passes alone: every call the step makes to ``encoder_q`` / ``encoder_k``
+  (recorded with hooks) replayed on random inputs of the same shape and memory format under the
+  same autocast, the query calls with their backward;
+- FLOPs per step: fvcore's ``FlopCountAnalysis`` of each encoder call (fvcore counts a
+  multiply-add as one, so FLOPs are twice its count), the query calls counted three times (forward
+  and a backward of twice the forward). Heads, decoder, losses and augmentation are not counted;
+- the peak FLOP/s of a large float32 and bfloat16 matmul (the best of runs in every round), and
+  the model FLOPs utilisation (MFU) of the step and of its encoder passes against that peak;
+- peak memory per step: the resident set's high-water mark on the CPU (reset before each step),
+  the peak allocated memory on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import re
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
+from fima.engine.defaults import resolve_device
+from fima.engine.solver import build_optimizer
+from fima.engine.train_loop import SimpleTrainer, autocast_dtype
+from fima.modeling import build_model
+from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
+from fima.utils.events import EventStorage
+from fima.utils.logger import setup_logger
+
+logger = logging.getLogger(__name__)
+
+# The reference implementation's schedule (issue 4): float32, each window through the query
+# encoder on its own (2 query passes) and each view of each window through the key encoder on its
+# own (8 key passes for FIMA), no channels_last.
+REFERENCE_OVERRIDES = [
+    "SOLVER.AMP.ENABLED", "False",
+    "MODEL.CHANNELS_LAST", "False",
+    "MODEL.MOCO.FUSE_WINDOWS", "False",
+    "MODEL.FIMA.KEY_PASSES", "view",
+]  # fmt: skip
+ENCODERS = ("encoder_q", "encoder_k")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tools/benchmark.py --task train",
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Examples:\n"
+            "  tools/benchmark.py --task train --config-file configs/FIMA/i3d_ucf101_pretrain.yaml"
+            " --reference SOLVER.IMS_PER_BATCH 4 INPUT.CROP_SIZE 112\n"
+            "  tools/benchmark.py --task train --config-file configs/FIMA/i3d_ucf101_pretrain.yaml"
+            " SOLVER.IMS_PER_BATCH 4 --compare configs/MoCo/i3d_ucf101_pretrain.yaml"
+            " SOLVER.IMS_PER_BATCH 4\n"
+            "Everything after --compare is config B and its KEY VALUE overrides."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config A")
+    parser.add_argument("--iters", type=int, default=5, help="timed rounds (median of these)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "both"),
+        default="both",
+        help="autocast off (fp32), on with bfloat16, or both variants of every config",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run config A with the reference's schedule (fp32, windows and views each "
+        "through the encoders on their own, no channels_last)",
+    )
+    parser.add_argument(
+        "--data-iters",
+        type=int,
+        default=10,
+        help="batches of config A's real training loader to time (0: skip)",
+    )
+    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak matmul")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    parser.add_argument("--output-json", default="", metavar="FILE", help="write results here")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of A")
+    return parser
+
+
+def load_config(config_file: str, opts: list[str]) -> CfgNode:
+    """The config with overrides, validated; exits with a one-line message if it is invalid.
+
+    Steps run on synthetic batches, so the dataset settings are not checked here (the loader
+    timing reports a dataset it cannot open).
+    """
+    try:
+        cfg = get_cfg()
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(opts)
+        if cfg.SEED < 0:
+            cfg.SEED = 0
+        checked = cfg.clone()
+        checked.DATA.DATASET, checked.DATA.ROOT = "SyntheticMotion", ""
+        validate_cfg(checked)
+    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise SystemExit(f"benchmark.py --task train: error: {message}") from None
+    cfg.freeze()
+    return cfg
+
+
+def synthetic_batch(cfg: CfgNode, views: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
+    """A pretraining batch of one process: random uint8 clips and crop boxes (some flipped)."""
+    gen = torch.Generator().manual_seed(seed)
+    batch_size = cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.ACCUM_STEPS
+    clip = (3, cfg.INPUT.NUM_FRAMES, cfg.INPUT.CROP_SIZE, cfg.INPUT.CROP_SIZE)
+    batch: dict[str, Any] = {
+        "label": torch.zeros(batch_size, dtype=torch.long),
+        "index": torch.arange(batch_size),
+    }
+    for view in views:
+        shape = (batch_size, 2, 2) if view == "local" else (batch_size, 2)
+        batch[view] = torch.randint(0, 256, (*shape, *clip), dtype=torch.uint8, generator=gen)
+        low = 0.4 * torch.rand(*shape, 2, generator=gen)
+        box = torch.cat([low, low + 0.2 + 0.4 * torch.rand(*shape, 2, generator=gen)], dim=-1)
+        flip = torch.rand(shape, generator=gen) < 0.5
+        box[flip] = box[flip][:, [2, 1, 0, 3]]
+        batch[f"{view}_box"] = box
+    return batch
+
+
+@dataclass(frozen=True)
+class EncoderCall:
+    """One call of an encoder in a step: which, input shape, channels_last, with gradient."""
+
+    encoder: str
+    shape: tuple[int, ...]
+    channels_last: bool
+    grad: bool
+
+
+@dataclass
+class Variant:
+    """A method under one config and autocast setting, ready to step."""
+
+    name: str
+    cfg: CfgNode
+    amp: bool
+    device: torch.device
+    model: nn.Module
+    trainer: SimpleTrainer
+    calls: list[EncoderCall] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    step_cpu_times: list[float] = field(default_factory=list)
+    encoder_times: list[float] = field(default_factory=list)
+    encoder_cpu_times: list[float] = field(default_factory=list)
+    peak_memory: list[int] = field(default_factory=list)
+    step_memory: list[int] = field(default_factory=list)
+    flops: float = 0.0
+
+    @property
+    def dtype_name(self) -> str:
+        return self.cfg.SOLVER.AMP.DTYPE if self.amp else "float32"
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.SOLVER.IMS_PER_BATCH
+
+
+def build_variant(name: str, cfg: CfgNode) -> Variant:
+    device = resolve_device(cfg)
+    torch.manual_seed(cfg.SEED)
+    model = build_model(cfg).to(device)
+    method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    batch = synthetic_batch(cfg, method.input_views(cfg), cfg.SEED)
+    optimizer = build_optimizer(cfg, model)
+    trainer = SimpleTrainer(
+        model,
+        _repeat(batch),
+        optimizer,
+        amp=cfg.SOLVER.AMP.ENABLED,
+        amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE),
+        device_type=device.type,
+    )
+    trainer.register_hooks(model.build_hooks(cfg))
+    trainer.max_iter = 1 << 30
+    return Variant(name, cfg, cfg.SOLVER.AMP.ENABLED, device, model, trainer)
+
+
+def _repeat(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    while True:
+        yield batch
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif os.path.exists("/proc/self/clear_refs"):
+        # Writing 5 resets the process's resident-set high-water mark (VmHWM) on Linux.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def _memory(device: torch.device) -> tuple[int, int]:
+    """Bytes ``(peak, current)``: allocated memory on a GPU, the resident set on the CPU.
+
+    Without Linux's /proc the CPU peak is the process's lifetime maximum (not reset per step).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+    if not os.path.exists("/proc/self/status"):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+        peak *= 1 if sys.platform == "darwin" else 1024
+        return peak, 0
+    with open("/proc/self/status") as f:
+        status = f.read()
+    peak, current = (
+        int(re.search(rf"{name}:\s+(\d+) kB", status).group(1)) * 1024
+        for name in ("VmHWM", "VmRSS")
+    )
+    return peak, current
+
+
+def _clocks() -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds (all threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def _elapsed(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _clocks()
+    return wall - start[0], cpu - start[1]
+
+
+def run_step(variant: Variant, storage: EventStorage) -> tuple[float, float]:
+    """One full training step; returns its wall-clock and CPU seconds."""
+    trainer = variant.trainer
+    trainer.storage = storage
+    _synchronize(variant.device)
+    start = _clocks()
+    storage.iter = trainer.iter
+    trainer.before_step()
+    trainer.run_step()
+    trainer.after_step()
+    _synchronize(variant.device)
+    elapsed = _elapsed(start)
+    trainer.iter += 1
+    return elapsed
+
+
+def record_encoder_calls(variant: Variant, storage: EventStorage) -> None:
+    """Run one step with hooks on the encoders and keep the calls it made."""
+    calls: list[EncoderCall] = []
+    handles = []
+    for name in ENCODERS:
+        module = getattr(variant.model, name, None)
+        if module is None:
+            continue
+
+        def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], name: str = name) -> None:
+            x = inputs[0]
+            calls.append(
+                EncoderCall(
+                    name,
+                    tuple(x.shape),
+                    x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d),
+                    torch.is_grad_enabled(),
+                )
+            )
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run_step(variant, storage)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not calls:
+        raise RuntimeError(
+            f"{variant.name}: the method has no {' / '.join(ENCODERS)} to time; the train "
+            "benchmark times MoCo-style methods"
+        )
+    variant.calls = calls
+
+
+def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
+    """A function that replays the step's encoder calls on random inputs; it returns their
+    wall-clock and CPU seconds."""
+    inputs = {}
+    for call in variant.calls:
+        if call not in inputs:
+            x = torch.randn(call.shape, device=variant.device)
+            if call.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            inputs[call] = x
+    query_params = [p for p in variant.model.encoder_q.parameters() if p.requires_grad]
+
+    def replay() -> tuple[float, float]:
+        _synchronize(variant.device)
+        start = _clocks()
+        with torch.autocast(
+            variant.device.type, dtype=autocast_dtype(variant.cfg.SOLVER.AMP.DTYPE),
+            enabled=variant.amp,
+        ):  # fmt: skip
+            outputs = []
+            for call in variant.calls:
+                module = getattr(variant.model, call.encoder)
+                with torch.set_grad_enabled(call.grad):
+                    out = module(inputs[call])
+                if call.grad:
+                    outputs.append(out.float().mean())
+        if outputs:
+            torch.stack(outputs).sum().backward()
+        _synchronize(variant.device)
+        elapsed = _elapsed(start)
+        for param in query_params:
+            param.grad = None
+        return elapsed
+
+    return replay
+
+
+def count_flops(variant: Variant) -> float:
+    """FLOPs of the step's encoder passes (fvcore; query calls x3 for forward + backward)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    per_clip: dict[tuple[str, tuple[int, ...]], float] = {}
+    total = 0.0
+    for call in variant.calls:
+        key = (call.encoder, call.shape[1:])
+        if key not in per_clip:
+            module = copy.deepcopy(getattr(variant.model, call.encoder)).float().eval()
+            x = torch.zeros(1, *call.shape[1:], device=variant.device)
+            analysis = FlopCountAnalysis(module, x)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            # fvcore counts one multiply-add as one flop.
+            per_clip[key] = 2.0 * analysis.total()
+        total += per_clip[key] * call.shape[0] * (3 if call.grad else 1)
+    return total
+
+
+def peak_matmul_flops(dtype: torch.dtype, device: torch.device, size: int) -> float:
+    """FLOP/s of a ``size`` x ``size`` matmul in ``dtype``: the best of 10 runs after warm-up."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=gen).to(dtype)
+    b = torch.randn(size, size, device=device, generator=gen).to(dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = math.inf
+    for _ in range(10):
+        _synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def time_loader(cfg: CfgNode, iters: int) -> dict[str, Any]:
+    """Seconds per batch of the real training loader alone (after one warm-up batch)."""
+    method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    try:
+        loader = method.build_train_loader(cfg)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        logger.warning("Loader not timed: %s", err)
+        return {"error": str(err)}
+    times = []
+    iterator = iter(loader)
+    next(iterator)
+    for _ in range(iters):
+        start = time.perf_counter()
+        next(iterator)
+        times.append(time.perf_counter() - start)
+    del iterator
+    return {
+        "seconds_per_batch": statistics.median(times),
+        "batches": iters,
+        "workers": cfg.DATA.NUM_WORKERS,
+        "dataset": cfg.DATA.DATASET,
+    }
+
+
+def profile_step(variant: Variant, storage: EventStorage) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if variant.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities, record_shapes=True) as prof:
+        run_step(variant, storage)
+    sort = "self_cuda_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    return (
+        f"-- {variant.name}: top operators\n{averages.table(sort_by=sort, row_limit=20)}\n"
+        f"-- {variant.name}: top operators by input shape\n"
+        f"{by_shape.table(sort_by=sort, row_limit=15)}"
+    )
+
+
+def _ratios(numerators: list[float], denominators: list[float]) -> dict[str, Any]:
+    """Per-round ratios, their median, and the ratio of the best (smallest) times: on a shared
+    machine other processes only ever slow a step down, so the best is the least disturbed."""
+    per_round = [a / b for a, b in zip(numerators, denominators)]
+    return {
+        "per_round": per_round,
+        "median": statistics.median(per_round),
+        "of_best": min(numerators) / min(denominators),
+    }
+
+
+def _describe_calls(calls: list[EncoderCall]) -> str:
+    parts = []
+    for encoder in ENCODERS:
+        sizes = [c.shape[0] for c in calls if c.encoder == encoder]
+        if sizes:
+            parts.append(f"{encoder.split('_')[1]}: {len(sizes)} x {sizes}")
+    return "; ".join(parts)
+
+
+def split_compare(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split the command line at ``--compare``: A's arguments, and B's config and overrides."""
+    if "--compare" not in argv:
+        return argv, None
+    index = argv.index("--compare")
+    rest = argv[index + 1 :]
+    if not rest:
+        raise SystemExit("--compare needs a config file, then optional KEY VALUE overrides")
+    return argv[:index], rest
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Run the train benchmark with the command line ``argv``; print and return the results."""
+    argv_a, argv_b = split_compare(argv)
+    args = build_parser().parse_args(argv_a)
+    setup_logger(name="fima")
+    dtypes = {"fp32": [False], "bf16": [True], "both": [False, True]}[args.dtype]
+    specs: list[tuple[str, str, list[str]]] = [("A", args.config_file, list(args.opts))]
+    if argv_b is not None:
+        specs.append(("B", argv_b[0], argv_b[1:]))
+    variants: list[Variant] = []
+    for label, config_file, opts in specs:
+        for amp in dtypes:
+            cfg = load_config(config_file, [*opts, "SOLVER.AMP.ENABLED", str(amp)])
+            variants.append(
+                build_variant(f"{label}/{cfg.SOLVER.AMP.DTYPE if amp else 'fp32'}", cfg)
+            )
+    if args.reference:
+        cfg = load_config(args.config_file, [*args.opts, *REFERENCE_OVERRIDES])
+        variants.append(build_variant("A/reference", cfg))
+    device = variants[0].device
+    logger.info("Variants: %s", ", ".join(v.name for v in variants))
+
+    with EventStorage() as storage:
+        for variant in variants:
+            record_encoder_calls(variant, storage)
+            variant.flops = count_flops(variant)
+        replays = {v.name: encoder_replay(v) for v in variants}
+        # The matmul peaks are measured in every round too; the best of them is the peak.
+        peak_dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+        if device.type == "cuda":
+            peak_dtypes["float16"] = torch.float16
+        peaks: dict[str, float] = {}
+        for round_index in range(args.warmup + args.iters):
+            for variant in variants:
+                _reset_peak_memory(device)
+                before = _memory(device)[1]
+                seconds, cpu_seconds = run_step(variant, storage)
+                peak = _memory(device)[0]
+                encoder_seconds, encoder_cpu_seconds = replays[variant.name]()
+                if round_index >= args.warmup:
+                    variant.step_times.append(seconds)
+                    variant.step_cpu_times.append(cpu_seconds)
+                    variant.encoder_times.append(encoder_seconds)
+                    variant.encoder_cpu_times.append(encoder_cpu_seconds)
+                    variant.peak_memory.append(peak)
+                    variant.step_memory.append(peak - before)
+            for name, dtype in peak_dtypes.items():
+                peaks[name] = max(
+                    peaks.get(name, 0.0), peak_matmul_flops(dtype, device, args.matmul_size)
+                )
+            logger.info("Round %d of %d done", round_index + 1, args.warmup + args.iters)
+        profiles = [profile_step(v, storage) for v in variants] if args.profile else []
+
+    results: dict[str, Any] = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "rounds": args.iters,
+        "warmup": args.warmup,
+        "what_a_step_is": "momentum update, forward, backward, optimizer step, queue update on an "
+        "in-memory synthetic batch (no data loading)",
+        "flops_counted": "encoder passes only (fvcore, 2 FLOPs per multiply-add; query calls x3)",
+        "memory": "peak: max allocated (GPU) or the process's resident-set high-water mark during "
+        "the step (CPU; the process holds every variant); +step: peak minus the memory at its "
+        "start",
+        "matmul_peak_flops": peaks,
+        "variants": {},
+        "ratios": {},
+        # Where other processes share the machine, the process's CPU seconds vary less than the
+        # wall clock (they miss the time slices lost to others, not the contention for caches).
+        "cpu_time_ratios": {},
+    }
+    for v in variants:
+        step = statistics.median(v.step_times)
+        encoders = statistics.median(v.encoder_times)
+        peak = peaks.get(v.dtype_name, peaks["float32"])
+        results["variants"][v.name] = {
+            "config": v.cfg.MODEL.META_ARCHITECTURE,
+            "backbone": v.cfg.MODEL.BACKBONE.NAME,
+            "batch": v.batch_size,
+            "input": f"{v.cfg.INPUT.NUM_FRAMES}x{v.cfg.INPUT.CROP_SIZE}x{v.cfg.INPUT.CROP_SIZE}",
+            "dtype": v.dtype_name,
+            "seconds_per_step": step,
+            "videos_per_second": v.batch_size / step,
+            "best_seconds_per_step": min(v.step_times),
+            "step_times": v.step_times,
+            "cpu_seconds_per_step": statistics.median(v.step_cpu_times),
+            "step_cpu_times": v.step_cpu_times,
+            "encoder_seconds": encoders,
+            "encoder_share": encoders / step,
+            "encoder_cpu_share": statistics.median(v.encoder_cpu_times)
+            / statistics.median(v.step_cpu_times),
+            "encoder_calls": _describe_calls(v.calls),
+            "flops_per_step": v.flops,
+            "mfu_step": v.flops / step / peak,
+            "mfu_encoders": v.flops / encoders / peak,
+            "peak_memory_bytes": max(v.peak_memory),
+            "step_memory_bytes": max(v.step_memory),
+        }
+    by_name = {v.name: v for v in variants}
+    for name in by_name:
+        label, dtype = name.split("/")
+        pairs = []
+        if label == "B" and f"A/{dtype}" in by_name:
+            pairs.append((f"A/{dtype}", name))  # speed of A relative to B
+        if label == "A" and dtype not in ("fp32", "reference") and "A/fp32" in by_name:
+            pairs.append((name, "A/fp32"))
+        if label == "A" and dtype != "reference" and "A/reference" in by_name:
+            pairs.append((name, "A/reference"))
+        for fast, slow in pairs:
+            # videos/s of `fast` over `slow` = step time of `slow` over `fast`, round by round.
+            results["ratios"][f"{fast} vs {slow}"] = _ratios(
+                by_name[slow].step_times, by_name[fast].step_times
+            )
+            results["cpu_time_ratios"][f"{fast} vs {slow}"] = _ratios(
+                by_name[slow].step_cpu_times, by_name[fast].step_cpu_times
+            )
+    if args.data_iters > 0:
+        results["loader"] = time_loader(variants[0].cfg, args.data_iters)
+    print(format_report(results))
+    for text in profiles:
+        print(text)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The results as a plain-text table."""
+    peaks = results["matmul_peak_flops"]
+    lines = [
+        f"Device {results['device']}, {results['threads']} threads; median of "
+        f"{results['rounds']} rounds after {results['warmup']} warm-up rounds.",
+        f"A step: {results['what_a_step_is']}.",
+        f"FLOPs: {results['flops_counted']}. Memory: {results['memory']}.",
+        "Peak matmul: "
+        + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peaks.items()),
+        "",
+        f"{'variant':<14}{'method':<7}{'backbone':<12}{'batch':>5} {'input':<11}{'dtype':<9}"
+        f"{'s/step':>8}{'best':>7}{'videos/s':>9}{'cpu s':>8}{'enc s':>8}{'enc %':>6}{'cpu %':>6}"
+        f"{'GFLOP':>8}{'MFU':>6}"
+        f"{'MFU enc':>8}{'peak MiB':>9}{'+step':>7}  encoder calls (clips per call)",
+    ]
+    for name, v in results["variants"].items():
+        lines.append(
+            f"{name:<14}{v['config']:<7}{v['backbone']:<12}{v['batch']:>5} {v['input']:<11}"
+            f"{v['dtype']:<9}{v['seconds_per_step']:>8.3f}{v['best_seconds_per_step']:>7.3f}"
+            f"{v['videos_per_second']:>9.3f}"
+            f"{v['cpu_seconds_per_step']:>8.2f}{v['encoder_seconds']:>8.3f}"
+            f"{100 * v['encoder_share']:>6.0f}{100 * v['encoder_cpu_share']:>6.0f}"
+            f"{v['flops_per_step'] / 1e9:>8.0f}{100 * v['mfu_step']:>5.1f}%"
+            f"{100 * v['mfu_encoders']:>7.1f}%{v['peak_memory_bytes'] / 2**20:>9.0f}"
+            f"{v['step_memory_bytes'] / 2**20:>7.0f}  {v['encoder_calls']}"
+        )
+    for key, title in (("ratios", "wall clock"), ("cpu_time_ratios", "process CPU time")):
+        if results[key]:
+            lines += [
+                "",
+                f"Speed ratios by {title} (the first over the second), per round, median:",
+            ]
+            for name, ratio in results[key].items():
+                rounds = " ".join(f"{r:.2f}" for r in ratio["per_round"])
+                lines.append(
+                    f"  {name:<28} median {ratio['median']:.2f}  of best times "
+                    f"{ratio['of_best']:.2f}  ({rounds})"
+                )
+    loader = results.get("loader")
+    if loader is not None:
+        if "error" in loader:
+            lines.append(f"\nLoader: not timed ({loader['error']})")
+        else:
+            lines.append(
+                f"\nLoader alone ({loader['dataset']}, {loader['workers']} workers): "
+                f"{loader['seconds_per_batch']:.3f} s/batch (median of {loader['batches']})"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""tools/benchmark.py --task train: every figure is measured and reported, ratios per round."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+from fima.benchmark.train import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = [
+    "MODEL.TINY3D.WIDTHS", "(8, 16, 16, 32)", "MODEL.PROJECTOR.HIDDEN_DIM", "32",
+    "MODEL.PROJECTOR.OUT_DIM", "16", "MODEL.MOTION_DECODER.DIM", "16",
+    "MODEL.MOTION_DECODER.FFN_DIM", "16", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
+    "SOLVER.IMS_PER_BATCH", "2", "DATA.NUM_WORKERS", "0",
+    "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','SlideDown','Circle')",
+    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
+    "DATA.SYNTHETIC.NUM_FRAMES", "40", "DATA.SYNTHETIC.HEIGHT", "48",
+    "DATA.SYNTHETIC.WIDTH", "64",
+]  # fmt: skip
+
+
+def _config(name: str) -> str:
+    return os.path.join(ROOT, "configs", "Quickstart", name)
+
+
+def test_compare_and_reference_report_every_figure(tmp_path, capsys) -> None:
+    results = main(
+        [
+            "--config-file", _config("fima_synthetic.yaml"), "--reference", "--iters", "2",
+            "--warmup", "0", "--data-iters", "2", "--matmul-size", "128",
+            "--output-json", str(tmp_path / "r.json"), *TINY,
+            "--compare", _config("moco_synthetic.yaml"), *TINY,
+        ]
+    )  # fmt: skip
+    names = {"A/fp32", "A/bfloat16", "B/fp32", "B/bfloat16", "A/reference"}
+    assert set(results["variants"]) == names
+    for v in results["variants"].values():
+        assert len(v["step_times"]) == 2
+        for key in ("seconds_per_step", "videos_per_second", "encoder_seconds", "mfu_step",
+                    "flops_per_step", "peak_memory_bytes"):  # fmt: skip
+            assert math.isfinite(v[key]) and v[key] > 0, key
+    fima, reference = results["variants"]["A/fp32"], results["variants"]["A/reference"]
+    assert fima["encoder_calls"] == "q: 1 x [4]; k: 2 x [4, 12]"
+    assert reference["encoder_calls"] == "q: 2 x [2, 2]; k: 8 x [2, 2, 2, 2, 2, 2, 2, 2]"
+    assert results["variants"]["B/fp32"]["encoder_calls"] == "q: 1 x [4]; k: 1 x [4]"
+    # The same encoder work, however it is grouped into calls.
+    assert math.isclose(fima["flops_per_step"], reference["flops_per_step"], rel_tol=1e-6)
+    assert results["variants"]["B/fp32"]["flops_per_step"] < fima["flops_per_step"]
+    assert set(results["ratios"]) == {
+        "A/bfloat16 vs A/fp32", "A/fp32 vs A/reference", "A/bfloat16 vs A/reference",
+        "A/fp32 vs B/fp32", "A/bfloat16 vs B/bfloat16",
+    }  # fmt: skip
+    ratio = results["ratios"]["A/fp32 vs B/fp32"]
+    expected = [
+        b / a for a, b in zip(fima["step_times"], results["variants"]["B/fp32"]["step_times"])
+    ]
+    assert ratio["per_round"] == expected
+    assert set(results["cpu_time_ratios"]) == set(results["ratios"])
+    assert results["loader"]["seconds_per_batch"] > 0
+    assert all(p > 0 for p in results["matmul_peak_flops"].values())
+    report = capsys.readouterr().out
+    assert "A/reference" in report and "median" in report and "Loader alone" in report
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:
+    script = os.path.join(ROOT, "tools", "benchmark.py")
+    result = subprocess.run(
+        [sys.executable, script, "--task", "train", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "--compare" in result.stdout
+    result = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert result.returncode == 2 and "--task" in result.stdout

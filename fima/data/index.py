@@ -17,18 +17,16 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tqdm import tqdm
-
 from fima.data.datasets.build import VideoDataset
 from fima.data.decoder import DecodeError, VideoInfo, probe_video
 from fima.utils import comm
+from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +82,9 @@ def _parallel_map(
     """``[function(item) for item in items]`` in a thread pool, with a progress bar on a TTY."""
     if not items:
         return []
-    show = comm.is_main_process() and sys.stderr.isatty()
     with ThreadPoolExecutor(max_workers=max(num_threads, 1)) as pool:
         results = pool.map(function, items)
-        return list(tqdm(results, total=len(items), desc=desc, disable=not show, leave=False))
+        return list(progress_bar(results, desc, total=len(items)))
 
 
 def build_index(

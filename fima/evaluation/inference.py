@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from fima.config.config import CfgNode
 from fima.utils import comm
+from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +47,6 @@ class VideoOutputs:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
-    """A tqdm progress bar on rank 0 when stderr is a terminal; the plain iterable otherwise."""
-    quiet = not (comm.is_main_process() and sys.stderr.isatty())
-    return tqdm(iterable, desc=desc, total=total, disable=quiet, leave=False, dynamic_ncols=True)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -113,7 +106,7 @@ def infer_videos(
     labels: list[np.ndarray] = []
     outputs: dict[str, list[np.ndarray]] = {}
     bad: list[tuple[int, str, str]] = []
-    for batch in progress(loader, desc, total=len(loader)):
+    for batch in progress_bar(loader, desc, total=len(loader)):
         valid = batch["valid"].bool()
         bad.extend(
             (int(index), path, reason)

@@ -3,6 +3,7 @@
 
     python tools/benchmark.py --task data                  # the data pipeline (makes its videos)
     python tools/benchmark.py --task data --quick --json data.json
+    python tools/benchmark.py --task motion                # MoCo vs FIMA on motion, 3 seeds
     python tools/benchmark.py --task train --config-file configs/FIMA/i3d_ucf101_pretrain.yaml \\
         --reference SOLVER.IMS_PER_BATCH 4 INPUT.CROP_SIZE 112
 
@@ -18,6 +19,7 @@ import sys
 # Task name -> the module that runs it.
 TASKS = {
     "data": "fima.benchmark.data",
+    "motion": "fima.benchmark.motion",
     "train": "fima.benchmark.train",
 }
 

@@ -13,8 +13,8 @@ environment variables (every rank of a run reads them):
   temporary file (flushed and fsynced) when the rank that writes it creates ``paused.rank<r>``
   and sleeps (in the middle of a checkpoint write).
 
-It also registers ``NaNMoCo``: MoCo whose loss is NaN at iteration ``TEST_FAULT.NAN_ITER`` on
-rank ``TEST_FAULT.NAN_RANK`` (config keys added by :func:`add_config`).
+It also registers ``NaNFIMA``: FIMA whose instance loss is NaN at iteration
+``TEST_FAULT.NAN_ITER`` on rank ``TEST_FAULT.NAN_RANK`` (config keys added by :func:`add_config`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.engine import DefaultTrainer, HookBase
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
-from fima.modeling.ssl.moco import MoCo
+from fima.modeling.ssl.fima import FIMA
 from fima.utils import comm
 from fima.utils.events import get_event_storage
 
@@ -52,8 +52,8 @@ def _pause() -> None:
 
 
 @SSL_METHOD_REGISTRY.register()
-class NaNMoCo(MoCo):
-    """MoCo whose loss becomes NaN at one iteration on one rank."""
+class NaNFIMA(FIMA):
+    """FIMA whose instance loss becomes NaN at one iteration on one rank."""
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)

@@ -21,13 +21,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 FAULTS = os.path.join(ROOT, "tests", "engine", "fault_injection.py")
-QUICKSTART = os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml")
+# FIMA covers MoCo's state (key encoder, instance queue) and adds its own (motion queue, decoder
+# with dropout, local views), so exact resume and fault handling are checked on all of it.
+QUICKSTART = os.path.join(ROOT, "configs", "Quickstart", "fima_synthetic.yaml")
 MAX_ITER = 6
-# The quick start, shrunk: 6 iterations of 4 clips, a checkpoint after iterations 2 and 5.
+# The FIMA quick start, shrunk: 6 iterations of 4 clips, a checkpoint after iterations 2 and 5.
 TINY = [
     "MODEL.TINY3D.WIDTHS", "(8,16,16,32)",
     "MODEL.PROJECTOR.HIDDEN_DIM", "32", "MODEL.PROJECTOR.OUT_DIM", "16",
-    "MODEL.MOCO.QUEUE_SIZE", "64", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
+    "MODEL.MOCO.QUEUE_SIZE", "64", "MODEL.FIMA.MOTION_QUEUE_SIZE", "32",
+    "MODEL.MOTION_DECODER.DIM", "16", "MODEL.MOTION_DECODER.FFN_DIM", "16",
+    "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
     "DATA.NUM_WORKERS", "0",
     "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','SlideDown','Circle')",
     "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",

@@ -1,0 +1,51 @@
+"""tools/benchmark.py --task motion at a tiny scale: every arm pretrains, every backbone is
+evaluated, and the table reports finite metrics. Which method wins is the benchmark's output,
+never asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from fima.benchmark.motion import ARMS, METRICS, RANDOM, main
+
+TINY = [
+    "MODEL.TINY3D.WIDTHS", "(8,16,16,32)", "MODEL.PROJECTOR.HIDDEN_DIM", "32",
+    "MODEL.PROJECTOR.OUT_DIM", "16", "MODEL.MOCO.QUEUE_SIZE", "16",
+    "MODEL.FIMA.MOTION_QUEUE_SIZE", "32", "MODEL.MOTION_DECODER.DIM", "16",
+    "MODEL.MOTION_DECODER.FFN_DIM", "16", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
+    "DATA.NUM_WORKERS", "0", "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','Circle')",
+    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
+    "DATA.SYNTHETIC.NUM_FRAMES", "24", "DATA.SYNTHETIC.HEIGHT", "40", "DATA.SYNTHETIC.WIDTH", "48",
+    "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "3",
+    "TEST.NUM_CLIPS", "1", "TEST.IMS_PER_BATCH", "4",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    result = main(["--output-dir", str(out), "--seeds", "0", *TINY])
+    names = [arm.name for arm in ARMS] + [RANDOM]
+    assert sorted(result.metrics) == sorted(names)
+    for name in names:
+        values = result.metrics[name][0]
+        assert set(values) == set(METRICS)
+        for metric, value in values.items():
+            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
+    table = (out / "results.md").read_text()
+    for name in names:
+        assert f"| {name} |" in table
+    assert "tools/benchmark.py --task motion" in table
+    assert json.loads((out / "results.json").read_text())["metrics"].keys() == set(names)
+    assert "| MoCo |" in capsys.readouterr().out
+
+    # An interrupted or repeated benchmark reuses what it has: no run starts again.
+    runs_log = (out / "runs.log").read_text()
+    again = main(["--output-dir", str(out), "--seeds", "0", *TINY])
+    assert again.metrics == result.metrics and again.seconds == {}
+    assert (out / "runs.log").read_text() == runs_log
+    assert os.path.isfile(out / "fima_seed0" / "model_final.pth")

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from iopath.common.file_io import g_pathmgr
 from torch import nn
 
 from fima.checkpoint.checkpointer import Checkpointer
+from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +49,37 @@ class BackboneLoadReport:
     unexpected: list[str] = field(default_factory=list)
 
 
+def weights_problem(name: str) -> str | None:
+    """Why ``MODEL.WEIGHTS`` ``name`` cannot name a checkpoint, or None when it can: an existing
+    file, a URL, or a model-zoo config with a published checkpoint. Nothing is downloaded."""
+    if os.path.isfile(os.path.expanduser(name)) or "://" in name or trained_weights(name):
+        return None
+    return (
+        f"{name!r} is neither an existing file nor a URL, nor a model-zoo config with a "
+        "checkpoint (" + (", ".join(trained_configs()) or "none is published yet") + "). Pass "
+        "the path of a fima checkpoint (e.g. output/quickstart_moco/model_final.pth), an "
+        "http(s):// URL or a fima:// model-zoo file"
+    )
+
+
 def resolve_weights(name: str) -> str:
-    """The local file of ``MODEL.WEIGHTS``: a path, or a URL fetched into iopath's cache.
+    """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, cached by iopath;
+    ``fima://``, a sha256-verified model-zoo download); or a model-zoo config name such as
+    ``"FIMA/i3d_ucf101_pretrain.yaml"``, which means its published checkpoint.
 
     Raises:
-        FileNotFoundError: ``name`` is neither an existing file nor a URL (model-zoo names are
-            not known yet: pass the checkpoint file).
+        FileNotFoundError: ``name`` is none of these.
+        fima.model_zoo.DownloadError: a download failed or did not verify.
     """
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         return path
     if "://" in name:
-        return g_pathmgr.get_local_path(name)
-    raise FileNotFoundError(
-        f"MODEL.WEIGHTS {name!r} is neither an existing file nor a URL. Pass the path of a "
-        "fima checkpoint (e.g. output/quickstart_moco/model_final.pth) or an http(s):// URL; "
-        "model-zoo names are not available in this version."
-    )
+        return PathManager.get_local_path(name)
+    zoo = trained_weights(name)
+    if zoo is not None:
+        return PathManager.get_local_path(zoo)
+    raise FileNotFoundError(f"MODEL.WEIGHTS {weights_problem(name)}")
 
 
 def backbone_prefix(state: Mapping[str, torch.Tensor]) -> str:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fima.checkpoint import Checkpointer, atomic_write
+from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
@@ -289,7 +290,8 @@ class DefaultTrainer(SimpleTrainer):
             self.start_iter = self.iter + 1
             return
         if self.cfg.MODEL.WEIGHTS:
-            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+            # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
+            self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])
 
     # -- builders --------------------------------------------------------------------------------
     @classmethod

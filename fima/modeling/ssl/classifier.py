@@ -8,7 +8,6 @@ The classification task is a registered method like MoCo, so it runs through the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.module import _IncompatibleKeys
 
-from fima.checkpoint.backbone_weights import BACKBONE_PREFIXES, load_backbone_weights
+from fima.checkpoint.backbone_weights import (
+    BACKBONE_PREFIXES,
+    load_backbone_weights,
+    weights_problem,
+)
 from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.transforms import VideoAugmentation
@@ -128,13 +131,8 @@ class VideoClassifier(SSLMethod):
             f"must be >= 2, or 0 to follow the dataset; got {options.NUM_CLASSES}",
         )
         weights = cfg.MODEL.WEIGHTS
-        if weights and "://" not in weights:
-            require(
-                os.path.isfile(os.path.expanduser(weights)),
-                "MODEL.WEIGHTS",
-                f"{weights!r} is neither an existing file nor a URL; pass the path of a fima "
-                "checkpoint (model-zoo names are not available in this version)",
-            )
+        problem = weights_problem(weights) if weights else None
+        require(problem is None, "MODEL.WEIGHTS", str(problem))
         validate_classifier_evaluation(cfg)
         validate_validation_config(cfg)
 

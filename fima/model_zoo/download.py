@@ -1,0 +1,148 @@
+"""Verified downloads: stream a URL into a cache file that exists only once its sha256 matches.
+
+A file is written to a hidden temporary file beside its final name and renamed only after the
+announced length and the sha256 check out (:func:`fima.checkpoint.atomic_write`), so the cache
+never holds a partial or tampered file, whatever happens during the download. A cached file is
+verified again before every use; one that no longer matches is deleted and fetched anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from typing import BinaryIO
+
+from fima.checkpoint.checkpointer import atomic_write
+from fima.utils.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 60.0
+_CHUNK = 1 << 20
+
+
+class DownloadError(OSError):
+    """A download that did not produce the expected file (network error, timeout, bad content)."""
+
+
+class ChecksumError(DownloadError):
+    """Downloaded content that is truncated or whose sha256 differs from the expected one."""
+
+
+def download_timeout() -> float:
+    """Seconds a download waits for the server to connect or send more data:
+    ``$FIMA_DOWNLOAD_TIMEOUT``, default 60."""
+    value = os.environ.get("FIMA_DOWNLOAD_TIMEOUT", "")
+    try:
+        timeout = float(value) if value else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(
+            f"FIMA_DOWNLOAD_TIMEOUT must be a number of seconds, got {value!r}"
+        ) from None
+    if timeout <= 0:
+        raise ValueError(f"FIMA_DOWNLOAD_TIMEOUT must be > 0 seconds, got {value!r}")
+    return timeout
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stream(url: str, sha256: str, timeout: float, out: BinaryIO) -> None:
+    """Write the body of ``url`` to ``out``; raise unless it is complete and matches ``sha256``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            announced = response.headers.get("Content-Length")
+            total = int(announced) if announced is not None else None
+            digest, received = hashlib.sha256(), 0
+            bar = progress_bar(desc=os.path.basename(url), total=total, unit="B", unit_scale=True)
+            with bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except TimeoutError as err:
+        raise DownloadError(
+            f"Download of {url} timed out: no data for {timeout:g} s (set "
+            "FIMA_DOWNLOAD_TIMEOUT to wait longer)"
+        ) from err
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise DownloadError(
+                f"Download of {url} timed out: no answer within {timeout:g} s (set "
+                "FIMA_DOWNLOAD_TIMEOUT to wait longer)"
+            ) from err
+        raise DownloadError(f"Cannot download {url}: {err}") from err
+    if total is not None and received != total:
+        raise ChecksumError(
+            f"Download of {url} is truncated: received {received} of the {total} bytes the "
+            "server announced"
+        )
+    actual = digest.hexdigest()
+    if actual != sha256:
+        raise ChecksumError(
+            f"Download of {url} does not match: expected sha256 {sha256}, got {actual} "
+            f"({received} bytes)"
+        )
+
+
+def download_verified(url: str, path: str, sha256: str, timeout: float | None = None) -> str:
+    """The local file ``path`` holding ``url``'s content with the given sha256.
+
+    A cached ``path`` is used when its sha256 matches (no network access); otherwise it is
+    deleted and ``url`` is downloaded. Truncated or mismatching content is discarded and the
+    download retried once.
+
+    Args:
+        url: where the file is.
+        path: where it is cached.
+        sha256: its expected hex sha256.
+        timeout: seconds to wait for the connection or for more data (default
+            :func:`download_timeout`).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ChecksumError: both attempts gave truncated or mismatching content; the message shows
+            the expected and actual sha256 (or sizes). Nothing is left in the cache.
+        DownloadError: the server cannot be reached, answers with an error, or times out.
+    """
+    sha256 = sha256.lower()
+    if os.path.isfile(path):
+        actual = file_sha256(path)
+        if actual == sha256:
+            return path
+        logger.warning(
+            "Cached %s does not match (expected sha256 %s, got %s): deleting it and "
+            "downloading %s again",
+            path,
+            sha256,
+            actual,
+            url,
+        )
+        os.unlink(path)
+    timeout = download_timeout() if timeout is None else timeout
+
+    def fetch() -> None:
+        logger.info("Downloading %s to %s", url, path)
+        atomic_write(path, lambda out: _stream(url, sha256, timeout, out))
+
+    try:
+        fetch()
+    except ChecksumError as err:
+        logger.warning("%s; retrying once", err)
+        try:
+            fetch()
+        except ChecksumError as again:
+            raise ChecksumError(f"{again} (after one retry; nothing was cached)") from None
+    return path

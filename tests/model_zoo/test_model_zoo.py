@@ -1,0 +1,221 @@
+"""Model zoo: shipped configs, and checkpoints served by a local HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from fima import model_zoo
+from fima.checkpoint.backbone_weights import resolve_weights
+from fima.model_zoo import model_zoo as zoo_module
+from fima.modeling import build_model
+
+CONFIG = "Quickstart/moco_synthetic.yaml"
+FILE = "Quickstart/moco_synthetic/model_final.pth"
+
+
+class Server(http.server.ThreadingHTTPServer):
+    """Serves ``files`` (URL path -> bytes); ``mode`` makes it misbehave: ``"truncate"`` announces
+    more bytes than it sends, ``"hang"`` accepts the request and never answers."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files: dict[str, bytes] = {}
+        self.mode = "normal"
+        self.requests: list[str] = []
+        self.release = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/release"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Server
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        if self.server.mode == "hang":
+            self.server.release.wait(30)
+            return
+        body = self.server.files.get(self.path.removeprefix("/release/"))
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        extra = 1000 if self.server.mode == "truncate" else 0
+        self.send_header("Content-Length", str(len(body) + extra))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        """Keep the test output clean."""
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path) -> Iterator[Server]:
+    """A running server as ``FIMA_MODEL_ZOO_URL``, a private ``FIMA_CACHE`` and an empty table."""
+    srv = Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("FIMA_MODEL_ZOO_URL", srv.url)
+    monkeypatch.setenv("FIMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo_module, "_CHECKPOINTS", {})
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+def stop(srv: Server) -> None:
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def checkpoint() -> tuple[dict[str, torch.Tensor], bytes]:
+    """A trained-looking Tiny3D MoCo state (every tensor changed) and its serialised file."""
+    model = build_model(model_zoo.get_config(CONFIG))
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        k: (v + torch.rand(v.shape, generator=gen)) if v.is_floating_point() else v + 1
+        for k, v in model.state_dict().items()
+    }
+    buffer = io.BytesIO()
+    torch.save({"model": state, "iteration": 99}, buffer)
+    return state, buffer.getvalue()
+
+
+def publish(srv: Server, body: bytes, served: bytes | None = None) -> str:
+    """Register ``body``'s sha256 for CONFIG and serve ``served`` (default ``body``)."""
+    sha = hashlib.sha256(body).hexdigest()
+    model_zoo.register_checkpoint(CONFIG, FILE, sha)
+    srv.files[FILE] = body if served is None else served
+    return sha
+
+
+def cached_files(tmp_path) -> list[str]:
+    root = tmp_path / "cache" / "model_zoo"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def assert_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    assert own.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(own[key], value), key
+
+
+def test_shipped_configs_are_found() -> None:
+    for name in ("Quickstart/fima_synthetic.yaml", "FIMA/i3d_ucf101_pretrain.yaml"):
+        assert os.path.isfile(model_zoo.get_config_file(name))
+    assert "FIMA/i3d_ucf101_pretrain.yaml" in model_zoo.available_configs()
+    with pytest.raises(FileNotFoundError, match=r"available: .*Quickstart/moco_synthetic\.yaml"):
+        model_zoo.get_config_file("FIMA/i3d_ucf102_pretrain.yaml")
+
+
+def test_config_inherits_its_base() -> None:
+    cfg = model_zoo.get_config("FIMA/i3d_ucf101_pretrain.yaml")
+    assert cfg.MODEL.META_ARCHITECTURE == "FIMA"  # from Base-FIMA.yaml, via _BASE_
+    assert cfg.MODEL.BACKBONE.NAME == "I3D"
+    assert cfg.MODEL.WEIGHTS == ""
+
+
+def test_config_without_checkpoint_lists_those_with_one(server) -> None:
+    with pytest.raises(FileNotFoundError, match="no trained checkpoint .* none yet"):
+        model_zoo.get_checkpoint_url("FIMA/i3d_ucf101_pretrain.yaml")
+    model_zoo.register_checkpoint(CONFIG, FILE, "ab" * 32)
+    with pytest.raises(FileNotFoundError, match=f"Configs with one: {CONFIG}"):
+        model_zoo.get_config("FIMA/i3d_ucf101_pretrain.yaml", trained=True)
+    assert model_zoo.get_checkpoint_url(CONFIG) == f"{server.url}/{FILE}"
+    weights = model_zoo.get_config(CONFIG, trained=True).MODEL.WEIGHTS
+    assert weights == f"fima://{FILE}"
+
+
+def test_register_rejects_bad_entries(server) -> None:
+    with pytest.raises(ValueError, match="64 hex digits"):
+        model_zoo.register_checkpoint(CONFIG, FILE, "1234")
+    with pytest.raises(ValueError, match="relative"):
+        model_zoo.register_checkpoint(CONFIG, "../x.pth", "ab" * 32)
+    with pytest.raises(FileNotFoundError, match="not a config"):
+        model_zoo.register_checkpoint("Nope/x.yaml", FILE, "ab" * 32)
+    model_zoo.register_checkpoint(CONFIG, FILE, "ab" * 32)
+    with pytest.raises(ValueError, match="conflicts"):
+        model_zoo.register_checkpoint(CONFIG, FILE, "cd" * 32)
+
+
+def test_good_file_loads_then_comes_from_the_cache(server, checkpoint, tmp_path) -> None:
+    state, body = checkpoint
+    publish(server, body)
+    model = model_zoo.get(CONFIG, trained=True, device="cpu")
+    assert not model.training
+    assert_weights(model, state)
+    assert cached_files(tmp_path) == [FILE]
+    assert len(server.requests) == 1
+    stop(server)  # the second call must not need the network
+    assert_weights(model_zoo.get(CONFIG, trained=True, device="cpu"), state)
+    assert resolve_weights(f"fima://{FILE}") == resolve_weights(CONFIG)
+
+
+def test_tampered_file_is_refused_and_not_cached(server, checkpoint, tmp_path) -> None:
+    _, body = checkpoint
+    tampered = bytearray(body)
+    tampered[len(body) // 2] ^= 0xFF
+    sha = publish(server, body, served=bytes(tampered))
+    actual = hashlib.sha256(tampered).hexdigest()
+    with pytest.raises(model_zoo.ChecksumError, match=f"expected sha256 {sha}, got {actual}"):
+        model_zoo.get(CONFIG, trained=True, device="cpu")
+    assert len(server.requests) == 2  # one retry
+    assert cached_files(tmp_path) == []
+
+
+def test_truncated_response_is_refused_and_not_cached(server, checkpoint, tmp_path) -> None:
+    _, body = checkpoint
+    publish(server, body)
+    server.mode = "truncate"
+    with pytest.raises(model_zoo.ChecksumError, match=f"received {len(body)} of the"):
+        model_zoo.get(CONFIG, trained=True, device="cpu")
+    assert len(server.requests) == 2
+    assert cached_files(tmp_path) == []
+
+
+def test_server_that_never_answers_times_out(server, checkpoint, tmp_path, monkeypatch) -> None:
+    _, body = checkpoint
+    publish(server, body)
+    server.mode = "hang"
+    monkeypatch.setenv("FIMA_DOWNLOAD_TIMEOUT", "0.5")
+    start = time.monotonic()
+    with pytest.raises(model_zoo.DownloadError, match=rf"{server.url}/{FILE} timed out.*0\.5 s"):
+        resolve_weights(f"fima://{FILE}")
+    assert time.monotonic() - start < 5
+    assert cached_files(tmp_path) == []
+
+
+def test_bad_cached_file_is_replaced(server, checkpoint, tmp_path) -> None:
+    state, body = checkpoint
+    publish(server, body)
+    path = resolve_weights(f"fima://{FILE}")
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 16)
+    assert_weights(model_zoo.get(CONFIG, trained=True, device="cpu"), state)
+    assert len(server.requests) == 2
+
+
+def test_unknown_zoo_file_is_not_downloaded(server) -> None:
+    with pytest.raises(FileNotFoundError, match="sha256 is unknown"):
+        resolve_weights("fima://elsewhere/model.pth")
+    assert server.requests == []

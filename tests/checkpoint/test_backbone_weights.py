@@ -58,16 +58,14 @@ def test_moco_checkpoint_initialises_the_backbone_through_the_trainer_path(tmp_p
     assert "encoder_k" in text and "queue" in text  # the ignored parts are listed
 
 
-def test_fima_like_checkpoint_with_extra_modules_reports_no_missing_key() -> None:
-    state = _moco_state()
-    # FIMA adds a motion decoder and more queues next to MoCo's encoders (RECIPE.md §3, §7).
-    state["decoder.layers.0.linear1.weight"] = torch.zeros(4, 4)
-    state["motion_queue.keys"] = torch.zeros(8, 16)
+def test_fima_checkpoint_reports_no_missing_key() -> None:
+    # FIMA holds a motion decoder and a motion queue next to MoCo's encoders (RECIPE.md §3, §7).
+    state = _moco_state(**{"MODEL.META_ARCHITECTURE": "FIMA", "MODEL.FIMA.MOTION_QUEUE_SIZE": 32})
     classifier = build_model(classifier_cfg())
     report = load_backbone_weights(classifier.backbone, state)
     assert report.missing == [] and report.unexpected == []
     assert report.loaded == len(classifier.backbone.state_dict())
-    assert report.ignored["decoder"] == 1 and report.ignored["motion_queue"] == 1
+    assert report.ignored["decoder"] > 0 and report.ignored["motion_queue"] == 2
     _assert_backbone_is_query_encoder(classifier, state)
 
 

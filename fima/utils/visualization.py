@@ -290,15 +290,20 @@ def render_grid(maps: ClipMaps, title: str = "", columns: int = 8, cell: int = 9
     if title:
         width = max(width, text_size(probe, title, face)[0] + 2 * margin)
     height = title_h + len(rows) * (cell + gap) + margin
-    image = Image.new("RGB", (width, height), "white")
+    # The tiles are laid out in one tensor and converted to an image once.
+    canvas = torch.ones(3, height, width)
+    for r, (_, tiles) in enumerate(rows):
+        y = title_h + r * (cell + gap)
+        for c, tile in enumerate(tiles):
+            x = label_w + c * (cell + gap)
+            canvas[:, y : y + cell, x : x + cell] = tile
+    image = to_pil(canvas)
     draw = ImageDraw.Draw(image)
     if title:
         draw.text((margin, margin), title, fill="black", font=face)
-    for r, (label, tiles) in enumerate(rows):
+    for r, (label, _) in enumerate(rows):
         y = title_h + r * (cell + gap)
         draw.text((margin, y + (cell - text_h) / 2), label, fill="black", font=face)
-        for c, tile in enumerate(tiles):
-            image.paste(to_pil(tile), (label_w + c * (cell + gap), y))
     return image
 
 

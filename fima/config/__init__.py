@@ -20,6 +20,7 @@ def get_cfg() -> CfgNode:
     from fima.modeling.ssl.classifier import add_classifier_config
     from fima.modeling.ssl.fima import add_fima_config
     from fima.modeling.ssl.moco import add_moco_config
+    from fima.utils.visualization import add_visualization_config
 
     cfg = _C.clone()
     for add_config in (
@@ -33,6 +34,7 @@ def get_cfg() -> CfgNode:
         add_validation_config,
         add_data_config,
         add_video_list_config,
+        add_visualization_config,
     ):
         add_config(cfg)
     return cfg

@@ -180,6 +180,8 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(cfg.TEST.NUM_CLIPS > 0, "TEST.NUM_CLIPS", "must be positive")
     require(cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", "must be >= 0 (0: at the end only)")
     require(bool(cfg.OUTPUT_DIR), "OUTPUT_DIR", "must not be empty")
+    require(cfg.VIS_PERIOD >= 0, "VIS_PERIOD", f"must be >= 0 (0: off), got {cfg.VIS_PERIOD}")
+    require(cfg.VIS_NUM_CLIPS >= 1, "VIS_NUM_CLIPS", f"must be >= 1, got {cfg.VIS_NUM_CLIPS}")
     require(
         cfg.MODEL.DEVICE in ("auto", "cpu") or cfg.MODEL.DEVICE.startswith("cuda"),
         "MODEL.DEVICE",

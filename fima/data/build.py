@@ -263,10 +263,7 @@ class TestClips(Dataset):
         self.dataset, self.infos, self.cfg = dataset, infos, cfg
         self.errors = errors or {}
         self.num_clips = cfg.TEST.NUM_CLIPS
-        self.window = cfg.INPUT.NUM_FRAMES * cfg.INPUT.SAMPLING_RATE
-        self.positions = view_positions("global", cfg.INPUT.NUM_FRAMES, cfg.INPUT.SAMPLING_RATE)[0]
         self.retries = cfg.DATA.DECODE_RETRIES
-        self.short_side = cfg.INPUT.TEST_SHORT_SIDE
         self.threads = decode_threads(cfg)
 
     def __len__(self) -> int:
@@ -293,15 +290,37 @@ class TestClips(Dataset):
         return sample
 
     def _load(self, path: str, info: VideoInfo) -> torch.Tensor:
-        starts = uniform_clip_starts(info.num_frames, self.window, self.num_clips)
-        indices = np.concatenate(
-            [window_indices(s, self.window, info.num_frames)[self.positions] for s in starts]
-        )
-        frames = decode_frames(
-            path, indices.tolist(), threads=self.threads, short_side=self.short_side
-        )
-        frames = frames.view(self.num_clips, len(self.positions), *frames.shape[1:])
-        return torch.stack([center_crop(clip, self.cfg) for clip in frames])
+        return load_test_clips(path, info.num_frames, self.cfg, self.num_clips, self.threads)
+
+
+def load_test_clips(
+    path: str, num_frames: int, cfg: CfgNode, num_clips: int, threads: int = 0
+) -> torch.Tensor:
+    """The test view of a video: ``num_clips`` uniformly spaced windows, each subsampled to
+    ``INPUT.NUM_FRAMES`` frames, decoded at ``INPUT.TEST_SHORT_SIDE`` and centre-cropped.
+
+    Args:
+        path: the video file.
+        num_frames: its frame count (from the header, :func:`~fima.data.decoder.probe_video`).
+        cfg: uses ``INPUT.NUM_FRAMES``, ``SAMPLING_RATE``, ``TEST_SHORT_SIDE``, the crop keys.
+        num_clips: how many clips.
+        threads: decoder threads (see :func:`~fima.data.decoder.decode_frames`).
+
+    Returns:
+        ``[num_clips, 3, T, S, S]`` uint8.
+
+    Raises:
+        DecodeError: the video cannot be decoded.
+    """
+    window = cfg.INPUT.NUM_FRAMES * cfg.INPUT.SAMPLING_RATE
+    positions = view_positions("global", cfg.INPUT.NUM_FRAMES, cfg.INPUT.SAMPLING_RATE)[0]
+    starts = uniform_clip_starts(num_frames, window, num_clips)
+    indices = np.concatenate([window_indices(s, window, num_frames)[positions] for s in starts])
+    frames = decode_frames(
+        path, indices.tolist(), threads=threads, short_side=cfg.INPUT.TEST_SHORT_SIDE
+    )
+    frames = frames.view(num_clips, len(positions), *frames.shape[1:])
+    return torch.stack([center_crop(clip, cfg) for clip in frames])
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

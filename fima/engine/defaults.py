@@ -361,6 +361,10 @@ class DefaultTrainer(SimpleTrainer):
             hooks.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(cfg, self.model, evaluator))
             if evaluator is not None
             else None,
+            # Pictures before the writers, which send them to TensorBoard.
+            hooks.VisualizationHook(cfg, cfg.VIS_PERIOD, cfg.VIS_NUM_CLIPS)
+            if cfg.VIS_PERIOD > 0 and comm.is_main_process()
+            else None,
             # Write last, so that the writers see what every other hook put this iteration.
             hooks.PeriodicWriter(self.build_writers(), cfg.LOG_PERIOD)
             if comm.is_main_process()

@@ -1,9 +1,9 @@
 """Training hooks: timing, LR schedule, key-encoder momentum, queues, checkpoints, evaluation,
-writers and the non-finite loss guard.
+image summaries, writers and the non-finite loss guard.
 
 Under DDP every rank registers the same hooks (``DefaultTrainer.build_hooks``), except
-:class:`PeriodicWriter`, which only rank 0 has. Each hook's docstring says whether it runs a
-collective, i.e. whether it relies on running on all ranks.
+:class:`PeriodicWriter` and :class:`VisualizationHook`, which only rank 0 has. Each hook's
+docstring says whether it runs a collective, i.e. whether it relies on running on all ranks.
 """
 
 from __future__ import annotations
@@ -283,3 +283,58 @@ class BadVideoReport(HookBase):
     def _report(self) -> None:
         self.tracker.write()
         self.trainer.storage.put_scalar("bad_videos", self.tracker.bad_events, smoothing_hint=False)
+
+
+class VisualizationHook(HookBase):
+    """Every ``period`` iterations and after the last one, put the grids of a few fixed training
+    clips (frames, frame difference, activation map, FIMA's foreground mask; see
+    :mod:`fima.utils.visualization`) into the storage as images, for TensorBoard.
+
+    Rank 0 only; no collective (it calls the unwrapped encoders directly, in eval mode). The
+    clips are decoded once, before training, from the dataset itself (the middle test clip of
+    evenly spaced videos), never from the training loader, and drawing runs with the RNG states
+    preserved and the model's mode restored, so the run continues exactly as without the hook.
+    Each drawing's duration goes into the storage as ``vis_time``.
+    """
+
+    def __init__(self, cfg: Any, period: int, num_clips: int) -> None:
+        self.cfg = cfg
+        self._period = period
+        self._num_clips = num_clips
+        self._clips: list[tuple[str, torch.Tensor]] = []
+
+    def before_train(self) -> None:
+        from fima.utils.visualization import dataset_clips
+
+        self._clips = dataset_clips(self.cfg, self.cfg.DATA.TRAIN_SPLIT, self._num_clips)
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        if self._clips and (next_iter % self._period == 0 or next_iter == self.trainer.max_iter):
+            self._draw()
+
+    def _draw(self) -> None:
+        from fima.utils.visualization import (
+            compute_maps,
+            feature_encoders,
+            render_grid,
+            to_tensor,
+        )
+
+        start = time.perf_counter()
+        model = self.trainer.model
+        was_training = model.training
+        encoder, mask_encoder = feature_encoders(comm.unwrap_model(model))
+        clips = torch.stack([clip for _, clip in self._clips])
+        model.eval()
+        try:
+            with preserved_rng():
+                all_maps = compute_maps(encoder, clips, self.cfg, mask_encoder)
+        finally:
+            model.train(was_training)
+        storage = self.trainer.storage
+        for i, ((path, _), maps) in enumerate(zip(self._clips, all_maps)):
+            name = os.path.splitext(os.path.basename(path))[0]
+            grid = render_grid(maps, title=f"iteration {self.trainer.iter + 1}: {name}")
+            storage.put_image(f"vis/{i}_{name}", to_tensor(grid))
+        storage.put_scalar("vis_time", time.perf_counter() - start, smoothing_hint=False)

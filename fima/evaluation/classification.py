@@ -5,7 +5,7 @@ video's score is the mean of its clip scores (the classifier's logits, as in the
 evaluator reports clip top-1, video top-1 and top-5 and the mean per-class accuracy, logs a
 per-class table, and writes ``OUTPUT_DIR/inference/<prefix>/classification.json`` (metrics,
 per-class accuracy, confusion matrix, per-video predictions, undecodable videos) and
-``confusion_matrix.png``. Numbers are percentages.
+``confusion_matrix.png`` (during training also a TensorBoard image). Numbers are percentages.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from fima.config.config import CfgNode
 from fima.evaluation.inference import VideoOutputs, infer_videos, log_bad_videos
 from fima.evaluation.visualization import render_confusion_matrix
 from fima.utils import comm
+from fima.utils.events import get_event_storage, has_event_storage
+from fima.utils.visualization import to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +172,9 @@ class ClassificationEvaluator:
         path = os.path.join(self.output_dir, "classification.json")
         atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
         image = os.path.join(self.output_dir, "confusion_matrix.png")
-        render_confusion_matrix(
+        picture = render_confusion_matrix(
             confusion, names, image, title=f"{self.split}: video top-1 {metrics['video_top1']:.1f}%"
         )
+        if has_event_storage():  # evaluation during training: the picture goes to TensorBoard too
+            get_event_storage().put_image(f"{self.prefix}/confusion_matrix", to_tensor(picture))
         logger.info("Wrote %s and %s", path, image)

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from fima.checkpoint import atomic_write
-
-
-def _font(size: int = 13) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: only the fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
+from fima.utils.visualization import font, save_png, text_size
 
 
 def render_confusion_matrix(
@@ -35,13 +21,13 @@ def render_confusion_matrix(
         The image (RGB).
     """
     num_classes = confusion.shape[0]
-    font = _font()
+    face = font()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     labels = [f"{i} {name}" for i, name in enumerate(class_names)]
-    label_w = max(_text_size(probe, label, font)[0] for label in labels) + 8
-    text_h = max(_text_size(probe, label, font)[1] for label in labels)
+    label_w = max(text_size(probe, label, face)[0] for label in labels) + 8
+    text_h = max(text_size(probe, label, face)[1] for label in labels)
     show_counts = num_classes <= 30
-    count_w = _text_size(probe, str(int(confusion.max(initial=0))), font)[0]
+    count_w = text_size(probe, str(int(confusion.max(initial=0))), face)[0]
     cell = max(text_h + 4, 14, count_w + 6 if show_counts else 0)
     margin = 10
     title_h = text_h + 2 * margin
@@ -52,8 +38,8 @@ def render_confusion_matrix(
     width = (
         max(
             left + num_classes * cell,
-            left + _text_size(probe, predicted, font)[0],
-            margin + _text_size(probe, title, font)[0],
+            left + text_size(probe, predicted, face)[0],
+            margin + text_size(probe, title, face)[0],
         )
         + margin
     )
@@ -72,33 +58,32 @@ def render_confusion_matrix(
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline="#dddddd")
             if show_counts and confusion[r, c]:
                 text = str(int(confusion[r, c]))
-                tw, th = _text_size(draw, text, font)
+                tw, th = text_size(draw, text, face)
                 ink = "white" if level > 0.5 else "black"
                 draw.text(
-                    (x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1), text, fill=ink, font=font
+                    (x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1), text, fill=ink, font=face
                 )
 
     for i, label in enumerate(labels):
-        tw, th = _text_size(draw, label, font)
+        tw, th = text_size(draw, label, face)
         draw.text(
-            (left - tw - 4, top + i * cell + (cell - th) / 2 - 1), label, fill="black", font=font
+            (left - tw - 4, top + i * cell + (cell - th) / 2 - 1), label, fill="black", font=face
         )
         # Column labels: drawn horizontally on a strip, then rotated to read bottom-up.
         strip = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(strip).text((4, (cell - th) / 2 - 1), label, fill="black", font=font)
+        ImageDraw.Draw(strip).text((4, (cell - th) / 2 - 1), label, fill="black", font=face)
         image.paste(strip.rotate(90, expand=True), (left + i * cell, top - label_w))
 
     if title:
-        draw.text((margin, margin), title, fill="black", font=font)
-    tw, _ = _text_size(draw, predicted, font)
+        draw.text((margin, margin), title, fill="black", font=face)
+    tw, _ = text_size(draw, predicted, face)
     draw.text(
-        (left + max(num_classes * cell - tw, 0) / 2, title_h), predicted, fill="black", font=font
+        (left + max(num_classes * cell - tw, 0) / 2, title_h), predicted, fill="black", font=face
     )
-    tw, th = _text_size(draw, true, font)
+    tw, th = text_size(draw, true, face)
     strip = Image.new("RGB", (tw + 2, th + 4), "white")
-    ImageDraw.Draw(strip).text((0, 0), true, fill="black", font=font)
+    ImageDraw.Draw(strip).text((0, 0), true, fill="black", font=face)
     image.paste(strip.rotate(90, expand=True), (margin, top + (num_classes * cell - tw) // 2))
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+    save_png(image, path)
     return image

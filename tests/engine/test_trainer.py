@@ -180,6 +180,8 @@ def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_pat
             "SOLVER.MAX_ITER": 2,
             "MODEL.MOCO.MOMENTUM": 0.99,
             "MODEL.MOCO.MOMENTUM_SCHEDULE": "cosine",
+            # Only the training steps' encoder calls are counted: no pictures at the end.
+            "VIS_PERIOD": 0,
         },
     )
     trainer = DefaultTrainer(cfg)

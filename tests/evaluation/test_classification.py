@@ -8,6 +8,7 @@ import os
 import shutil
 
 import torch
+from PIL import Image
 
 from fima.checkpoint import Checkpointer
 from fima.data.datasets import build_dataset
@@ -15,6 +16,7 @@ from fima.data.datasets.synthetic import synthetic_root
 from fima.engine import DefaultTrainer, default_setup
 from fima.evaluation import ClassificationEvaluator
 from fima.modeling import build_model
+from fima.utils.events import EventStorage
 from tests.evaluation.helpers import classifier_cfg
 
 
@@ -32,7 +34,8 @@ def test_undecodable_videos_are_listed_and_excluded(tmp_path) -> None:
         f.write(b"not a video")
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    results = ClassificationEvaluator(cfg, "test", "test").evaluate(model)
+    with EventStorage() as storage:  # as during training: the picture also goes to TensorBoard
+        results = ClassificationEvaluator(cfg, "test", "test").evaluate(model)
     assert results["test/num_videos"] == 2 and results["test/bad_videos"] == 1
     report_dir = tmp_path / "out" / "inference" / "test"
     report = json.loads((report_dir / "classification.json").read_text())
@@ -41,6 +44,9 @@ def test_undecodable_videos_are_listed_and_excluded(tmp_path) -> None:
     assert sum(c["videos"] for c in report["per_class"]) == 2
     assert sum(map(sum, report["confusion_matrix"])) == 2
     assert (report_dir / "confusion_matrix.png").stat().st_size > 0
+    ((name, image, _),) = storage.pop_images()
+    width, height = Image.open(report_dir / "confusion_matrix.png").size
+    assert name == "test/confusion_matrix" and image.shape == (3, height, width)
 
 
 def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp_path) -> None:

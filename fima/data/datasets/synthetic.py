@@ -30,6 +30,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.datasets.build import DATASET_REGISTRY, VideoDataset
 from fima.data.datasets.ucf101 import read_ucf101_split
+from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -278,15 +279,17 @@ def _generate_into(staging: str, settings: dict, cfg: CfgNode) -> None:
     lists = os.path.join(staging, "ucfTrainTestlist")
     os.makedirs(lists)
     rels: dict[tuple[int, int], str] = {}
-    for label, name in enumerate(classes):
+    for name in classes:
         os.makedirs(os.path.join(staging, "UCF-101", name))
-        for group in range(1, groups + 1):
-            rel = f"{name}/v_{name}_g{group:02d}_c01.avi"
-            rng = np.random.default_rng([syn.SEED, label, group])
-            frames = render_video(MOTIONS[name], rng, cfg)
-            path = os.path.join(staging, "UCF-101", rel)
-            write_video(path, frames, syn.FPS, syn.KEYFRAME_INTERVAL)
-            rels[label, group] = rel
+    videos = [(label, group) for label in range(len(classes)) for group in range(1, groups + 1)]
+    for label, group in progress_bar(videos, "generating SyntheticMotion", unit="video"):
+        name = classes[label]
+        rel = f"{name}/v_{name}_g{group:02d}_c01.avi"
+        rng = np.random.default_rng([syn.SEED, label, group])
+        frames = render_video(MOTIONS[name], rng, cfg)
+        path = os.path.join(staging, "UCF-101", rel)
+        write_video(path, frames, syn.FPS, syn.KEYFRAME_INTERVAL)
+        rels[label, group] = rel
     with open(os.path.join(lists, "classInd.txt"), "w") as f:
         f.writelines(f"{i + 1} {name}\n" for i, name in enumerate(classes))
     for fold in (1, 2, 3):

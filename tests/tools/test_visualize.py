@@ -1,0 +1,86 @@
+"""tools/visualize.py end to end: tiny MoCo and FIMA checkpoints, a test video, --compare."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fima.modeling import build_model
+from tests.conftest import tiny_cfg, write_test_video
+from tests.modeling.test_fima import FIMA_TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_spec = importlib.util.spec_from_file_location(
+    "visualize", os.path.join(ROOT, "tools", "visualize.py")
+)
+visualize = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(visualize)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A FIMA config file, MoCo and FIMA checkpoints of the same backbone, two videos."""
+    cfg = tiny_cfg(str(tmp_path / "out"), **FIMA_TINY)
+    config = tmp_path / "fima.yaml"
+    config.write_text(cfg.dump())
+    weights = {}
+    for name, model_cfg in (("moco", tiny_cfg()), ("fima", cfg)):
+        torch.manual_seed(0)
+        path = tmp_path / name / "model_final.pth"
+        path.parent.mkdir()
+        torch.save({"model": build_model(model_cfg).state_dict(), "iteration": 3}, path)
+        weights[name] = str(path)
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    write_test_video(str(videos / "a.mp4"))
+    write_test_video(str(videos / "sub" / "b.avi"), codec="mpeg4")
+    (videos / "notes.txt").write_text("not a video")
+    return str(config), weights, str(videos)
+
+
+def _sizes(folder) -> dict[str, tuple[int, int]]:
+    return {name: Image.open(os.path.join(folder, name)).size for name in os.listdir(folder)}
+
+
+def test_single_checkpoints_and_compare_write_one_png_per_video(setup, tmp_path) -> None:
+    config, weights, videos = setup
+    common = ["--config-file", config, "--input", videos, "--cell", "40", "--columns", "4"]
+    out = {}
+    for name in ("moco", "fima"):
+        out[name] = str(tmp_path / f"vis_{name}")
+        args = [*common, "--output", out[name], "MODEL.WEIGHTS", weights[name]]
+        assert visualize.main(args) == 0
+    out["compare"] = str(tmp_path / "vis_compare")
+    args = [*common, "--output", out["compare"], "--compare", weights["moco"], weights["fima"]]
+    assert visualize.main(args) == 0
+
+    sizes = {name: _sizes(folder) for name, folder in out.items()}
+    assert set(sizes["compare"]) == {"a.png", "sub__b.png"}
+    moco, fima, pair = sizes["moco"]["a.png"], sizes["fima"]["a.png"], sizes["compare"]["a.png"]
+    assert fima[1] - moco[1] == 40 + 2  # FIMA's grid has the mask row
+    assert pair[1] == fima[1]
+    assert pair[0] >= moco[0] + fima[0]  # side by side
+    # The frames row shows the video: the moving bright bar is in the first tile.
+    image = np.asarray(Image.open(os.path.join(out["fima"], "a.png")).convert("L"))
+    assert image.max() > 150
+
+    # Nothing is overwritten without --overwrite.
+    again = [*common, "--output", out["fima"]]
+    assert visualize.main([*again, "MODEL.WEIGHTS", weights["fima"]]) == 2
+    assert visualize.main([*again, "--overwrite", "MODEL.WEIGHTS", weights["fima"]]) == 0
+
+
+def test_missing_weights_and_bad_videos_are_reported(setup, tmp_path) -> None:
+    config, weights, videos = setup
+    assert visualize.main(["--config-file", config, "--input", videos, "--output", "x"]) == 2
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    args = ["--config-file", config, "--input", str(broken), "--output", str(tmp_path / "o")]
+    assert visualize.main([*args, "MODEL.WEIGHTS", weights["moco"]]) == 1
+    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
+        visualize.main([*args, "MODEL.WEIGHTS", str(tmp_path / "nope.pth")])

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Pictures of what checkpoints look at in videos: one PNG grid per video.
+
+    python tools/visualize.py --config-file configs/Quickstart/fima_synthetic.yaml \
+        MODEL.WEIGHTS output/quickstart_fima/model_final.pth --input VIDEO_OR_DIR --output vis/
+    python tools/visualize.py --config-file configs/Quickstart/fima_synthetic.yaml \
+        --compare output/quickstart_moco/model_final.pth output/quickstart_fima/model_final.pth \
+        --input VIDEO_OR_DIR --output vis/
+
+Each grid shows the middle test clip of the video (centre crop as in evaluation): its frames, the
+frame difference, the class-agnostic activation map of the checkpoint's encoder and, for a FIMA
+checkpoint, its foreground grid mask (see :mod:`fima.utils.visualization`). With ``--compare``
+the grids of two checkpoints (files, URLs or model-zoo names) are side by side. The config gives
+the backbone and the input (``INPUT.NUM_FRAMES``, ``SAMPLING_RATE``, ``CROP_SIZE``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fima.config import get_cfg
+from fima.data.decoder import DecodeError
+from fima.engine.defaults import resolve_device
+from fima.utils.logger import setup_logger
+from fima.utils.progress import progress_bar
+from fima.utils.visualization import (
+    compute_maps,
+    load_clip,
+    load_encoders,
+    render_grid,
+    save_png,
+    side_by_side,
+)
+
+logger = logging.getLogger("fima.visualize")
+
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument(
+        "--input", required=True, help="a video file, or a directory searched for videos"
+    )
+    parser.add_argument("--output", required=True, help="directory for the PNG files")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("WEIGHTS_A", "WEIGHTS_B"),
+        help="two checkpoints (files, URLs or model-zoo names) drawn side by side, "
+        "instead of MODEL.WEIGHTS",
+    )
+    parser.add_argument("--columns", type=int, default=8, help="frames shown per clip (at most)")
+    parser.add_argument("--cell", type=int, default=96, help="tile size in pixels")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace PNG files that already exist"
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides as KEY VALUE pairs"
+    )
+    return parser.parse_args(argv)
+
+
+def find_videos(path: str) -> list[str]:
+    """``path`` itself if it is a file, else the videos under the directory, sorted."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--input {path}: no such file or directory")
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(path)
+        for name in names
+        if name.lower().endswith(VIDEO_EXTENSIONS)
+    )
+
+
+def output_name(video: str, root: str) -> str:
+    """The PNG name of a video: its path relative to ``--input`` with ``/`` as ``__``."""
+    relative = os.path.relpath(video, root) if os.path.isdir(root) else os.path.basename(video)
+    return os.path.splitext(relative)[0].replace(os.sep, "__") + ".png"
+
+
+def checkpoint_label(weights: str) -> str:
+    """A short label: the checkpoint file with its folder (``quickstart_fima/model_final``)."""
+    parent = os.path.basename(os.path.dirname(os.path.abspath(weights)))
+    name = os.path.splitext(os.path.basename(weights))[0]
+    return f"{parent}/{name}" if os.path.isfile(weights) else weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logger(None, name="fima")
+    cfg = get_cfg()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    cfg.freeze()
+    weights = list(args.compare) if args.compare else [cfg.MODEL.WEIGHTS]
+    if not all(weights):
+        print("visualize.py: error: give MODEL.WEIGHTS or --compare A B", file=sys.stderr)
+        return 2
+    videos = find_videos(args.input)
+    if not videos:
+        print(f"visualize.py: error: no video under {args.input}", file=sys.stderr)
+        return 2
+    targets = [os.path.join(args.output, output_name(v, args.input)) for v in videos]
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing and not args.overwrite:
+        print(
+            f"visualize.py: error: {len(existing)} output file(s) exist, e.g. {existing[0]}; "
+            "pass --overwrite to replace them or choose another --output",
+            file=sys.stderr,
+        )
+        return 2
+    device = resolve_device(cfg)
+    models = [(checkpoint_label(w), *load_encoders(cfg, w, device)) for w in weights]
+    failed = 0
+    for video, target in zip(progress_bar(videos, "visualize", total=len(videos)), targets):
+        try:
+            clip = load_clip(video, cfg)
+        except DecodeError as err:
+            logger.warning("Skipping %s: %s", video, err)
+            failed += 1
+            continue
+        grids = []
+        for label, encoder, mask_encoder in models:
+            maps = compute_maps(encoder, clip[None], cfg, mask_encoder)[0]
+            title = f"{label}  |  {os.path.basename(video)}"
+            grids.append(render_grid(maps, title=title, columns=args.columns, cell=args.cell))
+        save_png(side_by_side(grids), target)
+    logger.info(
+        "Wrote %d picture(s) to %s; %d video(s) could not be read",
+        len(videos) - failed,
+        args.output,
+        failed,
+    )
+    return 1 if failed == len(videos) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

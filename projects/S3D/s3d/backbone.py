@@ -62,9 +62,9 @@ class S3D(Backbone):
 
     I3D's layout with every ``k x k x k`` convolution (the stem's 7, ``Conv_2c``'s and the
     Inception blocks' 3) replaced by :class:`SepUnit3D`; no feature gating (that is S3D-G).
-    7,910,048 parameters at width 1, as torchvision's ``s3d`` without its classifier. Padding
-    is TensorFlow's 'SAME' like fima's I3D, so a side of ``n`` becomes ``ceil(n / stride)`` at
-    every strided layer (16x224x224 -> 2x7x7).
+    7,910,048 parameters at width 1, as torchvision's ``s3d`` without its classifier. Its
+    layers are fima's I3D units (TensorFlow 'SAME' padding), so pretrained I3D code paths and
+    inputs carry over: 16x224x224 -> 2x7x7, 16x112x112 -> 2x4x4.
     """
 
     temporal_stride = 8
@@ -100,7 +100,7 @@ class S3D(Backbone):
         require(mult > 0, "MODEL.S3D.WIDTH_MULT", f"must be positive, got {mult}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, T, H, W]`` -> ``[B, C, ceil(T/8), ceil(H/32), ceil(W/32)]``."""
+        """``[B, 3, T, H, W]`` -> ``[B, C, T/8, H/32, W/32]`` (for sizes that divide by them)."""
         for name in self._layers:
             x = getattr(self, name)(x)
         return x

@@ -108,15 +108,18 @@ def test_fame_moco_merges_only_the_queries() -> None:
         assert torch.equal(query[i][region], rgb[i][region])
 
 
+def seeded_model(method: str, prob: float) -> torch.nn.Module:
+    """``method`` (MoCo or FAMEMoCo) on the tiny config, initialised from seed 0."""
+    cfg = fame_cfg(prob=prob)
+    cfg.MODEL.META_ARCHITECTURE = method
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
 def test_fame_moco_with_prob_zero_is_moco() -> None:
-    losses = {}
-    for method in ("MoCo", "FAMEMoCo"):
-        cfg = fame_cfg(prob=0.0)
-        cfg.MODEL.META_ARCHITECTURE = method
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        losses[method] = model(random_batch(cfg))["loss_inst"]
-    assert torch.equal(losses["MoCo"], losses["FAMEMoCo"])
+    batch = random_batch(fame_cfg())
+    moco, fame_moco = (seeded_model(method, 0.0)(batch) for method in ("MoCo", "FAMEMoCo"))
+    assert torch.equal(moco["loss_inst"], fame_moco["loss_inst"])
 
 
 def test_fame_moco_merges_in_training_only() -> None:
@@ -125,10 +128,7 @@ def test_fame_moco_merges_in_training_only() -> None:
     batch = random_batch(fame_cfg())
     results = {}
     for method in ("MoCo", "FAMEMoCo"):
-        cfg = fame_cfg(prob=1.0)
-        cfg.MODEL.META_ARCHITECTURE = method
-        torch.manual_seed(0)
-        model = build_model(cfg)
+        model = seeded_model(method, 1.0)
         with torch.no_grad():
             torch.manual_seed(1)
             evaluation = model.eval()(batch)["loss_inst"]

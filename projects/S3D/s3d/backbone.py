@@ -8,20 +8,10 @@ from torch import nn
 from fima.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.modeling import BACKBONE_REGISTRY, Backbone
-from fima.modeling.backbone.i3d import InceptionBlock, SamePool3d, Unit3D
 
-# Inception-v1's widths (branch 0, 1a, 1b, 2a, 2b, 3) per block, as in Xie et al. and I3D.
-INCEPTION_WIDTHS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
-    ("mixed_3b", (64, 96, 128, 16, 32, 32)),
-    ("mixed_3c", (128, 128, 192, 32, 96, 64)),
-    ("mixed_4b", (192, 96, 208, 16, 48, 64)),
-    ("mixed_4c", (160, 112, 224, 24, 64, 64)),
-    ("mixed_4d", (128, 128, 256, 24, 64, 64)),
-    ("mixed_4e", (112, 144, 288, 32, 64, 64)),
-    ("mixed_4f", (256, 160, 320, 32, 128, 128)),
-    ("mixed_5b", (256, 160, 320, 32, 128, 128)),
-    ("mixed_5c", (384, 192, 384, 48, 128, 128)),
-)
+# S3D keeps Inception-v1's layout and widths: the blocks and the width table fima's I3D builds from.
+from fima.modeling.backbone.i3d import _MIXED_BLOCKS as INCEPTION_WIDTHS
+from fima.modeling.backbone.i3d import InceptionBlock, SamePool3d, Unit3D
 
 
 def add_s3d_config(cfg: CfgNode) -> None:

@@ -47,6 +47,38 @@ def test_i3d_recipe_resolution_gives_2x7x7() -> None:
     assert tuple(out.shape) == (1, 1024, 2, 7, 7)
 
 
+def _tf_same(x: torch.Tensor, kernel: tuple, stride: tuple) -> torch.Tensor:
+    """TensorFlow's 'SAME' rule restated: total padding (ceil(n/s) - 1) * s + k - n, the odd
+    pixel at the end."""
+    pads = []
+    for n, k, s in reversed(list(zip(x.shape[-3:], kernel, stride))):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    return torch.nn.functional.pad(x, pads)
+
+
+@pytest.mark.parametrize("size", [(9, 13, 13), (16, 15, 17), (7, 112, 113)])
+def test_i3d_pads_like_tensorflow_same_for_any_size(size: tuple) -> None:
+    from fima.modeling.backbone.i3d import SamePool3d, Unit3D
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, *size)
+    unit = Unit3D(3, 4, (7, 7, 7), (2, 2, 2)).eval()
+    expected = torch.relu(
+        unit.bn(
+            torch.nn.functional.conv3d(_tf_same(x, (7,) * 3, (2,) * 3), unit.conv.weight, stride=2)
+        )
+    )
+    assert torch.allclose(unit(x), expected, atol=1e-6)
+    pool = SamePool3d((3, 3, 3), (2, 2, 2))
+    expected = torch.nn.functional.max_pool3d(_tf_same(x, (3,) * 3, (2,) * 3), 3, 2)
+    assert torch.equal(pool(x), expected)
+    backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "I3D"})).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, *size))
+    assert tuple(out.shape[2:]) == tuple(-(-n // s) for n, s in zip(size, (8, 32, 32)))
+
+
 def test_registered_user_backbone_is_built_and_unregistered() -> None:
     @BACKBONE_REGISTRY.register()
     class _TestOnlyBackbone(Backbone):

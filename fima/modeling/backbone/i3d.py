@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fima.config.config import CfgNode
 from fima.modeling.backbone.build import BACKBONE_REGISTRY, Backbone
 
 # (output channels of branch 0, 1a, 1b, 2a, 2b, 3) of each Inception block, in order.
-_MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
+MIXED_BLOCKS: tuple[tuple[str, tuple[int, int, int, int, int, int]], ...] = (
     ("mixed_3b", (64, 96, 128, 16, 32, 32)),
     ("mixed_3c", (128, 128, 192, 32, 96, 64)),
     ("mixed_4b", (192, 96, 208, 16, 48, 64)),
@@ -33,20 +34,48 @@ class MaxPool3d(nn.MaxPool3d):
             return super().forward(x)
 
 
-def tf_same_padding(kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tuple[int, ...]:
+def tf_same_padding(
+    kernel: tuple[int, int, int],
+    stride: tuple[int, int, int],
+    size: tuple[int, int, int] | None = None,
+) -> tuple[int, ...]:
     """TensorFlow 'SAME' padding as ``F.pad`` wants it: ``(w0, w1, h0, h1, t0, t1)``.
 
     Each side of length ``n`` becomes ``ceil(n / stride)``; odd padding puts the extra pixel at the
     end, as TensorFlow and the reference implementation do.
+
+    Args:
+        kernel, stride: ``(t, h, w)`` of the layer.
+        size: ``(T, H, W)`` of the input; None means sides that the stride divides, for which the
+            padding does not depend on the size (``max(k - s, 0)``).
     """
+    size = size or (0, 0, 0)
     pads: list[int] = []
-    for k, s in reversed(list(zip(kernel, stride))):
-        along = max(k - s, 0)
+    for k, s, n in reversed(list(zip(kernel, stride, size))):
+        along = max(k - (n % s or s), 0)
         pads += [along // 2, along - along // 2]
     return tuple(pads)
 
 
-class Unit3D(nn.Module):
+class _SamePadding(nn.Module):
+    """What a 'SAME' layer adds to its static padding when the stride does not divide a side:
+    the padding grows there (never shrinks), and only then is the input padded again."""
+
+    def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.static = tf_same_padding(kernel, stride)
+
+    def extra(self, x: torch.Tensor) -> torch.Tensor:
+        if all(s == 1 for s in self.stride):
+            return x
+        pads = tf_same_padding(self.kernel, self.stride, tuple(x.shape[-3:]))
+        if pads == self.static:
+            return x
+        return F.pad(x, [p - q for p, q in zip(pads, self.static)])
+
+
+class Unit3D(_SamePadding):
     """Conv3d (no bias) + BatchNorm3d + ReLU with TensorFlow 'SAME' padding."""
 
     def __init__(
@@ -56,8 +85,8 @@ class Unit3D(nn.Module):
         kernel_size: tuple[int, int, int] = (1, 1, 1),
         stride: tuple[int, int, int] = (1, 1, 1),
     ) -> None:
-        super().__init__()
-        pads = tf_same_padding(kernel_size, stride)
+        super().__init__(kernel_size, stride)
+        pads = self.static
         symmetric = all(pads[i] == pads[i + 1] for i in range(0, 6, 2))
         # Symmetric padding folds into the convolution; asymmetric needs an explicit pad.
         self.pad = None if symmetric else nn.ConstantPad3d(pads, 0.0)
@@ -66,19 +95,22 @@ class Unit3D(nn.Module):
         self.bn = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.extra(x)
         if self.pad is not None:
             x = self.pad(x)
         return torch.relu_(self.bn(self.conv(x)))
 
 
-class SamePool3d(nn.Sequential):
+class SamePool3d(_SamePadding):
     """Max pooling with TensorFlow 'SAME' padding (zeros: the inputs follow a ReLU)."""
 
     def __init__(self, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> None:
-        super().__init__(
-            nn.ConstantPad3d(tf_same_padding(kernel, stride), 0.0),
-            MaxPool3d(kernel, stride, ceil_mode=True),
-        )
+        super().__init__(kernel, stride)
+        self.pad = nn.ConstantPad3d(self.static, 0.0)
+        self.pool = MaxPool3d(kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.pad(self.extra(x)))
 
 
 class InceptionBlock(nn.Module):
@@ -126,7 +158,7 @@ class I3D(Backbone):
         self.conv_2c = Unit3D(64, 192, (3, 3, 3))
         self.pool_3a = SamePool3d((1, 3, 3), (1, 2, 2))
         in_channels = 192
-        for name, widths in _MIXED_BLOCKS:
+        for name, widths in MIXED_BLOCKS:
             if name == "mixed_4b":
                 self.pool_4a = SamePool3d((3, 3, 3), (2, 2, 2))
             elif name == "mixed_5b":

@@ -10,7 +10,7 @@ from fima.config.config import CfgNode as CN
 from fima.modeling import BACKBONE_REGISTRY, Backbone
 
 # S3D keeps Inception-v1's layout and widths: the blocks and the width table fima's I3D builds from.
-from fima.modeling.backbone.i3d import _MIXED_BLOCKS as INCEPTION_WIDTHS
+from fima.modeling.backbone.i3d import MIXED_BLOCKS as INCEPTION_WIDTHS
 from fima.modeling.backbone.i3d import InceptionBlock, SamePool3d, Unit3D
 
 

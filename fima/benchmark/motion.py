@@ -65,10 +65,13 @@ RANDOM = "Random init"
 
 @dataclass
 class BenchmarkResult:
-    """Per arm (and the random baseline), per seed: the evaluation metrics."""
+    """Per arm (and the random baseline), per seed: the evaluation metrics; the pretraining
+    runs' wall times, and the runs (pretraining or evaluation folders) found done on disk and
+    reused, whose time this invocation does not include."""
 
     metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
 
 
 def _slug(name: str) -> str:
@@ -128,6 +131,8 @@ def run_motion_benchmark(
                     log_file,
                 )
                 result.seconds[f"{arm.name} seed {seed}"] = seconds
+            else:
+                result.reused.append(run_dir)
             checkpoints[arm.name] = checkpoint
         for name, checkpoint in checkpoints.items():
             eval_dir = os.path.join(output_dir, f"eval_{_slug(name)}_seed{seed}")
@@ -148,6 +153,8 @@ def run_motion_benchmark(
                     ],  # fmt: skip
                     log_file,
                 )
+            else:
+                result.reused.append(eval_dir)
             with open(record) as f:
                 metrics = json.load(f)["metrics"]
             result.metrics.setdefault(name, {})[seed] = {m: float(metrics[m]) for m in METRICS}
@@ -165,7 +172,14 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
     lines = [
         "# Motion benchmark",
         "",
-        f"- Date: {datetime.date.today().isoformat()}; total wall time {elapsed / 60:.1f} min",
+        f"- Date: {datetime.date.today().isoformat()}; wall time of this invocation "
+        f"{elapsed / 60:.1f} min"
+        + (
+            f" ({len(result.reused)} runs found done on disk were reused: their time is not "
+            "included)"
+            if result.reused
+            else ""
+        ),
         f"- Command: `{command}`",
         f"- Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}",

@@ -7,7 +7,14 @@ import os
 import numpy as np
 
 from fima.data import build_dataset
-from fima.data.datasets.synthetic import MOTIONS, render_video, synthetic_root
+from fima.data.datasets.synthetic import (
+    MOTIONS,
+    MotionParams,
+    object_positions,
+    paint_distractors,
+    render_video,
+    synthetic_root,
+)
 from fima.data.decoder import probe_video
 from tests.conftest import tiny_cfg
 
@@ -56,3 +63,42 @@ def test_appearance_does_not_depend_on_the_class() -> None:
         assert np.array_equal(video[0][common], reference)
     # And the motion differs between classes.
     assert not np.array_equal(videos["SlideHorizontal"], videos["SlideUp"])
+
+
+def test_the_object_stays_whole_inside_the_frame() -> None:
+    # The fastest and widest draws the settings allow, for every motion: a path longer than the
+    # frame is slowed down, and the start keeps every position inside (no wrapping, no clipping).
+    height, width, frames, size = 48, 64, 40, 20
+    for name, motion in MOTIONS.items():
+        for seed in range(20):
+            rng = np.random.default_rng(seed)
+            params = MotionParams(speed=8.0, radius=30.0, period=10.0, phase=rng.uniform(0, 6))
+            lefts, tops = object_positions(motion, params, size, frames, height, width, rng)
+            assert lefts.shape == tops.shape == (frames,)
+            assert lefts.min() >= 0 and lefts.max() <= width - size, name
+            assert tops.min() >= 0 and tops.max() <= height - size, name
+            if name != "Still":
+                assert np.ptp(lefts) + np.ptp(tops) > 0, name
+
+
+def test_periodic_motions_repeat_within_a_clip() -> None:
+    # A clip of 8 frames at sampling rate 2 covers 16 frames: a shake there goes back and forth
+    # (its vertical velocity changes sign), a slide does not.
+    params = MotionParams(speed=2.0, radius=10.0, period=12.0, phase=0.3)
+    t = np.arange(16, dtype=np.float64)
+    _, shake = MOTIONS["ShakeVertical"](t, params)
+    _, slide = MOTIONS["SlideDown"](t, params)
+    assert (np.diff(shake) > 0).any() and (np.diff(shake) < 0).any()
+    assert (np.diff(slide) > 0).all()
+
+
+def test_distractors_are_painted() -> None:
+    rng = np.random.default_rng(3)
+    background = np.full((48, 64, 3), 0.5)
+    paint_distractors(background, 3, (0.25, 0.4), rng)
+    changed = (background != 0.5).any(axis=2).mean()
+    # Three shapes of 7-12 px sides (0.6 x 25-40% of 48) on 48 x 64, partly cut by the border.
+    assert 0.02 < changed < 0.25
+    none = np.full((48, 64, 3), 0.5)
+    paint_distractors(none, 0, (0.25, 0.4), rng)
+    assert (none == 0.5).all()

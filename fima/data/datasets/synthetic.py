@@ -13,6 +13,7 @@ so concurrent processes neither duplicate nor see half a dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,7 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import av
 import numpy as np
@@ -34,32 +35,46 @@ from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-# A trajectory maps (frame times t [T], speed in px/frame, radius in px, phase) to centre offsets
-# (dx [T], dy [T]) in pixels relative to a random start. Every video is also mirrored left-right
-# at random (see render_video), so the classes are the motions up to a horizontal flip: the flip
-# augmentation of the recipe never turns one class into another.
-Trajectory = Callable[[np.ndarray, float, float, float], tuple[np.ndarray, np.ndarray]]
+
+# A trajectory maps frame times ``t [T]`` and the video's drawn motion parameters to centre
+# offsets (dx [T], dy [T]) in pixels relative to a start position. Every video is also mirrored
+# left-right at random (see render_video), so the classes are the motions up to a horizontal flip:
+# the flip augmentation of the recipe never turns one class into another. Periodic motions repeat
+# within a clip's span (PERIOD frames, against the 16 frames that 8 frames at a sampling rate of 2
+# cover), so every class can be told from any clip, not only from the whole video.
+@dataclasses.dataclass(frozen=True)
+class MotionParams:
+    """One video's motion draw: ``speed`` px/frame, ``radius`` px, ``period`` frames, ``phase``."""
+
+    speed: float
+    radius: float
+    period: float
+    phase: float
+
+
+Trajectory = Callable[[np.ndarray, MotionParams], tuple[np.ndarray, np.ndarray]]
 
 
 def _slide(ux: float, uy: float) -> Trajectory:
-    return lambda t, speed, radius, phase: (ux * speed * t, uy * speed * t)
+    return lambda t, m: (ux * m.speed * t, uy * m.speed * t)
 
 
-def _circle(t: np.ndarray, speed: float, radius: float, phase: float):
-    angle = phase + speed * t / radius  # clockwise on screen; the mirror makes it either way
-    return radius * np.cos(angle), radius * np.sin(angle)
+def _circle(t: np.ndarray, m: MotionParams) -> tuple[np.ndarray, np.ndarray]:
+    angle = (
+        m.phase + 2 * np.pi * t / m.period
+    )  # clockwise on screen; the mirror makes it either way
+    return m.radius * np.cos(angle), m.radius * np.sin(angle)
 
 
 def _shake(ux: float, uy: float) -> Trajectory:
-    def trajectory(t: np.ndarray, speed: float, radius: float, phase: float):
-        # Same peak speed as the other classes: amplitude * angular frequency = speed.
-        offset = radius * np.sin(phase + speed * t / radius)
+    def trajectory(t: np.ndarray, m: MotionParams) -> tuple[np.ndarray, np.ndarray]:
+        offset = m.radius * np.sin(m.phase + 2 * np.pi * t / m.period)
         return ux * offset, uy * offset
 
     return trajectory
 
 
-def _still(t: np.ndarray, speed: float, radius: float, phase: float):
+def _still(t: np.ndarray, m: MotionParams) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros_like(t), np.zeros_like(t)
 
 
@@ -88,18 +103,25 @@ def add_synthetic_config(cfg: CfgNode) -> None:
     # Videos per class (UCF101 "groups"); TEST_GROUPS of them per class form each fold's test set.
     cfg.DATA.SYNTHETIC.VIDEOS_PER_CLASS = 16
     cfg.DATA.SYNTHETIC.TEST_GROUPS = 4
-    cfg.DATA.SYNTHETIC.NUM_FRAMES = 64
+    # Frames per video: two 16-frame clips fit side by side (FIMA and MoCo sample two per video).
+    cfg.DATA.SYNTHETIC.NUM_FRAMES = 32
     cfg.DATA.SYNTHETIC.HEIGHT = 96
     cfg.DATA.SYNTHETIC.WIDTH = 128
     cfg.DATA.SYNTHETIC.FPS = 25
-    # Object speed in frame widths per frame, drawn uniformly per video.
-    cfg.DATA.SYNTHETIC.SPEED = (0.008, 0.02)
+    # Slide speed in frame widths per frame, drawn uniformly per video. A path that would leave
+    # the frame is slowed down to fit: the object stays whole and inside the frame.
+    cfg.DATA.SYNTHETIC.SPEED = (0.008, 0.016)
+    # Amplitude of the periodic motions (shake, circle) in frame heights, and their period in
+    # frames, drawn uniformly per video.
+    cfg.DATA.SYNTHETIC.RADIUS = (0.08, 0.16)
+    cfg.DATA.SYNTHETIC.PERIOD = (10.0, 20.0)
     # Object size (its bounding square's side) in frame heights.
-    cfg.DATA.SYNTHETIC.OBJECT_SIZE = (0.2, 0.35)
+    cfg.DATA.SYNTHETIC.OBJECT_SIZE = (0.25, 0.4)
     # Static distractor shapes painted on the background, per video.
-    cfg.DATA.SYNTHETIC.DISTRACTORS = 4
-    # Std of per-pixel Gaussian noise added to every frame, in [0, 1] units.
-    cfg.DATA.SYNTHETIC.NOISE = 0.02
+    cfg.DATA.SYNTHETIC.DISTRACTORS = 3
+    # Std of per-pixel Gaussian noise added to every frame, in [0, 1] units: sensor noise that
+    # frame differences see as motion everywhere.
+    cfg.DATA.SYNTHETIC.NOISE = 0.01
     cfg.DATA.SYNTHETIC.KEYFRAME_INTERVAL = 16
     cfg.DATA.SYNTHETIC.SEED = 0
 
@@ -140,8 +162,96 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.05, 0.95, size=3)
 
 
+def _paste(frame: np.ndarray, alpha: np.ndarray, sprite: np.ndarray, left: int, top: int) -> None:
+    """Alpha-blend ``sprite [h, w, 3]`` onto ``frame [H, W, 3]`` at (left, top), in place.
+
+    Whatever falls outside the frame is dropped.
+    """
+    height, width = frame.shape[:2]
+    y1, x1 = max(top, 0), max(left, 0)
+    y2, x2 = min(top + alpha.shape[0], height), min(left + alpha.shape[1], width)
+    if y1 < y2 and x1 < x2:
+        a = alpha[y1 - top : y2 - top, x1 - left : x2 - left]
+        s = sprite[y1 - top : y2 - top, x1 - left : x2 - left]
+        frame[y1:y2, x1:x2] = a * s + (1 - a) * frame[y1:y2, x1:x2]
+
+
+def _textured_shape(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random shape with a two-colour stripe texture.
+
+    Returns:
+        alpha ``[size, size, 1]`` and colour ``[size, size, 3]``, both in [0, 1].
+    """
+    alpha = _shape_mask(rng, size)[..., None]
+    period = rng.uniform(3, 8)
+    stripes = 0.5 + 0.5 * np.sin(
+        2
+        * np.pi
+        * (np.arange(size)[:, None] * rng.uniform(-1, 1) + np.arange(size)[None, :])
+        / period
+    )
+    first, second = _random_colour(rng), _random_colour(rng)
+    sprite = stripes[..., None] * first + (1 - stripes[..., None]) * second
+    return alpha, sprite
+
+
+def _fit_path(offsets: np.ndarray, room: float) -> np.ndarray:
+    """Scale a path's offsets ``[T]`` about its mean so that its extent is at most ``room`` px."""
+    extent = float(offsets.max() - offsets.min())
+    if extent <= room:
+        return offsets
+    return offsets.mean() + (offsets - offsets.mean()) * (max(room, 0.0) / extent)
+
+
+def paint_distractors(
+    background: np.ndarray, count: int, size: Sequence[float], rng: np.random.Generator
+) -> None:
+    """Paint ``count`` static textured shapes into ``background [H, W, 3]`` in place.
+
+    They look like the moving object (sides 0.6x its ``size`` range, in frame heights) and may
+    be cut by the frame's border, so that a single frame does not tell which shape will move.
+    """
+    height, width = background.shape[:2]
+    for _ in range(count):
+        side = max(2, int(round(rng.uniform(*size) * height * 0.6)))
+        alpha, sprite = _textured_shape(rng, side)
+        left = int(rng.integers(-side // 2, width - side // 2))
+        top = int(rng.integers(-side // 2, height - side // 2))
+        _paste(background, alpha, sprite, left, top)
+
+
+def object_positions(
+    motion: Trajectory,
+    params: MotionParams,
+    size: int,
+    frames: int,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners (left ``[T]``, top ``[T]``, int) of a ``size``-px object doing ``motion``.
+
+    The motion is mirrored left-right at random, slowed down where its path would not fit, and
+    started where the whole path keeps the object inside the ``height x width`` frame.
+    """
+    dx, dy = motion(np.arange(frames, dtype=np.float64), params)
+    dx = dx * rng.choice((-1.0, 1.0))  # a random left-right mirror of the motion
+    dx, dy = _fit_path(dx, width - size), _fit_path(dy, height - size)
+    ux, uy = rng.random(2)
+    x0 = -dx.min() + ux * (width - size - (dx.max() - dx.min()))
+    y0 = -dy.min() + uy * (height - size - (dy.max() - dy.min()))
+    # Clipped after rounding: a path that fits exactly may round one pixel out.
+    lefts = np.clip(np.round(x0 + dx), 0, width - size).astype(int)
+    tops = np.clip(np.round(y0 + dy), 0, height - size).astype(int)
+    return lefts, tops
+
+
 def render_video(motion: Trajectory, rng: np.random.Generator, cfg: CfgNode) -> np.ndarray:
     """Render one video of ``motion`` with random appearance.
+
+    The random draws are the same for every class (appearance first, then the motion parameters
+    and a start position), so two classes rendered from equal generators differ only in the motion.
+    The object stays whole inside the frame: a path longer than the frame allows is slowed down.
 
     Returns:
         ``[T, H, W, 3]`` uint8 frames.
@@ -163,39 +273,21 @@ def render_video(motion: Trajectory, rng: np.random.Generator, cfg: CfgNode) -> 
         * ((1 - contrast) + contrast * grating[..., None])
         * (0.85 + 0.15 * grain[..., None])
     )
+    paint_distractors(background, syn.DISTRACTORS, syn.OBJECT_SIZE, rng)
     # Foreground object: random shape, colour and stripe texture.
-    size = int(round(rng.uniform(*syn.OBJECT_SIZE) * height))
-    alpha = _shape_mask(rng, size)[..., None]
-    period = rng.uniform(3, 8)
-    stripes = 0.5 + 0.5 * np.sin(
-        2
-        * np.pi
-        * (np.arange(size)[:, None] * rng.uniform(-1, 1) + np.arange(size)[None, :])
-        / period
+    size = max(2, int(round(rng.uniform(*syn.OBJECT_SIZE) * height)))
+    alpha, sprite = _textured_shape(rng, size)
+    params = MotionParams(
+        speed=rng.uniform(*syn.SPEED) * width,
+        radius=rng.uniform(*syn.RADIUS) * height,
+        period=rng.uniform(*syn.PERIOD),
+        phase=rng.uniform(0, 2 * np.pi),
     )
-    sprite = stripes[..., None] * _random_colour(rng) + (1 - stripes[..., None]) * _random_colour(
-        rng
-    )
-    speed = rng.uniform(*syn.SPEED) * width
-    radius = rng.uniform(0.12, 0.25) * height
-    dx, dy = motion(np.arange(frames, dtype=np.float64), speed, radius, rng.uniform(0, 2 * np.pi))
-    dx = dx * rng.choice((-1.0, 1.0))  # a random left-right mirror of the motion
-    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    lefts, tops = object_positions(motion, params, size, frames, height, width, rng)
     video = np.empty((frames, height, width, 3), dtype=np.float32)
     for t in range(frames):
-        frame = background.copy()
-        # Paste on a torus so that an object leaving one side comes back on the other.
-        left = int(round(x0 + dx[t] - size / 2)) % width
-        top = int(round(y0 + dy[t] - size / 2)) % height
-        for oy in (top, top - height):
-            for ox in (left, left - width):
-                y1, x1 = max(oy, 0), max(ox, 0)
-                y2, x2 = min(oy + size, height), min(ox + size, width)
-                if y1 < y2 and x1 < x2:
-                    a = alpha[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
-                    s = sprite[y1 - oy : y2 - oy, x1 - ox : x2 - ox]
-                    frame[y1:y2, x1:x2] = a * s + (1 - a) * frame[y1:y2, x1:x2]
-        video[t] = frame
+        video[t] = background
+        _paste(video[t], alpha, sprite, int(lefts[t]), int(tops[t]))
     video += rng.normal(0, syn.NOISE, size=video.shape).astype(np.float32)
     return (np.clip(video, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -229,7 +321,7 @@ def _settings(cfg: CfgNode) -> dict:
         )
     settings = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in syn.items()}
     settings["CLASSES"] = sorted(settings["CLASSES"])
-    settings["FORMAT"] = 3  # bump when the generator changes what it draws
+    settings["FORMAT"] = 5  # bump when the generator changes what it draws
     return settings
 
 

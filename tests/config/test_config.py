@@ -84,6 +84,10 @@ def test_tiny_config_is_valid() -> None:
         ("DATA.MAX_BAD_FRACTION", 2.0, 1, "DATA.MAX_BAD_FRACTION"),
         ("SOLVER.AMP.DTYPE", "int8", 1, "SOLVER.AMP.DTYPE"),
         ("DATA.SYNTHETIC.CLASSES", ("SlideUp", "Teleport"), 1, "Teleport"),
+        ("DATA.SYNTHETIC.PERIOD", (0.0, 10.0), 1, "DATA.SYNTHETIC.PERIOD must be (low, high)"),
+        ("DATA.SYNTHETIC.OBJECT_SIZE", (0.5, 1.5), 1, "DATA.SYNTHETIC.OBJECT_SIZE"),
+        ("DATA.SYNTHETIC.SPEED", (0.02, 0.01), 1, "DATA.SYNTHETIC.SPEED"),
+        ("DATA.SYNTHETIC.NOISE", -0.1, 1, "DATA.SYNTHETIC.DISTRACTORS and NOISE must be >= 0"),
     ],
 )
 def test_bad_values_fail_naming_the_key(key: str, value, world: int, message: str) -> None:

@@ -38,10 +38,10 @@ logger = logging.getLogger(__name__)
 
 # A trajectory maps frame times ``t [T]`` and the video's drawn motion parameters to centre
 # offsets (dx [T], dy [T]) in pixels relative to a start position. Every video is also mirrored
-# left-right at random (see render_video), so the classes are the motions up to a horizontal flip:
-# the flip augmentation of the recipe never turns one class into another. Periodic motions repeat
-# within a clip's span (PERIOD frames, against the 16 frames that 8 frames at a sampling rate of 2
-# cover), so every class can be told from any clip, not only from the whole video.
+# left-right at random (see object_positions), so the classes are the motions up to a horizontal
+# flip: the flip augmentation of the recipe never turns one class into another. Periodic motions
+# repeat within a clip's span (PERIOD frames, against the 16 frames that 8 frames at a sampling
+# rate of 2 cover), so every class can be told from any clip, not only from the whole video.
 @dataclasses.dataclass(frozen=True)
 class MotionParams:
     """One video's motion draw: ``speed`` px/frame, ``radius`` px, ``period`` frames, ``phase``."""
@@ -60,9 +60,8 @@ def _slide(ux: float, uy: float) -> Trajectory:
 
 
 def _circle(t: np.ndarray, m: MotionParams) -> tuple[np.ndarray, np.ndarray]:
-    angle = (
-        m.phase + 2 * np.pi * t / m.period
-    )  # clockwise on screen; the mirror makes it either way
+    # Clockwise on screen; the random mirror makes it either way.
+    angle = m.phase + 2 * np.pi * t / m.period
     return m.radius * np.cos(angle), m.radius * np.sin(angle)
 
 
@@ -318,6 +317,25 @@ def _settings(cfg: CfgNode) -> dict:
         raise ValueError(
             "DATA.SYNTHETIC.TEST_GROUPS must be in [1, VIDEOS_PER_CLASS), got "
             f"{syn.TEST_GROUPS} with VIDEOS_PER_CLASS={syn.VIDEOS_PER_CLASS}"
+        )
+    # (key, smallest allowed low end, largest allowed high end) of the uniform ranges.
+    ranges = (
+        ("SPEED", 0.0, math.inf),
+        ("RADIUS", 0.0, math.inf),
+        ("PERIOD", 2.0, math.inf),  # at least 2 frames: a shake must alternate
+        ("OBJECT_SIZE", 0.0, min(1.0, syn.WIDTH / syn.HEIGHT)),  # the object fits in the frame
+    )
+    for key, lowest, highest in ranges:
+        values = tuple(syn[key])
+        if not (len(values) == 2 and lowest <= values[0] <= values[1] <= highest):
+            raise ValueError(
+                f"DATA.SYNTHETIC.{key} must be (low, high) with {lowest} <= low <= high <= "
+                f"{highest:.3g}, got {values}"
+            )
+    if syn.DISTRACTORS < 0 or syn.NOISE < 0:
+        raise ValueError(
+            "DATA.SYNTHETIC.DISTRACTORS and NOISE must be >= 0, got "
+            f"{syn.DISTRACTORS} and {syn.NOISE}"
         )
     settings = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in syn.items()}
     settings["CLASSES"] = sorted(settings["CLASSES"])

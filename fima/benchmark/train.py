@@ -48,7 +48,7 @@ from torch import nn
 from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
 from fima.engine.defaults import resolve_device
 from fima.engine.solver import build_optimizer
-from fima.engine.train_loop import SimpleTrainer, autocast_dtype
+from fima.engine.train_loop import SimpleTrainer, autocast_dtype, native_autocast
 from fima.modeling import build_model
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils.events import EventStorage
@@ -478,6 +478,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         variants.append(build_variant("A/reference", cfg))
     device = variants[0].device
     logger.info("Variants: %s", ", ".join(v.name for v in variants))
+    for v in variants:
+        if v.amp and not native_autocast(device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE)):
+            # Measured as asked (training runs would fall back to float32: amp_enabled).
+            logger.warning("%s: this %s emulates %s", v.name, device.type, v.cfg.SOLVER.AMP.DTYPE)
 
     with EventStorage() as storage:
         for variant in variants:

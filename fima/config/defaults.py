@@ -117,7 +117,9 @@ _C.SOLVER.MAX_TO_KEEP = 3
 # micro-batch, though).
 _C.SOLVER.ACCUM_STEPS = 1
 _C.SOLVER.AMP = CN()
-# Autocast the encoders to AMP.DTYPE; losses, masks and queues stay in float32.
+# Autocast the encoders to AMP.DTYPE; losses, masks and queues stay in float32. Where the device
+# would only emulate AMP.DTYPE (a CPU without AVX512-BF16/AMX), the run computes in float32 and
+# says so in the log: emulated bfloat16 is several times slower.
 _C.SOLVER.AMP.ENABLED = True
 # "bfloat16" (CPU with AMX, recent GPUs) or "float16" (GPU only, with a gradient scaler).
 _C.SOLVER.AMP.DTYPE = "bfloat16"

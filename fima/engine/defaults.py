@@ -23,7 +23,7 @@ from fima.config import CfgNode, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
-from fima.engine.train_loop import SimpleTrainer, autocast_dtype
+from fima.engine.train_loop import SimpleTrainer, amp_enabled, autocast_dtype
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -219,7 +219,9 @@ class DefaultTrainer(SimpleTrainer):
             create_ddp_model(method, self.device),
             data_loader,
             optimizer,
-            amp=cfg.SOLVER.AMP.ENABLED,
+            amp=amp_enabled(
+                cfg.SOLVER.AMP.ENABLED, autocast_dtype(cfg.SOLVER.AMP.DTYPE), self.device.type
+            ),
             amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE),
             accum_steps=accum,
             device_type=self.device.type,

@@ -55,11 +55,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextManager:
     """The training run's mixed precision (``SOLVER.AMP``) for inference on ``device``."""
-    from fima.engine.train_loop import autocast_dtype
+    from fima.engine.train_loop import amp_enabled, autocast_dtype
 
-    return torch.autocast(
-        device.type, dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE), enabled=cfg.SOLVER.AMP.ENABLED
-    )
+    dtype = autocast_dtype(cfg.SOLVER.AMP.DTYPE)
+    enabled = amp_enabled(cfg.SOLVER.AMP.ENABLED, dtype, device.type)
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 
 def restrict_loader(loader: DataLoader, keep: Iterable[int]) -> DataLoader:

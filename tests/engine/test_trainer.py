@@ -14,8 +14,9 @@ from torch import nn
 
 from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
-from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup
+from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
+from fima.engine.train_loop import amp_enabled
 from tests.conftest import tiny_cfg
 
 
@@ -170,6 +171,23 @@ def test_bfloat16_autocast_on_the_cpu_inside_simple_trainer() -> None:
     assert model.dtypes == [torch.bfloat16, torch.bfloat16]
     assert model.linear.weight.dtype == torch.float32
     assert not trainer.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
+    tmp_path, caplog, native: bool
+) -> None:
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 1})
+    assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "bfloat16"
+    train_loop._warned_emulated.clear()
+    with mock.patch("fima.engine.train_loop.native_autocast", return_value=native):
+        trainer = DefaultTrainer(cfg)
+        # A second run in the same process does not repeat the warning.
+        assert amp_enabled(True, torch.bfloat16, "cpu") is native
+    assert trainer.amp is native
+    warnings = [r for r in caplog.records if "computes in float32" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1)
+    assert amp_enabled(False, torch.bfloat16, "cpu") is False
 
 
 def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:

@@ -3,6 +3,8 @@ order in one process and across 2 gloo processes, MoCo's key passes use it, conf
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -176,7 +178,10 @@ def test_split_groups_that_divide_the_batch_are_accepted() -> None:
 def test_default_trainer_emulates_split_groups_under_bfloat16(tmp_path) -> None:
     cfg = tiny_cfg(str(tmp_path), **{"MODEL.SPLIT_BN_GROUPS": 2, "SOLVER.MAX_ITER": 2})
     assert cfg.SOLVER.AMP.ENABLED
-    trainer = DefaultTrainer(cfg)
+    # bfloat16 even on a CPU that would only emulate it (the run would otherwise fall back).
+    with mock.patch("fima.engine.train_loop.native_autocast", return_value=True):
+        trainer = DefaultTrainer(cfg)
+    assert trainer.amp
     assert split_bn_groups(trainer.method.encoder_q) == split_bn_groups(trainer.method) == 2
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.loss_dict["loss_inst"]))

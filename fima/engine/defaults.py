@@ -23,7 +23,7 @@ from fima.config import CfgNode, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
-from fima.engine.train_loop import SimpleTrainer, amp_enabled, autocast_dtype
+from fima.engine.train_loop import SimpleTrainer, resolve_amp
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -215,14 +215,13 @@ class DefaultTrainer(SimpleTrainer):
         optimizer = self.build_optimizer(cfg, method)
         data_loader = self.build_train_loader(cfg)
         accum = cfg.SOLVER.ACCUM_STEPS
+        amp, amp_dtype = resolve_amp(cfg.SOLVER.AMP, self.device.type)
         super().__init__(
             create_ddp_model(method, self.device),
             data_loader,
             optimizer,
-            amp=amp_enabled(
-                cfg.SOLVER.AMP.ENABLED, autocast_dtype(cfg.SOLVER.AMP.DTYPE), self.device.type
-            ),
-            amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE),
+            amp=amp,
+            amp_dtype=amp_dtype,
             accum_steps=accum,
             device_type=self.device.type,
         )

@@ -14,13 +14,16 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from fima.utils import comm
 from fima.utils.events import EventStorage, get_event_storage
+
+if TYPE_CHECKING:
+    from fima.config.config import CfgNode
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +184,16 @@ def native_autocast(device_type: str, dtype: torch.dtype) -> bool:
 _warned_emulated: set[tuple[str, torch.dtype]] = set()
 
 
-def amp_enabled(enabled: bool, dtype: torch.dtype, device_type: str) -> bool:
-    """``SOLVER.AMP.ENABLED`` as it applies on ``device_type``: off, with one warning per
-    process, where ``dtype`` would be emulated (:func:`native_autocast`), since mixed precision
-    is there to make steps faster. The float32 run computes the same losses."""
-    if not enabled or native_autocast(device_type, dtype):
-        return enabled
+def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
+    """``SOLVER.AMP`` as it applies on ``device_type``: ``(enabled, dtype)``.
+
+    Off, with one warning per process, where ``AMP.DTYPE`` would be emulated
+    (:func:`native_autocast`): mixed precision is there to make steps faster, and the float32
+    run computes the same losses.
+    """
+    dtype = autocast_dtype(amp.DTYPE)
+    if not amp.ENABLED or native_autocast(device_type, dtype):
+        return bool(amp.ENABLED), dtype
     if (device_type, dtype) not in _warned_emulated:
         _warned_emulated.add((device_type, dtype))
         logger.warning(
@@ -195,7 +202,7 @@ def amp_enabled(enabled: bool, dtype: torch.dtype, device_type: str) -> bool:
             device_type,
             dtype,
         )
-    return False
+    return False, dtype
 
 
 class SimpleTrainer(TrainerBase):

@@ -55,10 +55,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextManager:
     """The training run's mixed precision (``SOLVER.AMP``) for inference on ``device``."""
-    from fima.engine.train_loop import amp_enabled, autocast_dtype
+    from fima.engine.train_loop import resolve_amp
 
-    dtype = autocast_dtype(cfg.SOLVER.AMP.DTYPE)
-    enabled = amp_enabled(cfg.SOLVER.AMP.ENABLED, dtype, device.type)
+    enabled, dtype = resolve_amp(cfg.SOLVER.AMP, device.type)
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
 

@@ -16,7 +16,7 @@ from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
-from fima.engine.train_loop import amp_enabled
+from fima.engine.train_loop import resolve_amp
 from tests.conftest import tiny_cfg
 
 
@@ -183,11 +183,12 @@ def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
     with mock.patch("fima.engine.train_loop.native_autocast", return_value=native):
         trainer = DefaultTrainer(cfg)
         # A second run in the same process does not repeat the warning.
-        assert amp_enabled(True, torch.bfloat16, "cpu") is native
+        assert resolve_amp(cfg.SOLVER.AMP, "cpu") == (native, torch.bfloat16)
     assert trainer.amp is native
     warnings = [r for r in caplog.records if "computes in float32" in r.getMessage()]
     assert len(warnings) == (0 if native else 1)
-    assert amp_enabled(False, torch.bfloat16, "cpu") is False
+    cfg.SOLVER.AMP.ENABLED = False
+    assert resolve_amp(cfg.SOLVER.AMP, "cpu") == (False, torch.bfloat16)
 
 
 def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:

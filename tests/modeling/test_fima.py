@@ -273,7 +273,7 @@ def test_every_backbone_trains_with_fima(backbone: str, frames: int, crop: int) 
     torch.manual_seed(0)
     model = build_model(cfg)
     # The training default (bf16) where the CPU has it; emulated, the full-size backbones take
-    # minutes, and training would run them in fp32 there anyway (amp_enabled).
+    # minutes, and training would run them in fp32 there anyway (resolve_amp).
     with torch.autocast(
         "cpu", dtype=torch.bfloat16, enabled=native_autocast("cpu", torch.bfloat16)
     ):

@@ -19,8 +19,9 @@ Also measured, each in the same run:
 - FLOPs per step: fvcore's ``FlopCountAnalysis`` of each encoder call (fvcore counts a
   multiply-add as one, so FLOPs are twice its count), the query calls counted three times (forward
   and a backward of twice the forward). Heads, decoder, losses and augmentation are not counted;
-- the peak FLOP/s of a large float32 and bfloat16 matmul (the best of runs in every round), and
-  the model FLOPs utilisation (MFU) of the step and of its encoder passes against that peak;
+- the peak FLOP/s of a large float32 matmul and of one in each variant's autocast dtype (the best
+  of runs in every round), and the model FLOPs utilisation (MFU) of the step and of its encoder
+  passes against the peak of its dtype;
 - peak memory per step: the resident set's high-water mark on the CPU (reset before each step),
   the peak allocated memory on a GPU.
 """
@@ -480,7 +481,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     logger.info("Variants: %s", ", ".join(v.name for v in variants))
     for v in variants:
         if v.amp and not native_autocast(device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE)):
-            # Measured as asked (training runs would fall back to float32: amp_enabled).
+            # Measured as asked (training runs would fall back to float32: resolve_amp).
             logger.warning("%s: this %s emulates %s", v.name, device.type, v.cfg.SOLVER.AMP.DTYPE)
 
     with EventStorage() as storage:
@@ -488,10 +489,13 @@ def main(argv: list[str]) -> dict[str, Any]:
             record_encoder_calls(variant, storage)
             variant.flops = count_flops(variant)
         replays = {v.name: encoder_replay(v) for v in variants}
-        # The matmul peaks are measured in every round too; the best of them is the peak.
-        peak_dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-        if device.type == "cuda":
-            peak_dtypes["float16"] = torch.float16
+        # The matmul peaks are measured in every round too; the best of them is the peak. Only
+        # float32 and the variants' own dtypes: an emulated bf16 peak that no variant is read
+        # against would take minutes per round on a CPU without AVX512-BF16/AMX.
+        peak_dtypes = {
+            name: getattr(torch, name)
+            for name in ("float32", *sorted({v.dtype_name for v in variants}))
+        }
         peaks: dict[str, float] = {}
         for round_index in range(args.warmup + args.iters):
             for variant in variants:
@@ -535,7 +539,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for v in variants:
         step = statistics.median(v.step_times)
         encoders = statistics.median(v.encoder_times)
-        peak = peaks.get(v.dtype_name, peaks["float32"])
+        peak = peaks[v.dtype_name]
         results["variants"][v.name] = {
             "config": v.cfg.MODEL.META_ARCHITECTURE,
             "backbone": v.cfg.MODEL.BACKBONE.NAME,

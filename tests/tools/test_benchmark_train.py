@@ -60,10 +60,23 @@ def test_compare_and_reference_report_every_figure(tmp_path, capsys) -> None:
     assert ratio["per_round"] == expected
     assert set(results["cpu_time_ratios"]) == set(results["ratios"])
     assert results["loader"]["seconds_per_batch"] > 0
+    assert set(results["matmul_peak_flops"]) == {"float32", "bfloat16"}
     assert all(p > 0 for p in results["matmul_peak_flops"].values())
     report = capsys.readouterr().out
     assert "A/reference" in report and "median" in report and "Loader alone" in report
     assert (tmp_path / "r.json").is_file()
+
+
+def test_fp32_run_measures_only_the_fp32_peak() -> None:
+    # No variant is read against a bf16 peak, which a CPU without AMX would take minutes to find.
+    results = main(
+        [
+            "--config-file", _config("moco_synthetic.yaml"), "--dtype", "fp32", "--iters", "1",
+            "--warmup", "0", "--matmul-size", "64", *TINY,
+        ]
+    )  # fmt: skip
+    assert set(results["variants"]) == {"A/fp32"}
+    assert set(results["matmul_peak_flops"]) == {"float32"}
 
 
 def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:

@@ -10,8 +10,9 @@ videos, top-1 on the test videos) and retrieval (R@k of test videos querying tra
 The table reports mean ± std over seeds.
 
 Every run is a ``tools/train_net.py`` process (the documented commands are printed), writing into
-its own folder of the output directory; a run whose outputs exist is not repeated, so an
-interrupted benchmark continues where it stopped.
+its own folder of the output directory; a finished run of the same config is not repeated, so an
+interrupted benchmark continues where it stopped, and a folder that holds a run of another config
+(an edited config, other overrides) stops the benchmark rather than being reused or overwritten.
 """
 
 from __future__ import annotations
@@ -90,6 +91,38 @@ def _run(argv: list[str], log_file: str) -> float:
     return time.perf_counter() - start
 
 
+def _expected_config(config_file: str, opts: Sequence[str]) -> str:
+    """The ``config.yaml`` text that ``train_net.py --config-file config_file opts`` records."""
+    from fima.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg.dump()
+
+
+def _is_done(run_dir: str, marker: str, config_file: str, opts: Sequence[str]) -> bool:
+    """Whether ``run_dir`` holds this very run, finished (``marker`` exists).
+
+    Raises:
+        RuntimeError: ``run_dir`` holds a run (finished or not) of another config: reusing it
+            would report another benchmark's figures, resuming it would mix two, and starting
+            over would overwrite it.
+    """
+    recorded = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(recorded):
+        return False
+    with open(recorded) as f:
+        same = f.read() == _expected_config(config_file, opts)
+    if not same:
+        raise RuntimeError(
+            f"{run_dir} holds a run of another config than this benchmark's (see its "
+            "config.yaml): give another --output-dir, or move that folder away; nothing was "
+            "reused or overwritten"
+        )
+    return os.path.isfile(os.path.join(run_dir, marker))
+
+
 def run_motion_benchmark(
     output_dir: str,
     seeds: Sequence[int],
@@ -115,21 +148,11 @@ def run_motion_benchmark(
         for arm in arms:
             run_dir = os.path.join(output_dir, f"{_slug(arm.name)}_seed{seed}")
             checkpoint = os.path.join(run_dir, "model_final.pth")
-            if not os.path.isfile(checkpoint):
-                seconds = _run(
-                    [
-                        "--config-file",
-                        os.path.join(config_dir, arm.config),
-                        *(["--resume"] if os.path.isdir(run_dir) else []),
-                        *arm.opts,
-                        *opts,
-                        "SEED",
-                        str(seed),
-                        "OUTPUT_DIR",
-                        run_dir,
-                    ],  # fmt: skip
-                    log_file,
-                )
+            config_file = os.path.join(config_dir, arm.config)
+            run_opts = [*arm.opts, *opts, "SEED", str(seed), "OUTPUT_DIR", run_dir]
+            if not _is_done(run_dir, "model_final.pth", config_file, run_opts):
+                resume = ["--resume"] if os.path.isdir(run_dir) else []
+                seconds = _run(["--config-file", config_file, *resume, *run_opts], log_file)
                 result.seconds[f"{arm.name} seed {seed}"] = seconds
             else:
                 result.reused.append(run_dir)
@@ -137,22 +160,10 @@ def run_motion_benchmark(
         for name, checkpoint in checkpoints.items():
             eval_dir = os.path.join(output_dir, f"eval_{_slug(name)}_seed{seed}")
             record = os.path.join(eval_dir, "results.json")
-            if not os.path.isfile(record):
-                _run(
-                    [
-                        "--config-file",
-                        eval_config,
-                        "--eval-only",
-                        *opts,
-                        "MODEL.WEIGHTS",
-                        checkpoint,
-                        "SEED",
-                        str(seed),
-                        "OUTPUT_DIR",
-                        eval_dir,
-                    ],  # fmt: skip
-                    log_file,
-                )
+            eval_opts = [*opts, "MODEL.WEIGHTS", checkpoint, "SEED", str(seed)]
+            eval_opts += ["OUTPUT_DIR", eval_dir]
+            if not _is_done(eval_dir, "results.json", eval_config, eval_opts):
+                _run(["--config-file", eval_config, "--eval-only", *eval_opts], log_file)
             else:
                 result.reused.append(eval_dir)
             with open(record) as f:

@@ -55,3 +55,11 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     )
     assert (out / "runs.log").read_text() == runs_log
     assert os.path.isfile(out / "fima_seed0" / "model_final.pth")
+
+    # Another config (here another budget) in the same folder: neither reused nor overwritten.
+    checkpoint = out / "moco_seed0" / "model_final.pth"
+    before = checkpoint.read_bytes()
+    with pytest.raises(RuntimeError, match="another config"):
+        main(["--output-dir", str(out), "--seeds", "0", *TINY, "SOLVER.MAX_ITER", "4"])
+    assert checkpoint.read_bytes() == before
+    assert (out / "runs.log").read_text() == runs_log

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fima.config.config import CfgNode
+from fima.modeling.backbone.temporal_padding import pad_time_explicitly
 from fima.utils.registry import Registry
 
 BACKBONE_REGISTRY = Registry("BACKBONE")
@@ -46,6 +47,10 @@ class Backbone(nn.Module):
 def build_backbone(cfg: CfgNode) -> nn.Module:
     """Build the backbone named by ``cfg.MODEL.BACKBONE.NAME``.
 
+    Its plain ``nn.Conv3d`` layers pad time explicitly where a CPU's bfloat16 weight gradient
+    would otherwise be wrong (:mod:`fima.modeling.backbone.temporal_padding`; the same maths and
+    state dict), so every registered backbone trains correctly under bfloat16 autocast.
+
     Raises:
         KeyError: no backbone of that name is registered (the message lists the known ones).
         TypeError: the entry returned something without an integer ``out_channels``.
@@ -58,4 +63,5 @@ def build_backbone(cfg: CfgNode) -> nn.Module:
         raise TypeError(
             f"Backbone {name!r} must be an nn.Module with an integer 'out_channels' attribute"
         )
+    pad_time_explicitly(backbone)
     return backbone

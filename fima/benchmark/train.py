@@ -51,6 +51,7 @@ from fima.engine.defaults import resolve_device
 from fima.engine.solver import build_optimizer
 from fima.engine.train_loop import SimpleTrainer, autocast_dtype, native_autocast
 from fima.modeling import build_model
+from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils.events import EventStorage
 from fima.utils.logger import setup_logger
@@ -195,7 +196,8 @@ class Variant:
 def build_variant(name: str, cfg: CfgNode) -> Variant:
     device = resolve_device(cfg)
     torch.manual_seed(cfg.SEED)
-    model = build_model(cfg).to(device)
+    # BatchNorm as the trainer converts it: split groups cost time (MODEL.SPLIT_BN_GROUPS).
+    model = convert_batchnorm_for(cfg, build_model(cfg)).to(device)
     method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     batch = synthetic_batch(cfg, method.input_views(cfg), cfg.SEED)
     optimizer = build_optimizer(cfg, model)

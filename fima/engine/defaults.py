@@ -25,7 +25,7 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, resolve_amp
 from fima.modeling import build_model
-from fima.modeling.batch_shuffle import convert_batchnorm
+from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
@@ -207,11 +207,7 @@ class DefaultTrainer(SimpleTrainer):
     def __init__(self, cfg: CfgNode) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg)
-        method = convert_batchnorm(
-            self.build_model(cfg),
-            split_groups=cfg.MODEL.SPLIT_BN_GROUPS,
-            sync=cfg.MODEL.SYNC_BN and comm.get_world_size() > 1,
-        ).to(self.device)
+        method = convert_batchnorm_for(cfg, self.build_model(cfg)).to(self.device)
         optimizer = self.build_optimizer(cfg, method)
         data_loader = self.build_train_loader(cfg)
         accum = cfg.SOLVER.ACCUM_STEPS

@@ -15,8 +15,10 @@ from fima.modeling import build_model
 from fima.modeling.batch_shuffle import (
     SplitBatchNorm,
     convert_batchnorm,
+    device_major,
     shuffled_forward,
     split_bn_groups,
+    window_major,
 )
 from fima.utils import comm
 from tests.conftest import tiny_cfg
@@ -26,7 +28,7 @@ def _batch(n: int = 8, channels: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, channels, 2, 3, 3, generator=torch.Generator().manual_seed(seed)) * 3 + 1
 
 
-def test_split_batchnorm_normalises_strided_groups_separately() -> None:
+def test_split_batchnorm_normalises_consecutive_groups_separately() -> None:
     x = _batch()
     split = SplitBatchNorm(4, 2, momentum=0.1)
     with torch.no_grad():
@@ -37,7 +39,7 @@ def test_split_batchnorm_normalises_strided_groups_separately() -> None:
         bn.load_state_dict(split.state_dict())  # same keys as a plain BatchNorm
     out = split(x)
     for g, bn in enumerate(groups):
-        torch.testing.assert_close(out[g::2], bn(x[g::2]))
+        torch.testing.assert_close(out[4 * g : 4 * (g + 1)], bn(x[4 * g : 4 * (g + 1)]))
     torch.testing.assert_close(
         split.running_mean, (groups[0].running_mean + groups[1].running_mean) / 2
     )
@@ -154,6 +156,31 @@ def test_moco_key_passes_use_the_split_groups() -> None:
     torch.testing.assert_close(keys, expected)
     with torch.no_grad():
         assert not torch.allclose(keys, model.encoder_k(clips))  # other BatchNorm groups
+
+
+def test_device_major_puts_both_windows_of_a_device_together() -> None:
+    # Window-major [m_0..m_5, n_0..n_5]; 3 devices of 2 videos each.
+    x = torch.arange(12.0).view(12, 1, 1, 1, 1).expand(12, 2, 2, 2, 2)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    laid_out = device_major(x, windows=2, groups=3)
+    assert laid_out[:, 0, 0, 0, 0].tolist() == [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]
+    assert laid_out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(window_major(laid_out, windows=2, groups=3), x)
+
+
+def test_fused_query_pass_normalises_each_device_over_both_windows_of_its_videos() -> None:
+    """With 2 emulated devices, the query encoder's BatchNorm groups are what 2 DDP ranks with
+    2 videos each would see: [m_0, m_1, n_0, n_1] and [m_2, m_3, n_2, n_3]."""
+    cfg = tiny_cfg(**{"SOLVER.AMP.ENABLED": False})
+    model = convert_batchnorm(build_model(cfg), split_groups=2)
+    reference = build_model(cfg)
+    reference.load_state_dict(model.state_dict())
+    clips = torch.rand(8, 3, cfg.INPUT.NUM_FRAMES, 32, 32)  # windows m then n of 4 videos
+    feats = model.encode(model.encoder_q, clips, windows=2)
+    for device in (0, 1):
+        videos = [2 * device, 2 * device + 1]
+        rows = videos + [4 + v for v in videos]
+        torch.testing.assert_close(feats[rows], reference.encoder_q(clips[rows]))
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.transforms import VideoAugmentation
 from fima.modeling.backbone import build_backbone
-from fima.modeling.batch_shuffle import ShuffleBN
+from fima.modeling.batch_shuffle import ShuffleBN, device_major, split_bn_groups, window_major
 from fima.modeling.heads import build_head
 from fima.modeling.losses import info_nce, top1_accuracy
 from fima.modeling.queue import KeyQueue
@@ -162,11 +162,21 @@ class MoCo(SSLMethod):
             clips = clips.contiguous(memory_format=torch.channels_last_3d)
         return clips
 
-    def encode(self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
-        """Run ``encoder`` on ``[W*B, 3, T, S, S]`` in one call, or per window if not fused."""
-        if self.fuse_windows or windows == 1:
+    def encode(
+        self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True
+    ) -> torch.Tensor:
+        """Run ``encoder`` on ``[W*B, 3, T, S, S]`` in one call, or per window if not fused.
+
+        With ``MODEL.SPLIT_BN_GROUPS`` G > 1 and ``by_device``, a fused call sees its clips
+        device by device (:func:`~fima.modeling.batch_shuffle.device_major`), so that each
+        emulated device's BatchNorm group holds both windows of its videos, as under DDP.
+        """
+        if not (self.fuse_windows or windows == 1):
+            return torch.cat([encoder(part) for part in clips.chunk(windows)])
+        groups = split_bn_groups(encoder) if by_device else 1
+        if windows == 1 or groups == 1:
             return encoder(clips)
-        return torch.cat([encoder(part) for part in clips.chunk(windows)])
+        return window_major(encoder(device_major(clips, windows, groups)), windows, groups)
 
     @torch.no_grad()
     def encode_keys(self, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
@@ -176,7 +186,8 @@ class MoCo(SSLMethod):
         across ranks, or across ``MODEL.SPLIT_BN_GROUPS`` in one process; see
         :mod:`fima.modeling.batch_shuffle`), so every rank must make the same key passes.
         """
-        return self.encode(ShuffleBN(self.encoder_k), clips, windows)
+        # The shuffle draws the BatchNorm groups at random: no device-major layout first.
+        return self.encode(ShuffleBN(self.encoder_k), clips, windows, by_device=False)
 
     def instance_loss(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Symmetric cross-window InfoNCE against the global queue (RECIPE.md §6 "Instance").

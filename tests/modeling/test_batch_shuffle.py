@@ -212,3 +212,16 @@ def test_default_trainer_emulates_split_groups_under_bfloat16(tmp_path) -> None:
     assert split_bn_groups(trainer.method.encoder_q) == split_bn_groups(trainer.method) == 2
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.loss_dict["loss_inst"]))
+
+
+@pytest.mark.parametrize(("overrides", "world", "warns"), [
+    ({}, 1, True),
+    ({"MODEL.SPLIT_BN_GROUPS": 2}, 1, False),
+    ({}, 2, False),
+])  # fmt: skip
+def test_single_process_moco_without_shuffle_bn_is_warned_about(
+    overrides: dict, world: int, warns: bool, caplog
+) -> None:
+    with caplog.at_level("WARNING", logger="fima.modeling.ssl.moco"):
+        validate_cfg(tiny_cfg(**overrides), world)
+    assert ("emulate shuffle-BN" in caplog.text) == warns

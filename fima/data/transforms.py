@@ -178,8 +178,13 @@ class VideoAugmentation(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.INPUT.STD).view(1, 3, 1, 1, 1), False)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """Augment and normalise ``clips`` ``[N, 3, T, H, W]`` float in [0, 1]; same shape out."""
-        return self.normalize(self.augment(clips))
+        """Augment and normalise ``clips`` ``[N, 3, T, H, W]`` float in [0, 1]; same shape out.
+
+        The augmentation returns a new tensor, normalised in place: two fewer full-size
+        allocations per call (for the 24 difference clips of an I3D FIMA step at 16x112², 58 MB
+        each, whose first writes fault every page in).
+        """
+        return self.augment(clips).sub_(self.mean).div_(self.std)
 
     def normalize(self, clips: torch.Tensor) -> torch.Tensor:
         """Only the normalisation (evaluation inputs): ``[N, 3, T, H, W]`` in, same shape out."""

@@ -57,7 +57,7 @@ def _tf_same(x: torch.Tensor, kernel: tuple, stride: tuple) -> torch.Tensor:
     return torch.nn.functional.pad(x, pads)
 
 
-@pytest.mark.parametrize("size", [(9, 13, 13), (16, 15, 17), (7, 112, 113)])
+@pytest.mark.parametrize("size", [(9, 13, 13), (16, 15, 17), (7, 112, 113), (8, 56, 57), (2, 7, 8)])
 def test_i3d_pads_like_tensorflow_same_for_any_size(size: tuple) -> None:
     from fima.modeling.backbone.i3d import SamePool3d, Unit3D
 
@@ -70,9 +70,11 @@ def test_i3d_pads_like_tensorflow_same_for_any_size(size: tuple) -> None:
         )
     )
     assert torch.allclose(unit(x), expected, atol=1e-6)
-    pool = SamePool3d((3, 3, 3), (2, 2, 2))
-    expected = torch.nn.functional.max_pool3d(_tf_same(x, (3,) * 3, (2,) * 3), 3, 2)
-    assert torch.equal(pool(x), expected)
+    # The pools of I3D, on inputs >= 0 as after a ReLU.
+    for kernel, stride in (((3,) * 3, (2,) * 3), ((1, 3, 3), (1, 2, 2)), ((2,) * 3, (2,) * 3)):
+        pool = SamePool3d(kernel, stride)
+        expected = torch.nn.functional.max_pool3d(_tf_same(x, kernel, stride), kernel, stride)
+        assert torch.equal(pool(x), expected), (kernel, size)
     backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "I3D"})).eval()
     with torch.no_grad():
         out = backbone(torch.randn(1, 3, *size))

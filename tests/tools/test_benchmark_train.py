@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 
-from fima.benchmark.train import main
+import torch
+
+from fima.benchmark.train import main, matmul_as_convolution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -77,6 +79,16 @@ def test_fp32_run_measures_only_the_fp32_peak() -> None:
     )  # fmt: skip
     assert set(results["variants"]) == {"A/fp32"}
     assert set(results["matmul_peak_flops"]) == {"float32"}
+
+
+def test_the_peak_convolution_computes_the_same_product() -> None:
+    # On a CPU the peak is also timed as this convolution (oneDNN; MKL's float32 GEMM is slow on
+    # AMD CPUs), so it must be the same M x K x N product.
+    a, b = torch.randn(48, 32), torch.randn(32, 40)
+    image, kernel = matmul_as_convolution(a, b)
+    out = torch.nn.functional.conv2d(image, kernel)
+    assert out.shape == (1, 40, 48, 1)
+    torch.testing.assert_close(out[0, :, :, 0].t(), a @ b)
 
 
 def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:

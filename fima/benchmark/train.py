@@ -39,8 +39,9 @@ import re
 import resource
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -432,7 +433,73 @@ def time_loader(cfg: CfgNode, iters: int) -> dict[str, Any]:
     }
 
 
+# oneDNN's tags of the 5-D layouts fima uses: letters are dimensions in memory order (a = N,
+# b = C, c = T, d = H, e = W); a capital with a number is a dimension blocked by that many.
+ONEDNN_LAYOUTS = {
+    "abcde": "NCDHW (contiguous)",
+    "acdeb": "NDHWC (channels_last_3d)",
+    "abcd": "NCHW",
+    "acdb": "NHWC (channels_last)",
+}
+
+
+def onednn_primitive_times(lines: Iterable[str]) -> list[dict[str, Any]]:
+    """Sum oneDNN's verbose ``primitive,exec`` lines by kind, implementation, propagation and
+    the source's data type and memory layout; largest total first.
+
+    Args:
+        lines: ``ONEDNN_VERBOSE`` output, e.g. ``onednn_verbose,v1,primitive,exec,cpu,
+            convolution,brg_conv_fwd:avx512_core_bf16,forward_training,src:bf16::blocked:acdeb::f0
+            wei:...,attr-...,alg:...,mb8_ic64...,12.5``.
+
+    Returns:
+        ``{"kind", "implementation", "propagation", "dtype", "layout", "calls", "ms"}`` per group.
+    """
+    totals: dict[tuple[str, ...], list[float]] = {}
+    for line in lines:
+        fields = line.strip().split(",")
+        if len(fields) < 10 or fields[2:4] != ["primitive", "exec"]:
+            continue
+        try:
+            ms = float(fields[-1])
+        except ValueError:
+            continue
+        # The first memory descriptor, "src:bf16::blocked:acdeb::f0": name, type, -, kind, tag.
+        source = fields[8].split(" ")[0].split(":")
+        dtype, tag = (source[1], source[4]) if len(source) > 4 else ("?", fields[8][:24])
+        key = (fields[5], fields[6], fields[7], dtype, ONEDNN_LAYOUTS.get(tag, tag))
+        entry = totals.setdefault(key, [0, 0.0])
+        entry[0] += 1
+        entry[1] += ms
+    names = ("kind", "implementation", "propagation", "dtype", "layout")
+    rows = [{**dict(zip(names, key)), "calls": int(n), "ms": ms} for key, (n, ms) in totals.items()]
+    return sorted(rows, key=lambda row: -row["ms"])
+
+
+def onednn_verbose_lines(function: Callable[[], Any]) -> list[str]:
+    """Run ``function`` with oneDNN's verbose mode on and return what oneDNN printed.
+
+    oneDNN writes to the process's standard output (file descriptor 1), so that descriptor is
+    pointed at a temporary file meanwhile and restored after.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as capture:
+        os.dup2(capture.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                function()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        capture.seek(0)
+        return capture.readlines()
+
+
 def profile_step(variant: Variant, storage: EventStorage) -> str:
+    """torch.profiler's operator tables of one step and, on a CPU, oneDNN's primitives of
+    another step by implementation and memory layout (which kernels, in which formats)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -443,11 +510,29 @@ def profile_step(variant: Variant, storage: EventStorage) -> str:
     sort = "self_cuda_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     by_shape = prof.key_averages(group_by_input_shape=True)
-    return (
+    text = (
         f"-- {variant.name}: top operators\n{averages.table(sort_by=sort, row_limit=20)}\n"
         f"-- {variant.name}: top operators by input shape\n"
         f"{by_shape.table(sort_by=sort, row_limit=15)}"
     )
+    if variant.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return text
+    step_seconds: list[float] = []
+    lines = onednn_verbose_lines(lambda: step_seconds.append(run_step(variant, storage)[0]))
+    rows = onednn_primitive_times(lines)
+    inside = sum(row["ms"] for row in rows) / 1000
+    table = [
+        f"-- {variant.name}: oneDNN primitives of one step ({step_seconds[0]:.3f} s, of which "
+        f"{inside:.3f} s in oneDNN; the rest is PyTorch's own kernels)",
+        f"{'ms':>9} {'calls':>6}  {'kind':<12}{'propagation':<18}{'dtype':<6}{'layout':<26}"
+        "implementation",
+    ]
+    table += [
+        f"{row['ms']:>9.1f} {row['calls']:>6}  {row['kind']:<12}{row['propagation']:<18}"
+        f"{row['dtype']:<6}{row['layout']:<26}{row['implementation']}"
+        for row in rows[:15]
+    ]
+    return text + "\n" + "\n".join(table)
 
 
 def _ratios(numerators: list[float], denominators: list[float]) -> dict[str, Any]:

@@ -9,7 +9,12 @@ import sys
 
 import torch
 
-from fima.benchmark.train import main, matmul_as_convolution
+from fima.benchmark.train import (
+    main,
+    matmul_as_convolution,
+    onednn_primitive_times,
+    onednn_verbose_lines,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -99,3 +104,37 @@ def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:
     assert result.returncode == 0 and "--compare" in result.stdout
     result = subprocess.run([sys.executable, script], capture_output=True, text=True)
     assert result.returncode == 2 and "--task" in result.stdout
+
+
+def test_onednn_primitives_are_summed_by_implementation_and_layout() -> None:
+    lines = [
+        "onednn_verbose,v1,info,oneDNN v3.12.0",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_bf16,"
+        "forward_training,src:bf16::blocked:acdeb::f0 wei:bf16:a:blocked:Acdeb32a::f0,"
+        "attr-scratchpad:user,alg:convolution_direct,mb8_ic64oc64,2.5",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core_bf16,"
+        "forward_training,src:bf16::blocked:acdeb::f0 wei:bf16:a:blocked:Acdeb32a::f0,"
+        "attr-scratchpad:user,alg:convolution_direct,mb8_ic64oc32,1.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,"
+        "src:f32::blocked:abcde::f0 dst:f32::blocked:acdeb::f0,attr-scratchpad:user,,8x3x16,0.25",
+        "onednn_verbose,v1,primitive,create:cache_hit,cpu,convolution,brg,forward,src,,,,0.01",
+    ]
+    rows = onednn_primitive_times(lines)
+    assert [(r["kind"], r["calls"], r["ms"], r["dtype"]) for r in rows] == [
+        ("convolution", 2, 4.0, "bf16"),
+        ("reorder", 1, 0.25, "f32"),
+    ]
+    assert rows[0]["layout"] == "NDHWC (channels_last_3d)"
+    assert rows[1]["layout"] == "NCDHW (contiguous)"
+
+
+def test_onednn_verbose_output_is_captured_and_stdout_restored(capfd) -> None:
+    if not torch.backends.mkldnn.is_available():
+        return
+    x = torch.randn(2, 8, 4, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    weight = torch.randn(8, 8, 3, 3, 3)
+    lines = onednn_verbose_lines(lambda: torch.nn.functional.conv3d(x, weight, padding=1))
+    rows = onednn_primitive_times(lines)
+    assert any(r["kind"] == "convolution" and r["layout"].startswith("NDHWC") for r in rows)
+    print("after")
+    assert "after" in capfd.readouterr().out

@@ -226,6 +226,13 @@ def shuffled_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if world * split_bn_groups(module) == 1 or _has_sync_bn(module):
         return module(x)
     n = x.shape[0]
+    if world == 1:
+        # Split-BN groups in one process: a permutation and back, no exchange. Gathered straight
+        # into x's memory format: the general path below copies the batch three times (a
+        # FIMA step's 96 Tiny3D difference clips at 8x64², 33 ms against 15).
+        perm = torch.randperm(n).to(x.device)
+        out = module(torch.index_select(x, 0, perm, out=torch.empty_like(x)))
+        return torch.empty_like(out).index_copy_(0, perm, out)
     perm = torch.randperm(world * n) if rank == 0 else torch.empty(world * n, dtype=torch.long)
     perm = comm.broadcast_tensor(perm.to(comm.collective_device())).cpu()
     # Rank d encodes the global samples slots[d] (sample i of rank r is global index r * n + i).

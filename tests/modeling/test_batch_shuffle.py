@@ -115,6 +115,25 @@ def test_split_groups_shuffle_the_batch_and_restore_its_order() -> None:
     assert not torch.equal(perm, torch.arange(8))
 
 
+def test_split_groups_keep_the_memory_format_of_clips() -> None:
+    seen: list[torch.Tensor] = []
+    module = nn.Sequential(SplitBatchNorm(3, 2), nn.Conv3d(3, 4, 1))
+    module[1].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    x = torch.rand(4, 3, 2, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = shuffled_forward(module, x)
+        torch.manual_seed(0)
+        perm = torch.randperm(4)
+        assert seen[0].is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(seen[0], module[0](x[perm]))
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    expected = torch.empty_like(out)
+    with torch.no_grad():
+        expected[perm] = module(x[perm])
+    torch.testing.assert_close(out, expected)
+
+
 def _shuffle_across_ranks(n: int) -> None:
     rank, world = comm.get_rank(), comm.get_world_size()
     x = _batch(n=n, seed=rank)

@@ -213,16 +213,22 @@ class ClipAugmentation(nn.Module):
         }
 
     def forward(
-        self, clips: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+        self,
+        clips: torch.Tensor,
+        params: dict[str, torch.Tensor] | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> torch.Tensor:
         """Augment ``[N, 3, T, H, W]`` float clips in [0, 1]; a new tensor of the same shape.
 
         Args:
             clips: the batch (left unchanged).
             params: from :meth:`sample`; drawn here when None.
+            memory_format: the layout of the result (``torch.channels_last_3d`` for encoders
+                that take it: the copy that keeps ``clips`` unchanged also lays them out, one
+                full-size copy instead of two).
         """
         params = params if params is not None else self.sample(clips.shape[0], clips.device)
-        out = clips.contiguous().clone()
+        out = torch.empty_like(clips, memory_format=memory_format).copy_(clips)
         chosen = params["grayscale"].nonzero().flatten()
         if chosen.numel():
             out.index_copy_(0, chosen, grayscale(out[chosen]).expand(-1, 3, -1, -1, -1))

@@ -115,6 +115,11 @@ def test_clip_augmentation_matches_kornia_steps(seed: int) -> None:
     out = augment(clips, params)
     assert torch.equal(clips, before)
     torch.testing.assert_close(out, naive_augmentation(clips, params, 5), atol=2e-6, rtol=0)
+    # Laid out for channels-last encoders: the same values, a new tensor in that layout.
+    laid_out = augment(clips, params, memory_format=torch.channels_last_3d)
+    assert laid_out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(clips, before)
+    torch.testing.assert_close(laid_out, out, atol=1e-6, rtol=0)
 
 
 def test_draws_follow_the_probabilities_and_ranges() -> None:

@@ -168,11 +168,9 @@ class MoCo(SSLMethod):
 
     def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
         """Device augmentation + normalisation in float32, laid out for the encoders."""
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         with torch.autocast(clips.device.type, enabled=False):
-            clips = self.augment(clips)
-        if self.channels_last:
-            clips = clips.contiguous(memory_format=torch.channels_last_3d)
-        return clips
+            return self.augment(clips, memory_format=layout)
 
     def encode(
         self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True

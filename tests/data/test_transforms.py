@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fima.data.transforms import (
@@ -81,3 +82,14 @@ def test_reference_blur_sigma_is_fixed_per_model() -> None:
     aug = VideoAugmentation(cfg)
     low, high = aug.augment.blur_sigma  # the range sigma is drawn from
     assert float(low) == float(high)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_augmentation_writes_the_encoders_layout(channels_last: bool) -> None:
+    aug = VideoAugmentation(tiny_cfg(**{"MODEL.CHANNELS_LAST": channels_last}))
+    clips = torch.rand(3, 3, 4, 16, 16)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    normalised = aug.normalize(clips)
+    assert normalised.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(normalised, (clips - aug.mean) / aug.std)
+    assert aug(clips).is_contiguous(memory_format=layout)

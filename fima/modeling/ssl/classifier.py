@@ -186,8 +186,6 @@ class VideoClassifier(SSLMethod):
         x = clips.to(self.device, non_blocking=True).float().div_(255)
         with torch.autocast(x.device.type, enabled=False):
             x = self.augment(x) if augment else self.augment.normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         if self.linear_probe:
             with torch.no_grad():
                 return self.backbone(x)

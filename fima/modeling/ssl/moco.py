@@ -132,8 +132,6 @@ class MoCo(SSLMethod):
         """L2-normalised pooled query-encoder features ``[N, C]`` of uint8 clips
         ``[N, 3, T, S, S]``, without augmentation (the kNN monitor and retrieval)."""
         x = self.augment.normalize(self.prepare_clips(clips[:, None]))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         return F.normalize(self.encoder_q(x).float().mean(dim=(2, 3, 4)), dim=1)
 
     @torch.no_grad()
@@ -168,9 +166,8 @@ class MoCo(SSLMethod):
 
     def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
         """Device augmentation + normalisation in float32, laid out for the encoders."""
-        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         with torch.autocast(clips.device.type, enabled=False):
-            return self.augment(clips, memory_format=layout)
+            return self.augment(clips)
 
     def encode(
         self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True

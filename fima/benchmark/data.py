@@ -44,10 +44,11 @@ from av.video.reformatter import VideoReformatter
 from fima.benchmark import Figure, run_figures_task
 from fima.config import CfgNode, get_cfg
 from fima.data import build_dataset, build_pretrain_loader, decoder
-from fima.data.build import WindowClips, load_index, retain_freed_memory
+from fima.data.build import WindowClips, load_index
 from fima.data.decoder import decode_frames
 from fima.data.index import build_index
 from fima.data.transforms import random_crop_flip
+from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
 

@@ -57,6 +57,7 @@ from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils.events import EventStorage
 from fima.utils.logger import setup_logger
+from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -586,6 +587,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         cfg = load_config(args.config_file, [*args.opts, *REFERENCE_OVERRIDES])
         variants.append(build_variant("A/reference", cfg))
     device = variants[0].device
+    if device.type == "cpu":
+        retain_freed_memory()  # as a training process does (default_setup)
     logger.info("Variants: %s", ", ".join(v.name for v in variants))
     for v in variants:
         if v.amp and not native_autocast(device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE)):

@@ -14,7 +14,6 @@ live as long as the run's one iterator, and a resume (a new position) needs new 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import random
@@ -39,11 +38,9 @@ from fima.data.sampling import (
 from fima.data.transforms import center_crop, random_crop_flip
 from fima.utils import comm
 from fima.utils.env import shared_seed
+from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
-
-# mallopt parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def add_data_config(cfg: CfgNode) -> None:
@@ -429,23 +426,6 @@ class TestLoader(DataLoader):
             yield batch
         self.tracker.write()
         self.tracker.check(complete=True)  # a pass reads every video of this rank's share
-
-
-def retain_freed_memory() -> None:
-    """Let glibc keep freed memory for reuse in this process instead of returning it at once.
-
-    Every clip allocates the same large buffers (converted frames, the stacked clip, crops);
-    by default glibc maps the large ones afresh and hands freed memory back, so each clip pays
-    its page faults again: measured ~20% of decoding a 256-px window. Processes that decode
-    (data-loader workers, or the main process when ``DATA.NUM_WORKERS`` is 0) call this; the
-    price is that they keep their peak memory. A no-op where the C library is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: blocks above are still mapped
-    mallopt(_M_TRIM_THRESHOLD, 2**30)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -31,6 +31,7 @@ from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
 from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
 from fima.utils.logger import setup_logger
+from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     )
     if args is not None:
         logger.info("Command line arguments: %s", args)
+    # A CPU step allocates its activations afresh every step; kept, they are not faulted in and
+    # zeroed again by the kernel each time (see retain_freed_memory).
+    if resolve_device(cfg).type == "cpu" and retain_freed_memory():
+        logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     if cfg.is_frozen():
         cfg.defrost()
     cfg.SEED = shared_seed(cfg.SEED)

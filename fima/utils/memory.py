@@ -37,3 +37,18 @@ def retain_freed_memory() -> bool:
     if not applied:
         logger.debug("mallopt refused the settings: freed memory goes back to the system")
     return applied
+
+
+def return_freed_memory() -> bool:
+    """Hand the freed memory of this process's heap back to the system now (glibc's
+    ``malloc_trim``), so that the resident set is the memory in use; the next allocations fault
+    their pages in again. A no-op where the C library is not glibc.
+
+    Returns:
+        Whether any memory was returned.
+    """
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return malloc_trim(0) == 1

@@ -56,3 +56,29 @@ def test_freed_memory_is_reused_without_page_faults(setup, tmp_path):
         pytest.skip(f"this system does not fault freed blocks back in ({default} faults)")
     retained = _faults_of_last_rounds(setup, tmp_path)
     assert retained < default / 10, (retained, default)
+
+
+_RETURN_PROBE = """
+import json, re
+import torch
+from fima.utils.memory import retain_freed_memory, return_freed_memory
+def resident():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmRSS:\\s+(\\d+) kB", f.read()).group(1)) * 1024
+assert retain_freed_memory()
+buffer = torch.empty(16 * 2**20)  # 64 MB
+buffer.fill_(1.0)
+del buffer
+kept = resident()
+return_freed_memory()
+print(json.dumps(kept - resident()))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc")
+def test_returning_freed_memory_shrinks_the_resident_set():
+    out = subprocess.run(
+        [sys.executable, "-c", _RETURN_PROBE], capture_output=True, text=True, check=True
+    )
+    returned = json.loads(out.stdout.strip().splitlines()[-1])
+    assert returned > 48 * 2**20, returned  # most of the 64 MB that was freed and kept

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _INT_MAX = 2**31 - 1
+
+
+def _glibc_function(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name``, or None where it has none (not glibc)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def retain_freed_memory() -> bool:
@@ -27,9 +36,8 @@ def retain_freed_memory() -> bool:
     Returns:
         Whether the settings were applied.
     """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     # mallopt returns 1 on success; both settings are glibc's documented parameters.
     applied = mallopt(_M_MMAP_MAX, 0) == 1
@@ -47,8 +55,5 @@ def return_freed_memory() -> bool:
     Returns:
         Whether any memory was returned.
     """
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return malloc_trim(0) == 1
+    malloc_trim = _glibc_function("malloc_trim")
+    return malloc_trim is not None and malloc_trim(0) == 1

@@ -36,16 +36,17 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
 """
 
 
-def _faults_of_last_rounds(setup: str, tmp_path) -> int:
+def _run_probe(code: str, *args: str) -> int:
+    """Run ``code`` in a fresh interpreter; the number its last line prints."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, setup, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=env
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _faults_of_last_rounds(setup: str, tmp_path) -> int:
+    return _run_probe(_PROBE, setup, str(tmp_path))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
@@ -77,8 +78,5 @@ print(json.dumps(kept - resident()))
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc")
 def test_returning_freed_memory_shrinks_the_resident_set():
-    out = subprocess.run(
-        [sys.executable, "-c", _RETURN_PROBE], capture_output=True, text=True, check=True
-    )
-    returned = json.loads(out.stdout.strip().splitlines()[-1])
+    returned = _run_probe(_RETURN_PROBE)
     assert returned > 48 * 2**20, returned  # most of the 64 MB that was freed and kept

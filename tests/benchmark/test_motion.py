@@ -10,7 +10,9 @@ import os
 
 import pytest
 
-from fima.benchmark.motion import ARMS, METRICS, RANDOM, main
+from fima.benchmark.motion import ARMS, METRICS, RANDOM, main, run_motion_benchmark
+
+from .independent_motion import MOTIONS, make_dataset
 
 TINY = [
     "MODEL.TINY3D.WIDTHS", "(8,16,16,32)", "MODEL.PROJECTOR.HIDDEN_DIM", "32",
@@ -63,3 +65,28 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
         main(["--output-dir", str(out), "--seeds", "0", *TINY, "SOLVER.MAX_ITER", "4"])
     assert checkpoint.read_bytes() == before
     assert (out / "runs.log").read_text() == runs_log
+
+
+@pytest.mark.slow
+def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None:
+    """A dataset built without fima's generator (H.264 files listed in train.csv / test.csv)
+    goes through the same benchmark as a user's own videos would: DATA.DATASET VideoList."""
+    root = tmp_path / "videos"
+    make_dataset(str(root), train_per_class=3, test_per_class=2, height=40, width=48, frames=24)
+    with pytest.raises(FileExistsError):  # a second dataset never overwrites the first
+        make_dataset(str(root), train_per_class=1, test_per_class=1)
+    tiny = [o for pair in zip(TINY[::2], TINY[1::2]) if not pair[0].startswith("DATA.SYN")
+            for o in pair]  # fmt: skip
+    arms = [arm for arm in ARMS if arm.name in ("MoCo", "Supervised (labels)")]
+    opts = [*tiny, "DATA.DATASET", "VideoList", "DATA.ROOT", str(root)]
+    result = run_motion_benchmark(str(tmp_path / "bench"), [0], opts, arms=arms)
+    assert sorted(result.metrics) == sorted([RANDOM, *(arm.name for arm in arms)])
+    for name, per_seed in result.metrics.items():
+        for metric, value in per_seed[0].items():
+            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
+    # Every listed video was read: 3 training and 2 test videos of each of the 5 motions.
+    record = json.loads(
+        (tmp_path / "bench" / "eval_random_init_seed0" / "results.json").read_text()
+    )
+    assert record["metrics"]["retrieval/num_train"] == 3 * len(MOTIONS)
+    assert record["metrics"]["retrieval/num_queries"] == 2 * len(MOTIONS)

@@ -14,17 +14,31 @@ from fima.benchmark.motion import ARMS, METRICS, RANDOM, main, run_motion_benchm
 
 from .independent_motion import MOTIONS, make_dataset
 
-TINY = [
+# The model, input, budget and evaluation of a tiny benchmark; then a tiny SyntheticMotion.
+TINY_RUN = [
     "MODEL.TINY3D.WIDTHS", "(8,16,16,32)", "MODEL.PROJECTOR.HIDDEN_DIM", "32",
     "MODEL.PROJECTOR.OUT_DIM", "16", "MODEL.MOCO.QUEUE_SIZE", "16",
     "MODEL.FIMA.MOTION_QUEUE_SIZE", "32", "MODEL.MOTION_DECODER.DIM", "16",
     "MODEL.MOTION_DECODER.FFN_DIM", "16", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
-    "DATA.NUM_WORKERS", "0", "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','Circle')",
-    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
-    "DATA.SYNTHETIC.NUM_FRAMES", "24", "DATA.SYNTHETIC.HEIGHT", "40", "DATA.SYNTHETIC.WIDTH", "48",
+    "DATA.NUM_WORKERS", "0",
     "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "3",
     "TEST.NUM_CLIPS", "1", "TEST.IMS_PER_BATCH", "4",
 ]  # fmt: skip
+TINY = TINY_RUN + [
+    "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','Circle')",
+    "DATA.SYNTHETIC.VIDEOS_PER_CLASS", "6", "DATA.SYNTHETIC.TEST_GROUPS", "2",
+    "DATA.SYNTHETIC.NUM_FRAMES", "24", "DATA.SYNTHETIC.HEIGHT", "40", "DATA.SYNTHETIC.WIDTH", "48",
+]  # fmt: skip
+
+
+def assert_metrics_in_range(result, names: list[str]) -> None:
+    """Every name has every metric for seed 0, finite and in [0, 100]."""
+    assert sorted(result.metrics) == sorted(names)
+    for name in names:
+        values = result.metrics[name][0]
+        assert set(values) == set(METRICS)
+        for metric, value in values.items():
+            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
 
 
 @pytest.mark.slow
@@ -32,12 +46,7 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     out = tmp_path / "bench"
     result = main(["--output-dir", str(out), "--seeds", "0", *TINY])
     names = [arm.name for arm in ARMS] + [RANDOM]
-    assert sorted(result.metrics) == sorted(names)
-    for name in names:
-        values = result.metrics[name][0]
-        assert set(values) == set(METRICS)
-        for metric, value in values.items():
-            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
+    assert_metrics_in_range(result, names)
     table = (out / "results.md").read_text()
     for name in names:
         assert f"| {name} |" in table
@@ -75,15 +84,10 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
     make_dataset(str(root), train_per_class=3, test_per_class=2, height=40, width=48, frames=24)
     with pytest.raises(FileExistsError):  # a second dataset never overwrites the first
         make_dataset(str(root), train_per_class=1, test_per_class=1)
-    tiny = [o for pair in zip(TINY[::2], TINY[1::2]) if not pair[0].startswith("DATA.SYN")
-            for o in pair]  # fmt: skip
     arms = [arm for arm in ARMS if arm.name in ("MoCo", "Supervised (labels)")]
-    opts = [*tiny, "DATA.DATASET", "VideoList", "DATA.ROOT", str(root)]
+    opts = [*TINY_RUN, "DATA.DATASET", "VideoList", "DATA.ROOT", str(root)]
     result = run_motion_benchmark(str(tmp_path / "bench"), [0], opts, arms=arms)
-    assert sorted(result.metrics) == sorted([RANDOM, *(arm.name for arm in arms)])
-    for name, per_seed in result.metrics.items():
-        for metric, value in per_seed[0].items():
-            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
+    assert_metrics_in_range(result, [RANDOM, *(arm.name for arm in arms)])
     # Every listed video was read: 3 training and 2 test videos of each of the 5 motions.
     record = json.loads(
         (tmp_path / "bench" / "eval_random_init_seed0" / "results.json").read_text()

@@ -9,6 +9,7 @@ from fima.evaluation.evaluator import BestModelSelector, Evaluator, EvaluatorLis
 from fima.evaluation.inference import VideoOutputs, infer_videos
 from fima.evaluation.knn import KNNEvaluator, weighted_knn_predict
 from fima.evaluation.linear_probe import LinearProbeEvaluator, fit_linear_probe
+from fima.evaluation.motion_sensitivity import MotionSensitivityEvaluator
 from fima.evaluation.results import summary_table, write_results
 from fima.evaluation.retrieval import RetrievalEvaluator, recall_at_k
 
@@ -18,8 +19,10 @@ def build_classifier_evaluator(cfg: CfgNode) -> EvaluatorList:
 
     ``classification``: the validation split first when one is carved (``val/*``), then the
     test split (``test/*``); ``retrieval``: ``retrieval/R@k``; ``linear_probe``: a logistic
-    regression on the frozen features (``linear_probe/top1``). With ``TEST.BEST_METRIC`` the
-    weights with the best validation value are kept (never selected on test).
+    regression on the frozen features (``linear_probe/top1``); ``motion_sensitivity``: how much
+    of the frozen features is the videos' static appearance (``motion_sensitivity/*``). With
+    ``TEST.BEST_METRIC`` the weights with the best validation value are kept (never selected on
+    test).
     """
     from fima.data.datasets.validation import VALIDATION_SPLIT
 
@@ -32,6 +35,8 @@ def build_classifier_evaluator(cfg: CfgNode) -> EvaluatorList:
         evaluators.append(RetrievalEvaluator(cfg))
     if "linear_probe" in cfg.TEST.EVALUATORS:
         evaluators.append(LinearProbeEvaluator(cfg))
+    if "motion_sensitivity" in cfg.TEST.EVALUATORS:
+        evaluators.append(MotionSensitivityEvaluator(cfg))
     selector = (
         BestModelSelector(cfg.TEST.BEST_METRIC, cfg.OUTPUT_DIR) if cfg.TEST.BEST_METRIC else None
     )
@@ -45,6 +50,7 @@ __all__ = [
     "EvaluatorList",
     "KNNEvaluator",
     "LinearProbeEvaluator",
+    "MotionSensitivityEvaluator",
     "RetrievalEvaluator",
     "VideoOutputs",
     "add_evaluation_config",

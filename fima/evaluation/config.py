@@ -6,14 +6,16 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 
 # Evaluators that VideoClassifier can run (TEST.EVALUATORS).
-CLASSIFIER_EVALUATORS = ("classification", "retrieval", "linear_probe")
+CLASSIFIER_EVALUATORS = ("classification", "retrieval", "linear_probe", "motion_sensitivity")
 
 
 def add_evaluation_config(cfg: CfgNode) -> None:
     """Evaluation keys under ``TEST``."""
     # What VideoClassifier evaluates: "classification" (clip and video accuracy on the test
     # split, and on the validation split when one is carved), "retrieval" and/or "linear_probe"
-    # (logistic regression on the frozen features; fima.evaluation.linear_probe).
+    # (logistic regression on the frozen features; fima.evaluation.linear_probe), and/or
+    # "motion_sensitivity" (appearance against motion in the frozen features, on the test split;
+    # fima.evaluation.motion_sensitivity).
     cfg.TEST.EVALUATORS = ("classification",)
     # A validation metric ("val/video_top1", ...) whose best value is kept as
     # OUTPUT_DIR/best/model_best.pth during training. Empty: no selection; the last epoch is the
@@ -59,6 +61,12 @@ def validate_classifier_evaluation(cfg: CfgNode) -> None:
         f"must name one or more of {CLASSIFIER_EVALUATORS}, got {evaluators}",
     )
     require(len(set(evaluators)) == len(evaluators), "TEST.EVALUATORS", "names an evaluator twice")
+    require(
+        "motion_sensitivity" not in evaluators or cfg.TEST.NUM_CLIPS >= 2,
+        "TEST.NUM_CLIPS",
+        "must be >= 2 for the motion_sensitivity evaluator (it compares a video's first and last "
+        f"clips), got {cfg.TEST.NUM_CLIPS}",
+    )
     topk = tuple(cfg.TEST.RETRIEVAL.TOPK)
     require(
         bool(topk) and all(k > 0 for k in topk),

@@ -1,0 +1,109 @@
+"""How much of a frozen feature is the video's static appearance, and how much its motion.
+
+The motion benchmark's linear probe says whether features hold the motion classes; these two
+measurements say what the features hold instead, on the test split, without labels:
+
+- ``instance_R@1``: every video's first clip queries the last clips of all test videos (centred
+  cosine similarity, as retrieval); the share that finds its own video. The clips are
+  ``TEST.NUM_CLIPS`` uniformly spaced windows, so a feature that finds its video across time
+  recognises what stays the same in it: on videos whose appearance is unique per video, the
+  appearance. Chance is 1 / videos.
+- ``frozen_similarity``: the cosine similarity of a clip's feature and the feature of the same clip
+  with every frame replaced by its middle frame (no motion at all), both centred on the mean
+  feature of the split's real clips, averaged over clips. 1 means the feature does not see the
+  motion; lower values, that removing the motion moves it.
+
+Instance contrast (MoCo) is expected to score high on both; a feature that has learnt motion,
+lower on the second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fima.checkpoint import atomic_write
+from fima.config.config import CfgNode
+from fima.evaluation.inference import infer_videos, log_bad_videos
+from fima.evaluation.retrieval import nearest_neighbours
+from fima.utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+def freeze_motion(clips: torch.Tensor) -> torch.Tensor:
+    """The clips with every frame replaced by the middle one: ``[..., 3, T, H, W]`` -> same."""
+    middle = clips.shape[-3] // 2
+    return clips[..., middle : middle + 1, :, :].expand_as(clips).contiguous()
+
+
+def instance_recall(first: torch.Tensor, last: torch.Tensor) -> float:
+    """Share (%) of videos whose first-clip feature has its own last-clip feature nearest.
+
+    Args:
+        first: ``[V, D]`` features of each video's first clip; last: ``[V, D]`` of its last.
+    """
+    queries = F.normalize(first - first.mean(dim=0, keepdim=True), dim=1)
+    bank = F.normalize(last - last.mean(dim=0, keepdim=True), dim=1)
+    _, nearest = nearest_neighbours(queries, bank, 1)
+    return 100.0 * float((nearest[:, 0] == torch.arange(len(first))).float().mean())
+
+
+def frozen_similarity(real: torch.Tensor, frozen: torch.Tensor) -> float:
+    """Mean cosine similarity of real and motion-frozen clip features, centred on the real mean.
+
+    Args:
+        real: ``[N, D]`` features of clips; frozen: ``[N, D]`` of the same clips, motion frozen.
+    """
+    centre = real.mean(dim=0, keepdim=True)
+    return float(F.cosine_similarity(real - centre, frozen - centre, dim=1).mean())
+
+
+class MotionSensitivityEvaluator:
+    """``motion_sensitivity/instance_R@1`` and ``motion_sensitivity/frozen_similarity`` of
+    ``model.extract_features`` on the test split (all ranks; see the module doc).
+
+    Args:
+        cfg: the run's config (``TEST.NUM_CLIPS`` >= 2, ``DATA.TEST_SPLIT``, ``OUTPUT_DIR``).
+    """
+
+    def __init__(self, cfg: CfgNode) -> None:
+        self.cfg = cfg
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Run on every rank; return the metrics (identical on all ranks)."""
+        from fima.data import build_test_loader
+
+        def features(clips: torch.Tensor) -> dict[str, torch.Tensor]:
+            flat = clips.flatten(0, 1)  # [b * K, 3, T, S, S]
+            shape = (clips.shape[0], clips.shape[1], -1)
+            return {
+                "real": model.extract_features(flat).view(shape),
+                "frozen": model.extract_features(freeze_motion(flat)).view(shape),
+            }
+
+        split = self.cfg.DATA.TEST_SPLIT
+        videos = infer_videos(
+            self.cfg, model, build_test_loader(self.cfg, split), features, "motion sensitivity"
+        )
+        log_bad_videos(videos.bad, split)
+        real = torch.from_numpy(videos.outputs["real"])  # [V, K, D]
+        frozen = torch.from_numpy(videos.outputs["frozen"])
+        results = {
+            "motion_sensitivity/instance_R@1": instance_recall(real[:, 0], real[:, -1]),
+            "motion_sensitivity/frozen_similarity": frozen_similarity(
+                real.flatten(0, 1), frozen.flatten(0, 1)
+            ),
+            "motion_sensitivity/num_videos": float(len(videos)),
+        }
+        if comm.is_main_process():
+            path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "motion_sensitivity.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            report = {"metrics": results, "split": split, "bad_videos": videos.bad}
+            atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
+        return results

@@ -20,7 +20,6 @@ lower on the second.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import torch
@@ -30,10 +29,8 @@ from torch import nn
 from fima.checkpoint import atomic_write
 from fima.config.config import CfgNode
 from fima.evaluation.inference import infer_videos, log_bad_videos
-from fima.evaluation.retrieval import nearest_neighbours
+from fima.evaluation.retrieval import recall_at_k
 from fima.utils import comm
-
-logger = logging.getLogger(__name__)
 
 
 def freeze_motion(clips: torch.Tensor) -> torch.Tensor:
@@ -48,10 +45,9 @@ def instance_recall(first: torch.Tensor, last: torch.Tensor) -> float:
     Args:
         first: ``[V, D]`` features of each video's first clip; last: ``[V, D]`` of its last.
     """
-    queries = F.normalize(first - first.mean(dim=0, keepdim=True), dim=1)
-    bank = F.normalize(last - last.mean(dim=0, keepdim=True), dim=1)
-    _, nearest = nearest_neighbours(queries, bank, 1)
-    return 100.0 * float((nearest[:, 0] == torch.arange(len(first))).float().mean())
+    # Retrieval's R@1 with every video its own class: a hit is the video's own last clip.
+    videos = torch.arange(len(first))
+    return recall_at_k(first, videos, last, videos, (1,), center=True)[1]
 
 
 def frozen_similarity(real: torch.Tensor, frozen: torch.Tensor) -> float:

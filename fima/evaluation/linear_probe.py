@@ -76,6 +76,28 @@ def probe_scores(
     return ((features.double() - mean) / std) @ weight + bias
 
 
+def probe_accuracy(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    weight_decay: float,
+) -> tuple[float, float]:
+    """Top-1 and top-5 (%) on the test videos of a probe fit on the training videos.
+
+    Args:
+        train_features: ``[N, D]``, train_labels: ``[N]``; test_features: ``[M, D]``,
+            test_labels: ``[M]``; classes are ``0 .. max label``.
+        weight_decay: the probe's L2 penalty (:func:`fit_linear_probe`).
+    """
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    fitted = fit_linear_probe(train_features, train_labels, num_classes, weight_decay)
+    top = probe_scores(test_features, fitted).topk(min(5, num_classes), dim=1).indices
+    top1 = 100.0 * float((top[:, 0] == test_labels).double().mean())
+    top5 = 100.0 * float((top == test_labels[:, None]).any(dim=1).double().mean())
+    return top1, top5
+
+
 class LinearProbeEvaluator:
     """Top-1/top-5 of a logistic-regression probe on frozen video features (all ranks).
 
@@ -92,19 +114,13 @@ class LinearProbeEvaluator:
         """Return ``{"linear_probe/top1", "linear_probe/top5"}`` in percent."""
         train = self.features.features(model, self.cfg.DATA.TRAIN_SPLIT)
         test = self.features.features(model, self.cfg.DATA.TEST_SPLIT)
-        train_labels = torch.from_numpy(train.labels)
-        num_classes = int(max(train_labels.max(), torch.from_numpy(test.labels).max())) + 1
-        fitted = fit_linear_probe(
+        top1, top5 = probe_accuracy(
             torch.from_numpy(train.outputs["feature"]),
-            train_labels,
-            num_classes,
+            torch.from_numpy(train.labels),
+            torch.from_numpy(test.outputs["feature"]),
+            torch.from_numpy(test.labels),
             self.weight_decay,
         )
-        scores = probe_scores(torch.from_numpy(test.outputs["feature"]), fitted)
-        labels = torch.from_numpy(test.labels)
-        top = scores.topk(min(5, num_classes), dim=1).indices
-        top1 = 100.0 * float((top[:, 0] == labels).double().mean())
-        top5 = 100.0 * float((top == labels[:, None]).any(dim=1).double().mean())
         logger.info(
             "Linear probe on %d training videos: top-1 %.2f, top-5 %.2f on %d test videos",
             len(train),

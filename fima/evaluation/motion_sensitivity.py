@@ -1,7 +1,8 @@
 """How much of a frozen feature is the video's static appearance, and how much its motion.
 
-The motion benchmark's linear probe says whether features hold the motion classes; these two
-measurements say what the features hold instead, on the test split, without labels:
+The motion benchmark's linear probe says whether features hold the motion classes; the first two
+measurements say what the features hold instead, on the test split, without labels, and the third
+how much of the class a single frame gives away:
 
 - ``instance_R@1``: every video's first clip queries the last clips of all test videos (centred
   cosine similarity, as retrieval); the share that finds its own video. The clips are
@@ -12,9 +13,14 @@ measurements say what the features hold instead, on the test split, without labe
   with every frame replaced by its middle frame (no motion at all), both centred on the mean
   feature of the split's real clips, averaged over clips. 1 means the feature does not see the
   motion; lower values, that removing the motion moves it.
+- ``static_top1``: the linear probe (``TEST.LINEAR_PROBE``, as ``linear_probe``) fit on the
+  training videos' motion-frozen clips and scored on the test videos' motion-frozen clips: what
+  the middle frames alone tell about the class. On data whose class is only in the motion it stays
+  near chance for every model, whatever the features; well above chance, the dataset leaks the
+  class through its appearance, and a linear probe of any model may be reading that.
 
-Instance contrast (MoCo) is expected to score high on both; a feature that has learnt motion,
-lower on the second.
+Instance contrast (MoCo) is expected to score high on the first two; a feature that has learnt
+motion, lower on the second.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch import nn
 from fima.checkpoint import atomic_write
 from fima.config.config import CfgNode
 from fima.evaluation.inference import infer_videos, log_bad_videos
+from fima.evaluation.linear_probe import probe_accuracy
 from fima.evaluation.retrieval import recall_at_k
 from fima.utils import comm
 
@@ -61,11 +68,12 @@ def frozen_similarity(real: torch.Tensor, frozen: torch.Tensor) -> float:
 
 
 class MotionSensitivityEvaluator:
-    """``motion_sensitivity/instance_R@1`` and ``motion_sensitivity/frozen_similarity`` of
-    ``model.extract_features`` on the test split (all ranks; see the module doc).
+    """``motion_sensitivity/instance_R@1``, ``frozen_similarity`` and ``static_top1`` of
+    ``model.extract_features`` (all ranks; see the module doc).
 
     Args:
-        cfg: the run's config (``TEST.NUM_CLIPS`` >= 2, ``DATA.TEST_SPLIT``, ``OUTPUT_DIR``).
+        cfg: the run's config (``TEST.NUM_CLIPS`` >= 2, ``DATA.TRAIN_SPLIT`` and
+            ``DATA.TEST_SPLIT``, ``TEST.LINEAR_PROBE``, ``OUTPUT_DIR``).
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -83,23 +91,51 @@ class MotionSensitivityEvaluator:
                 "frozen": model.extract_features(freeze_motion(flat)).view(shape),
             }
 
-        split = self.cfg.DATA.TEST_SPLIT
+        def frozen_features(clips: torch.Tensor) -> dict[str, torch.Tensor]:
+            frozen = model.extract_features(freeze_motion(clips.flatten(0, 1)))
+            return {"frozen": frozen.view(clips.shape[0], clips.shape[1], -1)}
+
+        test_split, train_split = self.cfg.DATA.TEST_SPLIT, self.cfg.DATA.TRAIN_SPLIT
         videos = infer_videos(
-            self.cfg, model, build_test_loader(self.cfg, split), features, "motion sensitivity"
+            self.cfg, model, build_test_loader(self.cfg, test_split), features, "motion sensitivity"
         )
-        log_bad_videos(videos.bad, split)
+        log_bad_videos(videos.bad, test_split)
+        train = infer_videos(
+            self.cfg,
+            model,
+            build_test_loader(self.cfg, train_split),
+            frozen_features,
+            "motion-frozen training clips",
+        )
+        log_bad_videos(train.bad, train_split)
         real = torch.from_numpy(videos.outputs["real"])  # [V, K, D]
         frozen = torch.from_numpy(videos.outputs["frozen"])
+        # A video's static feature is the mean of its frozen clips' features, as a video's
+        # feature is for the linear probe.
+        static_top1, _ = probe_accuracy(
+            torch.from_numpy(train.outputs["frozen"]).mean(dim=1),
+            torch.from_numpy(train.labels),
+            frozen.mean(dim=1),
+            torch.from_numpy(videos.labels),
+            self.cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY,
+        )
         results = {
             "motion_sensitivity/instance_R@1": instance_recall(real[:, 0], real[:, -1]),
             "motion_sensitivity/frozen_similarity": frozen_similarity(
                 real.flatten(0, 1), frozen.flatten(0, 1)
             ),
+            "motion_sensitivity/static_top1": static_top1,
             "motion_sensitivity/num_videos": float(len(videos)),
         }
         if comm.is_main_process():
             path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "motion_sensitivity.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            report = {"metrics": results, "split": split, "bad_videos": videos.bad}
+            report = {
+                "metrics": results,
+                "split": test_split,
+                "train_split": train_split,
+                "bad_videos": videos.bad,
+                "train_bad_videos": train.bad,
+            }
             atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
         return results

@@ -118,7 +118,9 @@ def test_pretrain_then_linear_probe_retrieval_and_eval_only(tmp_path) -> None:
         _check_percentages(probe, ["linear_probe/top1", "linear_probe/top5"])
         assert sorted(os.listdir(retrieval / "features")) == cached
         sensitivity = train_net(*args, "TEST.EVALUATORS", "('motion_sensitivity',)")
-        _check_percentages(sensitivity, ["motion_sensitivity/instance_R@1"])
+        _check_percentages(
+            sensitivity, ["motion_sensitivity/instance_R@1", "motion_sensitivity/static_top1"]
+        )
         assert -1.0 <= sensitivity["motion_sensitivity/frozen_similarity"] <= 1.0
         assert sensitivity["motion_sensitivity/num_videos"] == 3
         assert (retrieval / "inference" / "motion_sensitivity.json").is_file()

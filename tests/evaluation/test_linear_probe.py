@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fima.evaluation.linear_probe import fit_linear_probe, probe_scores
+from fima.evaluation.linear_probe import fit_linear_probe, probe_accuracy, probe_scores
 
 
 def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -19,6 +19,8 @@ def test_separable_features_are_classified() -> None:
     xt, yt, _ = _blobs(100, 1)
     fitted = fit_linear_probe(x, y, 4, weight_decay=1e-3)
     assert (probe_scores(xt, fitted).argmax(dim=1) == yt).double().mean() > 0.95
+    top1, top5 = probe_accuracy(x, y, xt, yt, weight_decay=1e-3)
+    assert top1 > 95.0 and top5 == 100.0  # 4 classes: the top 5 holds every class
 
 
 def test_features_without_information_stay_near_chance() -> None:
@@ -27,6 +29,8 @@ def test_features_without_information_stay_near_chance() -> None:
     xt, yt = torch.randn(400, 16, generator=gen), torch.randint(0, 4, (400,), generator=gen)
     fitted = fit_linear_probe(x, y, 4, weight_decay=1e-3)
     assert (probe_scores(xt, fitted).argmax(dim=1) == yt).double().mean() < 0.4
+    top1, _ = probe_accuracy(x, y, xt, yt, weight_decay=1e-3)
+    assert top1 < 40.0
 
 
 def test_fit_is_deterministic_and_scale_invariant() -> None:

@@ -64,6 +64,55 @@ def test_split_batchnorm_keeps_gradients_and_memory_format() -> None:
         split(_batch(n=6))
 
 
+@pytest.mark.parametrize(
+    "dtype, channels_last, affine, momentum, input_grad",
+    [
+        (torch.float32, False, True, 0.1, True),
+        (torch.float32, True, True, None, True),
+        (torch.float32, True, False, 0.1, True),
+        (torch.float32, False, True, 0.1, False),  # a frozen input: weight and bias grads only
+        (torch.bfloat16, True, True, 0.1, True),  # a bfloat16 activation, float32 parameters
+    ],
+)
+def test_split_batchnorm_matches_one_batchnorm_per_group_forward_and_backward(
+    dtype: torch.dtype, channels_last: bool, affine: bool, momentum: float | None, input_grad: bool
+) -> None:
+    x = _batch()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = x.to(dtype)
+    split = SplitBatchNorm(4, 2, momentum=momentum, affine=affine)
+    if affine:
+        with torch.no_grad():
+            split.weight.uniform_(0.5, 1.5)
+            split.bias.uniform_(-1, 1)
+    groups = [nn.BatchNorm3d(4, momentum=momentum, affine=affine) for _ in range(2)]
+    for bn in groups:
+        bn.load_state_dict(split.state_dict())
+    ours, theirs = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+    for _ in range(2):  # two steps: the running statistics' update compounds
+        out = split(ours)
+        expected = torch.cat([bn(part) for bn, part in zip(groups, theirs.chunk(2))])
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {}
+    assert out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+    torch.testing.assert_close(out, expected, **tol)
+    if input_grad or affine:
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out.float() * grad).sum().backward()
+        (expected.float() * grad).sum().backward()
+    if input_grad:
+        torch.testing.assert_close(ours.grad, theirs.grad, **tol)
+    if affine:
+        for name in ("weight", "bias"):
+            summed = sum(getattr(bn, name).grad for bn in groups)
+            torch.testing.assert_close(getattr(split, name).grad, summed, **tol)
+    for name in ("running_mean", "running_var"):
+        mean_of_groups = (getattr(groups[0], name) + getattr(groups[1], name)) / 2
+        torch.testing.assert_close(getattr(split, name), mean_of_groups, **tol)
+    assert int(split.num_batches_tracked) == 2
+
+
 def test_convert_batchnorm_keeps_parameters_and_buffers() -> None:
     cfg = tiny_cfg()
     model = build_model(cfg)

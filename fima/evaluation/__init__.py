@@ -20,7 +20,8 @@ def build_classifier_evaluator(cfg: CfgNode) -> EvaluatorList:
     ``classification``: the validation split first when one is carved (``val/*``), then the
     test split (``test/*``); ``retrieval``: ``retrieval/R@k``; ``linear_probe``: a logistic
     regression on the frozen features (``linear_probe/top1``); ``motion_sensitivity``: how much
-    of the frozen features is the videos' static appearance (``motion_sensitivity/*``). With
+    of the frozen features is the videos' static appearance, and how much of the class single
+    frames tell (``motion_sensitivity/*``). With
     ``TEST.BEST_METRIC`` the weights with the best validation value are kept (never selected on
     test).
     """

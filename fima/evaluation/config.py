@@ -14,7 +14,8 @@ def add_evaluation_config(cfg: CfgNode) -> None:
     # What VideoClassifier evaluates: "classification" (clip and video accuracy on the test
     # split, and on the validation split when one is carved), "retrieval" and/or "linear_probe"
     # (logistic regression on the frozen features; fima.evaluation.linear_probe), and/or
-    # "motion_sensitivity" (appearance against motion in the frozen features, on the test split;
+    # "motion_sensitivity" (appearance against motion in the frozen features, on the test split,
+    # and a linear probe of motion-frozen clips fit on the training split;
     # fima.evaluation.motion_sensitivity).
     cfg.TEST.EVALUATORS = ("classification",)
     # A validation metric ("val/video_top1", ...) whose best value is kept as

@@ -18,6 +18,7 @@ interrupted benchmark continues where it stopped, and a folder that holds a run 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import json
@@ -25,9 +26,11 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,16 +82,17 @@ def _slug(name: str) -> str:
     return name.lower().replace(" w/o ", "_no_").replace(" (labels)", "").replace(" ", "_")
 
 
-def _run(argv: list[str], log_file: str) -> float:
-    """Run ``tools/train_net.py argv`` in a subprocess; return its wall time in seconds."""
+def _run(argv: list[str], log_file: str, threads: int = 0) -> tuple[int, float]:
+    """Run ``tools/train_net.py argv`` in a subprocess whose output is appended to ``log_file``;
+    return its exit status and wall time in seconds. ``threads`` > 0 sets its
+    ``OMP_NUM_THREADS``."""
     command = [sys.executable, TRAIN_NET, *argv]
     logger.info("$ %s", " ".join(command))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
     start = time.perf_counter()
     with open(log_file, "a") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError(f"Run failed (exit {done.returncode}); its output is in {log_file}")
-    return time.perf_counter() - start
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    return done.returncode, time.perf_counter() - start
 
 
 def _expected_config(config_file: str, opts: Sequence[str]) -> str:
@@ -123,12 +127,67 @@ def _is_done(run_dir: str, marker: str, config_file: str, opts: Sequence[str]) -
     return os.path.isfile(os.path.join(run_dir, marker))
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One ``train_net.py`` process of the benchmark: done once ``marker`` exists in ``folder``."""
+
+    folder: str
+    marker: str
+    config_file: str
+    opts: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+    # Pretraining only: its wall time's key in BenchmarkResult.seconds; a pretraining that
+    # stopped part-way is resumed from its last checkpoint.
+    timed_as: str = ""
+
+
+def _plan(
+    output_dir: str, seeds: Sequence[int], opts: Sequence[str], arms: Sequence[Arm], config_dir: str
+) -> list[tuple[str, int, list[_Run]]]:
+    """Every ``(name, seed, runs)`` of the benchmark: an arm's pretraining and then its
+    evaluation, or the random init's evaluation alone; the runs of one entry go in order.
+
+    Arm by arm across the seeds, the random init last, so that with several runs at a time the
+    last to finish are short ones."""
+    eval_config = os.path.join(config_dir, "eval_motion.yaml")
+
+    def evaluation(name: str, seed: int, checkpoint: str) -> _Run:
+        folder = os.path.join(output_dir, f"eval_{_slug(name)}_seed{seed}")
+        run_opts = (*opts, "MODEL.WEIGHTS", checkpoint, "SEED", str(seed), "OUTPUT_DIR", folder)
+        return _Run(folder, "results.json", eval_config, run_opts, ("--eval-only",))
+
+    plan = []
+    for arm in arms:
+        for seed in seeds:
+            folder = os.path.join(output_dir, f"{_slug(arm.name)}_seed{seed}")
+            run_opts = (*arm.opts, *opts, "SEED", str(seed), "OUTPUT_DIR", folder)
+            config_file = os.path.join(config_dir, arm.config)
+            timed_as = f"{arm.name} seed {seed}"
+            pretrain = _Run(folder, "model_final.pth", config_file, run_opts, timed_as=timed_as)
+            checkpoint = os.path.join(folder, "model_final.pth")
+            plan.append((arm.name, seed, [pretrain, evaluation(arm.name, seed, checkpoint)]))
+    plan += [(RANDOM, seed, [evaluation(RANDOM, seed, "")]) for seed in seeds]
+    return plan
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class _NotStarted(Exception):
+    """A run not started because another one failed."""
+
+
 def run_motion_benchmark(
     output_dir: str,
     seeds: Sequence[int],
     opts: Sequence[str] = (),
     arms: Sequence[Arm] = ARMS,
     config_dir: str = BENCHMARK_CONFIGS,
+    jobs: int = 1,
 ) -> BenchmarkResult:
     """Pretrain every arm for every seed, evaluate them and a random init; see the module doc.
 
@@ -138,35 +197,82 @@ def run_motion_benchmark(
         opts: ``KEY VALUE`` overrides applied to every run (e.g. another dataset, a budget).
         arms: the pretraining methods.
         config_dir: the folder of the arms' configs and of ``eval_motion.yaml``.
+        jobs: runs at a time. Above 1, each run gets ``available_cpus() // jobs`` threads
+            (``OMP_NUM_THREADS``, unless the environment sets it) and its output is appended to
+            ``runs.log`` when it ends, so that the runs' lines do not interleave.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     os.makedirs(output_dir, exist_ok=True)
     result = BenchmarkResult()
     log_file = os.path.join(output_dir, "runs.log")
-    eval_config = os.path.join(config_dir, "eval_motion.yaml")
+    threads = 0
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, available_cpus() // jobs)
+    plan = _plan(output_dir, seeds, opts, arms, config_dir)
+    # Checked for all runs before any starts: a folder of another config stops the benchmark
+    # before it spends anything.
+    done = {
+        run.folder: _is_done(run.folder, run.marker, run.config_file, run.opts)
+        for _, _, runs in plan
+        for run in runs
+    }
+    log_lock = threading.Lock()
+    failed = threading.Event()
+
+    def execute(runs: list[_Run]) -> dict[str, float]:
+        try:
+            return execute_in_order(runs)
+        except Exception:
+            failed.set()
+            raise
+
+    def execute_in_order(runs: list[_Run]) -> dict[str, float]:
+        seconds = {}
+        for run in runs:
+            if done[run.folder]:
+                continue
+            if failed.is_set():  # another run failed: start nothing more
+                raise _NotStarted()
+            resume = ["--resume"] if run.timed_as and os.path.isdir(run.folder) else []
+            argv = ["--config-file", run.config_file, *run.flags, *resume, *run.opts]
+            if jobs == 1:
+                status, elapsed = _run(argv, log_file)
+            else:
+                # Its own file while it runs, then appended whole: runs.log stays readable.
+                own_log = os.path.join(output_dir, f".{os.path.basename(run.folder)}.log")
+                try:
+                    status, elapsed = _run(argv, own_log, threads)
+                finally:
+                    with log_lock, open(own_log) as part, open(log_file, "a") as log:
+                        shutil.copyfileobj(part, log)
+                    os.remove(own_log)
+            if status != 0:
+                raise RuntimeError(
+                    f"Run {run.folder} failed (exit {status}); its output is in {log_file}"
+                )
+            if run.timed_as:
+                seconds[run.timed_as] = elapsed
+        return seconds
+
+    first_error: Exception | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(execute, runs) for _, _, runs in plan]:
+            try:
+                result.seconds.update(future.result())
+            except _NotStarted:
+                pass
+            except Exception as err:  # the runs under way finish; then the first error is raised
+                first_error = first_error or err
+    if first_error is not None:
+        raise first_error
+    order = [run.timed_as for _, _, runs in plan for run in runs if run.timed_as]
+    result.seconds = {key: result.seconds[key] for key in order if key in result.seconds}
+    result.reused = [folder for folder, finished in done.items() if finished]
+    evaluations = {(name, seed): runs[-1].folder for name, seed, runs in plan}
     for seed in seeds:
-        checkpoints: dict[str, str] = {RANDOM: ""}
-        for arm in arms:
-            run_dir = os.path.join(output_dir, f"{_slug(arm.name)}_seed{seed}")
-            checkpoint = os.path.join(run_dir, "model_final.pth")
-            config_file = os.path.join(config_dir, arm.config)
-            run_opts = [*arm.opts, *opts, "SEED", str(seed), "OUTPUT_DIR", run_dir]
-            if not _is_done(run_dir, "model_final.pth", config_file, run_opts):
-                resume = ["--resume"] if os.path.isdir(run_dir) else []
-                seconds = _run(["--config-file", config_file, *resume, *run_opts], log_file)
-                result.seconds[f"{arm.name} seed {seed}"] = seconds
-            else:
-                result.reused.append(run_dir)
-            checkpoints[arm.name] = checkpoint
-        for name, checkpoint in checkpoints.items():
-            eval_dir = os.path.join(output_dir, f"eval_{_slug(name)}_seed{seed}")
-            record = os.path.join(eval_dir, "results.json")
-            eval_opts = [*opts, "MODEL.WEIGHTS", checkpoint, "SEED", str(seed)]
-            eval_opts += ["OUTPUT_DIR", eval_dir]
-            if not _is_done(eval_dir, "results.json", eval_config, eval_opts):
-                _run(["--config-file", eval_config, "--eval-only", *eval_opts], log_file)
-            else:
-                result.reused.append(eval_dir)
-            with open(record) as f:
+        for name in (RANDOM, *(arm.name for arm in arms)):
+            with open(os.path.join(evaluations[name, seed], "results.json")) as f:
                 metrics = json.load(f)["metrics"]
             result.metrics.setdefault(name, {})[seed] = {m: float(metrics[m]) for m in METRICS}
     return result
@@ -218,6 +324,13 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
     return "\n".join(lines) + "\n"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/benchmark.py --task motion",
@@ -232,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[0, 1, 2],
         help="comma-separated seeds (default 0,1,2)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="runs at a time, sharing the CPUs: each gets CPUs / JOBS threads (default 1). On a "
+        "small CPU, 2 finish sooner than 1, as a run on fewer threads wastes less of each; a "
+        "run's figures depend on its thread count (the order of its sums), so they differ from "
+        "those of --jobs 1 as a rerun with another OMP_NUM_THREADS would",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
     return parser
 
@@ -243,7 +365,7 @@ def main(argv: list[str]) -> BenchmarkResult:
     args = build_parser().parse_args(argv)
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
-    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts)
+    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=args.jobs)
     elapsed = time.perf_counter() - start
     command = shlex.join(["python", "tools/benchmark.py", "--task", "motion", *argv])
     table = markdown_table(result, command, elapsed)

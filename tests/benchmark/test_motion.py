@@ -10,7 +10,15 @@ import os
 
 import pytest
 
-from fima.benchmark.motion import ARMS, METRICS, RANDOM, main, run_motion_benchmark
+from fima.benchmark.motion import (
+    ARMS,
+    METRICS,
+    RANDOM,
+    Arm,
+    available_cpus,
+    main,
+    run_motion_benchmark,
+)
 
 from .independent_motion import MOTIONS, make_dataset
 
@@ -86,11 +94,42 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
         make_dataset(str(root), train_per_class=1, test_per_class=1)
     arms = [arm for arm in ARMS if arm.name in ("MoCo", "Supervised (labels)")]
     opts = [*TINY_RUN, "DATA.DATASET", "VideoList", "DATA.ROOT", str(root)]
-    result = run_motion_benchmark(str(tmp_path / "bench"), [0], opts, arms=arms)
+    # Two runs at a time, each on its share of the CPUs, each run's output whole in runs.log.
+    result = run_motion_benchmark(str(tmp_path / "bench"), [0], opts, arms=arms, jobs=2)
     assert_metrics_in_range(result, [RANDOM, *(arm.name for arm in arms)])
+    assert list(result.seconds) == [f"{arm.name} seed 0" for arm in arms]
+    log = (tmp_path / "bench" / "runs.log").read_text()
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, available_cpus() // 2))
+    starts = [line for line in log.splitlines() if "CPU threads" in line]
+    assert len(starts) == 2 * len(arms) + 1 and all(
+        f"; {threads} CPU threads;" in line for line in starts
+    )
+    assert not [
+        name
+        for name in os.listdir(tmp_path / "bench")
+        if name.endswith(".log") and name != "runs.log"
+    ]
     # Every listed video was read: 3 training and 2 test videos of each of the 5 motions.
     record = json.loads(
         (tmp_path / "bench" / "eval_random_init_seed0" / "results.json").read_text()
     )
     assert record["metrics"]["retrieval/num_train"] == 3 * len(MOTIONS)
     assert record["metrics"]["retrieval/num_queries"] == 2 * len(MOTIONS)
+
+
+@pytest.mark.slow
+def test_a_failed_run_stops_the_benchmark_after_the_runs_under_way(tmp_path) -> None:
+    """With 2 runs at a time, a run that fails is named, the run beside it finishes, and no
+    further run starts."""
+    broken = Arm("Broken", "moco_motion.yaml", ("MODEL.BACKBONE.NAME", "NoSuchBackbone"))
+    moco = next(arm for arm in ARMS if arm.name == "MoCo")
+    out = tmp_path / "bench"
+    with pytest.raises(RuntimeError, match="broken_seed0 failed"):
+        run_motion_benchmark(str(out), [0], TINY, arms=[broken, moco], jobs=2)
+    # The MoCo pretraining started beside the broken run and was let finish.
+    assert (out / "moco_seed0" / "model_final.pth").is_file()
+    # The random init's evaluation, queued behind the broken run, never started.
+    assert not (out / "eval_random_init_seed0").exists()
+    log = (out / "runs.log").read_text()
+    assert "NoSuchBackbone" in log
+    assert [name for name in os.listdir(out) if name.endswith(".log")] == ["runs.log"]

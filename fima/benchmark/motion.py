@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fima.utils.env import threads_per_process
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -82,13 +83,12 @@ def _slug(name: str) -> str:
     return name.lower().replace(" w/o ", "_no_").replace(" (labels)", "").replace(" ", "_")
 
 
-def _run(argv: list[str], log_file: str, threads: int = 0) -> tuple[int, float]:
+def _run(argv: list[str], log_file: str, threads: int | None = None) -> tuple[int, float]:
     """Run ``tools/train_net.py argv`` in a subprocess whose output is appended to ``log_file``;
-    return its exit status and wall time in seconds. ``threads`` > 0 sets its
-    ``OMP_NUM_THREADS``."""
+    return its exit status and wall time in seconds. ``threads`` sets its ``OMP_NUM_THREADS``."""
     command = [sys.executable, TRAIN_NET, *argv]
     logger.info("$ %s", " ".join(command))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads > 0 else None
+    env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     with open(log_file, "a") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -170,13 +170,6 @@ def _plan(
     return plan
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 class _NotStarted(Exception):
     """A run not started because another one failed."""
 
@@ -197,18 +190,17 @@ def run_motion_benchmark(
         opts: ``KEY VALUE`` overrides applied to every run (e.g. another dataset, a budget).
         arms: the pretraining methods.
         config_dir: the folder of the arms' configs and of ``eval_motion.yaml``.
-        jobs: runs at a time. Above 1, each run gets ``available_cpus() // jobs`` threads
-            (``OMP_NUM_THREADS``, unless the environment sets it) and its output is appended to
-            ``runs.log`` when it ends, so that the runs' lines do not interleave.
+        jobs: runs at a time. Above 1, each run gets its share of the CPUs as
+            ``OMP_NUM_THREADS`` (:func:`~fima.utils.env.threads_per_process`), and its output
+            is appended to ``runs.log`` when it ends, so that the runs' lines do not interleave.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     os.makedirs(output_dir, exist_ok=True)
     result = BenchmarkResult()
     log_file = os.path.join(output_dir, "runs.log")
-    threads = 0
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, available_cpus() // jobs)
+    # None: the environment's OMP_NUM_THREADS, which every run inherits.
+    threads = threads_per_process(jobs) if jobs > 1 else None
     plan = _plan(output_dir, seeds, opts, arms, config_dir)
     # Checked for all runs before any starts: a folder of another config stops the benchmark
     # before it spends anything.
@@ -221,13 +213,7 @@ def run_motion_benchmark(
     failed = threading.Event()
 
     def execute(runs: list[_Run]) -> dict[str, float]:
-        try:
-            return execute_in_order(runs)
-        except Exception:
-            failed.set()
-            raise
-
-    def execute_in_order(runs: list[_Run]) -> dict[str, float]:
+        """Run ``runs`` in order; their wall times by ``timed_as``."""
         seconds = {}
         for run in runs:
             if done[run.folder]:
@@ -248,6 +234,7 @@ def run_motion_benchmark(
                         shutil.copyfileobj(part, log)
                     os.remove(own_log)
             if status != 0:
+                failed.set()
                 raise RuntimeError(
                     f"Run {run.folder} failed (exit {status}); its output is in {log_file}"
                 )
@@ -263,6 +250,7 @@ def run_motion_benchmark(
             except _NotStarted:
                 pass
             except Exception as err:  # the runs under way finish; then the first error is raised
+                failed.set()
                 first_error = first_error or err
     if first_error is not None:
         raise first_error

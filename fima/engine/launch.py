@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fima.utils import comm
+from fima.utils.env import threads_per_process
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +154,10 @@ def _join_group(
             local = group
     cpu = None if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     comm.set_process_groups(local, cpu)
-    if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
-        # N processes on one CPU share its cores instead of each taking all of them (an
-        # explicit OMP_NUM_THREADS wins; torchrun sets it to 1 for several processes).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    threads = threads_per_process(local_size)
+    if not use_cuda and threads is not None:
+        # N processes on one CPU share its cores instead of each taking all of them.
+        torch.set_num_threads(threads)
     comm.synchronize()
 
 

@@ -1,4 +1,5 @@
-"""Seeding and the capture/restore of every random number generator, for exact resume."""
+"""Seeding and the capture/restore of every random number generator, for exact resume; a
+process's share of the CPUs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def threads_per_process(processes: int) -> int | None:
+    """Threads for each of ``processes`` processes that share this process's CPUs (its affinity
+    mask where the OS has one), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set, which
+    wins (torchrun sets it to 1 for several processes)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // processes)
 
 
 def seed_all_rng(seed: int) -> None:

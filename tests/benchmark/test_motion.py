@@ -15,10 +15,10 @@ from fima.benchmark.motion import (
     METRICS,
     RANDOM,
     Arm,
-    available_cpus,
     main,
     run_motion_benchmark,
 )
+from fima.utils.env import threads_per_process
 
 from .independent_motion import MOTIONS, make_dataset
 
@@ -99,7 +99,7 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
     assert_metrics_in_range(result, [RANDOM, *(arm.name for arm in arms)])
     assert list(result.seconds) == [f"{arm.name} seed 0" for arm in arms]
     log = (tmp_path / "bench" / "runs.log").read_text()
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, available_cpus() // 2))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(threads_per_process(2))
     starts = [line for line in log.splitlines() if "CPU threads" in line]
     assert len(starts) == 2 * len(arms) + 1 and all(
         f"; {threads} CPU threads;" in line for line in starts

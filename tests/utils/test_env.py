@@ -1,14 +1,16 @@
-"""Every RNG state round-trips through a weights_only checkpoint; evaluation can leave them be."""
+"""Every RNG state round-trips through a weights_only checkpoint; evaluation can leave them be;
+processes sharing a CPU split its threads."""
 
 from __future__ import annotations
 
 import io
+import os
 import random
 
 import numpy as np
 import torch
 
-from fima.utils.env import get_rng_state, preserved_rng, set_rng_state
+from fima.utils.env import get_rng_state, preserved_rng, set_rng_state, threads_per_process
 
 
 def _draw() -> tuple:
@@ -33,3 +35,14 @@ def test_preserved_rng_restores_every_generator() -> None:
         _draw()
         _draw()
     assert _draw() == expected
+
+
+def test_threads_per_process_splits_the_cpus_and_yields_to_omp_num_threads(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
+    else:
+        monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert [threads_per_process(n) for n in (1, 2, 4, 6, 8)] == [6, 3, 1, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads_per_process(4) is None

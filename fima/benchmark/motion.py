@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fima.utils.env import threads_per_process
+from fima.utils.env import processes_per_cpus, threads_per_process
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -272,8 +272,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str:
-    """The results as Markdown: mean ± std over seeds, then every seed's values."""
+def markdown_table(result: BenchmarkResult, command: str, elapsed: float, runs: str = "") -> str:
+    """The results as Markdown: mean ± std over seeds, then every seed's values. ``runs``
+    says how the runs shared the CPUs (``"2 at a time, 1 thread(s) each"``)."""
     lines = [
         "# Motion benchmark",
         "",
@@ -285,7 +286,7 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
             if result.reused
             else ""
         ),
-        f"- Command: `{command}`",
+        f"- Command: `{command}`" + (f"; runs {runs}" if runs else ""),
         f"- Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}",
         "",
@@ -312,6 +313,17 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
     return "\n".join(lines) + "\n"
 
 
+def cpu_sharing(jobs: int) -> str:
+    """How ``jobs`` runs at a time share the CPUs, in words (``"2 at a time, 1 thread(s)
+    each"``): the threads :func:`run_motion_benchmark` gives each run."""
+    threads = threads_per_process(jobs) if jobs > 1 else None
+    if threads is not None:
+        return f"{jobs} at a time, {threads} thread(s) each"
+    omp = os.environ.get("OMP_NUM_THREADS")
+    each = f"OMP_NUM_THREADS={omp}" if omp else "every CPU"
+    return f"{jobs} at a time, {each} each" if jobs > 1 else f"1 at a time, on {each}"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -336,11 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=_positive_int,
-        default=1,
-        help="runs at a time, sharing the CPUs: each gets CPUs / JOBS threads (default 1). On a "
-        "small CPU, 2 finish sooner than 1, as a run on fewer threads wastes less of each; a "
-        "run's figures depend on its thread count (the order of its sums), so they differ from "
-        "those of --jobs 1 as a rerun with another OMP_NUM_THREADS would",
+        default=None,
+        help="runs at a time, sharing the CPUs: each gets CPUs / JOBS threads (default: one run "
+        "per CPU, each on 1 thread, or CPUs / OMP_NUM_THREADS runs if that is set). A run on "
+        "fewer threads wastes less of each (on a 2-core CPU, 2 runs of 1 thread finished the "
+        "benchmark in 61 min, 1 run of 2 threads in 76). A run's figures depend on its thread "
+        "count (the order of its sums), so they differ from those of another --jobs as a rerun "
+        "with another OMP_NUM_THREADS would; --jobs 1 gives every run all the CPUs",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every run")
     return parser
@@ -353,10 +367,13 @@ def main(argv: list[str]) -> BenchmarkResult:
     args = build_parser().parse_args(argv)
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
-    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=args.jobs)
+    jobs = args.jobs if args.jobs is not None else processes_per_cpus()
+    sharing = cpu_sharing(jobs)
+    logger.info("Motion benchmark: runs %s", sharing)
+    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=jobs)
     elapsed = time.perf_counter() - start
     command = shlex.join(["python", "tools/benchmark.py", "--task", "motion", *argv])
-    table = markdown_table(result, command, elapsed)
+    table = markdown_table(result, command, elapsed, runs=sharing)
     print(table)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(table)

@@ -13,14 +13,28 @@ import numpy as np
 import torch
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (taskset,
+    container CPU sets), else every CPU of the machine."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpus or 1
+
+
 def threads_per_process(processes: int) -> int | None:
-    """Threads for each of ``processes`` processes that share this process's CPUs (its affinity
-    mask where the OS has one), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set, which
-    wins (torchrun sets it to 1 for several processes)."""
+    """Threads for each of ``processes`` processes that share this process's CPUs
+    (:func:`available_cpus`), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set, which wins
+    (torchrun sets it to 1 for several processes)."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) // processes)
+    return max(1, available_cpus() // processes)
+
+
+def processes_per_cpus() -> int:
+    """How many single-run processes fit this process's CPUs without oversubscribing them: one
+    per CPU, or ``CPUs // OMP_NUM_THREADS`` when the user has set that (at least 1)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    per_process = int(threads) if threads.isdigit() and int(threads) > 0 else 1
+    return max(1, available_cpus() // per_process)
 
 
 def seed_all_rng(seed: int) -> None:

@@ -15,10 +15,11 @@ from fima.benchmark.motion import (
     METRICS,
     RANDOM,
     Arm,
+    cpu_sharing,
     main,
     run_motion_benchmark,
 )
-from fima.utils.env import threads_per_process
+from fima.utils.env import processes_per_cpus, threads_per_process
 
 from .independent_motion import MOTIONS, make_dataset
 
@@ -59,6 +60,8 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     for name in names:
         assert f"| {name} |" in table
     assert "tools/benchmark.py --task motion" in table
+    # Without --jobs, one run per CPU (2 at a time on a 2-core CI machine), said in the table.
+    assert f"; runs {cpu_sharing(processes_per_cpus())}" in table
     assert json.loads((out / "results.json").read_text())["metrics"].keys() == set(names)
     assert "| MoCo |" in capsys.readouterr().out
 
@@ -133,3 +136,15 @@ def test_a_failed_run_stops_the_benchmark_after_the_runs_under_way(tmp_path) -> 
     log = (out / "runs.log").read_text()
     assert "NoSuchBackbone" in log
     assert [name for name in os.listdir(out) if name.endswith(".log")] == ["runs.log"]
+
+
+def test_cpu_sharing_says_how_many_runs_and_threads(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert cpu_sharing(1) == "1 at a time, on every CPU"
+    assert cpu_sharing(2) == "2 at a time, 2 thread(s) each"
+    assert cpu_sharing(4) == "4 at a time, 1 thread(s) each"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_sharing(1) == "1 at a time, on OMP_NUM_THREADS=2"
+    assert cpu_sharing(2) == "2 at a time, OMP_NUM_THREADS=2 each"

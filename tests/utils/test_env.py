@@ -10,7 +10,13 @@ import random
 import numpy as np
 import torch
 
-from fima.utils.env import get_rng_state, preserved_rng, set_rng_state, threads_per_process
+from fima.utils.env import (
+    get_rng_state,
+    preserved_rng,
+    processes_per_cpus,
+    set_rng_state,
+    threads_per_process,
+)
 
 
 def _draw() -> tuple:
@@ -37,12 +43,24 @@ def test_preserved_rng_restores_every_generator() -> None:
     assert _draw() == expected
 
 
-def test_threads_per_process_splits_the_cpus_and_yields_to_omp_num_threads(monkeypatch) -> None:
+def _six_cpus(monkeypatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     if hasattr(os, "sched_getaffinity"):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)))
     else:
         monkeypatch.setattr(os, "cpu_count", lambda: 6)
+
+
+def test_threads_per_process_splits_the_cpus_and_yields_to_omp_num_threads(monkeypatch) -> None:
+    _six_cpus(monkeypatch)
     assert [threads_per_process(n) for n in (1, 2, 4, 6, 8)] == [6, 3, 1, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads_per_process(4) is None
+
+
+def test_processes_per_cpus_fills_the_cpus_with_the_users_thread_count(monkeypatch) -> None:
+    _six_cpus(monkeypatch)
+    assert processes_per_cpus() == 6
+    for threads, processes in (("2", 3), ("4", 1), ("12", 1), ("0", 6), ("many", 6)):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        assert processes_per_cpus() == processes, threads

@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="runs at a time, sharing the CPUs: each gets CPUs / JOBS threads (default: one run "
-        "per CPU, each on 1 thread, or CPUs / OMP_NUM_THREADS runs if that is set). A run on "
+        "per CPU, or CPUs / OMP_NUM_THREADS runs if that is set, at most 6 per seed). A run on "
         "fewer threads wastes less of each (on a 2-core CPU, 2 runs of 1 thread finished the "
         "benchmark in 61 min, 1 run of 2 threads in 76). A run's figures depend on its thread "
         "count (the order of its sums), so they differ from those of another --jobs as a rerun "
@@ -367,7 +367,10 @@ def main(argv: list[str]) -> BenchmarkResult:
     args = build_parser().parse_args(argv)
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
-    jobs = args.jobs if args.jobs is not None else processes_per_cpus()
+    # By default one run per CPU, but no more runs than can go at once (each arm's pretraining
+    # and evaluation, and the random init's, per seed): a larger CPU gives each more threads.
+    concurrent_runs = len(args.seeds) * (len(ARMS) + 1)
+    jobs = args.jobs if args.jobs is not None else min(processes_per_cpus(), concurrent_runs)
     sharing = cpu_sharing(jobs)
     logger.info("Motion benchmark: runs %s", sharing)
     result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=jobs)

@@ -148,3 +148,23 @@ def test_cpu_sharing_says_how_many_runs_and_threads(monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu_sharing(1) == "1 at a time, on OMP_NUM_THREADS=2"
     assert cpu_sharing(2) == "2 at a time, OMP_NUM_THREADS=2 each"
+
+
+def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
+    tmp_path, monkeypatch
+) -> None:
+    import fima.benchmark.motion as motion
+
+    asked = []
+
+    def record(output_dir, seeds, opts, jobs):
+        asked.append(jobs)
+        return motion.BenchmarkResult()
+
+    monkeypatch.setattr(motion, "run_motion_benchmark", record)
+    for cpus, seeds, jobs in ((2, "0,1,2", 2), (64, "0,1,2", 18), (64, "0", 6), (1, "0", 1)):
+        monkeypatch.setattr(motion, "processes_per_cpus", lambda cpus=cpus: cpus)
+        main(["--output-dir", str(tmp_path), "--seeds", seeds])
+        assert asked[-1] == jobs, (cpus, seeds)
+    main(["--output-dir", str(tmp_path), "--seeds", "0", "--jobs", "3"])
+    assert asked[-1] == 3

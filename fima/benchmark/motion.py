@@ -77,6 +77,8 @@ class BenchmarkResult:
     metrics: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    # How the runs shared the CPUs (cpu_sharing): "2 at a time, 1 thread(s) each".
+    cpu_sharing: str = ""
 
 
 def _slug(name: str) -> str:
@@ -180,7 +182,7 @@ def run_motion_benchmark(
     opts: Sequence[str] = (),
     arms: Sequence[Arm] = ARMS,
     config_dir: str = BENCHMARK_CONFIGS,
-    jobs: int = 1,
+    jobs: int | None = None,
 ) -> BenchmarkResult:
     """Pretrain every arm for every seed, evaluate them and a random init; see the module doc.
 
@@ -191,17 +193,21 @@ def run_motion_benchmark(
         arms: the pretraining methods.
         config_dir: the folder of the arms' configs and of ``eval_motion.yaml``.
         jobs: runs at a time. Above 1, each run gets its share of the CPUs as
-            ``OMP_NUM_THREADS`` (:func:`~fima.utils.env.threads_per_process`), and its output
-            is appended to ``runs.log`` when it ends, so that the runs' lines do not interleave.
+            ``OMP_NUM_THREADS`` (:func:`run_threads`), and its output is appended to
+            ``runs.log`` when it ends, so that the runs' lines do not interleave. None: one run
+            per CPU (:func:`~fima.utils.env.processes_per_cpus`), but no more than the plan can
+            run at once (an arm's pretraining and evaluation, or a random init, per seed), so
+            that a larger CPU gives each run more threads.
     """
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    os.makedirs(output_dir, exist_ok=True)
-    result = BenchmarkResult()
-    log_file = os.path.join(output_dir, "runs.log")
-    # None: the environment's OMP_NUM_THREADS, which every run inherits.
-    threads = threads_per_process(jobs) if jobs > 1 else None
     plan = _plan(output_dir, seeds, opts, arms, config_dir)
+    jobs = jobs if jobs is not None else min(processes_per_cpus(), len(plan))
+    result = BenchmarkResult(cpu_sharing=cpu_sharing(jobs))
+    logger.info("Motion benchmark: runs %s", result.cpu_sharing)
+    os.makedirs(output_dir, exist_ok=True)
+    log_file = os.path.join(output_dir, "runs.log")
+    threads = run_threads(jobs)
     # Checked for all runs before any starts: a folder of another config stops the benchmark
     # before it spends anything.
     done = {
@@ -272,9 +278,8 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def markdown_table(result: BenchmarkResult, command: str, elapsed: float, runs: str = "") -> str:
-    """The results as Markdown: mean ± std over seeds, then every seed's values. ``runs``
-    says how the runs shared the CPUs (``"2 at a time, 1 thread(s) each"``)."""
+def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str:
+    """The results as Markdown: mean ± std over seeds, then every seed's values."""
     lines = [
         "# Motion benchmark",
         "",
@@ -286,7 +291,7 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float, runs: 
             if result.reused
             else ""
         ),
-        f"- Command: `{command}`" + (f"; runs {runs}" if runs else ""),
+        f"- Command: `{command}`" + (f"; runs {result.cpu_sharing}" if result.cpu_sharing else ""),
         f"- Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}",
         "",
@@ -313,10 +318,16 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float, runs: 
     return "\n".join(lines) + "\n"
 
 
+def run_threads(jobs: int) -> int | None:
+    """The ``OMP_NUM_THREADS`` each of ``jobs`` runs at a time gets; None: the environment's,
+    which every run inherits (one run at a time, or the user has set it)."""
+    return threads_per_process(jobs) if jobs > 1 else None
+
+
 def cpu_sharing(jobs: int) -> str:
-    """How ``jobs`` runs at a time share the CPUs, in words (``"2 at a time, 1 thread(s)
-    each"``): the threads :func:`run_motion_benchmark` gives each run."""
-    threads = threads_per_process(jobs) if jobs > 1 else None
+    """How ``jobs`` runs at a time share the CPUs (:func:`run_threads`), in words: ``"2 at a
+    time, 1 thread(s) each"``."""
+    threads = run_threads(jobs)
     if threads is not None:
         return f"{jobs} at a time, {threads} thread(s) each"
     omp = os.environ.get("OMP_NUM_THREADS")
@@ -367,16 +378,10 @@ def main(argv: list[str]) -> BenchmarkResult:
     args = build_parser().parse_args(argv)
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
-    # By default one run per CPU, but no more runs than can go at once (each arm's pretraining
-    # and evaluation, and the random init's, per seed): a larger CPU gives each more threads.
-    concurrent_runs = len(args.seeds) * (len(ARMS) + 1)
-    jobs = args.jobs if args.jobs is not None else min(processes_per_cpus(), concurrent_runs)
-    sharing = cpu_sharing(jobs)
-    logger.info("Motion benchmark: runs %s", sharing)
-    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=jobs)
+    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=args.jobs)
     elapsed = time.perf_counter() - start
     command = shlex.join(["python", "tools/benchmark.py", "--task", "motion", *argv])
-    table = markdown_table(result, command, elapsed, runs=sharing)
+    table = markdown_table(result, command, elapsed)
     print(table)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(table)

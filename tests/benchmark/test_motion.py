@@ -61,7 +61,8 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
         assert f"| {name} |" in table
     assert "tools/benchmark.py --task motion" in table
     # Without --jobs, one run per CPU (2 at a time on a 2-core CI machine), said in the table.
-    assert f"; runs {cpu_sharing(processes_per_cpus())}" in table
+    assert result.cpu_sharing == cpu_sharing(min(processes_per_cpus(), len(names)))
+    assert f"; runs {result.cpu_sharing}" in table
     assert json.loads((out / "results.json").read_text())["metrics"].keys() == set(names)
     assert "| MoCo |" in capsys.readouterr().out
 
@@ -157,14 +158,22 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
 
     asked = []
 
-    def record(output_dir, seeds, opts, jobs):
-        asked.append(jobs)
-        return motion.BenchmarkResult()
+    def record(argv, log_file, threads=None):
+        asked.append(threads)
+        with open(log_file, "a") as log:
+            log.write("not run\n")
+        return 1, 0.0  # a failed run: the benchmark stops after the runs under way
 
-    monkeypatch.setattr(motion, "run_motion_benchmark", record)
-    for cpus, seeds, jobs in ((2, "0,1,2", 2), (64, "0,1,2", 18), (64, "0", 6), (1, "0", 1)):
-        monkeypatch.setattr(motion, "processes_per_cpus", lambda cpus=cpus: cpus)
-        main(["--output-dir", str(tmp_path), "--seeds", seeds])
-        assert asked[-1] == jobs, (cpus, seeds)
-    main(["--output-dir", str(tmp_path), "--seeds", "0", "--jobs", "3"])
-    assert asked[-1] == 3
+    monkeypatch.setattr(motion, "_run", record)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    # 64 CPUs, 1 seed: 6 runs can go at once (5 arms and the random init), ~10 threads each.
+    with pytest.raises(RuntimeError, match="failed"):
+        main(["--output-dir", str(tmp_path / "one"), "--seeds", "0"])
+    assert set(asked) == {10}
+    assert "6 at a time, 10 thread(s) each" in (tmp_path / "one" / "log.txt").read_text()
+    asked.clear()
+    with pytest.raises(RuntimeError, match="failed"):
+        main(["--output-dir", str(tmp_path / "three"), "--seeds", "0", "--jobs", "3"])
+    assert set(asked) == {21}

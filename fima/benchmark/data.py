@@ -48,6 +48,7 @@ from fima.data.build import WindowClips, load_index
 from fima.data.decoder import decode_frames
 from fima.data.index import build_index
 from fima.data.transforms import random_crop_flip
+from fima.utils.env import available_cpus, describe_cpus
 from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument(
         "--num-workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="data-loader workers of the parallel loader run (default: the number of CPUs)",
+        default=available_cpus(),
+        help="data-loader workers of the parallel loader run (default: one per usable CPU)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="loader batch size")
     parser.add_argument("--loader-batches", type=int, default=8, help="timed batches per run")
@@ -120,7 +121,7 @@ def generate(jobs: list[tuple[str, int, int, int, int, int]]) -> list[str]:
     """:func:`write_video` for each ``(path, frames, width, height, gop, seed)``, in parallel."""
     for job in jobs:
         os.makedirs(os.path.dirname(job[0]), exist_ok=True)
-    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(max_workers=available_cpus()) as pool:
         return list(pool.map(_write_job, jobs))
 
 
@@ -547,7 +548,7 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
             logger.info("Measuring %s ...", name)
             figures += section()
     notes = [
-        f"Machine: {os.cpu_count()} CPUs; torch {torch.__version__}, PyAV {av.__version__}, "
+        f"Machine: {describe_cpus()}; torch {torch.__version__}, PyAV {av.__version__}, "
         f"FFmpeg {'.'.join(map(str, av.library_versions['libavcodec']))} (libavcodec).",
         "Timings are medians (each the best of 3 calls where a section repeats); the page cache is "
         "warm, so indexing measures header parsing, not cold storage.",

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fima.utils.env import processes_per_cpus, threads_per_process
+from fima.utils.env import describe_cpus, processes_per_cpus, threads_per_process
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
         ),
         f"- Command: `{command}`" + (f"; runs {result.cpu_sharing}" if result.cpu_sharing else ""),
         f"- Machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+        f"{describe_cpus()}, torch {torch.__version__}",
         "",
         "| Method | Linear probe top-1 (%) | R@1 (%) | R@5 (%) | seeds |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -20,6 +20,13 @@ def available_cpus() -> int:
     return cpus or 1
 
 
+def describe_cpus() -> str:
+    """The CPUs this process may use, for a benchmark's report: ``"2 CPUs"``, or
+    ``"4 of 64 CPUs"`` when an affinity mask leaves it fewer than the machine has."""
+    usable, machine = available_cpus(), os.cpu_count() or 1
+    return f"{usable} CPUs" if usable >= machine else f"{usable} of {machine} CPUs"
+
+
 def threads_per_process(processes: int) -> int | None:
     """Threads for each of ``processes`` processes that share this process's CPUs
     (:func:`available_cpus`), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set, which wins

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from fima.utils.env import (
+    describe_cpus,
     get_rng_state,
     preserved_rng,
     processes_per_cpus,
@@ -64,3 +65,14 @@ def test_processes_per_cpus_fills_the_cpus_with_the_users_thread_count(monkeypat
     for threads, processes in (("2", 3), ("4", 1), ("12", 1), ("0", 6), ("many", 6)):
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
         assert processes_per_cpus() == processes, threads
+
+
+def test_describe_cpus_names_an_affinity_mask_smaller_than_the_machine(monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    if not hasattr(os, "sched_getaffinity"):
+        assert describe_cpus() == "64 CPUs"
+        return
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert describe_cpus() == "4 of 64 CPUs"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert describe_cpus() == "64 CPUs"

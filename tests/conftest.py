@@ -10,6 +10,11 @@ import torch
 
 from fima.config import CfgNode, get_cfg
 
+# The suite checks the CPU build: its multi-process tests start gloo ranks (two ranks would need
+# two GPUs under NCCL) and its exactness tests compare losses bit for bit, which GPU kernels do not
+# promise. On a GPU machine it hides the GPUs from itself and from every process it starts (set
+# before anything initialises CUDA); tools/gpu_checks.sh exercises the GPU paths.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # Every test session generates its synthetic videos into a private cache, never the user's.
 _CACHE = tempfile.mkdtemp(prefix="fima-test-cache-")
 os.environ["FIMA_CACHE"] = _CACHE

@@ -48,7 +48,7 @@ from fima.data.build import WindowClips, load_index
 from fima.data.decoder import decode_frames
 from fima.data.index import build_index
 from fima.data.transforms import random_crop_flip
-from fima.utils.env import available_cpus, describe_cpus
+from fima.utils.env import available_cpus, describe_cpu_model, describe_cpus
 from fima.utils.memory import retain_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -548,7 +548,8 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
             logger.info("Measuring %s ...", name)
             figures += section()
     notes = [
-        f"Machine: {describe_cpus()}; torch {torch.__version__}, PyAV {av.__version__}, "
+        f"Machine: {describe_cpu_model()}, {describe_cpus()}; torch {torch.__version__}, "
+        f"PyAV {av.__version__}, "
         f"FFmpeg {'.'.join(map(str, av.library_versions['libavcodec']))} (libavcodec).",
         "Timings are medians (each the best of 3 calls where a section repeats); the page cache is "
         "warm, so indexing measures header parsing, not cold storage.",

@@ -24,7 +24,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -37,7 +36,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fima.utils.env import describe_cpus, processes_per_cpus, threads_per_process
+from fima.config import CfgNode
+from fima.engine.defaults import resolve_device
+from fima.engine.train_loop import describe_amp
+from fima.utils.env import (
+    describe_cpu_model,
+    describe_cpus,
+    processes_per_cpus,
+    threads_per_process,
+)
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -79,6 +86,8 @@ class BenchmarkResult:
     reused: list[str] = field(default_factory=list)
     # How the runs shared the CPUs (cpu_sharing): "2 at a time, 1 thread(s) each".
     cpu_sharing: str = ""
+    # What the pretraining runs computed in (run_precision): "bfloat16 autocast", "float32".
+    precision: str = ""
 
 
 def _slug(name: str) -> str:
@@ -97,14 +106,26 @@ def _run(argv: list[str], log_file: str, threads: int | None = None) -> tuple[in
     return done.returncode, time.perf_counter() - start
 
 
-def _expected_config(config_file: str, opts: Sequence[str]) -> str:
-    """The ``config.yaml`` text that ``train_net.py --config-file config_file opts`` records."""
+def _load_config(config_file: str, opts: Sequence[str]) -> CfgNode:
+    """The config of ``train_net.py --config-file config_file opts``."""
     from fima.config import get_cfg
 
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
-    return cfg.dump()
+    return cfg
+
+
+def _expected_config(config_file: str, opts: Sequence[str]) -> str:
+    """The ``config.yaml`` text that ``train_net.py --config-file config_file opts`` records."""
+    return _load_config(config_file, opts).dump()
+
+
+def run_precision(config_file: str, opts: Sequence[str]) -> str:
+    """What the run ``train_net.py --config-file config_file opts`` computes in on this
+    machine, in words (:func:`~fima.engine.train_loop.describe_amp`)."""
+    cfg = _load_config(config_file, opts)
+    return describe_amp(cfg.SOLVER.AMP, resolve_device(cfg).type)
 
 
 def _is_done(run_dir: str, marker: str, config_file: str, opts: Sequence[str]) -> bool:
@@ -203,8 +224,13 @@ def run_motion_benchmark(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     plan = _plan(output_dir, seeds, opts, arms, config_dir)
     jobs = jobs if jobs is not None else min(processes_per_cpus(), len(plan))
-    result = BenchmarkResult(cpu_sharing=cpu_sharing(jobs))
-    logger.info("Motion benchmark: runs %s", result.cpu_sharing)
+    # Every arm takes SOLVER.AMP and MODEL.DEVICE from the defaults and the same overrides.
+    first_pretraining = plan[0][2][0]
+    result = BenchmarkResult(
+        cpu_sharing=cpu_sharing(jobs),
+        precision=run_precision(first_pretraining.config_file, first_pretraining.opts),
+    )
+    logger.info("Motion benchmark: runs %s, in %s", result.cpu_sharing, result.precision)
     os.makedirs(output_dir, exist_ok=True)
     log_file = os.path.join(output_dir, "runs.log")
     threads = run_threads(jobs)
@@ -292,8 +318,8 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
             else ""
         ),
         f"- Command: `{command}`" + (f"; runs {result.cpu_sharing}" if result.cpu_sharing else ""),
-        f"- Machine: {platform.processor() or platform.machine()}, "
-        f"{describe_cpus()}, torch {torch.__version__}",
+        f"- Machine: {describe_cpu_model()}, {describe_cpus()}, torch {torch.__version__}",
+        *([f"- Precision: {result.precision}"] if result.precision else []),
         "",
         "| Method | Linear probe top-1 (%) | R@1 (%) | R@5 (%) | seeds |",
         "| --- | ---: | ---: | ---: | ---: |",

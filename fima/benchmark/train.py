@@ -21,10 +21,14 @@ Also measured, each in the same run:
   and a backward of twice the forward). Heads, decoder, losses and augmentation are not counted;
 - the peak FLOP/s of a large float32 matmul and of one in each variant's autocast dtype (the best
   of runs in every round; on a CPU also timed as oneDNN's 1x1 convolution, see
-  :func:`peak_matmul_flops`), and the model FLOPs utilisation (MFU) of the step and of its encoder
-  passes against the peak of its dtype;
+  :func:`peak_matmul_flops`; on a GPU whose float32 convolutions run on TF32 tensor cores, cuDNN's
+  default, also a TF32 matmul, see :func:`float32_peak_name`), and the model FLOPs utilisation
+  (MFU) of the step and of its encoder passes against the peak of its dtype;
 - peak memory per step: the resident set's high-water mark on the CPU (reset before each step),
   the peak allocated memory on a GPU.
+
+On a GPU the synthetic batch is pinned, as the training loader pins its batches, and each
+variant runs with its own ``CUDNN_BENCHMARK`` (so ``--compare`` can weigh cuDNN's autotuning).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from fima.engine.train_loop import SimpleTrainer, autocast_dtype, native_autocas
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
+from fima.utils.env import describe_cpu_model
 from fima.utils.events import EventStorage
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory, return_freed_memory
@@ -109,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10,
         help="batches of config A's real training loader to time (0: skip)",
     )
-    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the peak matmul")
+    parser.add_argument(
+        "--matmul-size",
+        type=int,
+        default=0,
+        help="side of the peak matmul (default: 2048 on a CPU, 8192 on a GPU, where a smaller "
+        "one does not fill the chip)",
+    )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     parser.add_argument("--output-json", default="", metavar="FILE", help="write results here")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of A")
@@ -192,6 +203,11 @@ class Variant:
         return self.cfg.SOLVER.AMP.DTYPE if self.amp else "float32"
 
     @property
+    def peak_name(self) -> str:
+        """The matmul peak this variant's MFU is read against."""
+        return self.cfg.SOLVER.AMP.DTYPE if self.amp else float32_peak_name(self.device)
+
+    @property
     def batch_size(self) -> int:
         return self.cfg.SOLVER.IMS_PER_BATCH
 
@@ -203,6 +219,9 @@ def build_variant(name: str, cfg: CfgNode) -> Variant:
     model = convert_batchnorm_for(cfg, build_model(cfg)).to(device)
     method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     batch = synthetic_batch(cfg, method.input_views(cfg), cfg.SEED)
+    if device.type == "cuda":
+        # As the training loader's pin_memory does: the copy to the GPU is then asynchronous.
+        batch = {key: value.pin_memory() for key, value in batch.items()}
     optimizer = build_optimizer(cfg, model)
     trainer = SimpleTrainer(
         model,
@@ -288,6 +307,7 @@ def run_step(variant: Variant, storage: EventStorage) -> tuple[float, float]:
     """One full training step; returns its wall-clock and CPU seconds."""
     trainer = variant.trainer
     trainer.storage = storage
+    torch.backends.cudnn.benchmark = variant.cfg.CUDNN_BENCHMARK
     _synchronize(variant.device)
     start = _clocks()
     storage.iter = trainer.iter
@@ -347,6 +367,7 @@ def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
     query_params = [p for p in variant.model.encoder_q.parameters() if p.requires_grad]
 
     def replay() -> tuple[float, float]:
+        torch.backends.cudnn.benchmark = variant.cfg.CUDNN_BENCHMARK
         _synchronize(variant.device)
         start = _clocks()
         with torch.autocast(
@@ -398,15 +419,36 @@ def matmul_as_convolution(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tenso
     return image.contiguous(memory_format=torch.channels_last), kernel
 
 
-def peak_matmul_flops(dtype: torch.dtype, device: torch.device, size: int) -> float:
+def float32_peak_name(device: torch.device) -> str:
+    """The peak that float32 work on ``device`` is read against: ``"tfloat32"`` on a GPU whose
+    float32 convolutions run on TF32 tensor cores (``torch.backends.cudnn.allow_tf32``, on by
+    default; against the plain float32 peak their MFU would pass 100%), else ``"float32"``."""
+    if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tfloat32"
+    return "float32"
+
+
+def peak_matmul_flops(dtype: torch.dtype | str, device: torch.device, size: int) -> float:
     """FLOP/s of a ``size`` x ``size`` x ``size`` matrix product in ``dtype``: the best of 10
-    runs after warm-up.
+    runs after warm-up. ``"tfloat32"``'s is float32's on TF32 tensor cores (GPU only).
 
     On a CPU the product is also timed as a 1x1 convolution in channels-last layout, which
     oneDNN computes, and the faster of the two counts: torch.mm goes to MKL, whose float32 GEMM
     takes a generic path on AMD CPUs (183 GFLOP/s against oneDNN's 370 on a 2-core Zen 5), and
     the encoders' convolutions are oneDNN's, so MKL's figure alone put their MFU above 100%.
     """
+    tf32 = dtype == "tfloat32"
+    if tf32:
+        dtype = torch.float32
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return _best_matmul_flops(dtype, device, size)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
+def _best_matmul_flops(dtype: torch.dtype, device: torch.device, size: int) -> float:
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, generator=gen).to(dtype)
     b = torch.randn(size, size, device=device, generator=gen).to(dtype)
@@ -525,7 +567,7 @@ def profile_step(variant: Variant, storage: EventStorage) -> str:
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities, record_shapes=True) as prof:
         run_step(variant, storage)
-    sort = "self_cuda_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     by_shape = prof.key_averages(group_by_input_shape=True)
     text = (
@@ -621,9 +663,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         # float32 and the variants' own dtypes: an emulated bf16 peak that no variant is read
         # against would take minutes per round on a CPU without AVX512-BF16/AMX.
         peak_dtypes = {
-            name: getattr(torch, name)
-            for name in ("float32", *sorted({v.dtype_name for v in variants}))
+            name: name if name == "tfloat32" else getattr(torch, name)
+            for name in ("float32", *sorted({v.peak_name for v in variants}))
         }
+        matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
         peaks: dict[str, float] = {}
         for round_index in range(args.warmup + args.iters):
             for variant in variants:
@@ -636,7 +679,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                     variant.encoder_cpu_times.append(encoder_cpu_seconds)
             for name, dtype in peak_dtypes.items():
                 peaks[name] = max(
-                    peaks.get(name, 0.0), peak_matmul_flops(dtype, device, args.matmul_size)
+                    peaks.get(name, 0.0), peak_matmul_flops(dtype, device, matmul_size)
                 )
             logger.info("Round %d of %d done", round_index + 1, args.warmup + args.iters)
         # Profiled before the memory step, which hands the kept memory back to the system: a
@@ -648,6 +691,9 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "device": str(device),
+        "device_name": (
+            describe_cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device)
+        ),
         "threads": torch.get_num_threads(),
         "rounds": args.iters,
         "warmup": args.warmup,
@@ -668,7 +714,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for v in variants:
         step = statistics.median(v.step_times)
         encoders = statistics.median(v.encoder_times)
-        peak = peaks[v.dtype_name]
+        peak = peaks[v.peak_name]
         results["variants"][v.name] = {
             "config": v.cfg.MODEL.META_ARCHITECTURE,
             "backbone": v.cfg.MODEL.BACKBONE.NAME,
@@ -687,17 +733,23 @@ def main(argv: list[str]) -> dict[str, Any]:
             / statistics.median(v.step_cpu_times),
             "encoder_calls": _describe_calls(v.calls),
             "flops_per_step": v.flops,
+            "mfu_peak": v.peak_name,
             "mfu_step": v.flops / step / peak,
             "mfu_encoders": v.flops / encoders / peak,
             "peak_memory_bytes": v.peak_memory,
             "step_memory_bytes": v.step_memory,
         }
     by_name = {v.name: v for v in variants}
+    # Config A's variant at each autocast setting (on/off): B's variant at that setting is read
+    # against it, also where B autocasts to another dtype (A bfloat16 vs B float16).
+    a_by_amp = {
+        v.amp: v.name for v in variants if v.name.startswith("A/") and v.name != "A/reference"
+    }
     for name in by_name:
         label, dtype = name.split("/")
         pairs = []
-        if label == "B" and f"A/{dtype}" in by_name:
-            pairs.append((f"A/{dtype}", name))  # speed of A relative to B
+        if label == "B" and by_name[name].amp in a_by_amp:
+            pairs.append((a_by_amp[by_name[name].amp], name))  # speed of A relative to B
         if label == "A" and dtype not in ("fp32", "reference") and "A/fp32" in by_name:
             pairs.append((name, "A/fp32"))
         if label == "A" and dtype != "reference" and "A/reference" in by_name:
@@ -725,12 +777,17 @@ def format_report(results: dict[str, Any]) -> str:
     """The results as a plain-text table."""
     peaks = results["matmul_peak_flops"]
     lines = [
-        f"Device {results['device']}, {results['threads']} threads; median of "
+        f"Device {results['device']} ({results['device_name']}), {results['threads']} threads; "
+        f"median of "
         f"{results['rounds']} rounds after {results['warmup']} warm-up rounds.",
         f"A step: {results['what_a_step_is']}.",
         f"FLOPs: {results['flops_counted']}. Memory: {results['memory']}.",
         "Peak matmul: "
-        + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peaks.items()),
+        + ", ".join(f"{name} {value / 1e9:.0f} GFLOP/s" for name, value in peaks.items())
+        + "; MFU against "
+        + ", ".join(
+            sorted({f"{v['dtype']}: {v['mfu_peak']}" for v in results["variants"].values()})
+        ),
         "",
         f"{'variant':<14}{'method':<7}{'backbone':<12}{'batch':>5} {'input':<11}{'dtype':<9}"
         f"{'s/step':>8}{'best':>7}{'videos/s':>9}{'cpu s':>8}{'enc s':>8}{'enc %':>6}{'cpu %':>6}"

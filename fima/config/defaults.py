@@ -140,3 +140,8 @@ _C.OUTPUT_DIR = "./output"
 # Negative: draw a seed at start-up (it is logged and written into OUTPUT_DIR/config.yaml).
 _C.SEED = -1
 _C.LOG_PERIOD = 20
+# cuDNN autotuning (torch.backends.cudnn.benchmark): each convolution shape is timed against every
+# algorithm once and the fastest kept. Off by default: on an H200 it did not speed up a FIMA I3D
+# step (bf16, 16x224x224, batch 8: 0.99x, BENCHMARKS.md) and it makes GPU runs less repeatable.
+# Ignored on the CPU.
+_C.CUDNN_BENCHMARK = False

@@ -133,6 +133,7 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     # zeroed again by the kernel each time (see retain_freed_memory).
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
+    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     if cfg.is_frozen():
         cfg.defrost()
     cfg.SEED = shared_seed(cfg.SEED)

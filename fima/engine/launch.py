@@ -131,7 +131,8 @@ def _join_group(
         if torch.cuda.device_count() <= local_rank:
             raise RuntimeError(
                 f"{local_size} processes per machine but only {torch.cuda.device_count()} GPUs "
-                "are visible"
+                "are visible (NCCL needs one GPU per process); to run them on the CPU with "
+                "gloo, hide the GPUs: CUDA_VISIBLE_DEVICES="
             )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"

@@ -205,6 +205,19 @@ def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
     return False, dtype
 
 
+def describe_amp(amp: CfgNode, device_type: str) -> str:
+    """What a run with ``SOLVER.AMP`` computes in on ``device_type`` (:func:`resolve_amp`), for
+    a report: ``"bfloat16 autocast"``, ``"float32"``, or ``"float32 (bfloat16 would be
+    emulated on this cpu)"``. Runs in either precision from one seed follow different
+    trajectories, so their figures differ within the seed noise."""
+    dtype = autocast_dtype(amp.DTYPE)
+    if not amp.ENABLED:
+        return "float32"
+    if native_autocast(device_type, dtype):
+        return f"{amp.DTYPE} autocast"
+    return f"float32 ({amp.DTYPE} would be emulated on this {device_type})"
+
+
 class SimpleTrainer(TrainerBase):
     """One optimizer step per iteration for a model that returns a dict of losses.
 

@@ -1,10 +1,11 @@
 """Seeding and the capture/restore of every random number generator, for exact resume; a
-process's share of the CPUs."""
+process's share of the CPUs, and the CPU described for a benchmark's report."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,45 @@ def describe_cpus() -> str:
     ``"4 of 64 CPUs"`` when an affinity mask leaves it fewer than the machine has."""
     usable, machine = available_cpus(), os.cpu_count() or 1
     return f"{usable} CPUs" if usable >= machine else f"{usable} of {machine} CPUs"
+
+
+# The /proc/cpuinfo flags that decide how fast a CPU trains, with the names the reports use:
+# bfloat16 is native only with AVX512-BF16 or AMX; elsewhere oneDNN emulates it, several times
+# slower than float32 (fima.engine.train_loop.native_autocast).
+_CPU_EXTENSIONS = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("amx_bf16", "AMX"),
+)
+
+
+def describe_cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This machine's CPU, for a benchmark's report: its model name, family and model numbers
+    and the vector extensions behind its float32 and bfloat16 speed, e.g. ``"AMD EPYC (family
+    25, model 17; AVX2, AVX-512, AVX512-BF16)"``. Hosts expose different extensions of the same
+    model, so the figures of two reports compare only where these agree. Without ``cpuinfo``
+    (not Linux), the platform's processor string."""
+    try:
+        with open(cpuinfo) as f:
+            first_cpu = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    fields = {}
+    for line in first_cpu.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.machine() or "unknown CPU"
+    details = [
+        f"{label} {fields[key]}"
+        for key, label in (("cpu family", "family"), ("model", "model"))
+        if key in fields
+    ]
+    flags = set(fields.get("flags", "").split())
+    extensions = [label for flag, label in _CPU_EXTENSIONS if flag in flags]
+    inside = "; ".join(part for part in (", ".join(details), ", ".join(extensions)) if part)
+    return f"{name} ({inside})" if inside else name
 
 
 def threads_per_process(processes: int) -> int | None:

@@ -7,19 +7,22 @@ from __future__ import annotations
 import json
 import math
 import os
+from unittest import mock
 
 import pytest
 
 from fima.benchmark.motion import (
     ARMS,
+    BENCHMARK_CONFIGS,
     METRICS,
     RANDOM,
     Arm,
     cpu_sharing,
     main,
     run_motion_benchmark,
+    run_precision,
 )
-from fima.utils.env import processes_per_cpus, threads_per_process
+from fima.utils.env import describe_cpu_model, processes_per_cpus, threads_per_process
 
 from .independent_motion import MOTIONS, make_dataset
 
@@ -63,6 +66,14 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     # Without --jobs, one run per CPU (2 at a time on a 2-core CI machine), said in the table.
     assert result.cpu_sharing == cpu_sharing(min(processes_per_cpus(), len(names)))
     assert f"; runs {result.cpu_sharing}" in table
+    # The table names the CPU and what the runs computed in: fp32 and bf16 runs of one seed
+    # give different figures, and hosts of one CPU model expose different extensions.
+    assert f"- Machine: {describe_cpu_model()}, " in table
+    assert result.precision in (
+        "bfloat16 autocast",
+        "float32 (bfloat16 would be emulated on this cpu)",
+    )
+    assert f"- Precision: {result.precision}\n" in table
     assert json.loads((out / "results.json").read_text())["metrics"].keys() == set(names)
     assert "| MoCo |" in capsys.readouterr().out
 
@@ -137,6 +148,17 @@ def test_a_failed_run_stops_the_benchmark_after_the_runs_under_way(tmp_path) -> 
     log = (out / "runs.log").read_text()
     assert "NoSuchBackbone" in log
     assert [name for name in os.listdir(out) if name.endswith(".log")] == ["runs.log"]
+
+
+def test_the_runs_precision_follows_the_machine_and_the_overrides() -> None:
+    moco = os.path.join(BENCHMARK_CONFIGS, "moco_motion.yaml")
+    assert run_precision(moco, ["SOLVER.AMP.ENABLED", "False"]) == "float32"
+    for native, precision in (
+        (True, "bfloat16 autocast"),
+        (False, "float32 (bfloat16 would be emulated on this cpu)"),
+    ):
+        with mock.patch("fima.engine.train_loop.native_autocast", return_value=native):
+            assert run_precision(moco, ["MODEL.DEVICE", "cpu"]) == precision
 
 
 def test_cpu_sharing_says_how_many_runs_and_threads(monkeypatch) -> None:

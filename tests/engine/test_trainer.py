@@ -16,7 +16,7 @@ from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
-from fima.engine.train_loop import resolve_amp
+from fima.engine.train_loop import describe_amp, resolve_amp
 from tests.conftest import tiny_cfg
 
 
@@ -137,6 +137,14 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
 
 
+def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for flag in (True, False):
+        cfg = tiny_cfg(str(tmp_path / str(flag)), **{"CUDNN_BENCHMARK": flag})
+        default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+        assert torch.backends.cudnn.benchmark is flag
+
+
 def test_float16_needs_a_gpu_and_is_validated() -> None:
     model = ToyModel()
     with pytest.raises(ValueError, match="float16 mixed precision needs a GPU"):
@@ -184,11 +192,16 @@ def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
         trainer = DefaultTrainer(cfg)
         # A second run in the same process does not repeat the warning.
         assert resolve_amp(cfg.SOLVER.AMP, "cpu") == (native, torch.bfloat16)
+        # What a benchmark's report says the run computed in.
+        assert describe_amp(cfg.SOLVER.AMP, "cpu") == (
+            "bfloat16 autocast" if native else "float32 (bfloat16 would be emulated on this cpu)"
+        )
     assert trainer.amp is native
     warnings = [r for r in caplog.records if "computes in float32" in r.getMessage()]
     assert len(warnings) == (0 if native else 1)
     cfg.SOLVER.AMP.ENABLED = False
     assert resolve_amp(cfg.SOLVER.AMP, "cpu") == (False, torch.bfloat16)
+    assert describe_amp(cfg.SOLVER.AMP, "cpu") == "float32"
 
 
 def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:

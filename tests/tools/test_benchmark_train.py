@@ -10,6 +10,7 @@ import sys
 import torch
 
 from fima.benchmark.train import (
+    float32_peak_name,
     main,
     matmul_as_convolution,
     onednn_primitive_times,
@@ -87,6 +88,54 @@ def test_fp32_run_measures_only_the_fp32_peak() -> None:
     )  # fmt: skip
     assert set(results["variants"]) == {"A/fp32"}
     assert set(results["matmul_peak_flops"]) == {"float32"}
+    assert results["variants"]["A/fp32"]["mfu_peak"] == "float32"
+
+
+def test_float32_work_on_a_gpu_is_read_against_the_tf32_peak_where_its_convolutions_use_it(
+    monkeypatch,
+) -> None:
+    # cuDNN runs float32 convolutions on TF32 tensor cores by default: against the plain
+    # float32 matmul peak their MFU would pass 100%.
+    assert float32_peak_name(torch.device("cpu")) == "float32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert float32_peak_name(torch.device("cuda", 0)) == "tfloat32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert float32_peak_name(torch.device("cuda", 0)) == "float32"
+
+
+def test_the_tf32_peak_leaves_the_matmul_precision_as_it_found_it() -> None:
+    from fima.benchmark.train import peak_matmul_flops
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    assert peak_matmul_flops("tfloat32", torch.device("cpu"), 64) > 0
+    assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+def test_each_variant_steps_with_its_own_cudnn_autotuning(monkeypatch) -> None:
+    # --compare A CUDNN_BENCHMARK True B CUDNN_BENCHMARK False weighs the autotuning: the global
+    # flag must follow the variant that is stepping.
+    import fima.benchmark.train as train_benchmark
+
+    seen: list[tuple[str, bool]] = []
+    run_step = train_benchmark.run_step
+
+    def recorded_step(variant, storage):
+        elapsed = run_step(variant, storage)
+        seen.append((variant.name, torch.backends.cudnn.benchmark))
+        return elapsed
+
+    monkeypatch.setattr(train_benchmark, "run_step", recorded_step)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    main(
+        [
+            "--config-file", _config("moco_synthetic.yaml"), "--dtype", "fp32", "--iters", "1",
+            "--warmup", "0", "--matmul-size", "64", "--data-iters", "0", *TINY,
+            "CUDNN_BENCHMARK", "True",
+            "--compare", _config("moco_synthetic.yaml"), *TINY, "CUDNN_BENCHMARK", "False",
+        ]
+    )  # fmt: skip
+    assert ("A/fp32", True) in seen and ("B/fp32", False) in seen
+    assert all(flag == (name == "A/fp32") for name, flag in seen)
 
 
 def test_the_profiled_step_runs_with_the_memory_a_training_process_keeps(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import platform
 import random
 
 import numpy as np
 import torch
 
 from fima.utils.env import (
+    describe_cpu_model,
     describe_cpus,
     get_rng_state,
     preserved_rng,
@@ -76,3 +78,28 @@ def test_describe_cpus_names_an_affinity_mask_smaller_than_the_machine(monkeypat
     assert describe_cpus() == "4 of 64 CPUs"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     assert describe_cpus() == "64 CPUs"
+
+
+def test_describe_cpu_model_names_the_model_and_its_bf16_extensions(tmp_path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    # Two processors; the first one's fields are read. AVX512-BF16 without AVX-512 foundation
+    # flags cannot occur, but shows that each extension is read from its own flag.
+    first = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "model name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx avx2 fma avx512_bf16\n"
+    )
+    cpuinfo.write_text(first + "\n" + first.replace("AMD EPYC 9R14", "Another CPU"))
+    assert describe_cpu_model(str(cpuinfo)) == (
+        "AMD EPYC 9R14 (family 25, model 17; AVX2, AVX512-BF16)"
+    )
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel Xeon\n"
+        "flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    )
+    assert describe_cpu_model(str(cpuinfo)) == "Intel Xeon (AVX2, AVX-512, AVX512-BF16, AMX)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Old CPU\nflags\t\t: sse2\n")
+    assert describe_cpu_model(str(cpuinfo)) == "Old CPU"
+    # Without /proc/cpuinfo (another OS): the platform's own name for the processor.
+    assert describe_cpu_model(str(tmp_path / "missing")) == (
+        platform.processor() or platform.machine() or "unknown CPU"
+    )

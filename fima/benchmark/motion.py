@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fima.config import CfgNode
+from fima.config import CfgNode, get_cfg
 from fima.engine.defaults import resolve_device
 from fima.engine.train_loop import describe_amp
 from fima.utils.env import (
@@ -108,8 +108,6 @@ def _run(argv: list[str], log_file: str, threads: int | None = None) -> tuple[in
 
 def _load_config(config_file: str, opts: Sequence[str]) -> CfgNode:
     """The config of ``train_net.py --config-file config_file opts``."""
-    from fima.config import get_cfg
-
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))

@@ -778,8 +778,7 @@ def format_report(results: dict[str, Any]) -> str:
     peaks = results["matmul_peak_flops"]
     lines = [
         f"Device {results['device']} ({results['device_name']}), {results['threads']} threads; "
-        f"median of "
-        f"{results['rounds']} rounds after {results['warmup']} warm-up rounds.",
+        f"median of {results['rounds']} rounds after {results['warmup']} warm-up rounds.",
         f"A step: {results['what_a_step_is']}.",
         f"FLOPs: {results['flops_counted']}. Memory: {results['memory']}.",
         "Peak matmul: "

@@ -210,12 +210,12 @@ def describe_amp(amp: CfgNode, device_type: str) -> str:
     a report: ``"bfloat16 autocast"``, ``"float32"``, or ``"float32 (bfloat16 would be
     emulated on this cpu)"``. Runs in either precision from one seed follow different
     trajectories, so their figures differ within the seed noise."""
-    dtype = autocast_dtype(amp.DTYPE)
-    if not amp.ENABLED:
-        return "float32"
-    if native_autocast(device_type, dtype):
+    enabled, _ = resolve_amp(amp, device_type)
+    if enabled:
         return f"{amp.DTYPE} autocast"
-    return f"float32 ({amp.DTYPE} would be emulated on this {device_type})"
+    if amp.ENABLED:
+        return f"float32 ({amp.DTYPE} would be emulated on this {device_type})"
+    return "float32"
 
 
 class SimpleTrainer(TrainerBase):

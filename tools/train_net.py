@@ -31,6 +31,7 @@ from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fima.engine.defaults import resolve_device
+from fima.engine.launch import check_launch_arguments, resolve_backend
 from fima.evaluation import summary_table, write_results
 from fima.utils import comm
 
@@ -116,6 +117,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    # launch checks its arguments before it starts anything; what it raises then is a bad
+    # command line, said in one line (main's own errors keep their tracebacks).
+    try:
+        backend = resolve_backend(args.dist_backend)
+        check_launch_arguments(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+    except ValueError as err:
+        fail(str(err))
     launch(
         main,
         args.num_gpus,
@@ -124,4 +132,5 @@ if __name__ == "__main__":
         dist_url=args.dist_url,
         args=(args,),
         timeout=datetime.timedelta(seconds=args.dist_timeout),
+        backend=backend,
     )

@@ -34,20 +34,34 @@ def _is_local_path(path: str) -> bool:
     return "://" not in path
 
 
-def _on_gpu(cfg: CfgNode) -> bool:
-    import torch
+def runs_on_gpu(cfg: CfgNode) -> bool:
+    """Whether ``MODEL.DEVICE`` puts this process's model on a GPU."""
+    from fima.utils import comm
 
     device = cfg.MODEL.DEVICE
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return device.startswith("cuda") or (device == "auto" and comm.uses_gpu())
+
+
+def _process_group_backend() -> str | None:
+    """The default process group's backend, None without one."""
+    from fima.utils import comm
+
+    return comm.backend() if comm.is_distributed() else None
 
 
 def _multi_device(cfg: CfgNode, world_size: int) -> None:
     """Mixed precision and BatchNorm across devices."""
     solver, model = cfg.SOLVER, cfg.MODEL
     require(
-        not (solver.AMP.ENABLED and solver.AMP.DTYPE == "float16") or _on_gpu(cfg),
+        not (solver.AMP.ENABLED and solver.AMP.DTYPE == "float16") or runs_on_gpu(cfg),
         "SOLVER.AMP.DTYPE",
         "float16 needs a GPU (its gradient scaler is CUDA-only); use bfloat16 on the CPU",
+    )
+    require(
+        not (world_size > 1 and model.DEVICE == "cpu" and _process_group_backend() == "nccl"),
+        "MODEL.DEVICE",
+        f"cpu, but the {world_size} processes are joined by NCCL, which reduces on GPUs only: "
+        "pass --dist-backend gloo",
     )
     groups = model.SPLIT_BN_GROUPS
     require(groups >= 1, "MODEL.SPLIT_BN_GROUPS", f"must be >= 1, got {groups}")
@@ -64,7 +78,7 @@ def _multi_device(cfg: CfgNode, world_size: int) -> None:
         "excludes MODEL.SPLIT_BN_GROUPS > 1 (SyncBatchNorm normalises over the whole batch)",
     )
     require(
-        not model.SYNC_BN or _on_gpu(cfg),
+        not model.SYNC_BN or runs_on_gpu(cfg),
         "MODEL.SYNC_BN",
         "needs GPUs (SyncBatchNorm has no CPU implementation); on the CPU the key passes "
         "use shuffle-BN across processes",

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fima.config.config import CfgNode
+from fima.config.validation import runs_on_gpu
 from fima.data.bad_videos import BadVideoTracker
 from fima.data.datasets.build import VideoDataset, build_dataset
 from fima.data.decoder import DecodeError, VideoInfo, decode_frames
@@ -473,7 +474,7 @@ def _tracker(cfg: CfgNode) -> BadVideoTracker:
 
 def _pin_memory(cfg: CfgNode) -> bool:
     """Page-locked batches copy to the GPU faster (and asynchronously); on CPU they only cost."""
-    return torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu"
+    return runs_on_gpu(cfg)
 
 
 def _batch_per_rank(cfg: CfgNode) -> int:

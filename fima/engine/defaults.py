@@ -74,6 +74,13 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         help="rendezvous URL for multi-process runs ('auto': a free port on this machine)",
     )
     parser.add_argument(
+        "--dist-backend",
+        default="auto",
+        choices=("auto", "nccl", "gloo"),
+        help="how processes communicate ('auto': NCCL when GPUs are visible, else gloo; "
+        "gloo with MODEL.DEVICE cpu runs the processes on the CPU of a GPU machine)",
+    )
+    parser.add_argument(
         "--dist-timeout",
         type=float,
         default=1800.0,
@@ -158,9 +165,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
 
 
 def resolve_device(cfg: CfgNode) -> torch.device:
-    """``MODEL.DEVICE`` as a device: ``auto`` is this process's GPU if there is one, else CPU."""
+    """``MODEL.DEVICE`` as a device: ``auto`` is this process's GPU if it has one (see
+    ``comm.uses_gpu``), else CPU."""
     if cfg.MODEL.DEVICE == "auto":
-        if torch.cuda.is_available():
+        if comm.uses_gpu():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
     return torch.device(cfg.MODEL.DEVICE)

@@ -9,10 +9,11 @@
 - Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment) no flag is
   needed: each process joins the group torchrun describes.
 
-NCCL is used on GPUs, gloo on the CPU. Every collective times out after ``timeout``: a rank whose
-peer died fails at once (gloo sees the closed connection; the NCCL watchdog aborts), one whose
-peer hangs fails when the timeout expires, and the launcher then stops the remaining processes.
-On a CPU-only machine the N processes share its cores (``torch.set_num_threads``), unless
+The backend is NCCL when GPUs are visible, else gloo; ``backend="gloo"`` (``--dist-backend gloo``)
+runs the processes on the CPU of a GPU machine. Every collective times out after ``timeout``: a
+rank whose peer died fails at once (gloo sees the closed connection; the NCCL watchdog aborts),
+one whose peer hangs fails when the timeout expires, and the launcher then stops the remaining
+processes. Gloo processes on one machine share its cores (``torch.set_num_threads``), unless
 ``OMP_NUM_THREADS`` says how many threads each should use.
 """
 
@@ -56,6 +57,7 @@ def launch(
     dist_url: str | None = None,
     args: tuple[Any, ...] = (),
     timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+    backend: str = "auto",
 ) -> Any:
     """Run ``main_func(*args)`` in every process of the job; see the module docstring.
 
@@ -67,6 +69,7 @@ def launch(
         dist_url: rendezvous URL; ``"auto"`` picks a free local port (one machine only).
         args: arguments of ``main_func``.
         timeout: limit of any collective operation (and of the rendezvous).
+        backend: ``"nccl"``, ``"gloo"``, or ``"auto"``: NCCL when a GPU is visible, else gloo.
 
     Returns:
         ``main_func``'s return value where it ran in this process (one process per machine, or
@@ -76,27 +79,30 @@ def launch(
         SystemExit: a spawned process exited with an error code or was killed; the launcher
             has stopped the others.
     """
+    backend = resolve_backend(backend)
     if launched_by_torchrun():
         if num_gpus_per_machine > 1 or num_machines > 1:
             logger.warning("Under torchrun, --num-gpus and --num-machines are ignored")
-        return _run_under_torchrun(main_func, args, timeout)
-    if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
-        raise ValueError(
-            f"--num-gpus {num_gpus_per_machine}, --num-machines {num_machines}, --machine-rank "
-            f"{machine_rank}: need at least one process and machine, and a rank below "
-            "--num-machines"
-        )
+        return _run_under_torchrun(main_func, args, timeout, backend)
+    check_launch_arguments(num_gpus_per_machine, num_machines, machine_rank, dist_url)
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
     if dist_url is None or dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if num_machines > 1 and dist_url.startswith("file://"):
         logger.warning("file:// rendezvous across machines needs a shared file system")
     per_machine = num_gpus_per_machine
-    worker_args = (main_func, world_size, per_machine, machine_rank, dist_url, args, timeout)
+    worker_args = (
+        main_func,
+        world_size,
+        per_machine,
+        machine_rank,
+        dist_url,
+        args,
+        timeout,
+        backend,
+    )
     if per_machine == 1:
         # One process on this machine: it joins the job itself instead of spawning a copy.
         return _distributed_worker(0, *worker_args)
@@ -117,6 +123,32 @@ def launch(
     return None
 
 
+def check_launch_arguments(
+    num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str | None
+) -> None:
+    """Raise ValueError, naming the flags, where the process layout cannot run."""
+    if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine}, --num-machines {num_machines}, --machine-rank "
+            f"{machine_rank}: need at least one process and machine, and a rank below "
+            "--num-machines"
+        )
+    if num_machines > 1 and (dist_url is None or dist_url == "auto"):
+        raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` as the backend it stands for (NCCL when a GPU is visible, else gloo); an
+    unknown name or NCCL without a GPU is a ValueError."""
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"--dist-backend {backend}: choose auto, nccl or gloo")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("--dist-backend nccl needs GPUs and none is visible; use gloo")
+    return backend
+
+
 def _join_group(
     init_method: str,
     rank: int,
@@ -124,18 +156,19 @@ def _join_group(
     local_rank: int,
     local_size: int,
     timeout: datetime.timedelta,
+    backend: str,
 ) -> None:
-    """Initialise the default group, the per-machine groups and the object group; pin the GPU."""
-    use_cuda = torch.cuda.is_available()
+    """Initialise the default group, the per-machine groups and the object group; pin the GPU
+    (NCCL only: gloo processes run on the CPU)."""
+    use_cuda = backend == "nccl"
     if use_cuda:
         if torch.cuda.device_count() <= local_rank:
             raise RuntimeError(
                 f"{local_size} processes per machine but only {torch.cuda.device_count()} GPUs "
-                "are visible (NCCL needs one GPU per process); to run them on the CPU with "
-                "gloo, hide the GPUs: CUDA_VISIBLE_DEVICES="
+                "are visible (NCCL needs one GPU per process); to run them on the CPU, pass "
+                "--dist-backend gloo MODEL.DEVICE cpu"
             )
         torch.cuda.set_device(local_rank)
-    backend = "nccl" if use_cuda else "gloo"
     try:
         dist.init_process_group(
             backend=backend,
@@ -176,9 +209,10 @@ def _distributed_worker(
     dist_url: str,
     args: tuple[Any, ...],
     timeout: datetime.timedelta,
+    backend: str,
 ) -> Any:
     rank = machine_rank * per_machine + local_rank
-    _join_group(dist_url, rank, world_size, local_rank, per_machine, timeout)
+    _join_group(dist_url, rank, world_size, local_rank, per_machine, timeout, backend)
     try:
         return main_func(*args)
     finally:
@@ -186,16 +220,19 @@ def _distributed_worker(
 
 
 def _run_under_torchrun(
-    main_func: Callable[..., Any], args: tuple[Any, ...], timeout: datetime.timedelta
+    main_func: Callable[..., Any],
+    args: tuple[Any, ...],
+    timeout: datetime.timedelta,
+    backend: str,
 ) -> Any:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if world_size == 1:
-        if torch.cuda.is_available():
+        if backend == "nccl":
             torch.cuda.set_device(local_rank)
         return main_func(*args)
-    _join_group("env://", rank, world_size, local_rank, local_size, timeout)
+    _join_group("env://", rank, world_size, local_rank, local_size, timeout, backend)
     try:
         return main_func(*args)
     finally:

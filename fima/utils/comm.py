@@ -22,6 +22,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def backend() -> str:
+    """The default process group's backend ("nccl", "gloo"); needs a process group."""
+    return str(dist.get_backend())
+
+
+def uses_gpu() -> bool:
+    """Whether this process computes on a GPU under ``MODEL.DEVICE auto``: one is visible and
+    the processes are not joined by gloo (``--dist-backend gloo`` runs them on the CPU)."""
+    if not torch.cuda.is_available():
+        return False
+    return not (is_distributed() and get_world_size() > 1 and backend() == "gloo")
+
+
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
@@ -73,7 +86,7 @@ def _cpu_group() -> dist.ProcessGroup:
     object collective (which every rank reaches together, as ``new_group`` requires).
     """
     global _CPU_PROCESS_GROUP
-    if dist.get_backend() == "gloo":
+    if backend() == "gloo":
         return dist.group.WORLD
     if _CPU_PROCESS_GROUP is None:
         _CPU_PROCESS_GROUP = dist.new_group(backend="gloo")
@@ -82,7 +95,7 @@ def _cpu_group() -> dist.ProcessGroup:
 
 def collective_device() -> torch.device:
     """The device that the default backend reduces on: the current GPU for NCCL, else the CPU."""
-    if is_distributed() and dist.get_backend() == "nccl":
+    if is_distributed() and backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -4,9 +4,14 @@ paths run in tests/engine/test_distributed.py and tests/utils/test_comm.py)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
-from fima.engine import launch
-from fima.engine.launch import launched_by_torchrun
+from fima.config import ConfigError, get_cfg
+from fima.config.validation import validate_cfg
+from fima.engine import default_argument_parser, launch
+from fima.engine.defaults import resolve_device
+from fima.engine.launch import launched_by_torchrun, resolve_backend
+from fima.utils import comm
 
 
 def test_one_process_calls_main_directly() -> None:
@@ -36,3 +41,50 @@ def test_torchrun_is_recognised_from_its_environment(monkeypatch) -> None:
     assert launched_by_torchrun()
     # A job of one process under torchrun needs no process group.
     assert launch(lambda: "ran", 4) == "ran"
+
+
+def test_backend_follows_the_gpus_unless_named(monkeypatch) -> None:
+    assert resolve_backend("auto") == "gloo"  # the suite hides GPUs
+    assert resolve_backend("gloo") == "gloo"
+    with pytest.raises(ValueError, match="none is visible"):
+        resolve_backend("nccl")
+    with pytest.raises(ValueError, match="choose auto, nccl or gloo"):
+        resolve_backend("mpi")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend("auto") == "nccl"
+    assert resolve_backend("gloo") == "gloo"
+
+
+def test_the_command_line_names_the_backend() -> None:
+    parser = default_argument_parser()
+    assert parser.parse_args([]).dist_backend == "auto"
+    assert parser.parse_args(["--dist-backend", "gloo"]).dist_backend == "gloo"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dist-backend", "mpi"])
+
+
+def _fake_process_group(monkeypatch, backend: str) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(comm, "is_distributed", lambda: True)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "backend", lambda: backend)
+
+
+def test_gloo_processes_on_a_gpu_machine_compute_on_the_cpu(monkeypatch) -> None:
+    cfg = get_cfg()
+    _fake_process_group(monkeypatch, "gloo")
+    assert not comm.uses_gpu()
+    assert resolve_device(cfg).type == "cpu"  # MODEL.DEVICE auto
+    _fake_process_group(monkeypatch, "nccl")
+    assert comm.uses_gpu()
+
+
+def test_cpu_device_under_nccl_is_a_config_error(monkeypatch) -> None:
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.SOLVER.IMS_PER_BATCH = 8
+    _fake_process_group(monkeypatch, "nccl")
+    with pytest.raises(ConfigError, match="MODEL.DEVICE: cpu.*--dist-backend gloo"):
+        validate_cfg(cfg, world_size=2)
+    _fake_process_group(monkeypatch, "gloo")
+    validate_cfg(cfg, world_size=2)

@@ -88,3 +88,24 @@ def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-gpus", "0"], "need at least one process"),
+        (["--num-gpus", "2", "--dist-backend", "nccl"], "nccl needs GPUs and none is visible"),
+    ],
+)
+def test_bad_process_layout_is_one_line_not_a_traceback(tmp_path, args, message) -> None:
+    result = train_net(
+        *args,
+        "--config-file",
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -17,8 +17,10 @@ from fima.benchmark.motion import (
     METRICS,
     RANDOM,
     Arm,
+    BenchmarkResult,
     cpu_sharing,
     main,
+    paired_differences,
     run_motion_benchmark,
     run_precision,
 )
@@ -63,6 +65,9 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     for name in names:
         assert f"| {name} |" in table
     assert "tools/benchmark.py --task motion" in table
+    assert "Paired by seed (linear probe top-1, first - second, points):" in table
+    assert "Paired by seed (R@1, first - second, points):" in table
+    assert table.count("- FIMA > MoCo > Random init: on ") == 2
     # Without --jobs, one run per CPU (2 at a time on a 2-core CI machine), said in the table.
     assert result.cpu_sharing == cpu_sharing(min(processes_per_cpus(), len(names)))
     assert f"; runs {result.cpu_sharing}" in table
@@ -199,3 +204,45 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
     with pytest.raises(RuntimeError, match="failed"):
         main(["--output-dir", str(tmp_path / "three"), "--seeds", "0", "--jobs", "3"])
     assert set(asked) == {21}
+
+
+def _result(top1: dict[str, list[float]]) -> BenchmarkResult:
+    result = BenchmarkResult()
+    for name, values in top1.items():
+        result.metrics[name] = {
+            seed: {"linear_probe/top1": v, "retrieval/R@1": 0.0, "retrieval/R@5": 0.0}
+            for seed, v in enumerate(values)
+        }
+    return result
+
+
+def test_paired_differences_say_per_seed_which_method_is_ahead() -> None:
+    result = _result(
+        {
+            RANDOM: [28.8, 25.0, 26.2],
+            "MoCo": [26.0, 25.8, 30.8],
+            "FIMA": [59.8, 47.6, 61.4],
+            "FIMA w/o dense": [42.0, 32.4, 38.2],
+        }
+    )
+    lines = paired_differences(result)
+    assert lines[1] == "Paired by seed (linear probe top-1, first - second, points):"
+    assert lines[3] == (
+        "- FIMA - MoCo: +33.8, +21.8, +30.6 (mean +28.7 ± 6.2; FIMA ahead on 3 of 3 seeds)"
+    )
+    assert lines[4] == (
+        "- MoCo - Random init: -2.8, +0.8, +4.6 (mean +0.9 ± 3.7; MoCo ahead on 2 of 3 seeds)"
+    )
+    assert any(line.startswith("- FIMA - FIMA w/o dense: +17.8") for line in lines)
+    # An arm that was not run (here FIMA w/o local) is left out, not reported as missing data.
+    assert not any("w/o local" in line for line in lines)
+    # Seed 0 has MoCo below the random init: the claimed order holds on seeds 1 and 2 only.
+    assert lines[-1] == "- FIMA > MoCo > Random init: on 2 of 3 seeds"
+
+
+def test_paired_differences_use_the_seeds_both_methods_have() -> None:
+    result = _result({RANDOM: [20.0, 22.0], "MoCo": [25.0]})
+    assert paired_differences(result)[-1] == (
+        "- MoCo - Random init: +5.0 (mean +5.0; MoCo ahead on 1 of 1 seeds)"
+    )
+    assert paired_differences(_result({"MoCo": [25.0]})) == []

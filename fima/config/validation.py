@@ -63,6 +63,17 @@ def _multi_device(cfg: CfgNode, world_size: int) -> None:
         f"cpu, but the {world_size} processes are joined by NCCL, which reduces on GPUs only: "
         "pass --dist-backend gloo",
     )
+    require(
+        not (
+            world_size > 1
+            and model.DEVICE.startswith("cuda")
+            and _process_group_backend() == "gloo"
+        ),
+        "MODEL.DEVICE",
+        f"{model.DEVICE}, but the {world_size} processes are joined by gloo, which runs them "
+        "on the CPU: use --dist-backend nccl (the default where GPUs are visible) or "
+        "MODEL.DEVICE cpu",
+    )
     groups = model.SPLIT_BN_GROUPS
     require(groups >= 1, "MODEL.SPLIT_BN_GROUPS", f"must be >= 1, got {groups}")
     per_process = solver.IMS_PER_BATCH // (world_size * solver.ACCUM_STEPS)

@@ -88,3 +88,7 @@ def test_cpu_device_under_nccl_is_a_config_error(monkeypatch) -> None:
         validate_cfg(cfg, world_size=2)
     _fake_process_group(monkeypatch, "gloo")
     validate_cfg(cfg, world_size=2)
+    # The other way round: gloo processes do not pin a GPU each, so a GPU device is refused.
+    cfg.MODEL.DEVICE = "cuda"
+    with pytest.raises(ConfigError, match="MODEL.DEVICE: cuda.*joined by gloo"):
+        validate_cfg(cfg, world_size=2)

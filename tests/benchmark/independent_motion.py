@@ -26,6 +26,12 @@ What differs from SyntheticMotion, chosen before any method ran on it:
 
 Everything a single frame shows is drawn per video from the video's own generator, before and
 independently of its class, so the class is only in the motion.
+
+A control, not the benchmark's check: ``--class-backgrounds P`` makes the appearance carry the
+class, as it does in real action datasets (a pool for swimming, a field for football). Each class
+gets its own background style (coarse or fine tiles, a coarse or fine checkerboard, stripes),
+which a video takes with probability P (else a style drawn at random); the colours stay drawn
+per video. With P = 0 (the default) the dataset is the one above, byte for byte.
 """
 
 from __future__ import annotations
@@ -122,6 +128,28 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image * (0.8 + 0.3 * (ramp - ramp.min()))[..., None]
 
 
+def _styled_background(style: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """``[H, W, 3]`` in [0, 1] of one of 5 styles (``--class-backgrounds``): coarse tiles, fine
+    tiles, a coarse checkerboard, a fine checkerboard, horizontal stripes; under a brightness
+    ramp like :func:`_background`."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    if style in (0, 1):
+        cells_y, cells_x = ((2, 3), (6, 8))[style]
+        colours = rng.uniform(0.1, 0.9, size=(cells_y, cells_x, 3))
+        image = colours[ys * cells_y // height, xs * cells_x // width]
+    else:
+        cell = {2: 20, 3: 6, 4: 8}[style]
+        first, second = _colour(rng), _colour(rng)
+        odd = ((ys // cell) % 2 if style == 4 else (ys // cell + xs // cell) % 2)[..., None]
+        image = odd * first + (1 - odd) * second
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / max(height, width)
+    return image * (0.8 + 0.3 * (ramp - ramp.min()))[..., None]
+
+
+NUM_STYLES = 5
+
+
 def _paint_ellipse(
     frame: np.ndarray, cx: float, cy: float, rx: float, ry: float, colour: np.ndarray
 ) -> None:
@@ -142,10 +170,19 @@ def _paint_ellipse(
 
 
 def render(
-    motion: Motion, rng: np.random.Generator, height: int, width: int, frames: int
+    motion: Motion,
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    frames: int,
+    style: int | None = None,
 ) -> np.ndarray:
-    """One video ``[T, H, W, 3]`` uint8 of ``motion``; the appearance is drawn first."""
-    background = _background(rng, height, width)
+    """One video ``[T, H, W, 3]`` uint8 of ``motion``; the appearance is drawn first, its
+    background in ``style`` (``_styled_background``) if one is given."""
+    if style is None:
+        background = _background(rng, height, width)
+    else:
+        background = _styled_background(style, rng, height, width)
     size = rng.uniform(0.2, 0.32) * height
     aspect = rng.uniform(0.7, 1.4)
     colour = _colour(rng)
@@ -192,11 +229,15 @@ def make_dataset(
     width: int = 128,
     frames: int = 32,
     seed: int = 0,
+    class_backgrounds: float = 0.0,
 ) -> None:
     """Write ``root/videos/<class>/<class>_<i>.mp4`` and ``root/{train,test}.csv`` (path,label).
 
     Video ``i`` of every class draws from ``np.random.default_rng((seed, i))``, so the same
     appearance draws are shared across classes and only the motion differs between them.
+    ``class_backgrounds`` > 0 is the control of the module docstring: class ``k``'s video ``i``
+    takes style ``k`` with that probability, else a random one (drawn from
+    ``np.random.default_rng((seed + 1, k, i))``).
 
     Raises:
         FileExistsError: ``root`` already holds a list file (nothing is overwritten).
@@ -205,11 +246,16 @@ def make_dataset(
         if os.path.exists(os.path.join(root, f"{split}.csv")):
             raise FileExistsError(f"{root} already holds {split}.csv; give an empty folder")
     rows: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
-    for name, motion in MOTIONS.items():
+    for k, (name, motion) in enumerate(MOTIONS.items()):
         os.makedirs(os.path.join(root, "videos", name), exist_ok=True)
         for i in range(train_per_class + test_per_class):
             relative = os.path.join("videos", name, f"{name}_{i:03d}.mp4")
-            video = render(motion, np.random.default_rng((seed, i)), height, width, frames)
+            style = None
+            if class_backgrounds > 0:
+                chooser = np.random.default_rng((seed + 1, k, i))
+                own = chooser.random() < class_backgrounds
+                style = k % NUM_STYLES if own else int(chooser.integers(NUM_STYLES))
+            video = render(motion, np.random.default_rng((seed, i)), height, width, frames, style)
             write_mp4(os.path.join(root, relative), video)
             rows["train" if i < train_per_class else "test"].append((relative, name))
     for split, entries in rows.items():
@@ -225,8 +271,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--train-per-class", type=int, default=64)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--class-backgrounds",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="a control: each class's videos take the class's background style with "
+        "probability P, so the appearance carries the class (default 0: it does not)",
+    )
     args = parser.parse_args(argv)
-    make_dataset(args.root, args.train_per_class, args.test_per_class, seed=args.seed)
+    if not 0.0 <= args.class_backgrounds <= 1.0:
+        parser.error(f"--class-backgrounds {args.class_backgrounds}: must be in [0, 1]")
+    make_dataset(
+        args.root,
+        args.train_per_class,
+        args.test_per_class,
+        seed=args.seed,
+        class_backgrounds=args.class_backgrounds,
+    )
     print(f"Wrote {len(MOTIONS)} classes into {args.root} (train.csv, test.csv)")
 
 

@@ -31,7 +31,7 @@ A control, not the benchmark's check: ``--class-backgrounds P`` makes the appear
 class, as it does in real action datasets (a pool for swimming, a field for football). Each class
 gets its own background style (coarse or fine tiles, a coarse or fine checkerboard, stripes),
 which a video takes with probability P (else a style drawn at random); the colours stay drawn
-per video. With P = 0 (the default) the dataset is the one above, byte for byte.
+per video. P = 0 (the default) renders every frame as the generator did before this option.
 """
 
 from __future__ import annotations
@@ -111,6 +111,15 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.1, 0.9, size=3)
 
 
+def _under_ramp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` ``[H, W, 3]`` under a linear brightness ramp of random direction (x0.8-1.2)."""
+    height, width = image.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width]
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / max(height, width)
+    return image * (0.8 + 0.3 * (ramp - ramp.min()))[..., None]
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Tiles or a checkerboard under a brightness ramp: ``[H, W, 3]`` in [0, 1]."""
     ys, xs = np.mgrid[0:height, 0:width]
@@ -123,9 +132,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         first, second = _colour(rng), _colour(rng)
         odd = ((ys // cell + xs // cell) % 2)[..., None]
         image = odd * first + (1 - odd) * second
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / max(height, width)
-    return image * (0.8 + 0.3 * (ramp - ramp.min()))[..., None]
+    return _under_ramp(image, rng)
 
 
 def _styled_background(style: int, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -142,9 +149,7 @@ def _styled_background(style: int, rng: np.random.Generator, height: int, width:
         first, second = _colour(rng), _colour(rng)
         odd = ((ys // cell) % 2 if style == 4 else (ys // cell + xs // cell) % 2)[..., None]
         image = odd * first + (1 - odd) * second
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / max(height, width)
-    return image * (0.8 + 0.3 * (ramp - ramp.min()))[..., None]
+    return _under_ramp(image, rng)
 
 
 NUM_STYLES = 5

@@ -116,6 +116,59 @@ def test_video_list_integer_labels_unlabelled_lists_and_explicit_files(tmp_path)
     assert unlabelled[0].path == str(tmp_path / "a b.mp4")  # relative to the list's folder
 
 
+def _touch(root, *relatives: str) -> None:
+    for relative in relatives:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+def test_video_list_class_folders_share_class_indices_across_splits(tmp_path, caplog) -> None:
+    _touch(
+        tmp_path,
+        "train/walk/a.mp4", "train/walk/b.AVI", "train/run/deep/c.mkv", "train/run/notes.txt",
+        "train/run/.hidden.mp4", "train/.cache/d.mp4", "test/walk/e.webm", "test/jump/f.mp4",
+    )  # fmt: skip
+    cfg = _cfg("VideoList", str(tmp_path))
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        train = build_dataset(cfg, "train")
+    test = build_dataset(cfg, "test")
+    # The classes of both splits, sorted: "jump" has test videos only and still has index 0.
+    assert train.class_names == ["jump", "run", "walk"] == test.class_names
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
+        ("train/run/deep/c.mkv", 1), ("train/walk/a.mp4", 2), ("train/walk/b.AVI", 2),
+    ]  # fmt: skip
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in test] == [
+        ("test/jump/f.mp4", 0), ("test/walk/e.webm", 2),
+    ]  # fmt: skip
+    assert "left out 2 file(s) that are not videos" in caplog.text
+
+
+def test_video_list_folders_unlabelled_and_beside_list_files(tmp_path) -> None:
+    _touch(tmp_path, "train/1.mp4", "train/2.mp4", "test/x/3.mp4")
+    cfg = _cfg("VideoList", str(tmp_path))
+    assert [r.label for r in build_dataset(cfg, "train")] == [-1, -1]
+    # A split's list file wins over its folder, and its labels share the folders' indices.
+    (tmp_path / "train.csv").write_text("train/1.mp4,y\n")
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert train.class_names == ["x", "y"] == test.class_names
+    assert [(r.path, r.label) for r in train] == [(str(tmp_path / "train" / "1.mp4"), 1)]
+    assert [r.label for r in test] == [0]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (("train/1.mp4", "train/walk/2.mp4"), r"directly in it \(e.g. .*1.mp4\) and in class"),
+        (("train/walk/readme.md",), r"train: no videos in it or in class folders"),
+    ],
+)
+def test_video_list_bad_folders_say_what_is_wrong(tmp_path, files, message: str) -> None:
+    _touch(tmp_path, *files)
+    with pytest.raises(AnnotationError, match=message):
+        build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+
+
 @pytest.mark.parametrize(
     ("dataset", "relative", "text", "line"),
     [
@@ -162,7 +215,7 @@ def test_missing_list_files_state_the_layout(tmp_path) -> None:
         build_dataset(_cfg("HMDB51", str(tmp_path)), "train")
     with pytest.raises(FileNotFoundError, match=r"annotations/train.csv: expected"):
         build_dataset(_cfg("Kinetics400", str(tmp_path)), "train")
-    with pytest.raises(FileNotFoundError, match=r"No list file for split 'test'"):
+    with pytest.raises(FileNotFoundError, match=r"No list file or folder for split 'test'"):
         build_dataset(_cfg("VideoList", str(tmp_path)), "test")
     cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": str(tmp_path / "none.csv")})
     with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: list file .*none.csv"):

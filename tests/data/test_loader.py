@@ -7,7 +7,7 @@ import torch
 
 from fima.data import build_pretrain_loader, build_test_loader, build_train_loader
 from fima.data.build import TrainingBatchSampler
-from tests.conftest import tiny_cfg
+from tests.conftest import tiny_cfg, write_test_video
 
 
 def _first_batches(loader, n: int) -> list[dict]:
@@ -137,3 +137,20 @@ def test_take_returns_a_view_for_evenly_spaced_rows() -> None:
     assert torch.equal(view, frames[[1, 3, 5, 7]])
     assert torch.equal(_take(frames, np.array([0, 1, 1, 4])), frames[[0, 1, 1, 4]])
     assert torch.equal(_take(frames, np.array([6])), frames[[6]])
+
+
+def test_class_folders_train_and_test_like_list_files(tmp_path) -> None:
+    for split, per_class in (("train", 2), ("test", 1)):
+        for label in ("left", "right"):
+            for i in range(per_class):
+                folder = tmp_path / "videos" / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                write_test_video(str(folder / f"{i}.mp4"), num_frames=24)
+    cfg = tiny_cfg(
+        str(tmp_path), **{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path / "videos")}
+    )
+    batch = _first_batches(build_train_loader(cfg), 1)[0]
+    assert batch["global"].shape == (4, 1, 3, 8, 32, 32)
+    assert sorted(batch["label"].tolist()) == [0, 0, 1, 1]
+    test_batches = list(build_test_loader(cfg))
+    assert sorted(torch.cat([b["label"] for b in test_batches]).tolist()) == [0, 1]

@@ -1,12 +1,18 @@
-"""VideoList: any videos, listed one per line as ``path label`` (see DATASETS.md).
+"""VideoList: any videos, listed one per line as ``path label``, or in class folders (see
+DATASETS.md).
 
 A list is a CSV file (``.csv``: ``path,label``, an optional header ``path,label``, quoting as
 usual) or a text file of whitespace-separated ``path label`` (paths without spaces). Every line of
 a file has a label or none does (an unlabelled list, for pretraining; labels are then -1).
 
-Labels: if every label of the dataset's lists is a non-negative integer, it is the class index
+A split without a list file may be a folder ``DATA.ROOT/<split>/``: ``<class>/<video>`` (videos
+anywhere below a class folder), or only videos directly in it (unlabelled). Files whose extension
+is not a video container's (:data:`VIDEO_EXTENSIONS`) and hidden entries are left out, counted
+and logged.
+
+Labels: if every label of the dataset's splits is a non-negative integer, it is the class index
 and the classes are named ``"0" .. "K-1"``; otherwise the labels are class names, sorted, and a
-label is the index of its name. Both list files (train and test) decide, so indices agree.
+label is the index of its name. Both splits (train and test) decide, so indices agree.
 
 Relative paths are relative to ``DATA.ROOT``, or to the list file's folder if ``DATA.ROOT`` is
 empty.
@@ -15,6 +21,7 @@ empty.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 from fima.config.config import CfgNode
@@ -28,11 +35,19 @@ from fima.data.datasets.build import (
     require_root,
 )
 
+logger = logging.getLogger(__name__)
+
 LAYOUT = (
     "expected list files DATA.VIDEO_LIST.TRAIN / TEST, or DATA.ROOT/<split>.csv or "
-    "DATA.ROOT/<split>.txt, of 'path label' lines; see DATASETS.md"
+    "DATA.ROOT/<split>.txt, of 'path label' lines, or class folders "
+    "DATA.ROOT/<split>/<class>/<video>; see DATASETS.md"
 )
 _HEADERS = (["path"], ["path", "label"])
+# Containers PyAV (FFmpeg) reads and videos commonly come in; compared in lower case.
+VIDEO_EXTENSIONS = (
+    ".3gp", ".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
+    ".wmv",
+)  # fmt: skip
 
 
 def add_video_list_config(cfg: CfgNode) -> None:
@@ -91,6 +106,53 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     return entries
 
 
+def split_folder(cfg: CfgNode, split: str) -> str | None:
+    """``DATA.ROOT/<split>`` if it is a folder (read when the split has no list file)."""
+    if not cfg.DATA.ROOT:
+        return None
+    folder = os.path.join(os.path.expanduser(cfg.DATA.ROOT), split)
+    return folder if os.path.isdir(folder) else None
+
+
+def read_video_folder(folder: str) -> list[tuple[str, str | None]]:
+    """``(absolute video path, class name or None)`` for every video under ``folder``, sorted.
+
+    A video below a subfolder of ``folder`` has that subfolder's name as its class (at any depth
+    below it); a video directly in ``folder`` has none. Hidden entries and files that are not
+    videos (:data:`VIDEO_EXTENSIONS`) are left out, counted and logged.
+
+    Raises:
+        AnnotationError: the folder holds videos both directly and in class folders, or no video.
+    """
+    folder = os.path.abspath(folder)
+    videos: list[tuple[str, str | None]] = []
+    ignored: list[str] = []
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(parent, folder)
+        label = None if relative == os.curdir else relative.split(os.sep)[0]
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
+                ignored.append(path)
+            else:
+                videos.append((path, label))
+    if ignored:
+        logger.info(
+            "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
+            folder, len(ignored), ", ".join(VIDEO_EXTENSIONS), ignored[0],
+        )  # fmt: skip
+    if not videos:
+        raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")
+    unlabelled = [path for path, label in videos if label is None]
+    if unlabelled and len(unlabelled) < len(videos):
+        raise AnnotationError(
+            f"{folder}: videos directly in it (e.g. {unlabelled[0]}) and in class folders; put "
+            "every video in its class folder, or all of them directly in it (unlabelled)"
+        )
+    return videos
+
+
 def class_names_of(labels: list[str]) -> list[str]:
     """``"0" .. "K-1"`` if every label is a non-negative integer, else the sorted names."""
     if labels and all(label.isdigit() for label in labels):
@@ -100,7 +162,7 @@ def class_names_of(labels: list[str]) -> list[str]:
 
 @DATASET_REGISTRY.register()
 class VideoList(VideoDataset):
-    """Videos from list files of ``path label`` lines (module doc)."""
+    """Videos from list files of ``path label`` lines, or from class folders (module doc)."""
 
     LAYOUT = LAYOUT
 
@@ -117,25 +179,37 @@ class VideoList(VideoDataset):
             )
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
-        path = list_file(cfg, split)
-        if path is None:
+        if list_file(cfg, split) is None and split_folder(cfg, split) is None:
             if cfg.DATA.ROOT:
                 require_root(cfg.DATA.ROOT, "VideoList", LAYOUT)
-            raise FileNotFoundError(f"No list file for split {split!r}: {LAYOUT}")
-        lists = {s: list_file(cfg, s) for s in ("train", "test")}
-        lists[split] = path
-        entries = {s: read_video_list(p) for s, p in lists.items() if p is not None}
+            raise FileNotFoundError(f"No list file or folder for split {split!r}: {LAYOUT}")
+        # Both splits' labels decide the class indices, so that train and test agree.
+        videos = {s: self._read_split(cfg, s) for s in dict.fromkeys(("train", "test", split))}
         class_names = class_names_of(
-            [label for rows in entries.values() for _, _, label in rows if label is not None]
+            [label for rows in videos.values() if rows for _, label in rows if label is not None]
         )
         label_of = {name: i for i, name in enumerate(class_names)}
-        root = (
-            os.path.abspath(os.path.expanduser(cfg.DATA.ROOT))
-            if cfg.DATA.ROOT
-            else os.path.dirname(os.path.abspath(path))
+        records = [
+            VideoRecord(path, -1 if label is None else label_of[label], path)
+            for path, label in videos[split] or []
+        ]
+        # A split without DATA.ROOT has a list file (checked above): its folder is the root.
+        root = os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(list_file(cfg, split) or "")
+        super().__init__(
+            records, class_names, name="VideoList", split=split, root=os.path.abspath(root)
         )
-        records = []
-        for _, video, label in entries[split]:
-            full = os.path.normpath(os.path.join(root, os.path.expanduser(video)))
-            records.append(VideoRecord(full, -1 if label is None else label_of[label], full))
-        super().__init__(records, class_names, name="VideoList", split=split, root=root)
+
+    @staticmethod
+    def _read_split(cfg: CfgNode, split: str) -> list[tuple[str, str | None]] | None:
+        """``(absolute video path, label or None)`` of a split: from its list file if it has
+        one, else from its folder; None if it has neither."""
+        path = list_file(cfg, split)
+        if path is None:
+            folder = split_folder(cfg, split)
+            return None if folder is None else read_video_folder(folder)
+        # List paths are relative to DATA.ROOT, or to the list's folder if it is empty.
+        base = os.path.abspath(os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(path))
+        return [
+            (os.path.normpath(os.path.join(base, os.path.expanduser(video))), label)
+            for _, video, label in read_video_list(path)
+        ]

@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+import ast
 import os
+from typing import Any
 
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from iopath.common.file_io import g_pathmgr
 
 
+def _as_float_if_int(default: Any, value: Any) -> Any:
+    """``value`` as a float where ``default`` is a float and ``value`` an integer (or its text).
+
+    yacs refuses ``SOLVER.BASE_LR 1`` or ``DENSE_WEIGHT: 0`` as a type mismatch; an integer is a
+    float value written without its decimal point, so it is taken as one. Anything else is left
+    for yacs's type check.
+    """
+    if not isinstance(default, float):
+        return value
+    if isinstance(value, str):
+        try:
+            decoded = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        return repr(float(decoded)) if type(decoded) is int else value
+    return float(value) if type(value) is int else value
+
+
+def _ints_as_floats(defaults: _FvcoreCfgNode, loaded: dict) -> dict:
+    """``loaded`` (a YAML mapping) with the integers of float keys made floats, recursively."""
+    out = {}
+    for key, value in loaded.items():
+        default = defaults.get(key) if isinstance(defaults, _FvcoreCfgNode) else None
+        if isinstance(value, dict) and isinstance(default, _FvcoreCfgNode):
+            out[key] = _ints_as_floats(default, value)
+        else:
+            out[key] = _as_float_if_int(default, value)
+    return out
+
+
 class CfgNode(_FvcoreCfgNode):
     """A config tree. Unknown keys are an error and YAML is always loaded safely.
 
     ``merge_from_file`` follows ``_BASE_`` (relative to the including file); values given later
-    (the file, then the command line) override earlier ones.
+    (the file, then the command line) override earlier ones. An integer given for a float key
+    (``SOLVER.BASE_LR 1``) is taken as that float.
     """
 
     @classmethod
@@ -42,7 +75,7 @@ class CfgNode(_FvcoreCfgNode):
         except (yaml.YAMLError, AssertionError) as err:
             raise ValueError(f"Cannot read config {cfg_filename}: {err}") from None
         try:
-            self.merge_from_other_cfg(type(self)(loaded))
+            self.merge_from_other_cfg(type(self)(_ints_as_floats(self, loaded)))
         except KeyError as err:
             raise KeyError(f"{err.args[0]} (in {os.path.abspath(cfg_filename)})") from None
 
@@ -57,12 +90,14 @@ class CfgNode(_FvcoreCfgNode):
             raise ValueError(
                 f"Config overrides must be KEY VALUE pairs, got an odd number: {cfg_list}"
             )
-        for full_key in cfg_list[0::2]:
-            node = self
+        cfg_list = list(cfg_list)
+        for index in range(0, len(cfg_list), 2):
+            full_key, node = cfg_list[index], self
             for part in full_key.split("."):
                 if not isinstance(node, _FvcoreCfgNode) or part not in node:
                     raise KeyError(f"Non-existent config key: {full_key}")
                 node = node[part]
+            cfg_list[index + 1] = _as_float_if_int(node, cfg_list[index + 1])
         try:
             super().merge_from_list(cfg_list)
         except AssertionError as err:  # yacs reports with asserts, which python -O strips

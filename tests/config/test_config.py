@@ -38,6 +38,23 @@ def test_unknown_key_on_command_line() -> None:
         get_cfg().merge_from_list(["MODEL.NOPE", "1"])
 
 
+def test_integers_for_float_keys_are_floats(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "SOLVER:\n  BASE_LR: 1\nMODEL:\n  FIMA:\n    DENSE_WEIGHT: 0\n"
+    )
+    cfg = get_cfg()
+    cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    cfg.merge_from_list(["SOLVER.WEIGHT_DECAY", "0", "MODEL.FIMA.LOCAL_WEIGHT", 2])
+    values = (cfg.SOLVER.BASE_LR, cfg.MODEL.FIMA.DENSE_WEIGHT, cfg.SOLVER.WEIGHT_DECAY)
+    assert values == (1.0, 0.0, 0.0) and cfg.MODEL.FIMA.LOCAL_WEIGHT == 2.0
+    assert all(type(v) is float for v in (*values, cfg.MODEL.FIMA.LOCAL_WEIGHT))
+    # Only integers: text, booleans and floats for integer keys still fail the type check.
+    for key, value in (("SOLVER.BASE_LR", "abc"), ("SOLVER.BASE_LR", "True"),
+                       ("SOLVER.IMS_PER_BATCH", "2.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"Type mismatch .* {key}"):
+            get_cfg().merge_from_list([key, value])
+
+
 def test_python_tags_are_refused(tmp_path) -> None:
     path = tmp_path / "evil.yaml"
     path.write_text("SOLVER:\n  BASE_LR: !!python/object/apply:os.getcwd []\n")

@@ -127,8 +127,42 @@ class QueueUpdate(HookBase):
     the next step sees. The model must define ``update_queues()``.
     """
 
+    def before_train(self) -> None:
+        self._checked = False
+
     def after_step(self) -> None:
-        comm.unwrap_model(self.trainer.model).update_queues()
+        model = comm.unwrap_model(self.trainer.model)
+        model.update_queues()
+        if not self._checked:
+            self._checked = True
+            iters_per_epoch = getattr(self.trainer, "iters_per_epoch", None)
+            if iters_per_epoch and comm.is_main_process():
+                warn_long_queues(model, iters_per_epoch)
+
+
+def warn_long_queues(model: torch.nn.Module, iters_per_epoch: int) -> None:
+    """Warn about every :class:`~fima.modeling.queue.KeyQueue` of ``model`` that holds at least
+    an epoch of keys, judged by what its last enqueue wrote (one optimizer step's keys).
+
+    Such a queue holds every video's own keys from its previous visit, so each video meets
+    stale copies of itself as negatives. The recipe's instance and motion queues hold 6-14% of
+    an epoch's keys (RECIPE.md §7: 2240 keys on UCF101, 65536 on Kinetics-400, 2 or 4 keys per
+    video); a config made for a large dataset and run on a small one is how this happens.
+    """
+    from fima.modeling.queue import KeyQueue  # engine imports modeling, not the reverse
+
+    for name, queue in model.named_modules():
+        if not isinstance(queue, KeyQueue) or not queue.last_enqueued:
+            continue
+        epoch_keys = queue.last_enqueued * iters_per_epoch
+        if queue.size >= epoch_keys:
+            logger.warning(
+                "Queue %s holds %d keys, %.1f epochs' worth (%d keys per step, %d steps per "
+                "epoch): every video meets its own keys from earlier epochs as negatives. The "
+                "recipe's instance and motion queues hold 6-14%% of an epoch's keys (RECIPE.md "
+                "§7); set a smaller queue size for this dataset",
+                name, queue.size, queue.size / epoch_keys, queue.last_enqueued, iters_per_epoch,
+            )  # fmt: skip
 
 
 class NonFiniteLossGuard(HookBase):

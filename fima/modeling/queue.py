@@ -26,6 +26,8 @@ class KeyQueue(nn.Module):
         self.size = size
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        # Keys (of all ranks) written by the last enqueue: how fast the queue turns over.
+        self.last_enqueued = 0
 
     def forward(self) -> torch.Tensor:
         """The queued keys ``[size, dim]`` (the buffer itself: enqueue only after backward)."""
@@ -45,6 +47,7 @@ class KeyQueue(nn.Module):
         positions, keys = self._slots(keys)
         self.keys[positions] = keys
         self.ptr.copy_((self.ptr + n_total) % self.size)
+        self.last_enqueued = n_total
 
     @torch.no_grad()
     def peek_enqueued(self, keys: torch.Tensor) -> torch.Tensor:

@@ -268,3 +268,28 @@ def test_resuming_with_another_model_config_lists_the_mismatched_keys(tmp_path) 
     assert "model_final.pth does not match the model" in str(info.value)
     assert "queue.keys: checkpoint (64, 16) vs model (64, 8)" in str(info.value)
     assert "projector_q.fc2.weight" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "queue_size", "warned"),
+    [("MoCo", 64, ["queue"]), ("MoCo", 16, []), ("FIMA", 16, ["motion_queue", "dense_queue"])],
+)
+def test_queues_holding_an_epoch_of_keys_are_warned_about(
+    tmp_path, caplog, method: str, queue_size: int, warned: list[str]
+) -> None:
+    # 16 training videos, 4 steps of 4 per epoch: 2 instance keys per video (32 an epoch); FIMA's
+    # motion and dense queues keep the Kinetics sizes (65536, 31360), thousands of epochs here.
+    cfg = tiny_cfg(
+        str(tmp_path),
+        **{
+            "SOLVER.MAX_ITER": 2,
+            "MODEL.META_ARCHITECTURE": method,
+            "MODEL.MOCO.QUEUE_SIZE": queue_size,
+        },
+    )
+    trainer = DefaultTrainer(cfg)
+    assert trainer.iters_per_epoch == 4
+    with caplog.at_level("WARNING", logger="fima.engine.hooks"):
+        trainer.train()
+    messages = [r.getMessage() for r in caplog.records if "epochs' worth" in r.getMessage()]
+    assert [m.split()[1] for m in messages] == warned

@@ -116,6 +116,26 @@ def test_video_list_integer_labels_unlabelled_lists_and_explicit_files(tmp_path)
     assert unlabelled[0].path == str(tmp_path / "a b.mp4")  # relative to the list's folder
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "second"),
+    [
+        # SlowFast's train.csv: whitespace-separated, no header; the path may hold spaces.
+        ("train.csv", "x/1.mp4 2\nmy videos/2.mp4 0\n", "my videos/2.mp4"),
+        ("train.csv", '"Video","Class"\nx/1.mp4,2\n"my videos/2.mp4",0\n', "my videos/2.mp4"),
+        ("train.txt", "path label\nx/1.mp4 2\nmy_videos/2.mp4 0\n", "my_videos/2.mp4"),
+    ],
+)
+def test_video_list_slowfast_csv_and_named_columns(
+    tmp_path, name: str, text: str, second: str
+) -> None:
+    (tmp_path / name).write_text(text)
+    train = build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+    assert train.class_names == ["0", "1", "2"]
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
+        ("x/1.mp4", 2), (second, 0),
+    ]  # fmt: skip
+
+
 def _touch(root, *relatives: str) -> None:
     for relative in relatives:
         path = root / relative

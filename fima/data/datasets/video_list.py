@@ -1,9 +1,10 @@
 """VideoList: any videos, listed one per line as ``path label``, or in class folders (see
 DATASETS.md).
 
-A list is a CSV file (``.csv``: ``path,label``, an optional header ``path,label``, quoting as
-usual) or a text file of whitespace-separated ``path label`` (paths without spaces). Every line of
-a file has a label or none does (an unlabelled list, for pretraining; labels are then -1).
+A list is a CSV file (``.csv``: ``path,label``, quoting as usual; or, without commas, SlowFast's
+``path label``) or a text file of whitespace-separated ``path label`` (paths without spaces), with
+an optional header line naming the columns. Every line of a file has a label or none does (an
+unlabelled list, for pretraining; labels are then -1).
 
 A split without a list file may be a folder ``DATA.ROOT/<split>/``: ``<class>/<video>`` (videos
 anywhere below a class folder), or only videos directly in it (unlabelled). Files whose extension
@@ -23,6 +24,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 
 from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
@@ -42,7 +44,9 @@ LAYOUT = (
     "DATA.ROOT/<split>.txt, of 'path label' lines, or class folders "
     "DATA.ROOT/<split>/<class>/<video>; see DATASETS.md"
 )
-_HEADERS = (["path"], ["path", "label"])
+# Column names a list's first line may carry instead of a video (compared in lower case).
+_PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "clip")
+_LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "action", "label_name")
 # Containers PyAV (FFmpeg) reads and videos commonly come in; compared in lower case.
 VIDEO_EXTENSIONS = (
     ".3gp", ".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
@@ -73,23 +77,48 @@ def list_file(cfg: CfgNode, split: str) -> str | None:
     return None
 
 
+def _is_header(fields: list[str]) -> bool:
+    """Whether a list's first line names its columns (``path,label``, ``video,class``, ...)."""
+    names = [field.lower() for field in fields]
+    return (
+        len(names) in (1, 2)
+        and names[0] in _PATH_COLUMNS
+        and (len(names) == 1 or names[1] in _LABEL_COLUMNS)
+    )
+
+
+def _space_separated(lines: list[tuple[int, str]]) -> bool:
+    """Whether a ``.csv`` file's lines are ``path label`` separated by whitespace, without a
+    comma (SlowFast's ``train.csv``): every line ends in a whitespace-separated integer label."""
+    return bool(lines) and all(
+        "," not in line and len(line.split()) >= 2 and line.split()[-1].isdigit()
+        for _, line in lines
+    )
+
+
 def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     """``(line number, video path as written, label or None)`` for every entry of a list file.
+
+    A first line that names the columns (:func:`_is_header`) is skipped. A ``.csv`` file whose
+    lines hold no comma and end in an integer label after whitespace is read as SlowFast's
+    ``path label`` lines (the path may hold spaces).
 
     Raises:
         AnnotationError: a line with the wrong number of fields, an empty path, or a line with a
             label in a file whose first line has none (or the reverse).
     """
-    if path.endswith(".csv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            lines = [(reader.line_num, [field.strip() for field in row]) for row in reader]
-        lines = [(n, fields) for n, fields in lines if any(fields)]
-        if lines and [field.lower() for field in lines[0][1]] in _HEADERS:
-            lines = lines[1:]
+    text_lines = read_lines(path)
+    if text_lines and _is_header(
+        [field.strip("'\"") for field in re.split(r"[,\s]+", text_lines[0][1])]
+    ):
+        text_lines = text_lines[1:]
+    if path.endswith(".csv") and not _space_separated(text_lines):
+        rows = csv.reader([line for _, line in text_lines])
+        lines = [(n, [field.strip() for field in row]) for (n, _), row in zip(text_lines, rows)]
         expected = "'path,label' (or 'path')"
     else:
-        lines = [(number, line.split()) for number, line in read_lines(path)]
+        split = (lambda line: line.rsplit(maxsplit=1)) if path.endswith(".csv") else str.split
+        lines = [(number, split(line)) for number, line in text_lines]
         expected = "'path label' (or 'path'), separated by whitespace; use a .csv for paths "
         expected += "with spaces"
     entries: list[tuple[int, str, str | None]] = []

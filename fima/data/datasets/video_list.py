@@ -143,12 +143,12 @@ def split_folder(cfg: CfgNode, split: str) -> str | None:
     return folder if os.path.isdir(folder) else None
 
 
-def read_video_folder(folder: str) -> list[tuple[str, str | None]]:
+def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | None]]:
     """``(absolute video path, class name or None)`` for every video under ``folder``, sorted.
 
     A video below a subfolder of ``folder`` has that subfolder's name as its class (at any depth
     below it); a video directly in ``folder`` has none. Hidden entries and files that are not
-    videos (:data:`VIDEO_EXTENSIONS`) are left out, counted and logged.
+    videos (:data:`VIDEO_EXTENSIONS`) are left out, and counted in the log if ``log``.
 
     Raises:
         AnnotationError: the folder holds videos both directly and in class folders, or no video.
@@ -166,7 +166,7 @@ def read_video_folder(folder: str) -> list[tuple[str, str | None]]:
                 ignored.append(path)
             else:
                 videos.append((path, label))
-    if ignored:
+    if ignored and log:
         logger.info(
             "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
             folder, len(ignored), ", ".join(VIDEO_EXTENSIONS), ignored[0],
@@ -213,7 +213,10 @@ class VideoList(VideoDataset):
                 require_root(cfg.DATA.ROOT, "VideoList", LAYOUT)
             raise FileNotFoundError(f"No list file or folder for split {split!r}: {LAYOUT}")
         # Both splits' labels decide the class indices, so that train and test agree.
-        videos = {s: self._read_split(cfg, s) for s in dict.fromkeys(("train", "test", split))}
+        videos = {
+            s: self._read_split(cfg, s, log=s == split)
+            for s in dict.fromkeys(("train", "test", split))
+        }
         class_names = class_names_of(
             [label for rows in videos.values() if rows for _, label in rows if label is not None]
         )
@@ -229,13 +232,13 @@ class VideoList(VideoDataset):
         )
 
     @staticmethod
-    def _read_split(cfg: CfgNode, split: str) -> list[tuple[str, str | None]] | None:
+    def _read_split(cfg: CfgNode, split: str, log: bool) -> list[tuple[str, str | None]] | None:
         """``(absolute video path, label or None)`` of a split: from its list file if it has
-        one, else from its folder; None if it has neither."""
+        one, else from its folder (logging what it leaves out if ``log``); None if neither."""
         path = list_file(cfg, split)
         if path is None:
             folder = split_folder(cfg, split)
-            return None if folder is None else read_video_folder(folder)
+            return None if folder is None else read_video_folder(folder, log)
         # List paths are relative to DATA.ROOT, or to the list's folder if it is empty.
         base = os.path.abspath(os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(path))
         return [

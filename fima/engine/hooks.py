@@ -127,7 +127,8 @@ class QueueUpdate(HookBase):
     the next step sees. The model must define ``update_queues()``.
     """
 
-    def before_train(self) -> None:
+    def __init__(self) -> None:
+        # The queues' sizes are checked against an epoch of keys after the first step.
         self._checked = False
 
     def after_step(self) -> None:

@@ -131,6 +131,9 @@ _C.TEST = CN()
 # Evaluate every EVAL_PERIOD iterations and at the end; 0 only at the end (if an evaluator exists).
 _C.TEST.EVAL_PERIOD = 0
 _C.TEST.NUM_CLIPS = 10
+# Spatial crops per clip: 1, the centre crop (RECIPE.md §9); 3, also the two ends of the long side
+# (SlowFast's three-crop test, usual for Kinetics-400): a video is then NUM_CLIPS x 3 views.
+_C.TEST.NUM_SPATIAL_CROPS = 1
 _C.TEST.IMS_PER_BATCH = 8
 
 # ---------------------------------------------------------------------------------------------

@@ -203,6 +203,11 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
             f"file {cfg.MODEL.WEIGHTS!r} does not exist",
         )
     require(cfg.TEST.NUM_CLIPS > 0, "TEST.NUM_CLIPS", "must be positive")
+    require(
+        cfg.TEST.NUM_SPATIAL_CROPS in (1, 3),
+        "TEST.NUM_SPATIAL_CROPS",
+        f"must be 1 (centre) or 3 (both ends and centre), got {cfg.TEST.NUM_SPATIAL_CROPS}",
+    )
     require(cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", "must be >= 0 (0: at the end only)")
     require(bool(cfg.OUTPUT_DIR), "OUTPUT_DIR", "must not be empty")
     require(cfg.VIS_PERIOD >= 0, "VIS_PERIOD", f"must be >= 0 (0: off), got {cfg.VIS_PERIOD}")

@@ -36,7 +36,7 @@ from fima.data.sampling import (
     view_positions,
     window_indices,
 )
-from fima.data.transforms import center_crop, random_crop_flip
+from fima.data.transforms import random_crop_flip, spatial_crops
 from fima.utils import comm
 from fima.utils.env import shared_seed
 from fima.utils.memory import retain_freed_memory
@@ -238,12 +238,15 @@ def _take(frames: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
 
 
 class TestClips(Dataset):
-    """Test samples: ``TEST.NUM_CLIPS`` uniformly spaced centre-cropped clips of a video.
+    """Test samples: ``TEST.NUM_CLIPS`` uniformly spaced clips of a video, each as
+    ``TEST.NUM_SPATIAL_CROPS`` crops.
 
     Frames are decoded with their short side at most ``INPUT.TEST_SHORT_SIDE``, then
-    :func:`center_crop` takes the centre square of ``TEST_CROP_FRACTION`` of the short side.
+    :func:`~fima.data.transforms.spatial_crops` takes squares of ``TEST_CROP_FRACTION`` of the short
+    side (the centre one, or also both ends of the long side).
 
-    ``global`` is ``[K, 3, T, S, S]`` uint8; ``valid`` is False (and ``global`` zeros) for a video
+    ``global`` is ``[K, 3, T, S, S]`` uint8, ``K = NUM_CLIPS * NUM_SPATIAL_CROPS`` views, clip by
+    clip (a clip's crops are adjacent); ``valid`` is False (and ``global`` zeros) for a video
     that could not be decoded, which evaluators list and leave out of their denominators;
     ``bad_videos`` then holds its ``(path, reason)``.
 
@@ -261,6 +264,7 @@ class TestClips(Dataset):
         self.dataset, self.infos, self.cfg = dataset, infos, cfg
         self.errors = errors or {}
         self.num_clips = cfg.TEST.NUM_CLIPS
+        self.num_crops = cfg.TEST.NUM_SPATIAL_CROPS
         self.retries = cfg.DATA.DECODE_RETRIES
         self.threads = decode_threads(cfg)
 
@@ -280,22 +284,31 @@ class TestClips(Dataset):
             except DecodeError as err:
                 reason = str(err)
         size = self.cfg.INPUT.CROP_SIZE
+        views = self.num_clips * self.num_crops
         sample["global"] = torch.zeros(
-            self.num_clips, 3, self.cfg.INPUT.NUM_FRAMES, size, size, dtype=torch.uint8
+            views, 3, self.cfg.INPUT.NUM_FRAMES, size, size, dtype=torch.uint8
         )
         sample["valid"] = torch.tensor(False)
         sample["bad_videos"] = [(record.path, reason)]
         return sample
 
     def _load(self, path: str, info: VideoInfo) -> torch.Tensor:
-        return load_test_clips(path, info.num_frames, self.cfg, self.num_clips, self.threads)
+        return load_test_clips(
+            path, info.num_frames, self.cfg, self.num_clips, self.threads, self.num_crops
+        )
 
 
 def load_test_clips(
-    path: str, num_frames: int, cfg: CfgNode, num_clips: int, threads: int = 0
+    path: str,
+    num_frames: int,
+    cfg: CfgNode,
+    num_clips: int,
+    threads: int = 0,
+    num_crops: int = 1,
 ) -> torch.Tensor:
-    """The test view of a video: ``num_clips`` uniformly spaced windows, each subsampled to
-    ``INPUT.NUM_FRAMES`` frames, decoded at ``INPUT.TEST_SHORT_SIDE`` and centre-cropped.
+    """The test views of a video: ``num_clips`` uniformly spaced windows, each subsampled to
+    ``INPUT.NUM_FRAMES`` frames, decoded at ``INPUT.TEST_SHORT_SIDE`` and cropped
+    (:func:`~fima.data.transforms.spatial_crops`: the centre, or both ends and the centre).
 
     Args:
         path: the video file.
@@ -303,9 +316,10 @@ def load_test_clips(
         cfg: uses ``INPUT.NUM_FRAMES``, ``SAMPLING_RATE``, ``TEST_SHORT_SIDE``, the crop keys.
         num_clips: how many clips.
         threads: decoder threads (see :func:`~fima.data.decoder.decode_frames`).
+        num_crops: crops per clip, 1 or 3.
 
     Returns:
-        ``[num_clips, 3, T, S, S]`` uint8.
+        ``[num_clips * num_crops, 3, T, S, S]`` uint8, clip by clip.
 
     Raises:
         DecodeError: the video cannot be decoded.
@@ -318,7 +332,7 @@ def load_test_clips(
         path, indices.tolist(), threads=threads, short_side=cfg.INPUT.TEST_SHORT_SIDE
     )
     frames = frames.view(num_clips, len(positions), *frames.shape[1:])
-    return torch.stack([center_crop(clip, cfg) for clip in frames])
+    return torch.cat([spatial_crops(clip, cfg, num_crops) for clip in frames])
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -532,7 +546,8 @@ def build_train_loader(cfg: CfgNode) -> TrainLoader:
 
 
 def build_test_loader(cfg: CfgNode, split: str | None = None) -> TestLoader:
-    """Every video of ``split`` once, as ``TEST.NUM_CLIPS`` centre-cropped clips, in order.
+    """Every video of ``split`` once, as ``TEST.NUM_CLIPS`` clips of ``TEST.NUM_SPATIAL_CROPS``
+    crops each, in order.
 
     Call it on all ranks together. Under DDP each rank gets an interleaved share and every video
     goes to exactly one rank (no padding, so no duplicates); evaluators gather by ``index``.

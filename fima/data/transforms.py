@@ -121,22 +121,33 @@ def random_crop_flip(
     return clip, box
 
 
-def center_crop(frames: torch.Tensor, cfg: CfgNode) -> torch.Tensor:
-    """Test-time view: the centre square of side ``TEST_CROP_FRACTION * short side``, resized to
+def spatial_crops(frames: torch.Tensor, cfg: CfgNode, num_crops: int = 1) -> torch.Tensor:
+    """Test-time views: squares of side ``TEST_CROP_FRACTION * short side``, resized to
     ``CROP_SIZE``. With the short side at ``TEST_SHORT_SIDE`` (the test loader decodes larger
-    frames to it) this is RECIPE.md §9's 256 x 0.875 crop; on smaller frames it takes the same
-    region, so no upscaling pass is needed before the crop.
+    frames to it) the centre one is RECIPE.md §9's 256 x 0.875 crop; on smaller frames it takes
+    the same region, so no upscaling pass is needed before the crop.
 
     Args:
         frames: ``[T, H, W, 3]`` uint8.
+        num_crops: 1, the centre square; 3, the squares at the start, centre and end of the long
+            side, centred across the short side (SlowFast's three-crop test).
 
     Returns:
-        ``[3, T, S, S]`` uint8.
+        ``[num_crops, 3, T, S, S]`` uint8.
     """
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
     height, width = frames.shape[1], frames.shape[2]
     side = max(int(round(min(height, width) * cfg.INPUT.TEST_CROP_FRACTION)), 1)
-    return resized_crop(
-        frames, (height - side) // 2, (width - side) // 2, side, side, cfg.INPUT.CROP_SIZE
+    top, left = (height - side) // 2, (width - side) // 2
+    if num_crops == 1:
+        corners = [(top, left)]
+    elif width >= height:
+        corners = [(top, 0), (top, left), (top, width - side)]
+    else:
+        corners = [(0, left), (top, left), (height - side, left)]
+    return torch.stack(
+        [resized_crop(frames, y, x, side, side, cfg.INPUT.CROP_SIZE) for y, x in corners]
     )
 
 

@@ -1,10 +1,11 @@
 """Video-level action recognition accuracy (RECIPE.md §9 "Test").
 
-Every video of the split is seen as ``TEST.NUM_CLIPS`` uniformly spaced centre-cropped clips; the
-video's score is the mean of its clip scores (the classifier's logits, as in the reference). The
-evaluator reports clip top-1, video top-1 and top-5 and the mean per-class accuracy, logs a
-per-class table, and writes ``OUTPUT_DIR/inference/<prefix>/classification.json`` (metrics,
-per-class accuracy, confusion matrix, per-video predictions, undecodable videos) and
+Every video of the split is seen as ``TEST.NUM_CLIPS`` uniformly spaced clips, each centre-cropped
+(or, with ``TEST.NUM_SPATIAL_CROPS`` 3, cropped at both ends and the centre of the long side); the
+video's score is the mean of its views' scores (the classifier's logits, as in the reference). The
+evaluator reports clip top-1 (over single views), video top-1 and top-5 and the mean per-class
+accuracy, logs a per-class table, and writes ``OUTPUT_DIR/inference/<prefix>/classification.json``
+(metrics, per-class accuracy, confusion matrix, per-video predictions, undecodable videos) and
 ``confusion_matrix.png`` (during training also a TensorBoard image). Numbers are percentages.
 """
 
@@ -148,6 +149,7 @@ class ClassificationEvaluator:
             "split": self.split,
             "metrics": results,
             "num_clips": self.cfg.TEST.NUM_CLIPS,
+            "num_spatial_crops": self.cfg.TEST.NUM_SPATIAL_CROPS,
             "class_names": names,
             "per_class": [
                 {

@@ -68,6 +68,12 @@ def validate_classifier_evaluation(cfg: CfgNode) -> None:
         "must be >= 2 for the motion_sensitivity evaluator (it compares a video's first and last "
         f"clips), got {cfg.TEST.NUM_CLIPS}",
     )
+    require(
+        "motion_sensitivity" not in evaluators or cfg.TEST.NUM_SPATIAL_CROPS == 1,
+        "TEST.NUM_SPATIAL_CROPS",
+        "must be 1 for the motion_sensitivity evaluator (its first and last views must be the "
+        f"same crop of two clips), got {cfg.TEST.NUM_SPATIAL_CROPS}",
+    )
     topk = tuple(cfg.TEST.RETRIEVAL.TOPK)
     require(
         bool(topk) and all(k > 0 for k in topk),

@@ -72,6 +72,8 @@ class KNNEvaluator:
         self.cfg = cfg.clone()
         self.cfg.defrost()
         self.cfg.TEST.NUM_CLIPS = knn.NUM_CLIPS
+        # A monitor, cheap by design: the centre crop of each clip.
+        self.cfg.TEST.NUM_SPATIAL_CROPS = 1
         self.cfg.freeze()
         self.k = knn.K
         self.temperature = knn.TEMPERATURE

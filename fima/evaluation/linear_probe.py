@@ -1,12 +1,12 @@
 """Linear probe on frozen video features: multinomial logistic regression, fit in one go.
 
-The training videos' features (the same cached features as retrieval: the mean of
-``TEST.NUM_CLIPS`` centre clips' L2-normalised pooled backbone features) are standardised with the
-training set's statistics; a softmax classifier with an L2 penalty is fit to them with full-batch
-L-BFGS in float64, and the test videos are classified. Nothing is tuned on the test split, no
-augmentation is involved and the fit is deterministic, so it measures what the frozen features
-linearly encode with little noise and in seconds. It complements the paper's SGD linear probe
-(``configs/Linear``), which trains the classifier on augmented clips for many epochs.
+The training videos' features (the same cached features as retrieval: the mean of ``TEST.NUM_CLIPS``
+clips' (times ``TEST.NUM_SPATIAL_CROPS``) L2-normalised pooled backbone features) are standardised
+with the training set's statistics; a softmax classifier with an L2 penalty is fit to them with
+full-batch L-BFGS in float64, and the test videos are classified. Nothing is tuned on the test
+split, no augmentation is involved and the fit is deterministic, so it measures what the frozen
+features linearly encode with little noise and in seconds. It complements the paper's SGD linear
+probe (``configs/Linear``), which trains the classifier on augmented clips for many epochs.
 """
 
 from __future__ import annotations

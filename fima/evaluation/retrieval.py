@@ -1,11 +1,11 @@
 """Nearest-neighbour video retrieval: test videos query the training videos (RECIPE.md §9).
 
-A video's feature is the mean of its ``TEST.NUM_CLIPS`` centre clips' L2-normalised pooled backbone
-features. Each set is centred on its own mean and re-normalised (FAME's protocol,
-``TEST.RETRIEVAL.CENTER``), then every test video ranks the training videos by cosine similarity;
-R@k is the share of test videos with at least one training video of their class among the k
-nearest. Features are cached in ``OUTPUT_DIR/features`` under a key made of the weights, the
-settings that change a feature and the videos themselves (path, size, modification time), so a
+A video's feature is the mean of its ``TEST.NUM_CLIPS`` clips' (times ``TEST.NUM_SPATIAL_CROPS``)
+L2-normalised pooled backbone features. Each set is centred on its own mean and re-normalised
+(FAME's protocol, ``TEST.RETRIEVAL.CENTER``), then every test video ranks the training videos by
+cosine similarity; R@k is the share of test videos with at least one training video of their class
+among the k nearest. Features are cached in ``OUTPUT_DIR/features`` under a key made of the weights,
+the settings that change a feature and the videos themselves (path, size, modification time), so a
 second metric on the same model costs nothing and a changed model or config never reads stale
 features.
 """
@@ -97,8 +97,8 @@ def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
     """A key that changes with the weights, the settings that change a feature, and the videos.
 
     Hashes every tensor of ``model``'s state, ``MODEL``, ``INPUT``, ``DATA`` (but its number of
-    workers and bad-video budget), ``TEST.NUM_CLIPS``, ``SOLVER.AMP``, the split, and every
-    video's path, label, size and modification time.
+    workers and bad-video budget), ``TEST.NUM_CLIPS`` and ``NUM_SPATIAL_CROPS``, ``SOLVER.AMP``, the
+    split, and every video's path, label, size and modification time.
     """
     from fima.data.datasets import build_dataset
 
@@ -114,6 +114,7 @@ def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
         "INPUT": settings.INPUT,
         "DATA": data,
         "NUM_CLIPS": settings.TEST.NUM_CLIPS,
+        "NUM_SPATIAL_CROPS": settings.TEST.NUM_SPATIAL_CROPS,
         "AMP": settings.SOLVER.AMP,
         "split": split,
     }

@@ -100,6 +100,7 @@ def test_tiny_config_is_valid() -> None:
         ("MODEL.MOCO.MOMENTUM", 1.0, 1, "MODEL.MOCO.MOMENTUM"),
         ("DATA.MAX_BAD_FRACTION", 2.0, 1, "DATA.MAX_BAD_FRACTION"),
         ("SOLVER.AMP.DTYPE", "int8", 1, "SOLVER.AMP.DTYPE"),
+        ("TEST.NUM_SPATIAL_CROPS", 2, 1, "TEST.NUM_SPATIAL_CROPS: must be 1 (centre) or 3"),
         ("DATA.SYNTHETIC.CLASSES", ("SlideUp", "Teleport"), 1, "Teleport"),
         ("DATA.SYNTHETIC.PERIOD", (0.0, 10.0), 1, "DATA.SYNTHETIC.PERIOD must be (low, high)"),
         ("DATA.SYNTHETIC.OBJECT_SIZE", (0.5, 1.5), 1, "DATA.SYNTHETIC.OBJECT_SIZE"),

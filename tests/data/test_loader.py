@@ -154,3 +154,14 @@ def test_class_folders_train_and_test_like_list_files(tmp_path) -> None:
     assert sorted(batch["label"].tolist()) == [0, 0, 1, 1]
     test_batches = list(build_test_loader(cfg))
     assert sorted(torch.cat([b["label"] for b in test_batches]).tolist()) == [0, 1]
+
+
+def test_three_crop_test_views_hold_the_centre_crop_loader_clip_by_clip(tmp_path) -> None:
+    cfg = tiny_cfg(str(tmp_path), **{"TEST.NUM_CLIPS": 2})
+    centre = next(iter(build_test_loader(cfg)))["global"]
+    cfg = tiny_cfg(str(tmp_path), **{"TEST.NUM_CLIPS": 2, "TEST.NUM_SPATIAL_CROPS": 3})
+    three = next(iter(build_test_loader(cfg)))["global"]
+    assert three.shape == (4, 6, 3, 8, 32, 32)
+    # Clip by clip: each clip's three crops are adjacent, the centre one in the middle.
+    assert torch.equal(three[:, 1::3], centre)
+    assert not torch.equal(three[:, 0::3], centre)

@@ -1,4 +1,4 @@
-"""CPU crops with boxes (RECIPE.md §1), flips, centre crop, device augmentation."""
+"""CPU crops with boxes (RECIPE.md §1), flips, test crops, device augmentation."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 from fima.data.transforms import (
     VideoAugmentation,
     blur_kernel_size,
-    center_crop,
     crop_box,
     random_crop_flip,
     random_resized_crop_params,
     resized_crop,
+    spatial_crops,
 )
 from tests.conftest import tiny_cfg
 
@@ -52,9 +52,26 @@ def test_center_crop_shape_and_position() -> None:
     cfg = tiny_cfg()
     frames = torch.zeros(8, 48, 64, 3, dtype=torch.uint8)
     frames[:, 20:28, 28:36] = 255
-    clip = center_crop(frames, cfg)
-    assert clip.shape == (3, 8, 32, 32)
-    assert clip[:, :, 14:18, 14:18].float().mean() > 200  # the bright centre stays centred
+    clip = spatial_crops(frames, cfg)
+    assert clip.shape == (1, 3, 8, 32, 32)
+    assert clip[0, :, :, 14:18, 14:18].float().mean() > 200  # the bright centre stays centred
+
+
+@pytest.mark.parametrize("portrait", [False, True])
+def test_three_crops_take_both_ends_and_the_centre_of_the_long_side(portrait: bool) -> None:
+    cfg = tiny_cfg(**{"INPUT.TEST_CROP_FRACTION": 1.0})
+    frames = torch.zeros(2, 32, 64, 3, dtype=torch.uint8)
+    frames[..., 0] = torch.arange(64, dtype=torch.uint8) * 4  # red grows along the long side
+    if portrait:
+        frames = frames.transpose(1, 2)
+    crops = spatial_crops(frames, cfg, num_crops=3)
+    assert crops.shape == (3, 3, 2, 32, 32)
+    # 32-pixel squares starting at 0, 16 and 32 of the 64: mean red 62, 126 and 190.
+    red = crops[:, 0].float().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(red, torch.tensor([62.0, 126.0, 190.0]))
+    assert torch.equal(crops[1], spatial_crops(frames, cfg)[0])
+    with pytest.raises(ValueError, match="num_crops must be 1 or 3"):
+        spatial_crops(frames, cfg, num_crops=2)
 
 
 def test_blur_kernel_is_odd_and_scaled() -> None:

@@ -78,3 +78,21 @@ def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp
     Checkpointer(fresh, cfg.OUTPUT_DIR).load(str(tmp_path / "out" / "best" / "model_best.pth"))
     assert (tmp_path / "out" / "last_checkpoint").read_text() == "model_final.pth"
     assert os.path.isfile(tmp_path / "out" / "inference" / "val" / "classification.json")
+
+
+def test_feature_cache_key_follows_the_test_views() -> None:
+    from fima.evaluation.retrieval import feature_cache_key
+    from fima.modeling import build_model
+
+    cfg = classifier_cfg()
+    model = build_model(cfg)
+    keys = {
+        (clips, crops): feature_cache_key(
+            classifier_cfg(**{"TEST.NUM_CLIPS": clips, "TEST.NUM_SPATIAL_CROPS": crops}),
+            model,
+            "test",
+        )
+        for clips, crops in ((2, 1), (2, 3), (6, 1))
+    }
+    assert len(set(keys.values())) == 3
+    assert feature_cache_key(cfg, model, "test") == keys[(2, 1)]

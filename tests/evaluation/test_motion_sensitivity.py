@@ -47,3 +47,11 @@ def test_one_clip_per_video_is_refused_naming_the_key() -> None:
     )
     with pytest.raises(ConfigError, match="TEST.NUM_CLIPS: must be >= 2"):
         validate_cfg(cfg)
+
+
+def test_three_crops_are_refused_naming_the_key() -> None:
+    cfg = classifier_cfg(
+        **{"TEST.EVALUATORS": ("motion_sensitivity",), "TEST.NUM_SPATIAL_CROPS": 3}
+    )
+    with pytest.raises(ConfigError, match="TEST.NUM_SPATIAL_CROPS: must be 1 for the motion"):
+        validate_cfg(cfg)

@@ -134,6 +134,14 @@ _C.TEST.NUM_CLIPS = 10
 # Spatial crops per clip: 1, the centre crop (RECIPE.md §9); 3, also the two ends of the long side
 # (SlowFast's three-crop test, usual for Kinetics-400): a video is then NUM_CLIPS x 3 views.
 _C.TEST.NUM_SPATIAL_CROPS = 1
+# Precise BatchNorm statistics (fvcore's update_bn_stats; detectron2's TEST.PRECISE_BN, SlowFast's
+# BN.USE_PRECISE_STATS): before each evaluation and at the last iteration, before the checkpoint,
+# the running statistics are recomputed with the weights fixed, as the average over NUM_ITER
+# training batches, instead of the moving average over past weights. Methods that declare
+# PRECISE_BN (VideoClassifier: fine-tuning; a linear probe's frozen backbone keeps its own).
+_C.TEST.PRECISE_BN = CN()
+_C.TEST.PRECISE_BN.ENABLED = False
+_C.TEST.PRECISE_BN.NUM_ITER = 200
 _C.TEST.IMS_PER_BATCH = 8
 
 # ---------------------------------------------------------------------------------------------

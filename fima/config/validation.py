@@ -203,6 +203,15 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
             f"file {cfg.MODEL.WEIGHTS!r} does not exist",
         )
     require(cfg.TEST.NUM_CLIPS > 0, "TEST.NUM_CLIPS", "must be positive")
+    precise_bn = cfg.TEST.PRECISE_BN
+    require(precise_bn.NUM_ITER > 0, "TEST.PRECISE_BN.NUM_ITER", "must be positive")
+    require(
+        not precise_bn.ENABLED
+        or getattr(SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), "PRECISE_BN", False),
+        "TEST.PRECISE_BN.ENABLED",
+        f"{cfg.MODEL.META_ARCHITECTURE} does not support it (its forward has side effects, as a "
+        "MoCo queue's); VideoClassifier does",
+    )
     require(
         cfg.TEST.NUM_SPATIAL_CROPS in (1, 3),
         "TEST.NUM_SPATIAL_CROPS",

@@ -412,6 +412,19 @@ class TrainLoader:
             self.tracker.check()
             yield batch
 
+    def restarted(self) -> TrainLoader:
+        """A loader of the same batches from the start of the data order, with a position of its
+        own (this one's is left as it is): extra passes, such as precise BatchNorm statistics,
+        that must see the same batches whenever they run."""
+        return TrainLoader(
+            self.dataset,
+            self.batch_size,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            tracker=self.tracker,
+            pin_memory=self.pin_memory,
+        )
+
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "position": self.position}
 

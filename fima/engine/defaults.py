@@ -363,6 +363,16 @@ class DefaultTrainer(SimpleTrainer):
             *(build_method_hooks(cfg) if build_method_hooks is not None else []),
             hooks.NonFiniteLossGuard(),
             hooks.BadVideoReport(tracker, cfg.LOG_PERIOD) if tracker is not None else None,
+            # Before the checkpointer and the evaluation, which then hold the new statistics.
+            hooks.PreciseBN(
+                cfg.TEST.EVAL_PERIOD,
+                self.method,
+                lambda: iter(self.data_loader.restarted()),
+                cfg.TEST.PRECISE_BN.NUM_ITER,
+                lambda: torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp),
+            )
+            if cfg.TEST.PRECISE_BN.ENABLED
+            else None,
             hooks.PeriodicCheckpointer(
                 self.checkpointer,
                 cfg.SOLVER.CHECKPOINT_PERIOD,

@@ -13,12 +13,14 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from fvcore.common.checkpoint import PeriodicCheckpointer as _FvcorePeriodicCheckpointer
 from fvcore.common.timer import Timer
+from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
 from fima.engine.train_loop import HookBase
 from fima.utils import comm
@@ -200,6 +202,59 @@ class NonFiniteLossGuard(HookBase):
             f"{'all ranks' if len(per_rank) > 1 else 'training'} before the optimizer step. "
             "The last checkpoint on disk is intact: lower the learning rate or check the data, "
             "then resume with --resume."
+        )
+
+
+class PreciseBN(HookBase):
+    """Recompute the BatchNorm running statistics with the weights fixed (fvcore's
+    ``update_bn_stats``: the average over ``num_iter`` batches instead of a moving average over
+    past weights), every ``period`` iterations and at the last one.
+
+    Register it before :class:`PeriodicCheckpointer` and :class:`EvalHook`, so that the checkpoint
+    and the evaluation hold the new statistics. Runs on all ranks: each averages its own share of
+    the batches (SyncBatchNorm layers all-reduce themselves), as training keeps per-rank
+    statistics. ``make_batches()`` must start the same batches every time and the RNG states are
+    restored afterwards, so training continues as if it had not run and a resumed run is exact.
+    """
+
+    def __init__(
+        self,
+        period: int,
+        model: torch.nn.Module,
+        make_batches: Callable[[], Iterable[Any]],
+        num_iter: int,
+        autocast: Callable[[], AbstractContextManager[Any]],
+    ) -> None:
+        self._period = period
+        self._model = model
+        self._make_batches = make_batches
+        self._num_iter = num_iter
+        self._autocast = autocast
+        self._said_nothing_to_do = False
+
+    def after_step(self) -> None:
+        next_iter = self.trainer.iter + 1
+        periodic = self._period > 0 and next_iter % self._period == 0
+        if periodic or next_iter == self.trainer.max_iter:
+            self.update_stats()
+
+    def update_stats(self) -> None:
+        """Recompute the statistics of every BatchNorm layer in training mode."""
+        if not get_bn_modules(self._model):
+            if not self._said_nothing_to_do:
+                self._said_nothing_to_do = True
+                logger.info(
+                    "TEST.PRECISE_BN: no BatchNorm layer is in training mode (a linear probe's "
+                    "frozen backbone keeps its checkpoint's statistics); nothing to recompute"
+                )
+            return
+        start = time.perf_counter()
+        with preserved_rng(), self._autocast():
+            update_bn_stats(self._model, self._make_batches(), self._num_iter)
+        logger.info(
+            "Precise BatchNorm statistics from %d batches in %.1f s",
+            self._num_iter,
+            time.perf_counter() - start,
         )
 
 

@@ -293,3 +293,47 @@ def test_queues_holding_an_epoch_of_keys_are_warned_about(
         trainer.train()
     messages = [r.getMessage() for r in caplog.records if "epochs' worth" in r.getMessage()]
     assert [m.split()[1] for m in messages] == warned
+
+
+def test_precise_bn_changes_only_the_statistics_that_are_checkpointed(tmp_path) -> None:
+    from fima.engine import hooks
+    from tests.evaluation.helpers import classifier_cfg
+
+    def run(enabled: bool) -> tuple[list[float], dict[str, torch.Tensor], DefaultTrainer, int]:
+        out = tmp_path / str(enabled)
+        cfg = classifier_cfg(
+            str(out),
+            **{
+                "SOLVER.MAX_ITER": 4,
+                "TEST.EVAL_PERIOD": 2,
+                "TEST.PRECISE_BN.ENABLED": enabled,
+                "TEST.PRECISE_BN.NUM_ITER": 3,
+            },
+        )
+        cfg = default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+        trainer = DefaultTrainer(cfg)
+        with mock.patch.object(hooks, "update_bn_stats", wraps=hooks.update_bn_stats) as spy:
+            trainer.train()
+        rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+        losses = [row["loss_cls"] for row in rows if "loss_cls" in row]
+        final = torch.load(out / "model_final.pth", weights_only=True)["model"]
+        return losses, final, trainer, spy.call_count
+
+    plain_losses, plain, _, plain_calls = run(False)
+    precise_losses, precise, trainer, precise_calls = run(True)
+    assert (plain_calls, precise_calls) == (0, 2)  # at iteration 2 (the evaluation) and 4 (last)
+    # Training is the same step for step (batch statistics, the same data and RNG draws) ...
+    assert len(plain_losses) == 4 and precise_losses == plain_losses
+    stats = [k for k in plain if k.endswith(("running_mean", "running_var", "batches_tracked"))]
+    differ = [k for k in plain if k not in stats and not torch.equal(plain[k], precise[k])]
+    assert stats and not differ, differ
+    # ... and only the running statistics differ: recomputed, and saved in model_final.
+    assert not all(torch.equal(plain[k], precise[k]) for k in stats)
+    state = trainer.method.state_dict()
+    assert all(torch.equal(precise[k], state[k]) for k in stats)
+
+
+def test_precise_bn_is_refused_for_methods_with_side_effects() -> None:
+    cfg = tiny_cfg(**{"TEST.PRECISE_BN.ENABLED": True})
+    with pytest.raises(ConfigError, match="TEST.PRECISE_BN.ENABLED: MoCo does not support it"):
+        validate_cfg(cfg)

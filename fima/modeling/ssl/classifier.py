@@ -97,6 +97,10 @@ class VideoClassifier(SSLMethod):
       clip scores ``[B, K, NUM_CLASSES]``.
     """
 
+    # Its training forward has no side effect but the BatchNorm statistics: TEST.PRECISE_BN may
+    # run it on extra batches.
+    PRECISE_BN = True
+
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
         options = cfg.MODEL.CLASSIFIER

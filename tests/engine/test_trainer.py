@@ -337,3 +337,41 @@ def test_precise_bn_is_refused_for_methods_with_side_effects() -> None:
     cfg = tiny_cfg(**{"TEST.PRECISE_BN.ENABLED": True})
     with pytest.raises(ConfigError, match="TEST.PRECISE_BN.ENABLED: MoCo does not support it"):
         validate_cfg(cfg)
+
+
+def test_precise_bn_keeps_resume_exact(tmp_path) -> None:
+    from tests.evaluation.helpers import classifier_cfg
+
+    class Losses(HookBase):
+        def __init__(self) -> None:
+            self.losses: list[tuple[int, float]] = []
+
+        def after_step(self) -> None:
+            self.losses.append((self.trainer.iter, self.trainer.loss_dict["loss_cls"]))
+
+    def run(name: str, resume: bool, stop_at: int | None = None):
+        cfg = classifier_cfg(
+            str(tmp_path / name),
+            **{
+                "SOLVER.MAX_ITER": 6,
+                "SOLVER.CHECKPOINT_PERIOD": 3,
+                "TEST.EVAL_PERIOD": 2,
+                "TEST.PRECISE_BN.ENABLED": True,
+                "TEST.PRECISE_BN.NUM_ITER": 2,
+            },
+        )
+        cfg = default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+        trainer, recorder = DefaultTrainer(cfg), Losses()
+        trainer.register_hooks([recorder] + ([StopAt(stop_at)] if stop_at is not None else []))
+        trainer.resume_or_load(resume=resume)
+        with contextlib.suppress(KeyboardInterrupt):
+            trainer.train()
+        return trainer, recorder.losses
+
+    straight, straight_losses = run("straight", resume=False)
+    _, first = run("resumed", resume=False, stop_at=4)
+    resumed, second = run("resumed", resume=True)
+    assert resumed.start_iter == 3  # from the checkpoint of iteration 2, after a precise-BN pass
+    assert first[:3] + second == straight_losses
+    for name, tensor in straight.method.state_dict().items():
+        assert torch.equal(tensor, resumed.method.state_dict()[name]), name

@@ -208,7 +208,8 @@ class VideoList(VideoDataset):
             )
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
-        if list_file(cfg, split) is None and split_folder(cfg, split) is None:
+        list_path = list_file(cfg, split)
+        if list_path is None and split_folder(cfg, split) is None:
             if cfg.DATA.ROOT:
                 require_root(cfg.DATA.ROOT, "VideoList", LAYOUT)
             raise FileNotFoundError(f"No list file or folder for split {split!r}: {LAYOUT}")
@@ -222,11 +223,11 @@ class VideoList(VideoDataset):
         )
         label_of = {name: i for i, name in enumerate(class_names)}
         records = [
-            VideoRecord(path, -1 if label is None else label_of[label], path)
-            for path, label in videos[split] or []
+            VideoRecord(video, -1 if label is None else label_of[label], video)
+            for video, label in videos[split] or []
         ]
         # A split without DATA.ROOT has a list file (checked above): its folder is the root.
-        root = os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(list_file(cfg, split) or "")
+        root = os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(list_path or "")
         super().__init__(
             records, class_names, name="VideoList", split=split, root=os.path.abspath(root)
         )

@@ -1,7 +1,7 @@
 """Training-step speed of any config: videos/s, encoder time, FLOPs, MFU and peak memory.
 
 ``tools/benchmark.py --task train --config-file A.yaml [KEY VALUE ...] [--compare B.yaml [KEY
-VALUE ...]]`` builds the method of each config (the *variants*: each config in fp32 and/or bf16
+VALUE ...]]`` builds the method of each config (the *variants*: each config in fp32 and/or under
 autocast, and with ``--reference`` the reference's schedule of config A) and runs full training
 steps on them in turn, A B A B ..., so that the machine's noise hits all of them alike; the
 figures to quote are the per-round ratios and their median.
@@ -55,7 +55,12 @@ from torch import nn
 from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
 from fima.engine.defaults import resolve_device
 from fima.engine.solver import build_optimizer
-from fima.engine.train_loop import SimpleTrainer, autocast_dtype, native_autocast
+from fima.engine.train_loop import (
+    SimpleTrainer,
+    amp_dtype_name,
+    autocast_dtype,
+    native_autocast,
+)
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -78,6 +83,15 @@ REFERENCE_OVERRIDES = [
 ENCODERS = ("encoder_q", "encoder_k")
 
 
+# Per --dtype choice, its variants: (autocast on, pin an "auto" SOLVER.AMP.DTYPE to bfloat16).
+DTYPE_CHOICES: dict[str, list[tuple[bool, bool]]] = {
+    "fp32": [(False, False)],
+    "bf16": [(True, True)],
+    "amp": [(True, False)],
+    "both": [(False, False), (True, False)],
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/benchmark.py --task train",
@@ -98,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument(
         "--dtype",
-        choices=("fp32", "bf16", "both"),
+        choices=tuple(DTYPE_CHOICES),
         default="both",
-        help="autocast off (fp32), on with bfloat16, or both variants of every config",
+        help="autocast off (fp32); on in bfloat16 (bf16), unless the config names "
+        "SOLVER.AMP.DTYPE; on in the dtype training would use (amp: SOLVER.AMP.DTYPE, whose "
+        "'auto' is float16 on a GPU, bfloat16 on a CPU); or fp32 and amp (both)",
     )
     parser.add_argument(
         "--reference",
@@ -200,12 +216,14 @@ class Variant:
 
     @property
     def dtype_name(self) -> str:
-        return self.cfg.SOLVER.AMP.DTYPE if self.amp else "float32"
+        return amp_dtype_name(self.cfg.SOLVER.AMP, self.device.type) if self.amp else "float32"
 
     @property
     def peak_name(self) -> str:
         """The matmul peak this variant's MFU is read against."""
-        return self.cfg.SOLVER.AMP.DTYPE if self.amp else float32_peak_name(self.device)
+        if self.amp:
+            return amp_dtype_name(self.cfg.SOLVER.AMP, self.device.type)
+        return float32_peak_name(self.device)
 
     @property
     def batch_size(self) -> int:
@@ -228,7 +246,7 @@ def build_variant(name: str, cfg: CfgNode) -> Variant:
         _repeat(batch),
         optimizer,
         amp=cfg.SOLVER.AMP.ENABLED,
-        amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE),
+        amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE, device.type),
         device_type=device.type,
     )
     trainer.register_hooks(model.build_hooks(cfg))
@@ -371,7 +389,8 @@ def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
         _synchronize(variant.device)
         start = _clocks()
         with torch.autocast(
-            variant.device.type, dtype=autocast_dtype(variant.cfg.SOLVER.AMP.DTYPE),
+            variant.device.type,
+            dtype=autocast_dtype(variant.cfg.SOLVER.AMP.DTYPE, variant.device.type),
             enabled=variant.amp,
         ):  # fmt: skip
             outputs = []
@@ -626,22 +645,41 @@ def split_compare(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv[:index], rest
 
 
+def variant_configs(
+    label: str, config_file: str, opts: list[str], dtype: str
+) -> list[tuple[str, CfgNode]]:
+    """The variants of one config under ``--dtype``: ``(name, config)`` pairs, named
+    ``label/fp32`` or ``label/<the dtype autocast computes in on the config's device>``.
+
+    ``bf16`` keeps a dtype that the config or its overrides name and pins ``"auto"`` to
+    bfloat16, so that ``--dtype bf16`` measures bfloat16 on a GPU too; ``amp`` keeps ``"auto"``,
+    the dtype a training run there would use.
+    """
+    variants = []
+    for amp, pin_bfloat16 in DTYPE_CHOICES[dtype]:
+        cfg = load_config(config_file, [*opts, "SOLVER.AMP.ENABLED", str(amp)])
+        if pin_bfloat16 and cfg.SOLVER.AMP.DTYPE == "auto":
+            cfg.defrost()
+            cfg.SOLVER.AMP.DTYPE = "bfloat16"
+            cfg.freeze()
+        name = amp_dtype_name(cfg.SOLVER.AMP, resolve_device(cfg).type) if amp else "fp32"
+        variants.append((f"{label}/{name}", cfg))
+    return variants
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     """Run the train benchmark with the command line ``argv``; print and return the results."""
     argv_a, argv_b = split_compare(argv)
     args = build_parser().parse_args(argv_a)
     setup_logger(name="fima")
-    dtypes = {"fp32": [False], "bf16": [True], "both": [False, True]}[args.dtype]
     specs: list[tuple[str, str, list[str]]] = [("A", args.config_file, list(args.opts))]
     if argv_b is not None:
         specs.append(("B", argv_b[0], argv_b[1:]))
-    variants: list[Variant] = []
-    for label, config_file, opts in specs:
-        for amp in dtypes:
-            cfg = load_config(config_file, [*opts, "SOLVER.AMP.ENABLED", str(amp)])
-            variants.append(
-                build_variant(f"{label}/{cfg.SOLVER.AMP.DTYPE if amp else 'fp32'}", cfg)
-            )
+    variants = [
+        build_variant(name, cfg)
+        for label, config_file, opts in specs
+        for name, cfg in variant_configs(label, config_file, opts, args.dtype)
+    ]
     if args.reference:
         cfg = load_config(args.config_file, [*args.opts, *REFERENCE_OVERRIDES])
         variants.append(build_variant("A/reference", cfg))
@@ -650,9 +688,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         retain_freed_memory()  # as a training process does (default_setup)
     logger.info("Variants: %s", ", ".join(v.name for v in variants))
     for v in variants:
-        if v.amp and not native_autocast(device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE)):
+        if v.amp and not native_autocast(
+            device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE, device.type)
+        ):
             # Measured as asked (training runs would fall back to float32: resolve_amp).
-            logger.warning("%s: this %s emulates %s", v.name, device.type, v.cfg.SOLVER.AMP.DTYPE)
+            logger.warning("%s: this %s emulates %s", v.name, device.type, v.dtype_name)
 
     with EventStorage() as storage:
         for variant in variants:

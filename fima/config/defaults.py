@@ -121,8 +121,10 @@ _C.SOLVER.AMP = CN()
 # would only emulate AMP.DTYPE (a CPU without AVX512-BF16/AMX), the run computes in float32 and
 # says so in the log: emulated bfloat16 is several times slower.
 _C.SOLVER.AMP.ENABLED = True
-# "bfloat16" (CPU with AMX, recent GPUs) or "float16" (GPU only, with a gradient scaler).
-_C.SOLVER.AMP.DTYPE = "bfloat16"
+# "bfloat16" (CPUs with AMX or AVX512-BF16, GPUs from Ampere on), "float16" (GPU only, with a
+# gradient scaler), or "auto": float16 on a GPU, bfloat16 elsewhere. On an H200, float16 FIMA steps
+# ran 1.3x faster than bfloat16, which ran slower than float32 (BENCHMARKS.md).
+_C.SOLVER.AMP.DTYPE = "auto"
 
 # ---------------------------------------------------------------------------------------------
 # Test / evaluation

@@ -148,9 +148,9 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(solver.CHECKPOINT_PERIOD > 0, "SOLVER.CHECKPOINT_PERIOD", "must be positive")
     require(solver.MAX_TO_KEEP >= 0, "SOLVER.MAX_TO_KEEP", "must be >= 0 (0 keeps all)")
     require(
-        solver.AMP.DTYPE in ("bfloat16", "float16"),
+        solver.AMP.DTYPE in ("auto", "bfloat16", "float16"),
         "SOLVER.AMP.DTYPE",
-        f"must be 'bfloat16' or 'float16', got {solver.AMP.DTYPE!r}",
+        f"must be 'auto', 'bfloat16' or 'float16', got {solver.AMP.DTYPE!r}",
     )
     _multi_device(cfg, world_size)
 

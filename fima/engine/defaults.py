@@ -23,7 +23,7 @@ from fima.config import CfgNode, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
-from fima.engine.train_loop import SimpleTrainer, resolve_amp
+from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -226,6 +226,7 @@ class DefaultTrainer(SimpleTrainer):
         data_loader = self.build_train_loader(cfg)
         accum = cfg.SOLVER.ACCUM_STEPS
         amp, amp_dtype = resolve_amp(cfg.SOLVER.AMP, self.device.type)
+        logger.info("Precision: %s", describe_amp(cfg.SOLVER.AMP, self.device.type))
         super().__init__(
             create_ddp_model(method, self.device),
             data_loader,

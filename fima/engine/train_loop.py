@@ -163,8 +163,25 @@ class TrainerBase:
                 logger.warning("Cannot find a hook %s to restore its state", name)
 
 
-def autocast_dtype(name: str) -> torch.dtype:
+def autocast_dtype(name: str, device_type: str = "cpu") -> torch.dtype:
+    """The autocast dtype that ``SOLVER.AMP.DTYPE`` names on ``device_type``.
+
+    ``"auto"`` is float16 on a GPU and bfloat16 elsewhere. On one H200 a FIMA I3D step (16x224²,
+    8 clips) ran 1.28-1.33x faster in float16 than in bfloat16, side by side in three runs, and
+    bfloat16 ran slower than float32 (TF32): PyTorch sends float16 BatchNorm to cuDNN and
+    bfloat16 BatchNorm to its own kernels, ~6 against ~39 ms of the step's 103-134 ms of GPU time
+    (BENCHMARKS.md, "Training-step speed on a GPU"). float16 is also the only half precision of
+    GPUs before Ampere. CPUs have no float16 autocast worth the name, and AMX/AVX512-BF16 compute
+    bfloat16 natively.
+    """
+    if name == "auto":
+        name = "float16" if device_type == "cuda" else "bfloat16"
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def amp_dtype_name(amp: CfgNode, device_type: str) -> str:
+    """``SOLVER.AMP.DTYPE`` as it resolves on ``device_type``: ``"bfloat16"`` or ``"float16"``."""
+    return str(autocast_dtype(amp.DTYPE, device_type)).removeprefix("torch.")
 
 
 def native_autocast(device_type: str, dtype: torch.dtype) -> bool:
@@ -191,7 +208,7 @@ def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
     (:func:`native_autocast`): mixed precision is there to make steps faster, and the float32
     run computes the same losses.
     """
-    dtype = autocast_dtype(amp.DTYPE)
+    dtype = autocast_dtype(amp.DTYPE, device_type)
     if not amp.ENABLED or native_autocast(device_type, dtype):
         return bool(amp.ENABLED), dtype
     if (device_type, dtype) not in _warned_emulated:
@@ -211,10 +228,11 @@ def describe_amp(amp: CfgNode, device_type: str) -> str:
     emulated on this cpu)"``. Runs in either precision from one seed follow different
     trajectories, so their figures differ within the seed noise."""
     enabled, _ = resolve_amp(amp, device_type)
+    name = amp_dtype_name(amp, device_type)
     if enabled:
-        return f"{amp.DTYPE} autocast"
+        return f"{name} autocast"
     if amp.ENABLED:
-        return f"float32 ({amp.DTYPE} would be emulated on this {device_type})"
+        return f"float32 ({name} would be emulated on this {device_type})"
     return "float32"
 
 

@@ -29,6 +29,7 @@ from fima.evaluation.inference import (
     VideoOutputs,
     infer_videos,
     log_bad_videos,
+    model_device,
     video_features,
 )
 from fima.utils import comm
@@ -97,10 +98,12 @@ def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
     """A key that changes with the weights, the settings that change a feature, and the videos.
 
     Hashes every tensor of ``model``'s state, ``MODEL``, ``INPUT``, ``DATA`` (but its number of
-    workers and bad-video budget), ``TEST.NUM_CLIPS`` and ``NUM_SPATIAL_CROPS``, ``SOLVER.AMP``, the
-    split, and every video's path, label, size and modification time.
+    workers and bad-video budget), ``TEST.NUM_CLIPS`` and ``NUM_SPATIAL_CROPS``, the precision
+    that ``SOLVER.AMP`` computes in on the model's device, the split, and every video's path,
+    label, size and modification time.
     """
     from fima.data.datasets import build_dataset
+    from fima.engine.train_loop import describe_amp
 
     digest = hashlib.sha256()
     _update_with_state(digest, model)
@@ -115,7 +118,9 @@ def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
         "DATA": data,
         "NUM_CLIPS": settings.TEST.NUM_CLIPS,
         "NUM_SPATIAL_CROPS": settings.TEST.NUM_SPATIAL_CROPS,
-        "AMP": settings.SOLVER.AMP,
+        # As it resolves on the model's device: "auto" computes in bfloat16 on a CPU and in
+        # float16 on a GPU, and a CPU without native bfloat16 computes in float32.
+        "AMP": describe_amp(settings.SOLVER.AMP, model_device(model).type),
         "split": split,
     }
     digest.update(json.dumps(relevant, sort_keys=True, default=str).encode())

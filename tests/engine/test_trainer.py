@@ -16,7 +16,7 @@ from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
-from fima.engine.train_loop import describe_amp, resolve_amp
+from fima.engine.train_loop import amp_dtype_name, autocast_dtype, describe_amp, resolve_amp
 from tests.conftest import tiny_cfg
 
 
@@ -186,7 +186,7 @@ def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
     tmp_path, caplog, native: bool
 ) -> None:
     cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 1})
-    assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "bfloat16"
+    assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "auto"  # bfloat16 on a CPU
     train_loop._warned_emulated.clear()
     with mock.patch("fima.engine.train_loop.native_autocast", return_value=native):
         trainer = DefaultTrainer(cfg)
@@ -202,6 +202,24 @@ def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
     cfg.SOLVER.AMP.ENABLED = False
     assert resolve_amp(cfg.SOLVER.AMP, "cpu") == (False, torch.bfloat16)
     assert describe_amp(cfg.SOLVER.AMP, "cpu") == "float32"
+
+
+def test_auto_amp_dtype_is_float16_on_a_gpu_and_bfloat16_elsewhere() -> None:
+    """Resolved from the device's name alone, so this runs without a GPU."""
+    cfg = tiny_cfg()
+    assert cfg.SOLVER.AMP.DTYPE == "auto"
+    assert autocast_dtype("auto", "cuda") == torch.float16
+    assert autocast_dtype("auto", "cpu") == torch.bfloat16
+    assert autocast_dtype("bfloat16", "cuda") == torch.bfloat16  # a named dtype is kept
+    assert autocast_dtype("float16", "cuda") == torch.float16
+    # float16 is native on every GPU, so no CUDA call is needed to resolve it.
+    assert resolve_amp(cfg.SOLVER.AMP, "cuda") == (True, torch.float16)
+    assert describe_amp(cfg.SOLVER.AMP, "cuda") == "float16 autocast"
+    assert amp_dtype_name(cfg.SOLVER.AMP, "cuda") == "float16"
+    assert amp_dtype_name(cfg.SOLVER.AMP, "cpu") == "bfloat16"
+    validate_cfg(tiny_cfg(**{"SOLVER.AMP.DTYPE": "auto", "MODEL.DEVICE": "cpu"}))
+    with pytest.raises(ConfigError, match="must be 'auto', 'bfloat16' or 'float16'"):
+        validate_cfg(tiny_cfg(**{"SOLVER.AMP.DTYPE": "half"}))
 
 
 def test_accumulation_updates_momentum_and_queue_once_per_optimizer_step(tmp_path) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+from unittest import mock
 
 import torch
 from PIL import Image
@@ -96,3 +97,22 @@ def test_feature_cache_key_follows_the_test_views() -> None:
     }
     assert len(set(keys.values())) == 3
     assert feature_cache_key(cfg, model, "test") == keys[(2, 1)]
+
+
+def test_feature_cache_key_follows_the_precision_not_its_spelling() -> None:
+    """ "auto" and "bfloat16" compute alike on a CPU; float32 features are other features."""
+    from fima.evaluation.retrieval import feature_cache_key
+    from fima.modeling import build_model
+
+    model = build_model(classifier_cfg())
+
+    def key(**overrides: object) -> str:
+        return feature_cache_key(classifier_cfg(**overrides), model, "test")
+
+    with mock.patch("fima.engine.train_loop.native_autocast", return_value=True):
+        auto, bfloat16 = (
+            key(**{"SOLVER.AMP.DTYPE": "auto"}),
+            key(**{"SOLVER.AMP.DTYPE": "bfloat16"}),
+        )
+        assert auto == bfloat16
+        assert key(**{"SOLVER.AMP.ENABLED": False}) != auto

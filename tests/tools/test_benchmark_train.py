@@ -221,3 +221,25 @@ def test_onednn_verbose_output_is_captured_and_stdout_restored(capfd) -> None:
     assert any(r["kind"] == "convolution" and r["layout"].startswith("NDHWC") for r in rows)
     print("after")
     assert "after" in capfd.readouterr().out
+
+
+def test_dtype_choices_name_the_dtype_autocast_computes_in(monkeypatch) -> None:
+    """``bf16`` pins the default "auto" to bfloat16, ``amp`` keeps it: float16 on a GPU."""
+    from fima.benchmark import train as benchmark_train
+
+    config = _config("moco_synthetic.yaml")
+
+    def names(dtype: str, opts: list[str] | None = None) -> list[str]:
+        variants = benchmark_train.variant_configs("A", config, opts or [], dtype)
+        return [name for name, _ in variants]
+
+    assert names("both") == ["A/fp32", "A/bfloat16"]
+    assert names("fp32") == ["A/fp32"]
+    assert names("amp") == ["A/bfloat16"]
+    ((_, pinned),) = benchmark_train.variant_configs("A", config, [], "bf16")
+    assert pinned.SOLVER.AMP.DTYPE == "bfloat16" and pinned.SOLVER.AMP.ENABLED
+    # On a GPU (its name faked: the configs are only built, not run).
+    monkeypatch.setattr(benchmark_train, "resolve_device", lambda cfg: torch.device("cuda"))
+    assert names("both") == ["A/fp32", "A/float16"]
+    assert names("bf16") == ["A/bfloat16"]
+    assert names("amp", ["SOLVER.AMP.DTYPE", "bfloat16"]) == ["A/bfloat16"]

@@ -5,11 +5,13 @@
 #   OUT=output/gpu_checks bash tools/gpu_checks.sh
 #
 # 1. the speed table: FIMA and MoCo (I3D, 16x224x224, the recipe's 8 clips per GPU: batch 64 on 8
-#    GPUs) in fp32 and bf16, and FIMA under the reference implementation's schedule, with MFU;
+#    GPUs) in fp32 and in SOLVER.AMP's default (fp16 on a GPU), and FIMA under the reference
+#    implementation's schedule, with MFU;
 # 2. bf16 against fp16 (fp16 adds the gradient scaler), with a profile of where the time goes;
 # 3. cuDNN autotuning (CUDNN_BENCHMARK) on against off;
 # 4. the motion benchmark's FIMA arm in fp16 on the GPU with the real loader: 20 iterations, a
-#    resume to 40, then its linear-probe and retrieval evaluation.
+#    resume to 40, then its linear-probe and retrieval evaluation;
+# 5. the encoder passes alone under layout, dtype and stem variants (tools/encoder_variants.py).
 # CROP, BATCH, ITERS and WARMUP shrink it for a dry run on a CPU (step 2 and 4 need a GPU there).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -28,7 +30,7 @@ print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.bac
 print(torch.cuda.is_available() and torch.cuda.get_device_name(0))" >> "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 
-log "1. speed: FIMA vs MoCo, fp32 and bf16, and the reference schedule"
+log "1. speed: FIMA vs MoCo, fp32 and the AMP default, and the reference schedule"
 timeout 300 python3 tools/benchmark.py --task train --config-file $FIMA --reference \
   --iters "$ITERS" --warmup "$WARMUP" --data-iters 0 --output-json "$OUT/speed.json" $SHAPE \
   --compare $MOCO $SHAPE > "$OUT/speed.txt" 2>&1
@@ -61,4 +63,8 @@ else
      MODEL.WEIGHTS "$RUN/model_final.pth") > "$OUT/motion_arm.txt" 2>&1
   echo "rc=$?"; grep -E "iter: (19|39) |Resuming|Evaluation took" "$OUT/motion_arm.txt"
 fi
+log "5. encoder variants: layout, dtype, stem"
+timeout 300 python3 tools/encoder_variants.py --device cuda --crop "$CROP" --q $((2 * BATCH)) \
+  --k $((6 * BATCH)) --iters "$ITERS" --warmup "$WARMUP" > "$OUT/encoder_variants.txt" 2>&1
+echo "rc=$?"; grep -v '^{' "$OUT/encoder_variants.txt" | tail -22
 log done

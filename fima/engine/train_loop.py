@@ -338,4 +338,13 @@ class SimpleTrainer(TrainerBase):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        scaler_state = state.get("grad_scaler") or {}
+        if self.grad_scaler.is_enabled() and not scaler_state:
+            # Saved without loss scaling (bfloat16 or float32): a checkpoint of a CPU run, whose
+            # "auto" precision is bfloat16, resumed on a GPU, where it is float16.
+            logger.warning(
+                "The checkpoint was trained without float16 loss scaling; the gradient scaler "
+                "starts at its initial scale"
+            )
+            return
+        self.grad_scaler.load_state_dict(scaler_state)

@@ -181,6 +181,32 @@ def test_bfloat16_autocast_on_the_cpu_inside_simple_trainer() -> None:
     assert not trainer.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
 
 
+def test_resume_across_precisions_keeps_or_starts_the_gradient_scaler(caplog) -> None:
+    """A bfloat16 checkpoint (no scaler state) resumed in float16, as a CPU run's "auto" resumed
+    on a GPU, starts the scaler afresh; a float16 one resumed in bfloat16 ignores its state. The
+    float16 side is a CPU GradScaler here (SimpleTrainer makes one only on a GPU)."""
+    model = LinearModel()
+    bfloat16 = SimpleTrainer(
+        model, endless(), torch.optim.SGD(model.parameters(), lr=0.1), amp=True
+    )
+    bfloat16.train(0, 1)
+    saved = bfloat16.state_dict()
+    assert saved["grad_scaler"] == {}
+    float16 = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1))
+    float16.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    float16.load_state_dict(saved)
+    assert float16.iter == 1 and float16.grad_scaler.get_scale() == 1024.0
+    assert any("without float16 loss scaling" in r.getMessage() for r in caplog.records)
+    float16.grad_scaler.load_state_dict({**float16.grad_scaler.state_dict(), "scale": 8.0})
+    bfloat16.load_state_dict(float16.state_dict())
+    assert not bfloat16.grad_scaler.is_enabled()
+    # float16 to float16 restores the scale.
+    resumed = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1))
+    resumed.grad_scaler = torch.amp.GradScaler("cpu")
+    resumed.load_state_dict(float16.state_dict())
+    assert resumed.grad_scaler.get_scale() == 8.0
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
     tmp_path, caplog, native: bool

@@ -29,6 +29,7 @@ import torch
 from fima.checkpoint import Checkpointer
 from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
+from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fima.engine.defaults import resolve_device
 from fima.engine.launch import check_launch_arguments, resolve_backend
@@ -108,9 +109,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     except (ConfigError, KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
         # A bad config or command line: one clear line, nothing trained, nothing written.
         fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
-    if args.eval_only:
-        return evaluate(cfg, args)
-    trainer = DefaultTrainer(cfg)
+    try:
+        if args.eval_only:
+            return evaluate(cfg, args)
+        trainer = DefaultTrainer(cfg)
+    except (AnnotationError, FileNotFoundError) as err:
+        # A dataset that is not where or what the config says (a missing list file or folder, a
+        # malformed line): one line, as for a bad config; the traceback goes to the log file.
+        logger.debug("Stopped on the dataset", exc_info=True)
+        fail(str(err))
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 

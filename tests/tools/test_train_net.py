@@ -109,3 +109,38 @@ def test_bad_process_layout_is_one_line_not_a_traceback(tmp_path, args, message)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("empty", "no videos in it or in class folders below it"),
+        ("bad_line", "expected"),
+    ],
+)
+def test_a_dataset_not_as_the_config_says_is_one_line_not_a_traceback(
+    tmp_path, layout: str, message: str
+) -> None:
+    """A VideoList root that exists but whose split is an empty folder, or whose list file has a
+    malformed line: exit status 2, the message, nothing trained."""
+    root = tmp_path / "data"
+    if layout == "empty":
+        (root / "train").mkdir(parents=True)
+    else:
+        root.mkdir()
+        (root / "train.csv").write_text("a.mp4,1,extra,fields\n")
+    result = train_net(
+        "--config-file",
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        *TINY,
+        "DATA.DATASET",
+        "VideoList",
+        "DATA.ROOT",
+        str(root),
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()

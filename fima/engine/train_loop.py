@@ -163,16 +163,17 @@ class TrainerBase:
                 logger.warning("Cannot find a hook %s to restore its state", name)
 
 
-def autocast_dtype(name: str, device_type: str = "cpu") -> torch.dtype:
+def autocast_dtype(name: str, device_type: str) -> torch.dtype:
     """The autocast dtype that ``SOLVER.AMP.DTYPE`` names on ``device_type``.
 
     ``"auto"`` is float16 on a GPU and bfloat16 elsewhere. On one H200 a FIMA I3D step (16x224²,
-    8 clips) ran 1.28-1.33x faster in float16 than in bfloat16, side by side in three runs, and
-    bfloat16 ran slower than float32 (TF32): PyTorch sends float16 BatchNorm to cuDNN and
-    bfloat16 BatchNorm to its own kernels, ~6 against ~39 ms of the step's 103-134 ms of GPU time
-    (BENCHMARKS.md, "Training-step speed on a GPU"). float16 is also the only half precision of
-    GPUs before Ampere. CPUs have no float16 autocast worth the name, and AMX/AVX512-BF16 compute
-    bfloat16 natively.
+    8 clips) ran 1.27-1.33x faster in float16 than in bfloat16, side by side in three runs, and
+    bfloat16 ran slower than float32 (TF32). Most of the difference is BatchNorm, which PyTorch
+    sends to cuDNN in float16 (4.3 ms of forward) and to its own kernels in bfloat16 (22.2 ms
+    plus 16.4 ms of reductions), of 103 against 134 ms of GPU time (BENCHMARKS.md, "Second
+    lease"). float16 is also the only half precision of GPUs before Ampere; on a CPU, fima's
+    float16 is refused (its gradient scaler is CUDA-only) and bfloat16 is native with AMX or
+    AVX512-BF16.
     """
     if name == "auto":
         name = "float16" if device_type == "cuda" else "bfloat16"

@@ -12,7 +12,8 @@
 # 4. the motion benchmark's FIMA arm in fp16 on the GPU with the real loader: 20 iterations, a
 #    resume to 40, then its linear-probe and retrieval evaluation;
 # 5. the encoder passes alone under layout, dtype and stem variants (tools/encoder_variants.py).
-# CROP, BATCH, ITERS and WARMUP shrink it for a dry run on a CPU (step 2 and 4 need a GPU there).
+# CROP, BATCH, ITERS and WARMUP shrink it for a dry run on a CPU (step 2, and step 4 unless AMP is
+# bfloat16, need a GPU).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-output/gpu_checks}
@@ -64,7 +65,7 @@ else
   echo "rc=$?"; grep -E "iter: (19|39) |Resuming|Evaluation took" "$OUT/motion_arm.txt"
 fi
 log "5. encoder variants: layout, dtype, stem"
-timeout 300 python3 tools/encoder_variants.py --device cuda --crop "$CROP" --q $((2 * BATCH)) \
+timeout 300 python3 tools/encoder_variants.py --crop "$CROP" --q $((2 * BATCH)) \
   --k $((6 * BATCH)) --iters "$ITERS" --warmup "$WARMUP" > "$OUT/encoder_variants.txt" 2>&1
 echo "rc=$?"; grep -v '^{' "$OUT/encoder_variants.txt" | tail -22
 log done

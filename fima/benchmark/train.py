@@ -388,11 +388,7 @@ def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
         torch.backends.cudnn.benchmark = variant.cfg.CUDNN_BENCHMARK
         _synchronize(variant.device)
         start = _clocks()
-        with torch.autocast(
-            variant.device.type,
-            dtype=autocast_dtype(variant.cfg.SOLVER.AMP.DTYPE, variant.device.type),
-            enabled=variant.amp,
-        ):  # fmt: skip
+        with variant.trainer.autocast():
             outputs = []
             for call in variant.calls:
                 module = getattr(variant.model, call.encoder)

@@ -370,7 +370,7 @@ class DefaultTrainer(SimpleTrainer):
                 self.method,
                 lambda: iter(self.data_loader.restarted()),
                 cfg.TEST.PRECISE_BN.NUM_ITER,
-                lambda: torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp),
+                self.autocast,
             )
             if cfg.TEST.PRECISE_BN.ENABLED
             else None,

@@ -287,6 +287,11 @@ class SimpleTrainer(TrainerBase):
         )
         self.loss_dict: dict[str, float] = {}
 
+    def autocast(self) -> torch.autocast:
+        """The forward's mixed precision: also for extra passes over the model (precise
+        BatchNorm, the train benchmark's encoder replay), so that they compute as a step does."""
+        return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp)
+
     @property
     def _data_loader_iter(self) -> Iterator[Any]:
         # Created on first use, after a resume has restored the loader's position.
@@ -310,7 +315,7 @@ class SimpleTrainer(TrainerBase):
                 else self.model.no_sync()
             )
             with sync:
-                with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp):
+                with self.autocast():
                     loss_dict = self.model(data)
                 losses = sum(loss_dict.values())
                 self.grad_scaler.scale(losses / self.accum_steps).backward()

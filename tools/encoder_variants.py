@@ -158,19 +158,43 @@ def check_same_maths(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--q", type=int, default=16)
-    parser.add_argument("--k", type=int, default=48)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--one", default="", help="layout,dtype,stem,compile: one variant only")
-    parser.add_argument("--compile", default="", help="comma-separated compile modes to try")
-    parser.add_argument("--compile-timeout", type=int, default=200)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu"
+    )
+    parser.add_argument("--crop", type=int, default=224, help="clip height and width (16 frames)")
+    parser.add_argument("--q", type=int, default=16, help="clips of the forward+backward pass")
+    parser.add_argument("--k", type=int, default=48, help="clips of the no-grad pass")
+    parser.add_argument("--iters", type=int, default=10, help="timed steps (the median is kept)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--one",
+        default="",
+        help="one variant only, as layout,dtype,stem,compile: layout cl or ncdhw; dtype fp32, "
+        "bf16 or fp16; stem none, pad4 or ncdhw; compile empty (eager) or a torch.compile mode",
+    )
+    parser.add_argument(
+        "--compile", default="", help="comma-separated torch.compile modes to try (default, ...)"
+    )
+    parser.add_argument(
+        "--compile-timeout", type=int, default=200, help="seconds per compiled variant's process"
+    )
     args = parser.parse_args()
     if args.one:
-        layout, dtype, stem, mode = args.one.split(",")
+        parts = args.one.split(",")
+        if (
+            len(parts) != 4
+            or parts[0] not in ("cl", "ncdhw")
+            or parts[1] not in DTYPES
+            or parts[2] not in ("none", "pad4", "ncdhw")
+        ):
+            parser.error(
+                f"--one {args.one!r}: expected layout,dtype,stem,compile, e.g. cl,bf16,none,"
+            )
+        layout, dtype, stem, mode = parts
         print(json.dumps(run_variant(args, layout, dtype, stem, mode)), flush=True)
         return
     check_same_maths(args)

@@ -7,6 +7,8 @@ import argparse
 import importlib.util
 import math
 import os
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
@@ -32,3 +34,15 @@ def test_a_variant_is_timed() -> None:
         "eager",
     )
     assert math.isfinite(row["ms"]) and 0 < row["best_ms"] <= row["ms"]
+
+
+def test_a_malformed_variant_is_a_usage_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "encoder_variants.py"), "--one", "cl,bf16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "expected layout,dtype,stem,compile" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -221,9 +221,7 @@ class Variant:
     @property
     def peak_name(self) -> str:
         """The matmul peak this variant's MFU is read against."""
-        if self.amp:
-            return amp_dtype_name(self.cfg.SOLVER.AMP, self.device.type)
-        return float32_peak_name(self.device)
+        return self.dtype_name if self.amp else float32_peak_name(self.device)
 
     @property
     def batch_size(self) -> int:
@@ -684,9 +682,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         retain_freed_memory()  # as a training process does (default_setup)
     logger.info("Variants: %s", ", ".join(v.name for v in variants))
     for v in variants:
-        if v.amp and not native_autocast(
-            device.type, autocast_dtype(v.cfg.SOLVER.AMP.DTYPE, device.type)
-        ):
+        if v.amp and not native_autocast(device.type, v.trainer.amp_dtype):
             # Measured as asked (training runs would fall back to float32: resolve_amp).
             logger.warning("%s: this %s emulates %s", v.name, device.type, v.dtype_name)
 

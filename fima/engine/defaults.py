@@ -355,6 +355,11 @@ class DefaultTrainer(SimpleTrainer):
         tracker: BadVideoTracker | None = getattr(self.data_loader, "tracker", None)
         build_method_hooks = getattr(self.method, "build_hooks", None)
         evaluator = self.build_evaluator(cfg, self.method)
+        # An evaluation that could not run (its split missing, unlabelled) fails now, not
+        # after training: the EvalHook runs at least once, at the end.
+        check_evaluator = getattr(evaluator, "check", None)
+        if check_evaluator is not None:
+            check_evaluator(self.method)
         return [
             # First, so that a step's time includes every other hook.
             hooks.IterationTimer(),

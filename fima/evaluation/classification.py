@@ -104,6 +104,13 @@ class ClassificationEvaluator:
         self._loader = None
         self._class_names: list[str] = []
 
+    def check(self, model: nn.Module) -> None:
+        """Fail now if this evaluation could not run: the split must build, with labels that
+        fit ``model``'s classes (a training run calls this at start-up)."""
+        from fima.modeling.ssl.classifier import check_labels
+
+        self._class_names = check_labels(self.cfg, self.split, model.num_classes)
+
     def _prepare(self, model: nn.Module) -> None:
         from fima.data import build_test_loader
         from fima.modeling.ssl.classifier import check_labels

@@ -2,7 +2,10 @@
 
 An evaluator is any object with ``evaluate(model) -> dict[str, float]`` that runs on every rank
 (``DefaultTrainer.test`` calls it with the unwrapped model in eval mode; ``EvalHook`` puts the
-results into the event storage).
+results into the event storage). One may also define ``check(model)``, which builds what the
+evaluation reads and raises if it could not run (a split that does not build, videos without a
+label); a training run calls it at start-up, so that such a problem stops the run before training
+rather than after it.
 """
 
 from __future__ import annotations
@@ -97,6 +100,13 @@ class EvaluatorList:
     ) -> None:
         self.evaluators = list(evaluators)
         self.selector = selector
+
+    def check(self, model: nn.Module) -> None:
+        """Run every evaluator's ``check(model)``, where it has one (see the module doc)."""
+        for evaluator in self.evaluators:
+            check = getattr(evaluator, "check", None)
+            if check is not None:
+                check(model)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         results: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from fima.config.config import CfgNode
+from fima.data.datasets.build import VideoDataset
 from fima.utils import comm
 from fima.utils.progress import progress_bar
 
@@ -47,6 +48,24 @@ class VideoOutputs:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def labelled_dataset(cfg: CfgNode, split: str, purpose: str) -> VideoDataset:
+    """``split``'s dataset, after checking that every video has a label, which ``purpose`` (the
+    evaluation, for the message) needs.
+
+    Raises:
+        ValueError: the split has videos without a label.
+    """
+    from fima.data.datasets import build_dataset
+
+    dataset = build_dataset(cfg, split)
+    unlabelled = sum(record.label < 0 for record in dataset.records)
+    if unlabelled:
+        raise ValueError(
+            f"{purpose} needs labels, but {dataset!r} has {unlabelled} videos without a label"
+        )
+    return dataset
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -21,6 +21,7 @@ from fima.config.config import CfgNode
 from fima.evaluation.inference import (
     VideoOutputs,
     infer_videos,
+    labelled_dataset,
     log_bad_videos,
     restrict_loader,
     video_features,
@@ -100,19 +101,22 @@ class KNNEvaluator:
             )
         return self._loaders[split]
 
+    def check(self, model: nn.Module) -> None:
+        """Fail now if the monitor could not run: both splits must build, every video labelled
+        (a pretraining run calls this at start-up, not at its first evaluation)."""
+        for split in self.subsets:
+            labelled_dataset(self.cfg, split, "The kNN monitor (TEST.KNN.ENABLED)")
+
     def _embed(self, model: nn.Module, split: str) -> VideoOutputs:
         videos = infer_videos(
             self.cfg, model, self._loader(split), video_features(model), desc=f"kNN {split}"
         )
         log_bad_videos(videos.bad, split)
-        if (videos.labels < 0).any():
-            raise ValueError(
-                f"The kNN monitor needs labels; the {split} split has unlabelled videos"
-            )
         return videos
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Embed the bank and the queries, classify the queries; ``{"knn/top1": percent}``."""
+        self.check(model)
         bank = self._embed(model, self.cfg.DATA.TRAIN_SPLIT)
         queries = self._embed(model, self.cfg.DATA.TEST_SPLIT)
         votes = weighted_knn_predict(

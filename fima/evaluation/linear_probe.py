@@ -110,8 +110,14 @@ class LinearProbeEvaluator:
         self.features = RetrievalEvaluator(cfg)
         self.weight_decay = cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY
 
+    def check(self, model: nn.Module) -> None:
+        """Fail now if the probe could not run: both splits labelled (as for retrieval)."""
+        self.features.check(model)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Return ``{"linear_probe/top1", "linear_probe/top5"}`` in percent."""
+        """Return ``{"linear_probe/top1", "linear_probe/top5"}`` in percent, and the number of
+        videos left out as undecodable (``linear_probe/bad_videos``)."""
+        self.check(model)
         train = self.features.features(model, self.cfg.DATA.TRAIN_SPLIT)
         test = self.features.features(model, self.cfg.DATA.TEST_SPLIT)
         top1, top5 = probe_accuracy(
@@ -128,4 +134,8 @@ class LinearProbeEvaluator:
             top5,
             len(test),
         )
-        return {"linear_probe/top1": top1, "linear_probe/top5": top5}
+        return {
+            "linear_probe/top1": top1,
+            "linear_probe/top5": top5,
+            "linear_probe/bad_videos": float(len(train.bad) + len(test.bad)),
+        }

@@ -17,7 +17,8 @@ how much of the class a single frame gives away:
   training videos' motion-frozen clips and scored on the test videos' motion-frozen clips: what
   the middle frames alone tell about the class. On data whose class is only in the motion it stays
   near chance for every model, whatever the features; well above chance, the dataset leaks the
-  class through its appearance, and a linear probe of any model may be reading that.
+  class through its appearance, and a linear probe of any model may be reading that. Reported
+  only when every video of both splits has a label.
 
 Instance contrast (MoCo) is expected to score high on the first two; a feature that has learnt
 motion, lower on the second.
@@ -26,6 +27,7 @@ motion, lower on the second.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
@@ -38,6 +40,8 @@ from fima.evaluation.inference import infer_videos, log_bad_videos
 from fima.evaluation.linear_probe import probe_accuracy
 from fima.evaluation.retrieval import recall_at_k
 from fima.utils import comm
+
+logger = logging.getLogger(__name__)
 
 
 def freeze_motion(clips: torch.Tensor) -> torch.Tensor:
@@ -79,6 +83,17 @@ class MotionSensitivityEvaluator:
     def __init__(self, cfg: CfgNode) -> None:
         self.cfg = cfg
 
+    def check(self, model: nn.Module) -> bool:
+        """Fail now if this evaluation could not run: both splits must build. Return whether
+        every video of both has a label (without labels there is no ``static_top1``)."""
+        from fima.data.datasets import build_dataset
+
+        return all(
+            record.label >= 0
+            for split in (self.cfg.DATA.TRAIN_SPLIT, self.cfg.DATA.TEST_SPLIT)
+            for record in build_dataset(self.cfg, split).records
+        )
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Run on every rank; return the metrics (identical on all ranks)."""
         from fima.data import build_test_loader
@@ -95,38 +110,43 @@ class MotionSensitivityEvaluator:
             frozen = model.extract_features(freeze_motion(clips.flatten(0, 1)))
             return {"frozen": frozen.view(clips.shape[0], clips.shape[1], -1)}
 
+        labelled = self.check(model)
         test_split, train_split = self.cfg.DATA.TEST_SPLIT, self.cfg.DATA.TRAIN_SPLIT
         videos = infer_videos(
             self.cfg, model, build_test_loader(self.cfg, test_split), features, "motion sensitivity"
         )
         log_bad_videos(videos.bad, test_split)
-        train = infer_videos(
-            self.cfg,
-            model,
-            build_test_loader(self.cfg, train_split),
-            frozen_features,
-            "motion-frozen training clips",
-        )
-        log_bad_videos(train.bad, train_split)
         real = torch.from_numpy(videos.outputs["real"])  # [V, K, D]
         frozen = torch.from_numpy(videos.outputs["frozen"])
-        # A video's static feature is the mean of its frozen clips' features, as a video's
-        # feature is for the linear probe.
-        static_top1, _ = probe_accuracy(
-            torch.from_numpy(train.outputs["frozen"]).mean(dim=1),
-            torch.from_numpy(train.labels),
-            frozen.mean(dim=1),
-            torch.from_numpy(videos.labels),
-            self.cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY,
-        )
         results = {
             "motion_sensitivity/instance_R@1": instance_recall(real[:, 0], real[:, -1]),
             "motion_sensitivity/frozen_similarity": frozen_similarity(
                 real.flatten(0, 1), frozen.flatten(0, 1)
             ),
-            "motion_sensitivity/static_top1": static_top1,
             "motion_sensitivity/num_videos": float(len(videos)),
         }
+        train_bad: list[tuple[int, str, str]] = []
+        if labelled:
+            train = infer_videos(
+                self.cfg,
+                model,
+                build_test_loader(self.cfg, train_split),
+                frozen_features,
+                "motion-frozen training clips",
+            )
+            log_bad_videos(train.bad, train_split)
+            train_bad = train.bad
+            # A video's static feature is the mean of its frozen clips' features, as a video's
+            # feature is for the linear probe.
+            results["motion_sensitivity/static_top1"], _ = probe_accuracy(
+                torch.from_numpy(train.outputs["frozen"]).mean(dim=1),
+                torch.from_numpy(train.labels),
+                frozen.mean(dim=1),
+                torch.from_numpy(videos.labels),
+                self.cfg.TEST.LINEAR_PROBE.WEIGHT_DECAY,
+            )
+        else:
+            logger.info("Motion sensitivity: unlabelled videos, so no static_top1")
         if comm.is_main_process():
             path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "motion_sensitivity.json")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -135,7 +155,7 @@ class MotionSensitivityEvaluator:
                 "split": test_split,
                 "train_split": train_split,
                 "bad_videos": videos.bad,
-                "train_bad_videos": train.bad,
+                "train_bad_videos": train_bad,
             }
             atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
         return results

@@ -28,6 +28,7 @@ from fima.config.config import CfgNode
 from fima.evaluation.inference import (
     VideoOutputs,
     infer_videos,
+    labelled_dataset,
     log_bad_videos,
     model_device,
     video_features,
@@ -168,6 +169,12 @@ class RetrievalEvaluator:
         self.cache_dir = os.path.join(cfg.OUTPUT_DIR, "features")
         self._loaders: dict[str, object] = {}
 
+    def check(self, model: nn.Module) -> None:
+        """Fail now if retrieval could not run: both splits must build, every video labelled
+        (a training run calls this at start-up; :meth:`evaluate` before its feature pass)."""
+        for split in (self.cfg.DATA.TRAIN_SPLIT, self.cfg.DATA.TEST_SPLIT):
+            labelled_dataset(self.cfg, split, type(self).__name__)
+
     def features(self, model: nn.Module, split: str) -> VideoOutputs:
         """Video features of ``split``, from the cache when it holds them for this model."""
         from fima.data import build_test_loader
@@ -197,7 +204,9 @@ class RetrievalEvaluator:
         return videos
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Run on every rank; return ``{"retrieval/R@k": percent}`` (identical on all ranks)."""
+        """Run on every rank; return ``{"retrieval/R@k": percent}`` and the counts of videos
+        (identical on all ranks)."""
+        self.check(model)
         bank = self.features(model, self.cfg.DATA.TRAIN_SPLIT)
         queries = self.features(model, self.cfg.DATA.TEST_SPLIT)
         log_bad_videos(bank.bad, self.cfg.DATA.TRAIN_SPLIT)
@@ -217,6 +226,7 @@ class RetrievalEvaluator:
         results = {f"retrieval/R@{k}": value for k, value in recalls.items()}
         results["retrieval/num_queries"] = float(len(queries))
         results["retrieval/num_train"] = float(len(bank))
+        results["retrieval/bad_videos"] = float(len(bank.bad) + len(queries.bad))
         if comm.is_main_process():
             report = {
                 "metrics": results,

@@ -243,3 +243,67 @@ def test_missing_list_files_state_the_layout(tmp_path) -> None:
     cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": str(tmp_path / "none.csv")})
     with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: list file .*none.csv"):
         validate_cfg(cfg)
+
+
+def test_video_list_class_indices_agree_for_any_configured_splits(tmp_path) -> None:
+    # A class only in the evaluation split (DATA.TEST_SPLIT "val", not "test") still takes
+    # its place among the training split's classes, so both splits give "b" the same index.
+    _touch(tmp_path, "train/b/1.mp4", "train/c/2.mp4", "val/a/3.mp4", "val/b/4.mp4")
+    cfg = _cfg("VideoList", str(tmp_path), **{"DATA.TEST_SPLIT": "val"})
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert train.class_names == ["a", "b", "c"] == val.class_names
+    assert [r.label for r in train] == [1, 2] and [r.label for r in val] == [0, 1]
+
+
+def test_video_list_integer_labels_keep_their_value(tmp_path, caplog) -> None:
+    # A header of unknown column names is told apart from a video by its label; zero-padded
+    # labels and class folders are their integer.
+    (tmp_path / "train.csv").write_text("video_id,label\nx/1.mp4,2\nx/2.mp4,10\nx/3.mp4,01\n")
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        train = build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+    assert "train.csv:1: read as a header line" in caplog.text
+    assert train.class_names == [str(i) for i in range(11)]
+    assert [r.label for r in train] == [2, 10, 1]
+    _touch(tmp_path / "folders", "train/001/a.mp4", "train/002/b.mp4")
+    train = build_dataset(_cfg("VideoList", str(tmp_path / "folders")), "train")
+    assert [r.label for r in train] == [1, 2]
+
+
+def test_video_list_warns_when_integer_labels_become_names(tmp_path, caplog) -> None:
+    (tmp_path / "train.txt").write_text("a.mp4 2\nb.mp4 10\nc.mp4 walk\n")
+    with caplog.at_level("WARNING", logger="fima.data.datasets.video_list"):
+        train = build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+    assert train.class_names == ["10", "2", "walk"]
+    assert "2 label(s) are integers (e.g. '2') and others are not (e.g. 'walk')" in caplog.text
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "path,label\n"])
+def test_video_list_without_a_video_names_its_file(tmp_path, text: str) -> None:
+    (tmp_path / "train.csv").write_text(text)
+    with pytest.raises(AnnotationError, match=re.escape(f"{tmp_path / 'train.csv'}: lists no")):
+        build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+
+
+def test_a_list_that_is_not_utf8_names_file_and_line(tmp_path) -> None:
+    (tmp_path / "train.csv").write_bytes("a.mp4,walk\nb\u00e4.mp4,run\n".encode("latin-1"))
+    with pytest.raises(AnnotationError, match=re.escape(f"{tmp_path / 'train.csv'}:2: not UTF-8")):
+        build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+
+
+def test_kinetics_without_any_listed_video_says_so(tmp_path) -> None:
+    root = tmp_path / "k400"
+    LAYOUTS["Kinetics400"](str(root), ["a", "b"], 2, {})
+    for video in (root / "train").rglob("*.mp4"):
+        video.rename(video.with_suffix(".mkv"))
+    with pytest.raises(FileNotFoundError, match=r"all 2 videos it lists are missing \(first: "):
+        build_dataset(_cfg("Kinetics400", str(root)), "train")
+
+
+def test_hmdb51_missing_fold_file_is_named_not_a_label_shift(tmp_path) -> None:
+    root = tmp_path / "hmdb51"
+    LAYOUTS["HMDB51"](str(root), CLASSES, 3, {})
+    missing = root / "testTrainMulti_7030_splits" / "brush_hair_test_split2.txt"
+    os.remove(missing)
+    assert build_dataset(_cfg("HMDB51", str(root)), "train").num_classes == 3  # fold 1 is whole
+    with pytest.raises(FileNotFoundError, match=re.escape(f"Missing {missing} (1 of the 3")):
+        build_dataset(_cfg("HMDB51", str(root), **{"DATA.SPLIT": 2}), "train")

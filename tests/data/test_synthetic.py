@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 from fima.data import build_dataset
 from fima.data.datasets.synthetic import (
@@ -45,6 +46,16 @@ def test_second_use_reads_the_cache() -> None:
 
 def test_other_settings_get_another_folder() -> None:
     assert synthetic_root(tiny_cfg()) != synthetic_root(tiny_cfg(**{"DATA.SYNTHETIC.SEED": 1}))
+
+
+def test_a_root_generated_with_other_settings_is_refused_not_read(tmp_path) -> None:
+    cfg = tiny_cfg(**{"DATA.ROOT": str(tmp_path / "mine")})
+    build_dataset(cfg, "train")
+    listing = sorted(p.name for p in (tmp_path / "mine" / "UCF-101").iterdir())
+    other = tiny_cfg(**{"DATA.ROOT": str(tmp_path / "mine"), "DATA.SYNTHETIC.SEED": 7})
+    with pytest.raises(FileExistsError, match=r"other DATA.SYNTHETIC settings \(SEED 0 there, 7"):
+        build_dataset(other, "train")
+    assert sorted(p.name for p in (tmp_path / "mine" / "UCF-101").iterdir()) == listing
 
 
 def test_appearance_does_not_depend_on_the_class() -> None:

@@ -15,7 +15,7 @@ from fima.checkpoint import Checkpointer
 from fima.data.datasets import build_dataset
 from fima.data.datasets.synthetic import synthetic_root
 from fima.engine import DefaultTrainer, default_setup
-from fima.evaluation import ClassificationEvaluator
+from fima.evaluation import ClassificationEvaluator, LinearProbeEvaluator, RetrievalEvaluator
 from fima.modeling import build_model
 from fima.utils.events import EventStorage
 from tests.evaluation.helpers import classifier_cfg
@@ -48,6 +48,11 @@ def test_undecodable_videos_are_listed_and_excluded(tmp_path) -> None:
     ((name, image, _),) = storage.pop_images()
     width, height = Image.open(report_dir / "confusion_matrix.png").size
     assert name == "test/confusion_matrix" and image.shape == (3, height, width)
+    # Retrieval and the feature probe count it too (one feature pass serves both).
+    probe = LinearProbeEvaluator(cfg).evaluate(model)
+    retrieval = RetrievalEvaluator(cfg).evaluate(model)
+    assert probe["linear_probe/bad_videos"] == 1 == retrieval["retrieval/bad_videos"]
+    assert retrieval["retrieval/num_queries"] == 2
 
 
 def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp_path) -> None:

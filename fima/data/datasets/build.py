@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -104,6 +105,14 @@ def build_dataset(cfg: CfgNode, split: str) -> VideoDataset:
     dataset = DATASET_REGISTRY.get(cfg.DATA.DATASET)(cfg, cfg.DATA.TRAIN_SPLIT if carve else split)
     if not isinstance(dataset, VideoDataset):
         raise TypeError(f"Dataset {cfg.DATA.DATASET!r} must return a VideoDataset")
+    if not dataset.records:
+        found = (
+            f": all {len(dataset.missing)} videos it lists are missing (first: "
+            f"{dataset.missing[0]})"
+            if dataset.missing
+            else ""
+        )
+        raise FileNotFoundError(f"{dataset!r} holds no video{found}; {type(dataset).LAYOUT}")
     return carve_validation_split(cfg, split, dataset) if carve else dataset
 
 
@@ -113,9 +122,24 @@ class AnnotationError(ValueError):
 
 def read_lines(path: str) -> list[tuple[int, str]]:
     """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
-    their 1-based line numbers."""
-    with open(path, encoding="utf-8-sig") as f:
-        return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+    their 1-based line numbers.
+
+    Raises:
+        AnnotationError: the file is not UTF-8 (the message names the line).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        number = raw.count(b"\n", 0, err.start) + 1
+        raise AnnotationError(
+            f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start}); save the file "
+            "as UTF-8"
+        ) from None
+    # Universal newlines, as open() reads text: "\r\n", "\r" and "\n" end a line.
+    lines = enumerate(io.StringIO(text, newline=None), 1)
+    return [(number, line.strip()) for number, line in lines if line.strip()]
 
 
 def require_root(root: str, dataset: str, layout: str) -> str:

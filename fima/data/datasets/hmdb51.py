@@ -50,14 +50,23 @@ def read_hmdb51_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
     lists = os.path.join(root, SPLIT_DIR)
     if not os.path.isdir(lists):
         raise FileNotFoundError(f"Missing {lists}: {LAYOUT}")
-    files = {}
+    files, every_class = {}, set()
     for file_name in os.listdir(lists):
         match = _SPLIT_FILE.match(file_name)
-        if match and int(match["fold"]) == fold:
-            files[match["name"]] = os.path.join(lists, file_name)
+        if match:
+            every_class.add(match["name"])
+            if int(match["fold"]) == fold:
+                files[match["name"]] = os.path.join(lists, file_name)
     if not files:
         raise FileNotFoundError(f"No <class>_test_split{fold}.txt in {lists}: {LAYOUT}")
-    class_names = sorted(files)
+    # The classes are those of every fold's files, so a missing file cannot shift the labels.
+    class_names = sorted(every_class)
+    absent = [name for name in class_names if name not in files]
+    if absent:
+        raise FileNotFoundError(
+            f"Missing {os.path.join(lists, f'{absent[0]}_test_split{fold}.txt')} "
+            f"({len(absent)} of the {len(class_names)} classes have no fold-{fold} file): {LAYOUT}"
+        )
     records = []
     for label, class_name in enumerate(class_names):
         for number, line in read_lines(files[class_name]):

@@ -357,12 +357,14 @@ def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:
     settings = _settings(cfg)
     done_marker = os.path.join(root, "settings.json")
     if os.path.isfile(done_marker):
+        _require_same_settings(done_marker, settings)
         return
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     with open(root + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be generating the same dataset
         if os.path.isfile(done_marker):
+            _require_same_settings(done_marker, settings)
             return
         if os.path.exists(root) and os.listdir(root):
             raise FileExistsError(
@@ -380,6 +382,25 @@ def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:
             if os.path.exists(staging):
                 shutil.rmtree(staging)
         logger.info("SyntheticMotion ready: %s", root)
+
+
+def _require_same_settings(done_marker: str, settings: dict) -> None:
+    """Fail if the dataset at ``done_marker``'s folder was generated with other settings (a
+    ``DATA.ROOT`` reused with other ``DATA.SYNTHETIC`` values), rather than read other videos."""
+    with open(done_marker) as f:
+        written = json.load(f)
+    differ = sorted(
+        key for key in set(settings) | set(written) if settings.get(key) != written.get(key)
+    )
+    if differ:
+        changes = ", ".join(
+            f"{key} {written.get(key)!r} there, {settings.get(key)!r} here" for key in differ
+        )
+        raise FileExistsError(
+            f"{os.path.dirname(done_marker)} holds a SyntheticMotion dataset generated with other "
+            f"DATA.SYNTHETIC settings ({changes}); point DATA.ROOT elsewhere (or leave it empty "
+            "for a cache folder per setting), or move that dataset away"
+        )
 
 
 def _generate_into(staging: str, settings: dict, cfg: CfgNode) -> None:

@@ -99,20 +99,23 @@ def _space_separated(lines: list[tuple[int, str]]) -> bool:
 def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     """``(line number, video path as written, label or None)`` for every entry of a list file.
 
-    A first line that names the columns (:func:`_is_header`) is skipped. A ``.csv`` file whose
-    lines hold no comma and end in an integer label after whitespace is read as SlowFast's
-    ``path label`` lines (the path may hold spaces).
+    A first line that names the columns is skipped: one with known column names
+    (:func:`_is_header`), or one whose label is not an integer while every other line's is (a
+    header with other names, ``video_id,label``). A ``.csv`` file whose lines hold no comma and
+    end in an integer label after whitespace is read as SlowFast's ``path label`` lines (the path
+    may hold spaces).
 
     Raises:
-        AnnotationError: a line with the wrong number of fields, an empty path, or a line with a
-            label in a file whose first line has none (or the reverse).
+        AnnotationError: no entry, a line with the wrong number of fields, an empty path, or a
+            line with a label in a file whose first line has none (or the reverse).
     """
     text_lines = read_lines(path)
     if text_lines and _is_header(
         [field.strip("'\"") for field in re.split(r"[,\s]+", text_lines[0][1])]
     ):
         text_lines = text_lines[1:]
-    if path.endswith(".csv") and not _space_separated(text_lines):
+    # The format is told from the lines after the first, which may be a header of other names.
+    if path.endswith(".csv") and not _space_separated(text_lines[1:] or text_lines):
         rows = csv.reader([line for _, line in text_lines])
         lines = [(n, [field.strip() for field in row]) for (n, _), row in zip(text_lines, rows)]
         expected = "'path,label' (or 'path')"
@@ -121,8 +124,18 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
         lines = [(number, split(line)) for number, line in text_lines]
         expected = "'path label' (or 'path'), separated by whitespace; use a .csv for paths "
         expected += "with spaces"
+    if (
+        len(lines) >= 2
+        and len(lines[0][1]) == 2
+        and not lines[0][1][1].isdigit()
+        and all(len(fields) == 2 and fields[1].isdigit() for _, fields in lines[1:])
+    ):
+        logger.info("%s:%d: read as a header line: %s", path, lines[0][0], lines[0][1])
+        lines = lines[1:]
+    if not lines:
+        raise AnnotationError(f"{path}: lists no video; expected lines of {expected}")
     entries: list[tuple[int, str, str | None]] = []
-    width = len(lines[0][1]) if lines else 0
+    width = len(lines[0][1])
     for number, fields in lines:
         if len(fields) not in (1, 2) or not fields[0] or (len(fields) == 2 and not fields[1]):
             raise AnnotationError(f"{path}:{number}: expected {expected}, got {fields}")
@@ -183,9 +196,18 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
 
 
 def class_names_of(labels: list[str]) -> list[str]:
-    """``"0" .. "K-1"`` if every label is a non-negative integer, else the sorted names."""
+    """``"0" .. "K-1"`` if every label is a non-negative integer (``"007"`` is 7), else the
+    sorted names (logging a warning if some of them are integers, which then sort as text)."""
     if labels and all(label.isdigit() for label in labels):
         return [str(i) for i in range(max(int(label) for label in labels) + 1)]
+    numbers = sorted({label for label in labels if label.isdigit()}, key=int)
+    if numbers:
+        logger.warning(
+            "VideoList: %d label(s) are integers (e.g. %r) and others are not (e.g. %r), so every "
+            "label is read as a class name and the classes are sorted as text; label every video "
+            "with an integer, or every one with a name",
+            len(numbers), numbers[0], next(label for label in labels if not label.isdigit()),
+        )  # fmt: skip
     return sorted(set(labels))
 
 
@@ -213,19 +235,22 @@ class VideoList(VideoDataset):
             if cfg.DATA.ROOT:
                 require_root(cfg.DATA.ROOT, "VideoList", LAYOUT)
             raise FileNotFoundError(f"No list file or folder for split {split!r}: {LAYOUT}")
-        # Both splits' labels decide the class indices, so that train and test agree.
-        videos = {
-            s: self._read_split(cfg, s, log=s == split)
-            for s in dict.fromkeys(("train", "test", split))
-        }
+        # The labels of every split a run reads decide the class indices, so that they agree
+        # between training and evaluation whatever DATA.TRAIN_SPLIT and TEST_SPLIT name.
+        splits = ("train", "test", cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT, split)
+        videos = {s: self._read_split(cfg, s, log=s == split) for s in dict.fromkeys(splits)}
         class_names = class_names_of(
             [label for rows in videos.values() if rows for _, label in rows if label is not None]
         )
-        label_of = {name: i for i, name in enumerate(class_names)}
-        records = [
-            VideoRecord(video, -1 if label is None else label_of[label], video)
-            for video, label in videos[split] or []
-        ]
+        index_of = {name: i for i, name in enumerate(class_names)}
+
+        def index(label: str | None) -> int:
+            # Unlabelled is -1; names are looked up; integer labels are their own index ("007").
+            if label is None:
+                return -1
+            return index_of[label] if label in index_of else int(label)
+
+        records = [VideoRecord(video, index(label), video) for video, label in videos[split] or []]
         # A split without DATA.ROOT has a list file (checked above): its folder is the root.
         root = os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(list_path or "")
         super().__init__(

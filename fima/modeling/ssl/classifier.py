@@ -63,19 +63,14 @@ def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
     Raises:
         ValueError: the split has unlabelled videos or another number of classes.
     """
-    from fima.data.datasets import build_dataset
+    from fima.evaluation.inference import labelled_dataset
 
-    dataset = build_dataset(cfg, split)
+    dataset = labelled_dataset(cfg, split, "Classification")
     if dataset.num_classes != num_classes:
         raise ValueError(
             f"MODEL.CLASSIFIER.NUM_CLASSES is {num_classes} but {dataset!r} has "
             f"{dataset.num_classes} classes; set it to {dataset.num_classes} (or 0 to follow "
             "the dataset)"
-        )
-    unlabelled = sum(record.label < 0 for record in dataset.records)
-    if unlabelled:
-        raise ValueError(
-            f"{dataset!r} has {unlabelled} videos without a label; classification needs labels"
         )
     return dataset.class_names
 

@@ -107,6 +107,18 @@ def _preserve_previous_config(path: str, new_text: str) -> None:
     os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
 
 
+def _previous_run_files(output_dir: str) -> list[str]:
+    """The files of ``output_dir`` that a new run would overwrite: ``last_checkpoint`` and the
+    checkpoints (``*.pth``; ``--resume`` reads any of them, pointer or not)."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name == "last_checkpoint" or (name.endswith(".pth") and not name.startswith("."))
+    )
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: output dir, logging, seed, validation, ``config.yaml``; freezes ``cfg``.
 
@@ -147,11 +159,14 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     validate_cfg(cfg, comm.get_world_size())
     resuming = args is not None and (args.resume or args.eval_only)
     # Rank 0 decides, so that all ranks stop together (other machines may not see the files).
-    has_run = comm.broadcast_object(os.path.isfile(os.path.join(output_dir, "last_checkpoint")))
-    if not resuming and has_run:
+    previous = comm.broadcast_object(
+        _previous_run_files(output_dir) if comm.is_main_process() else None
+    )
+    if not resuming and previous:
         raise FileExistsError(
-            f"OUTPUT_DIR {output_dir} already holds a run (last_checkpoint). Pass --resume to "
-            "continue it, or set OUTPUT_DIR to another directory; nothing was overwritten."
+            f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(previous[:3])}). Pass "
+            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
+            "overwritten."
         )
     text = cfg.dump()
     if comm.is_main_process():
@@ -300,6 +315,13 @@ class DefaultTrainer(SimpleTrainer):
         rank."""
         if resume and self.checkpointer.resume() is not None:
             self.start_iter = self.iter + 1
+            if self.start_iter >= self.max_iter:
+                logger.warning(
+                    "The checkpoint has trained %d iterations, as many as or more than this run's "
+                    "%d (SOLVER.MAX_ITER / MAX_EPOCHS): there is nothing left to train",
+                    self.start_iter,
+                    self.max_iter,
+                )
             return
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).

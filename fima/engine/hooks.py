@@ -12,6 +12,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -269,6 +270,31 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
+        if not comm.is_main_process():
+            return
+        save_dir = self.checkpointer.save_dir
+        # A resumed run counts the periodic checkpoints it finds towards MAX_TO_KEEP.
+        if self.max_to_keep is not None:
+            pattern = re.compile(rf"^{re.escape(self.file_prefix)}_(\d{{7}})\.pth$")
+            found = sorted(
+                (int(match.group(1)), name)
+                for name in (os.listdir(save_dir) if os.path.isdir(save_dir) else [])
+                if (match := pattern.match(name))
+            )
+            self.recent_checkpoints = [os.path.join(save_dir, name) for _, name in found]
+        # A finished run continued to a larger MAX_ITER writes model_final again: keep the one
+        # it had under its iteration's name (a hard link: no copy), rather than lose it.
+        final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
+        if self.trainer.start_iter > 0 and os.path.isfile(final):
+            try:
+                saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+                iteration = int(saved["iteration"])
+            except Exception:  # unreadable: resume already fell back past it
+                return
+            kept = os.path.join(save_dir, f"{self.file_prefix}_{iteration:07d}.pth")
+            if iteration < self.trainer.start_iter and not os.path.exists(kept):
+                os.link(final, kept)
+                logger.info("Kept the previous %s as %s", os.path.basename(final), kept)
 
     def after_step(self) -> None:
         self.step(self.trainer.iter)

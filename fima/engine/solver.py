@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -13,6 +14,8 @@ from fvcore.common.param_scheduler import (
 from torch import nn
 
 from fima.config.config import CfgNode
+
+logger = logging.getLogger(__name__)
 
 
 def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
@@ -53,6 +56,26 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     def state_dict(self) -> dict:
         # The multiplier is rebuilt from the config; only the position matters.
         return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue at the saved position on the schedule that the config now describes.
+
+        The base rates are the config's (``SOLVER.BASE_LR``; a change is logged), and the rate of
+        the next step is recomputed, so that a changed ``MAX_ITER`` or schedule applies from the
+        first resumed step. Unchanged, the rate is the one the saved run would have used.
+        """
+        saved = [float(lr) for lr in state_dict.get("base_lrs", self.base_lrs)]
+        if saved != [float(lr) for lr in self.base_lrs]:
+            logger.warning(
+                "Resuming with the config's base learning rates %s instead of the checkpoint's "
+                "%s (SOLVER.BASE_LR changed)",
+                self.base_lrs,
+                saved,
+            )
+        self.last_epoch = state_dict["last_epoch"]
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
 
     def get_lr(self) -> list[float]:
         step = (self.last_epoch // self._unit) * self._unit

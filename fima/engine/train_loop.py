@@ -338,12 +338,41 @@ class SimpleTrainer(TrainerBase):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["optimizer"] = self.optimizer.state_dict()
+        state["optimizer_type"] = type(self.optimizer).__name__
         state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the iteration, the hooks', optimizer's and scaler's states.
+
+        The optimizer's hyperparameters (weight decay, momentum, betas, ...) stay those this
+        trainer's optimizer was built with, from the config; where they differ from the
+        checkpoint's, a warning names them. The learning rate is the scheduler's business.
+
+        Raises:
+            ValueError: the checkpoint was trained with another optimizer type.
+        """
+        saved_type = state.get("optimizer_type", type(self.optimizer).__name__)
+        if saved_type != type(self.optimizer).__name__:
+            raise ValueError(
+                f"The checkpoint was trained with {saved_type} and this run builds "
+                f"{type(self.optimizer).__name__} (SOLVER.OPTIMIZER): resume with {saved_type}, "
+                "or start a new run (another OUTPUT_DIR) from its weights with MODEL.WEIGHTS"
+            )
         super().load_state_dict(state)
+        configured = [dict(group) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        changed = set()
+        for group, own in zip(self.optimizer.param_groups, configured, strict=True):
+            for key, value in own.items():
+                if key not in ("params", "lr", "initial_lr") and group.get(key) != value:
+                    changed.add(f"{key} {group.get(key)!r} -> {value!r}")
+                    group[key] = value
+        if changed:
+            logger.warning(
+                "Resuming with the config's optimizer settings instead of the checkpoint's: %s",
+                ", ".join(sorted(changed)),
+            )
         scaler_state = state.get("grad_scaler") or {}
         if self.grad_scaler.is_enabled() and not scaler_state:
             # Saved without loss scaling (bfloat16 or float32): a checkpoint of a CPU run, whose

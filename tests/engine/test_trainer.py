@@ -10,12 +10,14 @@ from unittest import mock
 
 import pytest
 import torch
+from fvcore.common.param_scheduler import CosineParamScheduler
 from torch import nn
 
 from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
+from fima.engine.solver import build_lr_scheduler
 from fima.engine.train_loop import amp_dtype_name, autocast_dtype, describe_amp, resolve_amp
 from tests.conftest import tiny_cfg
 
@@ -137,6 +139,46 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
 
 
+def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_0000005.pth").write_bytes(b"weights of an earlier run")
+    cfg = tiny_cfg(str(out))
+    with pytest.raises(FileExistsError, match=r"already holds a run \(model_0000005.pth\)"):
+        default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+    assert (out / "model_0000005.pth").read_bytes() == b"weights of an earlier run"
+    assert not (out / "config.yaml").exists()
+
+
+def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp_path) -> None:
+    def config(max_iter: int, resume: bool):
+        cfg = tiny_cfg(
+            str(tmp_path / "run"),
+            **{
+                "SOLVER.MAX_ITER": max_iter,
+                "SOLVER.CHECKPOINT_PERIOD": 2,
+                "SOLVER.MAX_TO_KEEP": 2,
+            },
+        )
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    _run(config(5, resume=False), resume=False)
+    out = tmp_path / "run"
+    first_final = (out / "model_final.pth").read_bytes()
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000001.pth", "model_0000003.pth", "model_final.pth",
+    ]  # fmt: skip
+    resumed, _ = _run(config(9, resume=True), resume=True)
+    assert resumed.start_iter == 5
+    # The first run's final weights live on under their iteration; the periodic checkpoints of
+    # both runs together are held to MAX_TO_KEEP.
+    assert (out / "model_0000004.pth").read_bytes() == first_final
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000004.pth", "model_0000005.pth", "model_0000007.pth", "model_final.pth",
+    ]  # fmt: skip
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 8
+
+
 def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     for flag in (True, False):
@@ -205,6 +247,64 @@ def test_resume_across_precisions_keeps_or_starts_the_gradient_scaler(caplog) ->
     resumed.grad_scaler = torch.amp.GradScaler("cpu")
     resumed.load_state_dict(float16.state_dict())
     assert resumed.grad_scaler.get_scale() == 8.0
+
+
+def test_resume_applies_the_configs_optimizer_settings_and_refuses_another_optimizer(
+    caplog,
+) -> None:
+    model = LinearModel()
+    saved = SimpleTrainer(
+        model, endless(), torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
+    )
+    saved.train(0, 2)
+    state = saved.state_dict()
+    same = SimpleTrainer(
+        model, endless(), torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fima.engine.train_loop"):
+        same.load_state_dict(state)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert same.optimizer.state_dict()["param_groups"] == state["optimizer"]["param_groups"]
+    changed = SimpleTrainer(
+        model, endless(), torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    )
+    with caplog.at_level("WARNING", logger="fima.engine.train_loop"):
+        changed.load_state_dict(state)
+    assert changed.optimizer.param_groups[0]["weight_decay"] == 0.5
+    assert "weight_decay 0.0001 -> 0.5" in caplog.text
+    # The momentum buffers are the checkpoint's.
+    for mine, theirs in zip(
+        changed.optimizer.state.values(), saved.optimizer.state.values(), strict=True
+    ):
+        assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    adamw = SimpleTrainer(model, endless(), torch.optim.AdamW(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="trained with SGD and this run builds AdamW"):
+        adamw.load_state_dict(state)
+
+
+def test_resumed_schedule_follows_the_config_from_the_first_step(caplog) -> None:
+    """A longer MAX_ITER or another BASE_LR applies from the first resumed step; unchanged,
+    the rate is exactly the one the saved run would have used."""
+
+    def schedule(max_iter: int, base_lr: float):
+        cfg = tiny_cfg(**{"SOLVER.BASE_LR": base_lr, "SOLVER.LR_SCHEDULER": "cosine"})
+        optimizer = torch.optim.SGD(LinearModel().parameters(), lr=base_lr)
+        return optimizer, build_lr_scheduler(cfg, optimizer, max_iter, iters_per_epoch=1)
+
+    optimizer, scheduler = schedule(12, 0.05)
+    for _ in range(12):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the end of the cosine
+    for max_iter, base_lr in ((12, 0.05), (16, 0.05), (16, 0.5)):
+        resumed_optimizer, resumed = schedule(max_iter, base_lr)
+        resumed.load_state_dict(state)
+        expected = base_lr * CosineParamScheduler(1.0, 0.0)(12 / max_iter)
+        assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+        assert resumed.get_last_lr() == [resumed_optimizer.param_groups[0]["lr"]]
+    assert "config's base learning rates [0.5] instead of the checkpoint's [0.05]" in caplog.text
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -188,7 +188,7 @@ def get(
         fima.model_zoo.download.DownloadError: the checkpoint cannot be fetched or verified.
         fima.checkpoint.CheckpointMismatchError: the checkpoint does not fit the model.
     """
-    from fima.checkpoint import Checkpointer
+    from fima.checkpoint import load_checkpoint_file, load_model_state
     from fima.engine.defaults import resolve_device
     from fima.modeling import build_model
 
@@ -197,10 +197,8 @@ def get(
         cfg.MODEL.DEVICE = str(device)
     model = build_model(cfg)
     if trained:
-        checkpointer = Checkpointer(model)
-        checkpoint = checkpointer._load_file(PathManager.get_local_path(cfg.MODEL.WEIGHTS))
-        checkpointer._check_compatible(checkpoint["model"], cfg.MODEL.WEIGHTS)
-        model.load_state_dict(checkpoint["model"])
+        checkpoint = load_checkpoint_file(PathManager.get_local_path(cfg.MODEL.WEIGHTS))
+        load_model_state(model, checkpoint["model"], cfg.MODEL.WEIGHTS, exact=True)
     return model.to(resolve_device(cfg)).eval()
 
 

@@ -63,9 +63,10 @@ def weights_problem(name: str) -> str | None:
 
 
 def resolve_weights(name: str) -> str:
-    """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, cached by iopath;
-    ``fima://``, a sha256-verified model-zoo download); or a model-zoo config name such as
-    ``"FIMA/i3d_ucf101_pretrain.yaml"``, which means its published checkpoint.
+    """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, downloaded once into
+    ``$FIMA_CACHE/urls/`` under a hash of the whole URL; ``fima://``, a sha256-verified model-zoo
+    download); or a model-zoo config name such as ``"FIMA/i3d_ucf101_pretrain.yaml"``, which
+    means its published checkpoint.
 
     Raises:
         FileNotFoundError: ``name`` is none of these.

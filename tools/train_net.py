@@ -26,7 +26,7 @@ from typing import NoReturn
 
 import torch
 
-from fima.checkpoint import Checkpointer
+from fima.checkpoint import Checkpointer, CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
 from fima.data.datasets import AnnotationError
@@ -34,6 +34,7 @@ from fima.engine import DefaultTrainer, default_argument_parser, default_setup, 
 from fima.engine.defaults import resolve_device
 from fima.engine.launch import check_launch_arguments, resolve_backend
 from fima.evaluation import summary_table, write_results
+from fima.model_zoo import DownloadError
 from fima.utils import comm
 
 logger = logging.getLogger("fima.train_net")
@@ -77,7 +78,10 @@ def fail(message: str) -> NoReturn:
 def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     """``--eval-only``: evaluate a checkpoint (OUTPUT_DIR's newest with ``--resume``, else
     ``MODEL.WEIGHTS``; neither: the random initialisation), log one summary table and write
-    ``OUTPUT_DIR/results.json`` (config, checkpoint and its sha256, metrics, time)."""
+    ``OUTPUT_DIR/results.json`` (config, checkpoint and its sha256, metrics, time).
+
+    The checkpoint must fit the model as evaluated: a classifier evaluated by the classification
+    evaluator needs a classifier checkpoint, whose head it scores with."""
     # The same initialisation on every rank, for a randomly initialised model under DDP.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.SEED)
@@ -90,7 +94,7 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
             checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
         except FileNotFoundError as err:
             fail(str(err))
-    checkpointer.load(checkpoint, checkpointables=[])
+    checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
     results = DefaultTrainer.test(cfg, model)
     if comm.is_main_process():
         path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint)
@@ -113,12 +117,19 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         if args.eval_only:
             return evaluate(cfg, args)
         trainer = DefaultTrainer(cfg)
-    except (AnnotationError, FileNotFoundError) as err:
+        trainer.resume_or_load(resume=args.resume)
+    except (
+        AnnotationError,
+        FileNotFoundError,
+        CheckpointMismatchError,
+        CheckpointReadError,
+        DownloadError,
+    ) as err:
         # A dataset that is not where or what the config says (a missing list file or folder, a
-        # malformed line): one line, as for a bad config; the traceback goes to the log file.
-        logger.debug("Stopped on the dataset", exc_info=True)
+        # malformed line), or weights that cannot be read or do not fit the model: one line, as
+        # for a bad config; the traceback goes to the log file.
+        logger.debug("Stopped before training", exc_info=True)
         fail(str(err))
-    trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 

@@ -1,9 +1,19 @@
-"""Checkpointing: atomic saves, safe loads, strict resume with fallback."""
+"""Checkpointing: atomic saves, safe loads, strict resume with fallback, strict weights."""
 
 from fima.checkpoint.checkpointer import (
     Checkpointer,
     CheckpointMismatchError,
+    CheckpointReadError,
     atomic_write,
+    load_checkpoint_file,
+    load_model_state,
 )
 
-__all__ = ["CheckpointMismatchError", "Checkpointer", "atomic_write"]
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointReadError",
+    "Checkpointer",
+    "atomic_write",
+    "load_checkpoint_file",
+    "load_model_state",
+]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fima.checkpoint.checkpointer import Checkpointer
+from fima.checkpoint.checkpointer import check_state
 from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights
 
 logger = logging.getLogger(__name__)
@@ -63,9 +63,10 @@ def weights_problem(name: str) -> str | None:
 
 
 def resolve_weights(name: str) -> str:
-    """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, cached by iopath;
-    ``fima://``, a sha256-verified model-zoo download); or a model-zoo config name such as
-    ``"FIMA/i3d_ucf101_pretrain.yaml"``, which means its published checkpoint.
+    """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, downloaded once into
+    ``$FIMA_CACHE/urls/`` under a hash of the whole URL; ``fima://``, a sha256-verified model-zoo
+    download); or a model-zoo config name such as ``"FIMA/i3d_ucf101_pretrain.yaml"``, which
+    means its published checkpoint.
 
     Raises:
         FileNotFoundError: ``name`` is none of these.
@@ -119,8 +120,13 @@ def load_backbone_weights(
         unexpected=sorted(set(mapped) - set(own)),
     )
     # The same strict check as resuming: missing, unexpected and mis-shaped keys, all listed.
-    Checkpointer(backbone)._check_compatible(
-        mapped, f"{source} (keys '{prefix}*' onto {type(backbone).__name__})"
+    check_state(
+        own,
+        mapped,
+        f"{source} (keys '{prefix}*' onto {type(backbone).__name__})",
+        exact=True,
+        advice="Was it made with another backbone config? Use the MODEL.BACKBONE settings it "
+        "was trained with",
     )
     backbone.load_state_dict(mapped, strict=True)
     report.loaded = len(mapped)

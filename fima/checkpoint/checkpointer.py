@@ -4,8 +4,14 @@
   ``last_checkpoint`` pointer is replaced the same way. A kill at any moment leaves the previous
   checkpoint and pointer intact (a killed write leaves only a hidden ``.*.tmp`` file, which the
   next resume removes).
-- Every load uses ``torch.load(weights_only=True)``: nothing in a checkpoint is executed.
-- Resuming requires the checkpoint to match the model exactly; a mismatch fails with the keys.
+- Every load uses ``torch.load(weights_only=True)``: nothing in a checkpoint is executed. A file
+  that cannot be read (not a checkpoint, truncated, a directory, the reference code's layout) is a
+  one-line :class:`CheckpointReadError` naming it and saying what to do.
+- Every load of a model's weights goes through :func:`load_model_state`: resuming requires the
+  checkpoint to match the model exactly; ``MODEL.WEIGHTS`` requires every tensor of the model, in
+  its shape, and logs the entries the model does not have. A mismatch is a
+  :class:`CheckpointMismatchError` listing the keys. The one partial load is a method's own
+  ``transfer_weights`` (a classifier initialised from a pretraining checkpoint's backbone).
 - If the newest checkpoint cannot be read (truncated, corrupt), resuming falls back to the
   next newest with a warning naming the bad file.
 - State that differs per rank (RNG states, BatchNorm running statistics) is gathered from every
@@ -16,12 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import tempfile
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
+from torch import nn
 
 from fima.utils import comm
 
@@ -45,6 +54,212 @@ _FILE_MODE = _file_mode()
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose tensors do not match the model (different config or architecture)."""
+
+
+class CheckpointReadError(ValueError):
+    """A file that cannot be read as a checkpoint; the message names it and says why."""
+
+
+# How many keys of each kind a mismatch message shows before it gives their count.
+_SHOWN_KEYS = 5
+# What a mismatch message suggests, when resuming and for MODEL.WEIGHTS.
+_RESUME_ADVICE = (
+    "Was it made with another config? Resume with that config, or give another OUTPUT_DIR"
+)
+_WEIGHTS_ADVICE = (
+    "Was it made with another config or method? MODEL.WEIGHTS must be a checkpoint of this "
+    "config's model (a classifier also starts from a backbone exported by "
+    "tools/convert_checkpoint.py --to backbone)"
+)
+
+
+def _unreadable_reason(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` failed with ``err``."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+        detail = next((line for line in text.splitlines() if "WeightsUnpickler" in line), "")
+        detail = detail.strip().split(". Please")[0]
+        return (
+            "it holds objects that cannot be loaded without executing code, so it is not read "
+            f"(weights_only=True; {detail or 'see torch.load'}); save its tensors alone, e.g. "
+            "torch.save({'model': model.state_dict()}, path)"
+        )
+    if isinstance(err, EOFError):
+        return "the file is empty or ends early (an interrupted copy or download?)"
+    if isinstance(err, RuntimeError) and "zip archive" in text:
+        return "it is truncated or corrupt (" + text.split(". ")[0] + "); copy it again"
+    first = text.splitlines()[0] if text else ""
+    return (
+        "it is not a file written by torch.save, or it is corrupt "
+        f"({type(err).__name__}: {first[:120]})"
+    )
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The dict stored in a checkpoint file, read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        CheckpointReadError: ``path`` is a directory, is not a ``torch.save`` file, is truncated,
+            holds objects that would need code to run, or holds something other than a dict;
+            the one-line message names the file and says why.
+    """
+    if os.path.isdir(path):
+        raise CheckpointReadError(
+            f"Cannot read checkpoint {path}: it is a directory; give the checkpoint file in it "
+            "(e.g. model_final.pth)"
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointReadError(f"Cannot read checkpoint {path}: {err.strerror or err}") from err
+    except Exception as err:
+        raise CheckpointReadError(
+            f"Cannot read checkpoint {path}: {_unreadable_reason(err)}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointReadError(
+            f"Cannot read checkpoint {path}: it holds a {type(checkpoint).__name__}, not a "
+            "checkpoint dict"
+        )
+    return checkpoint
+
+
+def load_checkpoint_file(path: str) -> dict[str, Any]:
+    """A checkpoint file as ``{"model": state_dict, ...}``: a fima checkpoint as it is, a plain
+    ``state_dict`` (e.g. an exported backbone) as the model's weights.
+
+    Raises:
+        FileNotFoundError, CheckpointReadError: as :func:`read_checkpoint`; also for a checkpoint
+            of the reference code bases, which ``tools/convert_checkpoint.py`` converts first.
+    """
+    from fima.checkpoint.convert import reference_state
+
+    checkpoint = read_checkpoint(path)
+    if "model" in checkpoint:
+        return checkpoint
+    if reference_state(checkpoint) is not None:
+        raise CheckpointReadError(
+            f"Cannot load {path}: it is a checkpoint of the reference code (FIMA/FAME/MoCo: "
+            "{'state_dict': ...}); convert it first with python tools/convert_checkpoint.py "
+            f"--from fima-reference --to backbone --input {path} --output converted.pth (--to "
+            "classifier for a fine-tuned one) and give converted.pth"
+        )
+    return {"model": checkpoint}
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOWN_KEYS])
+    return shown + (f" ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else "")
+
+
+def check_state(
+    own: Mapping[str, Any],
+    state: Mapping[str, Any],
+    source: str,
+    *,
+    exact: bool,
+    advice: str = _RESUME_ADVICE,
+) -> list[str]:
+    """Check that a checkpoint's model ``state`` fits a model whose state is ``own``.
+
+    Args:
+        own: the model's ``state_dict()``.
+        state: the checkpoint's model state.
+        source: what the state came from, for the message (the file).
+        exact: also refuse entries that the model does not have (resuming).
+        advice: what the message suggests.
+
+    Returns:
+        The keys of ``state`` that the model does not have (empty when ``exact``).
+
+    Raises:
+        CheckpointMismatchError: a model key is missing, a shape differs, or (``exact``) a key is
+            unexpected; the one-line message lists a few of each and their number.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    )
+    problems = [("missing", missing), ("shape", shapes)]
+    if exact:
+        problems.append(("unexpected", unexpected))
+    listed = [f"{title}: {_listed(keys)}" for title, keys in problems if keys]
+    if listed:
+        raise CheckpointMismatchError(
+            f"Checkpoint {source} does not match the model: {'; '.join(listed)}. {advice}"
+        )
+    return [] if exact else unexpected
+
+
+def model_state(state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint's model state without DDP's ``module.`` prefix, checked to hold tensors only.
+
+    Raises:
+        CheckpointReadError: an entry is not a tensor.
+    """
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointReadError(
+                f"Cannot load {source}: its model entry {key!r} is a {type(value).__name__}, not "
+                "a tensor; is it a fima checkpoint? (tools/convert_checkpoint.py converts the "
+                "reference code's and torchvision's)"
+            )
+    return dict(state)
+
+
+def load_model_state(
+    model: nn.Module,
+    state: Mapping[str, Any],
+    source: str,
+    *,
+    exact: bool = False,
+    evaluation: bool = False,
+) -> None:
+    """Load a checkpoint's model ``state`` into ``model``, strictly: the one way weights enter a
+    model (``MODEL.WEIGHTS`` for training and ``--eval-only``, resuming, the model zoo).
+
+    Every tensor of the model must be in ``state`` with its shape. Entries that the model does
+    not have are logged and ignored, or refused when ``exact``. A model may take a checkpoint of
+    another layout through its ``transfer_weights(state, source, evaluation)``, which returns
+    False for its own layout; e.g. a ``VideoClassifier`` initialises its backbone from a
+    pretraining checkpoint and keeps its head (not when ``exact``).
+
+    Args:
+        model: the model to load into.
+        state: the checkpoint's model state (a DDP ``module.`` prefix is dropped).
+        source: the checkpoint's path or URL, for messages.
+        exact: the checkpoint must be of this very model (resuming).
+        evaluation: the model is evaluated as loaded, so nothing it computes with may be left
+            as initialised (passed to ``transfer_weights``).
+
+    Raises:
+        CheckpointMismatchError: the checkpoint does not fit the model; the message lists keys.
+        CheckpointReadError: the state holds something other than tensors.
+    """
+    state = model_state(state, source)
+    transfer = getattr(model, "transfer_weights", None)
+    if not exact and transfer is not None and transfer(state, source, evaluation=evaluation):
+        return
+    own = model.state_dict()
+    advice = _RESUME_ADVICE if exact else _WEIGHTS_ADVICE
+    unexpected = check_state(own, state, source, exact=exact, advice=advice)
+    if unexpected:
+        logger.warning(
+            "%s: %d entries that the model does not have are ignored: %s",
+            source,
+            len(unexpected),
+            _listed(unexpected),
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+    logger.info("Loaded %d tensors from %s", len(own), source)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -119,12 +334,35 @@ class Checkpointer(_FvcoreCheckpointer):
         )
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict):
-            raise ValueError(f"{f} is not a checkpoint dict")
-        if "model" not in checkpoint:
-            # A plain state_dict (e.g. an exported backbone): treat it as the model's weights.
-            checkpoint = {"model": checkpoint}
+        return load_checkpoint_file(f)
+
+    def load(
+        self, path: str, checkpointables: list[str] | None = None, *, evaluation: bool = False
+    ) -> dict[str, Any]:
+        """Load the local file ``path`` into the model (strictly: :func:`load_model_state`) and
+        the named checkpointables (default all; ``[]`` for the weights alone).
+
+        Args:
+            path: the checkpoint file; empty: nothing is loaded.
+            checkpointables: which of the other objects to restore.
+            evaluation: the model is evaluated as loaded (see :func:`load_model_state`).
+
+        Returns:
+            The checkpoint's remaining data (e.g. ``iteration``).
+
+        Raises:
+            FileNotFoundError, CheckpointReadError: the file cannot be read.
+            CheckpointMismatchError: it does not fit the model.
+        """
+        if not path:
+            logger.info("No checkpoint given: the model keeps its initialisation")
+            return {}
+        logger.info("Loading %s", path)
+        checkpoint = self._load_file(path)
+        load_model_state(self.model, checkpoint.pop("model"), path, evaluation=evaluation)
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
         return checkpoint
 
     def checkpoint_candidates(self) -> list[str]:
@@ -166,8 +404,8 @@ class Checkpointer(_FvcoreCheckpointer):
         for path in candidates:
             try:
                 return self._load_file(path), path, None
-            except Exception as err:
-                logger.warning("Cannot read checkpoint %s (%s); trying the previous one", path, err)
+            except (OSError, CheckpointReadError) as err:
+                logger.warning("%s; trying the previous one", err)
         if not candidates:
             return None, None, None
         error = (
@@ -214,8 +452,7 @@ class Checkpointer(_FvcoreCheckpointer):
             )
         assert checkpoint is not None
         logger.info("Resuming from %s", path)
-        self._check_compatible(checkpoint["model"], path)
-        self._load_model(checkpoint)
+        load_model_state(self.model, checkpoint.pop("model"), path, exact=True)
         for key, obj in self.checkpointables.items():
             if key in checkpoint:
                 obj.load_state_dict(checkpoint.pop(key))
@@ -239,28 +476,3 @@ class Checkpointer(_FvcoreCheckpointer):
                 )
                 continue
             obj.load_rank_state_dict(states[rank])
-
-    def _check_compatible(self, state: dict[str, Any], path: str) -> None:
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = sorted(
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
-        )
-        if missing or unexpected or shapes:
-            lines = [
-                f"Checkpoint {path} does not match the model (was it made with another config?)"
-            ]
-            for title, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape", shapes),
-            ):
-                if keys:
-                    shown = ", ".join(keys[:20]) + (
-                        f" ... ({len(keys)} in all)" if len(keys) > 20 else ""
-                    )
-                    lines.append(f"  {title}: {shown}")
-            raise CheckpointMismatchError("\n".join(lines))

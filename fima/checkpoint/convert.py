@@ -27,7 +27,6 @@ reported.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fima.checkpoint.checkpointer import read_checkpoint
 from fima.config import CfgNode, get_cfg
 
 logger = logging.getLogger(__name__)
@@ -130,27 +130,26 @@ def load_source(path: str) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``).
 
     Raises:
-        ValueError: the file holds objects that cannot be loaded without executing code, or is
-            not a dict.
+        FileNotFoundError: there is no such file.
+        fima.checkpoint.CheckpointReadError: a ``ValueError`` whose one-line message names the
+            file and why it cannot be read (a directory, not a ``torch.save`` file, truncated,
+            objects that would need code to run, not a dict).
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} cannot be loaded safely (weights_only=True), so it is not read: {err}"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    return checkpoint
+    return read_checkpoint(path)
+
+
+def reference_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The model state of a checkpoint in the reference code bases' layout (``{"state_dict":
+    {...}, "epoch": ..., ...}``, keys usually under DDP's ``module.``), or None for any other."""
+    state = checkpoint.get("state_dict")
+    return state if isinstance(state, Mapping) else None
 
 
 def _tensors(checkpoint: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
     """The model state of a checkpoint, without DDP's ``module.`` prefix."""
-    state: Any = checkpoint
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
+    state: Any = reference_state(checkpoint)
+    if state is None:
+        state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(f"The {source} checkpoint holds no tensors (keys: {sorted(state)[:10]})")

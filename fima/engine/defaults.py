@@ -311,8 +311,14 @@ class DefaultTrainer(SimpleTrainer):
 
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume``, continue from the newest readable checkpoint of OUTPUT_DIR if there
-        is one; otherwise initialise the model from ``MODEL.WEIGHTS`` (if set). Call on every
-        rank."""
+        is one; otherwise initialise the model from ``MODEL.WEIGHTS`` (if set), strictly
+        (:func:`fima.checkpoint.load_model_state`). Call on every rank.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint does not fit the model.
+            FileNotFoundError, CheckpointReadError: ``MODEL.WEIGHTS`` cannot be read.
+            fima.model_zoo.DownloadError: it cannot be downloaded.
+        """
         if resume and self.checkpointer.resume() is not None:
             self.start_iter = self.iter + 1
             if self.start_iter >= self.max_iter:

@@ -1,9 +1,11 @@
-"""Verified downloads: stream a URL into a cache file that exists only once its sha256 matches.
+"""Downloads into a cache: stream a URL into a file that exists only once it is complete.
 
 A file is written to a hidden temporary file beside its final name and renamed only after the
-announced length and the sha256 check out (:func:`fima.checkpoint.atomic_write`), so the cache
-never holds a partial or tampered file, whatever happens during the download. A cached file is
-verified again before every use; one that no longer matches is deleted and fetched anew.
+announced length (and, for a model-zoo file, the sha256) check out
+(:func:`fima.checkpoint.atomic_write`), so the cache never holds a partial or tampered file,
+whatever happens during the download. A cached model-zoo file is verified again before every use;
+one that no longer matches is deleted and fetched anew. A plain URL, whose sha256 is unknown, is
+downloaded once (:func:`download_cached`).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _stream(url: str, sha256: str, timeout: float, out: BinaryIO) -> None:
-    """Write the body of ``url`` to ``out``; raise unless it is complete and matches ``sha256``."""
+def _stream(url: str, sha256: str | None, timeout: float, out: BinaryIO) -> None:
+    """Write the body of ``url`` to ``out``; raise unless it is complete and matches ``sha256``
+    (when given)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             announced = response.headers.get("Content-Length")
@@ -88,7 +91,7 @@ def _stream(url: str, sha256: str, timeout: float, out: BinaryIO) -> None:
             "server announced"
         )
     actual = digest.hexdigest()
-    if actual != sha256:
+    if sha256 is not None and actual != sha256:
         raise ChecksumError(
             f"Download of {url} does not match: expected sha256 {sha256}, got {actual} "
             f"({received} bytes)"
@@ -131,6 +134,38 @@ def download_verified(url: str, path: str, sha256: str, timeout: float | None = 
             url,
         )
         os.unlink(path)
+    return _fetch(url, path, sha256, timeout)
+
+
+def download_cached(url: str, path: str, timeout: float | None = None, force: bool = False) -> str:
+    """The local file ``path`` holding ``url``'s content, downloaded once.
+
+    A cached ``path`` is used without network access. Nothing but the announced length can be
+    checked (no sha256 is known): a truncated response is discarded and the download retried
+    once. The caller chooses a ``path`` that only this ``url`` maps to.
+
+    Args:
+        url: where the file is.
+        path: where it is cached.
+        timeout: as for :func:`download_verified`.
+        force: download again even if ``path`` exists (it is replaced atomically).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ChecksumError: both attempts were truncated; nothing is left in the cache.
+        DownloadError: the server cannot be reached, answers with an error, or times out.
+    """
+    if os.path.isfile(path) and not force:
+        logger.info("Using %s, downloaded earlier from %s", path, url)
+        return path
+    return _fetch(url, path, None, timeout)
+
+
+def _fetch(url: str, path: str, sha256: str | None, timeout: float | None) -> str:
+    """Download ``url`` into ``path`` atomically, retrying once if it is truncated or does not
+    match ``sha256``; return ``path``."""
     timeout = download_timeout() if timeout is None else timeout
 
     def fetch() -> None:

@@ -5,32 +5,38 @@ Configs are found with ``importlib.resources`` (inside an installed wheel they l
 one table, config path -> file (relative to the release base URL) and sha256, and fetched through
 fima's own iopath ``PathManager`` under the ``fima://`` prefix: ``fima://<file>`` is
 ``$FIMA_MODEL_ZOO_URL/<file>``, downloaded once into ``$FIMA_CACHE/model_zoo/<file>`` and
-sha256-verified before every use (:mod:`fima.model_zoo.download`).
+sha256-verified before every use (:mod:`fima.model_zoo.download`). Plain ``http(s)://`` URLs are
+downloaded once into ``$FIMA_CACHE/urls/<sha256 of the URL>/<file name>``, so that two servers'
+files of the same path never share a cache entry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from iopath.common.file_io import HTTPURLHandler, PathHandler
+from iopath.common.file_io import PathHandler
 from iopath.common.file_io import PathManager as PathManagerBase
 from torch import nn
 
 from fima import __version__
 from fima.config import CfgNode, get_cfg
-from fima.model_zoo.download import download_verified
+from fima.model_zoo.download import download_cached, download_verified
 
 PREFIX = "fima://"
 # Where the release files are published; FIMA_MODEL_ZOO_URL overrides it (a mirror, a local
 # server). MODEL_ZOO.md lists which configs have a file there.
 DEFAULT_BASE_URL = f"https://github.com/fima-project/fima/releases/download/v{__version__}"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Characters kept in the file name of a cached URL; others become "_".
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -141,10 +147,23 @@ def base_url() -> str:
     return (os.environ.get("FIMA_MODEL_ZOO_URL") or DEFAULT_BASE_URL).rstrip("/")
 
 
+def cache_root() -> str:
+    """fima's cache folder: ``$FIMA_CACHE``, default ``~/.cache/fima``."""
+    return os.path.expanduser(os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima")))
+
+
 def cache_dir() -> str:
-    """Where downloads are kept: ``$FIMA_CACHE/model_zoo`` (default ``~/.cache/fima``)."""
-    cache = os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima"))
-    return os.path.join(os.path.expanduser(cache), "model_zoo")
+    """Where model-zoo downloads are kept: ``$FIMA_CACHE/model_zoo``."""
+    return os.path.join(cache_root(), "model_zoo")
+
+
+def url_cache_path(url: str) -> str:
+    """Where the download of a plain URL is kept: ``$FIMA_CACHE/urls/<sha256 of the whole URL>/
+    <its file name>``; the hash keeps the files of two servers (or queries) apart, the name
+    tells a reader what the file is."""
+    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    name = _UNSAFE_NAME.sub("_", name).lstrip(".") or "download"
+    return os.path.join(cache_root(), "urls", hashlib.sha256(url.encode()).hexdigest(), name)
 
 
 def get_checkpoint_url(config_path: str) -> str:
@@ -188,7 +207,7 @@ def get(
         fima.model_zoo.download.DownloadError: the checkpoint cannot be fetched or verified.
         fima.checkpoint.CheckpointMismatchError: the checkpoint does not fit the model.
     """
-    from fima.checkpoint import Checkpointer
+    from fima.checkpoint import load_checkpoint_file, load_model_state
     from fima.engine.defaults import resolve_device
     from fima.modeling import build_model
 
@@ -197,14 +216,21 @@ def get(
         cfg.MODEL.DEVICE = str(device)
     model = build_model(cfg)
     if trained:
-        checkpointer = Checkpointer(model)
-        checkpoint = checkpointer._load_file(PathManager.get_local_path(cfg.MODEL.WEIGHTS))
-        checkpointer._check_compatible(checkpoint["model"], cfg.MODEL.WEIGHTS)
-        model.load_state_dict(checkpoint["model"])
+        checkpoint = load_checkpoint_file(PathManager.get_local_path(cfg.MODEL.WEIGHTS))
+        load_model_state(model, checkpoint["model"], cfg.MODEL.WEIGHTS, exact=True)
     return model.to(resolve_device(cfg)).eval()
 
 
-class ModelZooHandler(PathHandler):
+class _DownloadHandler(PathHandler):
+    """A handler whose files are downloads: read-only local copies."""
+
+    def _open(self, path: str, mode: str = "r", buffering: int = -1, **kwargs: Any) -> Any:
+        if "w" in mode or "a" in mode or "+" in mode:
+            raise ValueError(f"{path} is read-only (mode {mode!r})")
+        return open(self._get_local_path(path, **kwargs), mode, buffering=buffering)
+
+
+class ModelZooHandler(_DownloadHandler):
     """iopath handler of ``fima://<file>``: the verified local copy of a file in the table."""
 
     def _get_supported_prefixes(self) -> list[str]:
@@ -223,19 +249,27 @@ class ModelZooHandler(PathHandler):
             f"{base_url()}/{file}", os.path.join(cache_dir(), *file.split("/")), known[file].sha256
         )
 
-    def _open(self, path: str, mode: str = "r", buffering: int = -1, **kwargs: Any) -> Any:
-        if "w" in mode or "a" in mode or "+" in mode:
-            raise ValueError(f"{path} is read-only (mode {mode!r})")
-        return open(self._get_local_path(path, **kwargs), mode, buffering=buffering)
+
+class URLHandler(_DownloadHandler):
+    """iopath handler of ``http(s)://`` URLs: the file downloaded once (atomically) into
+    :func:`url_cache_path`. iopath's own handler caches by the URL's path alone, without its
+    host, so another server's file of the same path would be returned; this one does not."""
+
+    def _get_supported_prefixes(self) -> list[str]:
+        return ["http://", "https://"]
+
+    def _get_local_path(self, path: str, force: bool = False, **kwargs: Any) -> str:
+        self._check_kwargs(kwargs)
+        return download_cached(path, url_cache_path(path), force=force)
 
 
 def _path_manager() -> PathManagerBase:
     manager = PathManagerBase()
-    manager.register_handler(HTTPURLHandler())
+    manager.register_handler(URLHandler())
     manager.register_handler(ModelZooHandler())
     return manager
 
 
 # fima's own PathManager (iopath's global one stays untouched): local paths, http(s):// URLs
-# (cached by iopath, unverified) and fima:// model-zoo files (verified).
+# (downloaded once into $FIMA_CACHE/urls, unverified) and fima:// model-zoo files (verified).
 PathManager = _path_manager()

@@ -394,16 +394,14 @@ def load_encoders(
 
     Raises:
         FileNotFoundError: ``weights`` names nothing.
+        CheckpointReadError: the file is not a readable fima checkpoint.
         CheckpointMismatchError: the checkpoint does not fit the config's backbone.
     """
     from fima.checkpoint.backbone_weights import load_backbone_weights, resolve_weights
+    from fima.checkpoint.checkpointer import load_checkpoint_file, model_state
     from fima.modeling.backbone import build_backbone
 
-    path = resolve_weights(weights)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{weights}: not a checkpoint (expected a state_dict or {{'model': ...}})")
+    state = model_state(load_checkpoint_file(resolve_weights(weights))["model"], weights)
     encoder = build_backbone(cfg)
     load_backbone_weights(encoder, state, source=weights)
     encoder.to(device).eval()

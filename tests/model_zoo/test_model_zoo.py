@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,49 @@ def test_unknown_zoo_file_is_not_downloaded(server) -> None:
     with pytest.raises(FileNotFoundError, match="sha256 is unknown"):
         resolve_weights("fima://elsewhere/model.pth")
     assert server.requests == []
+
+
+@pytest.fixture
+def second_server() -> Iterator[Server]:
+    """Another server, on another port: the same URL path names another file there."""
+    srv = Server()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    stop(srv)
+
+
+def test_urls_of_two_servers_with_the_same_path_are_cached_apart(
+    server, second_server, tmp_path, monkeypatch
+) -> None:
+    # iopath's own handler cached both as <cache>/release/weights/model.pth, without the host,
+    # and returned the first server's file for the second URL.
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath"))
+    path = "weights/model.pth"
+    server.files[path], second_server.files[path] = b"first server", b"second server"
+    first, second = f"{server.url}/{path}", f"{second_server.url}/{path}"
+    first_file, second_file = resolve_weights(first), resolve_weights(second)
+    assert Path(first_file).read_bytes() == b"first server"
+    assert Path(second_file).read_bytes() == b"second server"
+    urls = tmp_path / "cache" / "urls"
+    for url, file in ((first, first_file), (second, second_file)):
+        digest = hashlib.sha256(url.encode()).hexdigest()
+        assert file == str(urls / digest / "model.pth")
+    assert sorted(p.name for p in urls.rglob("*")) == sorted(
+        [hashlib.sha256(u.encode()).hexdigest() for u in (first, second)] + ["model.pth"] * 2
+    )  # no temporary file left
+    assert not (tmp_path / "iopath").exists()
+    stop(server)  # a cached URL is used without the network
+    assert resolve_weights(first) == first_file
+    assert len(server.requests) == len(second_server.requests) == 1
+
+
+def test_truncated_url_download_is_retried_once_and_not_cached(server, tmp_path) -> None:
+    server.files["weights/model.pth"] = b"x" * 100
+    server.mode = "truncate"
+    url = f"{server.url}/weights/model.pth"
+    with pytest.raises(model_zoo.ChecksumError, match="received 100 of the 1100 bytes"):
+        resolve_weights(url)
+    assert len(server.requests) == 2
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+    server.mode = "normal"
+    assert Path(resolve_weights(url)).read_bytes() == b"x" * 100

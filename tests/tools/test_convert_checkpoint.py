@@ -285,3 +285,29 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, i3d_state, capsys) 
     assert run_tool(tmp_path, checkpoint, *args, "--overwrite") == 0
     assert "model" in torch.load(output, weights_only=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.pth", "out.pth"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "reason"),
+    [
+        ("text", "not a file written by torch.save"),
+        ("truncated", "truncated or corrupt"),
+        ("directory", "it is a directory"),
+    ],
+)
+def test_unreadable_input_is_one_line_and_exit_2(tmp_path, i3d_state, capsys, layout, reason):
+    source = tmp_path / "input.pth"
+    if layout == "text":
+        source.write_text("epoch 200, top-1 84.2\n")
+    elif layout == "truncated":
+        torch.save(reference_finetuned(i3d_state), source)
+        source.write_bytes(source.read_bytes()[:4096])
+    else:
+        source.mkdir()
+    output = tmp_path / "out.pth"
+    args = ("--from", "fame-reference", "--to", "classifier", "--output", str(output))
+    assert tool.main(["--input", str(source), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"convert_checkpoint.py: error: Cannot read checkpoint {source}: ")
+    assert reason in err and err.count("\n") == 1
+    assert not output.exists()

@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from fima.modeling import build_model
+from tests.conftest import tiny_cfg
 from tests.engine.procs import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -144,3 +147,59 @@ def test_a_dataset_not_as_the_config_says_is_one_line_not_a_traceback(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def _weights(tmp_path, kind: str) -> str:
+    """A MODEL.WEIGHTS file of the given kind, for the tiny settings of TINY (4 classes)."""
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("not a checkpoint\n")
+        return str(path)
+    cfg = tiny_cfg(**{"MODEL.CLASSIFIER.NUM_CLASSES": 4})
+    if kind == "moco":
+        cfg.MODEL.META_ARCHITECTURE = "MoCo"
+    else:
+        cfg.MODEL.META_ARCHITECTURE = "VideoClassifier"
+        if kind == "classifier_other_widths":
+            cfg.MODEL.TINY3D.WIDTHS = (8, 16, 32, 32)
+    torch.save({"model": build_model(cfg).state_dict()}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("config", "eval_only", "kind", "message"),
+    [
+        ("Finetune", True, "classifier_other_widths", "does not match the model: shape: backbone."),
+        ("Finetune", True, "moco", "has no classifier head"),
+        ("Quickstart", False, "classifier", "does not match the model: missing: encoder_k."),
+        ("Finetune", False, "text", "Cannot read checkpoint"),
+    ],
+)
+def test_weights_that_do_not_fit_are_one_line_not_a_partly_random_model(
+    tmp_path, config: str, eval_only: bool, kind: str, message: str
+) -> None:
+    """fvcore's non-strict load only warned: the run evaluated or trained a partly random model
+    with exit status 0."""
+    weights = _weights(tmp_path, kind)
+    config_file = {
+        "Finetune": os.path.join(ROOT, "configs", "Finetune", "tiny3d_synthetic.yaml"),
+        "Quickstart": os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+    }[config]
+    out = tmp_path / "out"
+    result = train_net(
+        "--config-file",
+        config_file,
+        *(["--eval-only"] if eval_only else []),
+        "OUTPUT_DIR",
+        str(out),
+        *TINY,
+        "MODEL.CLASSIFIER.NUM_CLASSES",
+        "4",
+        "MODEL.WEIGHTS",
+        weights,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "train_net.py: error: " in line]
+    assert len(errors) == 1 and weights in errors[0] and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "results.json").exists() and not list(out.glob("*.pth"))

@@ -22,6 +22,9 @@ what it needs beyond that, so the trainer never branches on its name:
 - ``build_train_loader(cfg)`` (classmethod): its training data loader;
 - ``build_hooks(cfg)``: its training hooks (momentum update, queue updates, monitors);
 - ``build_evaluator(cfg)`` (optional): what ``--eval-only`` and the evaluation hook run.
+- ``transfer_weights(state, source, evaluation)`` (optional): take a ``MODEL.WEIGHTS``
+  checkpoint of another layout in part (see :func:`fima.checkpoint.load_model_state`); without
+  it, a checkpoint must hold every tensor of the method.
 
 Subclassing :class:`SSLMethod` provides defaults for all of these.
 """

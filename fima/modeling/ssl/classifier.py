@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.module import _IncompatibleKeys
 
 from fima.checkpoint.backbone_weights import (
     BACKBONE_PREFIXES,
     load_backbone_weights,
     weights_problem,
 )
+from fima.checkpoint.checkpointer import CheckpointMismatchError
 from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.transforms import VideoAugmentation
@@ -79,9 +79,10 @@ def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
 class VideoClassifier(SSLMethod):
     """A backbone, pooling, dropout and a linear classifier (``MODEL.CLASSIFIER``).
 
-    - ``MODEL.WEIGHTS`` set to a pretraining checkpoint (MoCo, FIMA) initialises the backbone
-      from its query encoder, strictly (see :meth:`load_state_dict`); a classifier checkpoint
-      loads as a whole. Empty: a randomly initialised backbone (the baseline to compare with).
+    - ``MODEL.WEIGHTS`` set to a pretraining checkpoint (MoCo, FIMA) or a bare backbone
+      initialises the backbone from its query encoder, strictly, and keeps the head as
+      initialised (see :meth:`transfer_weights`); a classifier checkpoint loads as a whole, and
+      must fit as a whole. Empty: a randomly initialised backbone (the baseline to compare with).
     - ``MODE: finetune`` trains everything; ``MODE: linear`` freezes the backbone and keeps it in
       eval mode whatever ``train()`` is called with, so its BatchNorm statistics stay those of
       the checkpoint.
@@ -110,6 +111,8 @@ class VideoClassifier(SSLMethod):
             self.backbone.to(memory_format=torch.channels_last_3d)
         self.augment = VideoAugmentation(cfg)
         self.linear_probe = options.MODE == "linear"
+        # Whether evaluation reads the head's scores (retrieval and probes read features only).
+        self.evaluates_head = "classification" in cfg.TEST.EVALUATORS
         if self.linear_probe:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -158,23 +161,43 @@ class VideoClassifier(SSLMethod):
             self.backbone.eval()
         return self
 
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> _IncompatibleKeys:
-        """Load a classifier checkpoint as usual, or initialise from a pretraining checkpoint.
+    def transfer_weights(
+        self, state: Mapping[str, Any], source: str, evaluation: bool = False
+    ) -> bool:
+        """Initialise the backbone alone from a checkpoint without a classifier.
 
         A state without ``backbone.*`` keys (MoCo's or FIMA's ``encoder_q.*``, or a bare
         backbone) goes through :func:`fima.checkpoint.backbone_weights.load_backbone_weights`:
-        the backbone keys are mapped, every one must be present and fit (else
-        ``CheckpointMismatchError``), the rest is logged as ignored; the head stays as initialised
-        and is reported missing.
+        the backbone keys are mapped, every one must be present and fit, the rest is logged as
+        ignored; the head stays as initialised. Called by
+        :func:`fima.checkpoint.load_model_state`.
+
+        Args:
+            state: the checkpoint's model state.
+            source: its file, for messages.
+            evaluation: the model is evaluated as loaded (``--eval-only``).
+
+        Returns:
+            False for a classifier checkpoint, which then loads strictly as a whole; True once
+            the backbone is loaded.
+
+        Raises:
+            CheckpointMismatchError: the backbone does not fit, or ``evaluation`` with the
+                classification evaluator, which would score with an untrained head.
         """
-        if any(key.startswith(BACKBONE_PREFIXES[1]) for key in state_dict):
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        load_backbone_weights(self.backbone, state_dict, source="MODEL.WEIGHTS")
-        return _IncompatibleKeys(
-            missing_keys=[f"head.{key}" for key in self.head.state_dict()], unexpected_keys=[]
-        )
+        if any(key.startswith(BACKBONE_PREFIXES[1]) for key in state):
+            return False
+        if evaluation and self.evaluates_head:
+            raise CheckpointMismatchError(
+                f"{source} has no classifier head (a pretraining checkpoint or a bare backbone), "
+                "so --eval-only would classify with a random head: fine-tune or linear-probe it "
+                "first (configs/Finetune, configs/Linear) and evaluate that run's checkpoint, or "
+                "evaluate its features with a retrieval or linear_probe config (configs/Retrieval, "
+                "TEST.EVALUATORS)"
+            )
+        load_backbone_weights(self.backbone, state, source=source)
+        logger.info("The classifier head keeps its initialisation: %s has none", source)
+        return True
 
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, clips: torch.Tensor, augment: bool = False) -> torch.Tensor:

@@ -29,6 +29,7 @@ from torch import nn
 from fima import __version__
 from fima.config import CfgNode, get_cfg
 from fima.model_zoo.download import download_cached, download_verified
+from fima.utils.env import cache_root
 
 PREFIX = "fima://"
 # Where the release files are published; FIMA_MODEL_ZOO_URL overrides it (a mirror, a local
@@ -145,11 +146,6 @@ def trained_configs() -> list[str]:
 def base_url() -> str:
     """``$FIMA_MODEL_ZOO_URL`` or the release URL, without a trailing slash."""
     return (os.environ.get("FIMA_MODEL_ZOO_URL") or DEFAULT_BASE_URL).rstrip("/")
-
-
-def cache_root() -> str:
-    """fima's cache folder: ``$FIMA_CACHE``, default ``~/.cache/fima``."""
-    return os.path.expanduser(os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima")))
 
 
 def cache_dir() -> str:

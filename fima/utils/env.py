@@ -14,6 +14,12 @@ import numpy as np
 import torch
 
 
+def cache_root() -> str:
+    """fima's cache folder (generated datasets, downloads): ``$FIMA_CACHE``, default
+    ``~/.cache/fima``."""
+    return os.path.expanduser(os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima")))
+
+
 def available_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS has one (taskset,
     container CPU sets), else every CPU of the machine."""

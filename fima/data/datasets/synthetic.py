@@ -31,6 +31,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.datasets.build import DATASET_REGISTRY, VideoDataset
 from fima.data.datasets.ucf101 import read_ucf101_split
+from fima.utils.env import cache_root
 from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -348,8 +349,7 @@ def synthetic_root(cfg: CfgNode) -> str:
     if cfg.DATA.ROOT:
         return os.path.abspath(os.path.expanduser(cfg.DATA.ROOT))
     digest = hashlib.sha256(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    cache = os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima"))
-    return os.path.join(os.path.expanduser(cache), "datasets", f"synthetic_motion-{digest}")
+    return os.path.join(cache_root(), "datasets", f"synthetic_motion-{digest}")
 
 
 def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:

@@ -65,6 +65,7 @@ def test_the_command_line_names_the_backend() -> None:
 
 def _fake_process_group(monkeypatch, backend: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(comm, "is_distributed", lambda: True)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(comm, "backend", lambda: backend)

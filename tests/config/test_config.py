@@ -58,6 +58,53 @@ def test_integers_for_float_keys_are_floats(tmp_path) -> None:
             get_cfg().merge_from_list([key, value])
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("INPUT.CROP_SCALE", "('a','b')", "INPUT.CROP_SCALE: must hold float values"),
+        ("INPUT.MEAN", "('a','b','c')", "INPUT.MEAN: must hold float values"),
+        ("INPUT.MEAN", "(0.5, True, 0.5)", "INPUT.MEAN: must hold float values"),
+        ("TEST.RETRIEVAL.TOPK", "(1, 2.5)", "TEST.RETRIEVAL.TOPK: must hold int values"),
+        ("DATA.SYNTHETIC.CLASSES", "(1, 2)", "DATA.SYNTHETIC.CLASSES: must hold str values"),
+    ],
+)
+def test_tuple_elements_have_the_defaults_type(tmp_path, key: str, value: str, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_cfg().merge_from_list([key, value])
+    section, leaf = key.rsplit(".", 1)
+    yaml_text = (
+        "".join(f"{'  ' * depth}{part}:\n" for depth, part in enumerate(section.split(".")))
+        + f"{'  ' * (section.count('.') + 1)}{leaf}: {value}\n"
+    )
+    (tmp_path / "bad.yaml").write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message) + r".*bad\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "bad.yaml"))
+
+
+def test_integers_in_a_float_tuple_are_floats(tmp_path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.CROP_SCALE", "(0, 1)", "TEST.RETRIEVAL.TOPK", "(1, 5)"])
+    assert cfg.INPUT.CROP_SCALE == (0.0, 1.0) and type(cfg.INPUT.CROP_SCALE[0]) is float
+    assert cfg.TEST.RETRIEVAL.TOPK == (1, 5)
+    (tmp_path / "a.yaml").write_text("INPUT:\n  MEAN: [0, 1, 0.5]\n")
+    cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    assert cfg.INPUT.MEAN == (0.0, 1.0, 0.5) and all(type(v) is float for v in cfg.INPUT.MEAN)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "options"),
+    [
+        (["SOLVER.BASE_LR", "0.1", "--resume"], "--resume"),
+        (["SOLVER.BASE_LR", "0.1", "--num-gpus", "2"], "--num-gpus"),
+        (["SOLVER.BASE_LR", "0.1", "--resume", "--num-gpus", "2"], "--resume --num-gpus"),
+    ],
+)
+def test_options_after_the_overrides_are_a_clear_error(overrides: list, options: str) -> None:
+    """argparse.REMAINDER leaves flags given after KEY VALUE pairs among the pairs."""
+    with pytest.raises(ValueError, match=f"options \\({options}\\) must come before the KEY VALUE"):
+        get_cfg().merge_from_list(overrides)
+
+
 def test_python_tags_are_refused(tmp_path) -> None:
     path = tmp_path / "evil.yaml"
     path.write_text("SOLVER:\n  BASE_LR: !!python/object/apply:os.getcwd []\n")

@@ -290,6 +290,20 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     _component_checks(DATASET_REGISTRY.get(cfg.DATA.DATASET), cfg, world_size)
 
 
+def validate_cfg_without_data(cfg: CfgNode, world_size: int = 1) -> None:
+    """:func:`validate_cfg` for a tool that builds the model but reads no dataset (the train
+    benchmark's synthetic batches, ``tools/visualize.py``'s own videos): the dataset's settings
+    (``DATA.DATASET``, ``DATA.ROOT`` and the dataset's own checks) are left out.
+
+    Raises:
+        ConfigError: as :func:`validate_cfg`.
+    """
+    checked = cfg.clone()
+    checked.defrost()
+    checked.DATA.DATASET, checked.DATA.ROOT = "SyntheticMotion", ""
+    validate_cfg(checked, world_size)
+
+
 def _component_checks(component: type, cfg: CfgNode, world_size: int) -> None:
     """A registered class's own ``validate_config(cfg, world_size)``, where it has one."""
     check = getattr(component, "validate_config", None)

@@ -31,17 +31,23 @@ from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
 from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from fima.engine.defaults import resolve_device
+from fima.engine.defaults import resolve_device, usage_error, usage_errors
 from fima.engine.launch import check_launch_arguments, resolve_backend
 from fima.evaluation import summary_table, write_results
 from fima.model_zoo import DownloadError
 from fima.utils import comm
 
 logger = logging.getLogger("fima.train_net")
+PROG = "train_net.py"
 
 
 def import_user_module(spec: str) -> ModuleType:
-    """Import a dotted module name or a ``.py`` file path."""
+    """Import a dotted module name or a ``.py`` file path.
+
+    Raises:
+        FileNotFoundError: no such ``.py`` file.
+        ValueError: no such module (a module that imports a missing one keeps its own error).
+    """
     if spec.endswith(".py"):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
@@ -53,7 +59,15 @@ def import_user_module(spec: str) -> ModuleType:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module
-    return importlib.import_module(spec)
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (spec == err.name or spec.startswith(f"{err.name}.")):
+            raise  # the module exists but imports a missing one: its traceback says where
+        raise ValueError(
+            f"--import {spec}: no module named {err.name!r} on the Python path (give a module "
+            "name importable from here, or the path of a .py file)"
+        ) from None
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -63,16 +77,14 @@ def setup(args: argparse.Namespace) -> CfgNode:
         add_config = getattr(import_user_module(spec), "add_config", None)
         if add_config is not None:
             add_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
     return default_setup(cfg, args)
 
 
 def fail(message: str) -> NoReturn:
-    """Stop with one clear line on stderr and exit status 2 (nothing trained or written)."""
-    print(f"train_net.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    """Stop with one clear line on stderr and exit status 2 (nothing trained)."""
+    usage_error(PROG, message)
 
 
 def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
@@ -86,6 +98,13 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.SEED)
         model = DefaultTrainer.build_model(cfg).to(resolve_device(cfg))
+    evaluator = DefaultTrainer.build_evaluator(cfg, model)
+    if evaluator is None:
+        fail(
+            f"--eval-only: {cfg.MODEL.META_ARCHITECTURE} defines no evaluator; evaluate its "
+            "backbone with a linear-probe or retrieval config (configs/Linear, "
+            "configs/Retrieval), or monitor pretraining with TEST.KNN.ENABLED True"
+        )
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
     if args.resume and checkpointer.has_checkpoint():
         checkpoint = checkpointer.get_checkpoint_file()
@@ -95,7 +114,7 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
         except FileNotFoundError as err:
             fail(str(err))
     checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
-    results = DefaultTrainer.test(cfg, model)
+    results = DefaultTrainer.test(cfg, model, evaluator)
     if comm.is_main_process():
         path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint)
         logger.info(
@@ -108,28 +127,26 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    try:
+    # A bad config or command line: one clear line, nothing trained, nothing written.
+    with usage_errors(PROG):
         cfg = setup(args)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError, FileExistsError) as err:
-        # A bad config or command line: one clear line, nothing trained, nothing written.
-        fail(err.args[0] if isinstance(err, KeyError) and err.args else str(err))
-    try:
-        if args.eval_only:
-            return evaluate(cfg, args)
-        trainer = DefaultTrainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-    except (
+    # A dataset that is not where or what the config says (a missing list file or folder, a
+    # malformed line), a setting that only the data shows cannot work (too few videos for one
+    # batch, unlabelled videos for an evaluation that needs labels), or weights that cannot be
+    # read or do not fit the model: one line, as for a bad config; the traceback goes to the log.
+    stopped_before_training = (
         AnnotationError,
+        ConfigError,
         FileNotFoundError,
         CheckpointMismatchError,
         CheckpointReadError,
         DownloadError,
-    ) as err:
-        # A dataset that is not where or what the config says (a missing list file or folder, a
-        # malformed line), or weights that cannot be read or do not fit the model: one line, as
-        # for a bad config; the traceback goes to the log file.
-        logger.debug("Stopped before training", exc_info=True)
-        fail(str(err))
+    )
+    with usage_errors(PROG, stopped_before_training):
+        if args.eval_only:
+            return evaluate(cfg, args)
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
@@ -137,11 +154,11 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     # launch checks its arguments before it starts anything; what it raises then is a bad
     # command line, said in one line (main's own errors keep their tracebacks).
-    try:
+    with usage_errors(PROG, (ValueError,)):
         backend = resolve_backend(args.dist_backend)
-        check_launch_arguments(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
-    except ValueError as err:
-        fail(str(err))
+        check_launch_arguments(
+            args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.dist_timeout
+        )
     launch(
         main,
         args.num_gpus,

@@ -21,9 +21,11 @@ import logging
 import os
 import sys
 
+from fima.checkpoint.backbone_weights import weights_problem
 from fima.config import get_cfg
+from fima.config.validation import validate_cfg_without_data
 from fima.data.decoder import DecodeError
-from fima.engine.defaults import resolve_device
+from fima.engine.defaults import int_at_least, resolve_device, usage_error, usage_errors
 from fima.utils.logger import setup_logger
 from fima.utils.progress import progress_bar
 from fima.utils.visualization import (
@@ -36,15 +38,21 @@ from fima.utils.visualization import (
 )
 
 logger = logging.getLogger("fima.visualize")
+PROG = "visualize.py"
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="the config the checkpoints were trained with (backbone and input)",
+    )
     parser.add_argument(
         "--input", required=True, help="a video file, or a directory searched for videos"
     )
@@ -56,8 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="two checkpoints (files, URLs or model-zoo names) drawn side by side, "
         "instead of MODEL.WEIGHTS",
     )
-    parser.add_argument("--columns", type=int, default=8, help="frames shown per clip (at most)")
-    parser.add_argument("--cell", type=int, default=96, help="tile size in pixels")
+    parser.add_argument(
+        "--columns", type=int_at_least(1), default=8, help="frames shown per clip (at most)"
+    )
+    parser.add_argument("--cell", type=int_at_least(1), default=96, help="tile size in pixels")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace PNG files that already exist"
     )
@@ -95,30 +105,39 @@ def checkpoint_label(weights: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Draw the grids; return 0, or 1 when no video could be read.
+
+    Raises:
+        SystemExit: status 2 with one line on stderr for a bad command line or config, a
+            checkpoint that does not exist, or outputs that would be overwritten.
+    """
     args = parse_args(argv)
     setup_logger(None, name="fima")
-    cfg = get_cfg()
-    if args.config_file:
+    with usage_errors(PROG):
+        cfg = get_cfg()
         cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    cfg.freeze()
+        cfg.merge_from_list(args.opts or [])
+        # The videos come from --input: the config's dataset is neither read nor checked.
+        validate_cfg_without_data(cfg)
+        cfg.freeze()
+        videos = find_videos(args.input)
     weights = list(args.compare) if args.compare else [cfg.MODEL.WEIGHTS]
     if not all(weights):
-        print("visualize.py: error: give MODEL.WEIGHTS or --compare A B", file=sys.stderr)
-        return 2
-    videos = find_videos(args.input)
+        usage_error(PROG, "give MODEL.WEIGHTS or --compare A B")
+    for name in weights:
+        problem = weights_problem(name)
+        if problem is not None:
+            usage_error(PROG, f"{'--compare' if args.compare else 'MODEL.WEIGHTS'} {problem}")
     if not videos:
-        print(f"visualize.py: error: no video under {args.input}", file=sys.stderr)
-        return 2
+        usage_error(PROG, f"no video under {args.input}")
     targets = [os.path.join(args.output, output_name(v, args.input)) for v in videos]
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not args.overwrite:
-        print(
-            f"visualize.py: error: {len(existing)} output file(s) exist, e.g. {existing[0]}; "
-            "pass --overwrite to replace them or choose another --output",
-            file=sys.stderr,
+        usage_error(
+            PROG,
+            f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --overwrite to "
+            "replace them or choose another --output",
         )
-        return 2
     device = resolve_device(cfg)
     models = [(checkpoint_label(w), *load_encoders(cfg, w, device)) for w in weights]
     failed = 0

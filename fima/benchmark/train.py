@@ -52,8 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
-from fima.engine.defaults import resolve_device
+from fima.config import CfgNode, get_cfg
+from fima.config.validation import validate_cfg_without_data
+from fima.engine.defaults import int_at_least, resolve_device, usage_errors
 from fima.engine.solver import build_optimizer
 from fima.engine.train_loop import (
     SimpleTrainer,
@@ -108,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="config A")
-    parser.add_argument("--iters", type=int, default=5, help="timed rounds (median of these)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument(
+        "--iters", type=int_at_least(1), default=5, help="timed rounds (median of these)"
+    )
+    parser.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed rounds first")
     parser.add_argument(
         "--dtype",
         choices=tuple(DTYPE_CHOICES),
@@ -126,13 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-iters",
-        type=int,
+        type=int_at_least(0),
         default=10,
         help="batches of config A's real training loader to time (0: skip)",
     )
     parser.add_argument(
         "--matmul-size",
-        type=int,
+        type=int_at_least(0),
         default=0,
         help="side of the peak matmul (default: 2048 on a CPU, 8192 on a GPU, where a smaller "
         "one does not fill the chip)",
@@ -144,23 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:
-    """The config with overrides, validated; exits with a one-line message if it is invalid.
+    """The config with overrides, validated; exits with a one-line message (status 2) if it is
+    invalid.
 
     Steps run on synthetic batches, so the dataset settings are not checked here (the loader
     timing reports a dataset it cannot open).
     """
-    try:
+    with usage_errors("benchmark.py --task train"):
         cfg = get_cfg()
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(opts)
         if cfg.SEED < 0:
             cfg.SEED = 0
-        checked = cfg.clone()
-        checked.DATA.DATASET, checked.DATA.ROOT = "SyntheticMotion", ""
-        validate_cfg(checked)
-    except (ConfigError, KeyError, ValueError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        raise SystemExit(f"benchmark.py --task train: error: {message}") from None
+        validate_cfg_without_data(cfg)
     cfg.freeze()
     return cfg
 

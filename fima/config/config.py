@@ -11,34 +11,64 @@ from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from iopath.common.file_io import g_pathmgr
 
 
-def _as_float_if_int(default: Any, value: Any) -> Any:
-    """``value`` as a float where ``default`` is a float and ``value`` an integer (or its text).
+def _decoded(value: Any) -> Any:
+    """A command-line or YAML string as the Python literal it spells (yacs reads it so), else
+    ``value`` itself."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _coerce(key: str, default: Any, value: Any) -> Any:
+    """``value`` of ``key`` (whose default is ``default``) made ready for yacs's type check.
 
     yacs refuses ``SOLVER.BASE_LR 1`` or ``DENSE_WEIGHT: 0`` as a type mismatch; an integer is a
-    float value written without its decimal point, so it is taken as one. Anything else is left
-    for yacs's type check.
+    float value written without its decimal point, so it is taken as one, also inside a tuple of
+    floats (``INPUT.CROP_SCALE (0, 1)``). yacs checks that a tuple is a tuple but not what it
+    holds: its elements must have the type of the default's elements. Anything else is left for
+    yacs's check.
+
+    Raises:
+        ValueError: a tuple element of another type than the default's (the message names the
+            key).
     """
-    if not isinstance(default, float):
+    decoded = _decoded(value)
+    if isinstance(default, float):
+        return float(decoded) if type(decoded) is int else value
+    if not (isinstance(default, (tuple, list)) and isinstance(decoded, (tuple, list))):
         return value
-    if isinstance(value, str):
-        try:
-            decoded = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            return value
-        return repr(float(decoded)) if type(decoded) is int else value
-    return float(value) if type(value) is int else value
+    kinds = {type(v) for v in default}
+    if len(kinds) != 1:  # empty (SOLVER.STEPS) or mixed: nothing to compare with
+        return value
+    kind = kinds.pop()
+    if kind is float:
+        decoded = [float(v) if type(v) is int else v for v in decoded]
+    if any(type(v) is not kind for v in decoded):
+        raise ValueError(
+            f"{key}: must hold {kind.__name__} values, as its default {tuple(default)} does; "
+            f"got {tuple(decoded)!r}"
+        )
+    return type(default)(decoded)
 
 
-def _ints_as_floats(defaults: _FvcoreCfgNode, loaded: dict) -> dict:
-    """``loaded`` (a YAML mapping) with the integers of float keys made floats, recursively."""
+def _coerce_mapping(defaults: _FvcoreCfgNode, loaded: dict, prefix: str = "") -> dict:
+    """``loaded`` (a YAML mapping under ``prefix``) with every value :func:`_coerce` d."""
     out = {}
     for key, value in loaded.items():
         default = defaults.get(key) if isinstance(defaults, _FvcoreCfgNode) else None
         if isinstance(value, dict) and isinstance(default, _FvcoreCfgNode):
-            out[key] = _ints_as_floats(default, value)
+            out[key] = _coerce_mapping(default, value, f"{prefix}{key}.")
         else:
-            out[key] = _as_float_if_int(default, value)
+            out[key] = _coerce(f"{prefix}{key}", default, value)
     return out
+
+
+def _is_option(item: object) -> bool:
+    """Whether a command-line override is an option (``--resume``) rather than a config key."""
+    return isinstance(item, str) and item.startswith("--")
 
 
 class CfgNode(_FvcoreCfgNode):
@@ -46,7 +76,8 @@ class CfgNode(_FvcoreCfgNode):
 
     ``merge_from_file`` follows ``_BASE_`` (relative to the including file); values given later
     (the file, then the command line) override earlier ones. An integer given for a float key
-    (``SOLVER.BASE_LR 1``) is taken as that float.
+    (``SOLVER.BASE_LR 1``) is taken as that float, and the elements of a tuple must have the type
+    of its default's (``INPUT.MEAN ('a', 'b', 'c')`` is refused).
     """
 
     @classmethod
@@ -63,7 +94,8 @@ class CfgNode(_FvcoreCfgNode):
 
         Raises:
             FileNotFoundError: the file (or one of its bases) does not exist.
-            ValueError: the file is not a YAML mapping, or ``allow_unsafe=True`` was asked for.
+            ValueError: the file is not a YAML mapping, sets a value of the wrong type, or
+                ``allow_unsafe=True`` was asked for.
             KeyError: the file sets a key that no default declares.
         """
         if allow_unsafe:
@@ -75,17 +107,25 @@ class CfgNode(_FvcoreCfgNode):
         except (yaml.YAMLError, AssertionError) as err:
             raise ValueError(f"Cannot read config {cfg_filename}: {err}") from None
         try:
-            self.merge_from_other_cfg(type(self)(_ints_as_floats(self, loaded)))
+            self.merge_from_other_cfg(type(self)(_coerce_mapping(self, loaded)))
         except KeyError as err:
             raise KeyError(f"{err.args[0]} (in {os.path.abspath(cfg_filename)})") from None
+        except ValueError as err:
+            raise ValueError(f"{err} (in {os.path.abspath(cfg_filename)})") from None
 
     def merge_from_list(self, cfg_list: list[str]) -> None:
         """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` from the command line.
 
         Raises:
-            ValueError: an odd number of items, or a value of the wrong type.
+            ValueError: an option (``--resume``) where a key should be, which argparse left
+                among the overrides because it came after them; an odd number of items; or a
+                value of the wrong type.
             KeyError: a key that no default declares.
         """
+        first = next((i for i in range(0, len(cfg_list), 2) if _is_option(cfg_list[i])), None)
+        if first is not None:
+            options = " ".join(item for item in cfg_list[first:] if _is_option(item))
+            raise ValueError(f"options ({options}) must come before the KEY VALUE overrides")
         if len(cfg_list) % 2:
             raise ValueError(
                 f"Config overrides must be KEY VALUE pairs, got an odd number: {cfg_list}"
@@ -97,7 +137,7 @@ class CfgNode(_FvcoreCfgNode):
                 if not isinstance(node, _FvcoreCfgNode) or part not in node:
                     raise KeyError(f"Non-existent config key: {full_key}")
                 node = node[part]
-            cfg_list[index + 1] = _as_float_if_int(node, cfg_list[index + 1])
+            cfg_list[index + 1] = _coerce(full_key, node, cfg_list[index + 1])
         try:
             super().merge_from_list(cfg_list)
         except AssertionError as err:  # yacs reports with asserts, which python -O strips

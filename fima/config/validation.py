@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+
+import torch
 
 from fima.config.config import CfgNode
 
@@ -40,6 +43,31 @@ def runs_on_gpu(cfg: CfgNode) -> bool:
 
     device = cfg.MODEL.DEVICE
     return device.startswith("cuda") or (device == "auto" and comm.uses_gpu())
+
+
+def _device(device: str) -> None:
+    """``MODEL.DEVICE``: its form, and that the GPU it names is visible to this process."""
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
+    require(
+        device in ("auto", "cpu") or cuda is not None,
+        "MODEL.DEVICE",
+        f"must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}",
+    )
+    if cuda is None:
+        return
+    require(
+        torch.cuda.is_available(),
+        "MODEL.DEVICE",
+        f"{device}, but this process sees no GPU (torch {torch.__version__}, "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+        "use cpu, or auto (a GPU where there is one)",
+    )
+    count, index = torch.cuda.device_count(), int(cuda.group(1) or 0)
+    require(
+        index < count,
+        "MODEL.DEVICE",
+        f"{device}, but this process sees {count} GPU(s): cuda:0 to cuda:{count - 1}",
+    )
 
 
 def _process_group_backend() -> str | None:
@@ -124,6 +152,17 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(solver.BASE_LR > 0, "SOLVER.BASE_LR", f"must be positive, got {solver.BASE_LR}")
     require(solver.WEIGHT_DECAY >= 0, "SOLVER.WEIGHT_DECAY", "must be >= 0")
     require(solver.OPTIMIZER in ("SGD", "AdamW"), "SOLVER.OPTIMIZER", "must be 'SGD' or 'AdamW'")
+    if solver.OPTIMIZER == "SGD":
+        require(
+            0 <= solver.MOMENTUM < 1,
+            "SOLVER.MOMENTUM",
+            f"must be in [0, 1), got {solver.MOMENTUM}",
+        )
+        require(
+            not solver.NESTEROV or solver.MOMENTUM > 0,
+            "SOLVER.NESTEROV",
+            "needs SOLVER.MOMENTUM > 0",
+        )
     require(
         solver.MAX_EPOCHS > 0 or solver.MAX_ITER > 0,
         "SOLVER.MAX_EPOCHS",
@@ -141,17 +180,23 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
         f"must be 'epoch' or 'iter', got {solver.SCHEDULE_UNIT!r}",
     )
     require(
-        list(solver.STEPS) == sorted(solver.STEPS) and all(s > 0 for s in solver.STEPS),
+        all(type(s) is int and s > 0 for s in solver.STEPS)
+        and list(solver.STEPS) == sorted(solver.STEPS),
         "SOLVER.STEPS",
         f"must be increasing positive epochs, got {tuple(solver.STEPS)}",
     )
-    require(solver.CHECKPOINT_PERIOD > 0, "SOLVER.CHECKPOINT_PERIOD", "must be positive")
+    require(
+        solver.CHECKPOINT_PERIOD > 0,
+        "SOLVER.CHECKPOINT_PERIOD",
+        f"must be positive, got {solver.CHECKPOINT_PERIOD}",
+    )
     require(solver.MAX_TO_KEEP >= 0, "SOLVER.MAX_TO_KEEP", "must be >= 0 (0 keeps all)")
     require(
         solver.AMP.DTYPE in ("auto", "bfloat16", "float16"),
         "SOLVER.AMP.DTYPE",
         f"must be 'auto', 'bfloat16' or 'float16', got {solver.AMP.DTYPE!r}",
     )
+    _device(cfg.MODEL.DEVICE)
     _multi_device(cfg, world_size)
 
     inp = cfg.INPUT
@@ -221,13 +266,11 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(bool(cfg.OUTPUT_DIR), "OUTPUT_DIR", "must not be empty")
     require(cfg.VIS_PERIOD >= 0, "VIS_PERIOD", f"must be >= 0 (0: off), got {cfg.VIS_PERIOD}")
     require(cfg.VIS_NUM_CLIPS >= 1, "VIS_NUM_CLIPS", f"must be >= 1, got {cfg.VIS_NUM_CLIPS}")
-    require(
-        cfg.MODEL.DEVICE in ("auto", "cpu") or cfg.MODEL.DEVICE.startswith("cuda"),
-        "MODEL.DEVICE",
-        f"must be 'auto', 'cpu' or 'cuda[:N]', got {cfg.MODEL.DEVICE!r}",
-    )
+    require(cfg.LOG_PERIOD > 0, "LOG_PERIOD", f"must be positive, got {cfg.LOG_PERIOD}")
 
+    # The backbone's own keys first: its strides and the method's checks (FIMA runs it) use them.
     backbone_cls = BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)
+    _component_checks(backbone_cls, cfg, world_size)
     strides = getattr(backbone_cls, "output_strides", None)
     if strides is not None:
         temporal, spatial = strides(cfg)
@@ -243,11 +286,26 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
             f"{inp.NUM_FRAMES} is shorter than the temporal stride {temporal} of "
             f"{cfg.MODEL.BACKBONE.NAME}; use at least {temporal}",
         )
-    for component in (
-        SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE),
-        backbone_cls,
-        DATASET_REGISTRY.get(cfg.DATA.DATASET),
-    ):
-        check = getattr(component, "validate_config", None)
-        if check is not None:
-            check(cfg, world_size)
+    _component_checks(SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), cfg, world_size)
+    _component_checks(DATASET_REGISTRY.get(cfg.DATA.DATASET), cfg, world_size)
+
+
+def validate_cfg_without_data(cfg: CfgNode, world_size: int = 1) -> None:
+    """:func:`validate_cfg` for a tool that builds the model but reads no dataset (the train
+    benchmark's synthetic batches, ``tools/visualize.py``'s own videos): the dataset's settings
+    (``DATA.DATASET``, ``DATA.ROOT`` and the dataset's own checks) are left out.
+
+    Raises:
+        ConfigError: as :func:`validate_cfg`.
+    """
+    checked = cfg.clone()
+    checked.defrost()
+    checked.DATA.DATASET, checked.DATA.ROOT = "SyntheticMotion", ""
+    validate_cfg(checked, world_size)
+
+
+def _component_checks(component: type, cfg: CfgNode, world_size: int) -> None:
+    """A registered class's own ``validate_config(cfg, world_size)``, where it has one."""
+    check = getattr(component, "validate_config", None)
+    if check is not None:
+        check(cfg, world_size)

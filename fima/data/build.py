@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fima.config.config import CfgNode
-from fima.config.validation import runs_on_gpu
+from fima.config.validation import require, runs_on_gpu
 from fima.data.bad_videos import BadVideoTracker
 from fima.data.datasets.build import VideoDataset, build_dataset
 from fima.data.decoder import DecodeError, VideoInfo, decode_frames
@@ -75,6 +75,9 @@ class TrainingBatchSampler(Sampler[list[SampleKey]]):
     Each epoch the permutation is cut to a multiple of ``world_size * batch_size`` (the rest of
     the videos is dropped for that epoch, as ``drop_last`` does) and rank ``r`` takes every
     ``world_size``-th video from ``r``. ``start_iter`` skips the batches already consumed.
+
+    Raises:
+        ConfigError: the videos cannot fill one batch (``SOLVER.IMS_PER_BATCH`` too large).
     """
 
     def __init__(
@@ -94,11 +97,12 @@ class TrainingBatchSampler(Sampler[list[SampleKey]]):
         self.shuffle = shuffle
         self.start_iter = start_iter
         self.iters_per_epoch = len(self.indices) // (world_size * batch_size)
-        if self.iters_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.indices)} usable videos cannot fill one batch of {batch_size} on each "
-                f"of {world_size} processes; lower SOLVER.IMS_PER_BATCH or use more data"
-            )
+        require(
+            self.iters_per_epoch > 0,
+            "SOLVER.IMS_PER_BATCH",
+            f"{len(self.indices)} usable videos cannot fill one batch of {batch_size} on each "
+            f"of {world_size} processes; lower SOLVER.IMS_PER_BATCH or use more data",
+        )
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """This rank's video indices for ``epoch``, in order: ``[iters_per_epoch * batch_size]``."""

@@ -4,14 +4,17 @@ train and evaluate from a config, used by ``tools/train_net.py`` and by projects
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import inspect
 import logging
+import logging.handlers
 import os
 import sys
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -19,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fima.checkpoint import Checkpointer, atomic_write
 from fima.checkpoint.backbone_weights import resolve_weights
-from fima.config import CfgNode, validate_cfg
+from fima.config import CfgNode, ConfigError, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
@@ -49,7 +52,9 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="path to a config file"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -96,6 +101,56 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
     return parser
 
 
+# What a user's config or command line can get wrong before anything runs (the first line of
+# defence is validate_cfg's ConfigError): tools say it in one line with exit status 2.
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    KeyError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+)
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """Stop with ``PROG: error: MESSAGE`` on stderr and exit status 2, as argparse does."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def usage_errors(prog: str, errors: tuple[type[Exception], ...] = USAGE_ERRORS) -> Iterator[None]:
+    """Turn ``errors`` raised inside the block into :func:`usage_error`; anything else keeps its
+    traceback. The traceback of a converted error goes to the log file (DEBUG).
+
+    Example::
+
+        with usage_errors("train_net.py"):
+            cfg = setup(args)
+    """
+    try:
+        yield
+    except errors as err:
+        logger.debug("Stopped on a usage error", exc_info=True)
+        # A KeyError's str() quotes its message.
+        usage_error(prog, err.args[0] if isinstance(err, KeyError) and err.args else str(err))
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (else argparse's usage error, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _preserve_previous_config(path: str, new_text: str) -> None:
     """Keep a differing ``config.yaml`` of an earlier run as ``config.<time>.yaml``."""
     if not os.path.isfile(path):
@@ -120,7 +175,8 @@ def _previous_run_files(output_dir: str) -> list[str]:
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
-    """Prepare a run: output dir, logging, seed, validation, ``config.yaml``; freezes ``cfg``.
+    """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
+    ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
     ``OUTPUT_DIR/config.yaml`` records the seed that was actually used.
@@ -132,11 +188,27 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     """
     output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
+    if cfg.is_frozen():
+        cfg.defrost()
+    cfg.SEED = shared_seed(cfg.SEED)
+    # Nothing is written before the config is known to be valid (an empty OUTPUT_DIR is one of
+    # its errors). What the checks log goes to the console now and into log.txt once it exists.
+    fima_logger = setup_logger(None, distributed_rank=rank, name="fima")
+    held = logging.handlers.BufferingHandler(capacity=sys.maxsize)
+    fima_logger.addHandler(held)
+    try:
+        validate_cfg(cfg, comm.get_world_size())
+    finally:
+        fima_logger.removeHandler(held)
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
     comm.synchronize()
     setup_logger(output_dir, distributed_rank=rank, name="fima")
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
+    for handler in fima_logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            for record in held.buffer:
+                handler.handle(record)
     logger.info(
         "Rank %d of %d; Python %s; torch %s; %d CPU threads; CUDA: %s",
         rank,
@@ -153,10 +225,6 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    if cfg.is_frozen():
-        cfg.defrost()
-    cfg.SEED = shared_seed(cfg.SEED)
-    validate_cfg(cfg, comm.get_world_size())
     resuming = args is not None and (args.resume or args.eval_only)
     # Rank 0 decides, so that all ranks stop together (other machines may not see the files).
     previous = comm.broadcast_object(

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -84,7 +86,9 @@ def launch(
         if num_gpus_per_machine > 1 or num_machines > 1:
             logger.warning("Under torchrun, --num-gpus and --num-machines are ignored")
         return _run_under_torchrun(main_func, args, timeout, backend)
-    check_launch_arguments(num_gpus_per_machine, num_machines, machine_rank, dist_url)
+    check_launch_arguments(
+        num_gpus_per_machine, num_machines, machine_rank, dist_url, timeout.total_seconds()
+    )
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
@@ -124,9 +128,16 @@ def launch(
 
 
 def check_launch_arguments(
-    num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str | None
+    num_gpus_per_machine: int,
+    num_machines: int,
+    machine_rank: int,
+    dist_url: str | None,
+    timeout_seconds: float = DEFAULT_TIMEOUT.total_seconds(),
 ) -> None:
-    """Raise ValueError, naming the flags, where the process layout cannot run."""
+    """Raise ValueError, naming the flags, where the process layout cannot run: too few
+    processes or machines, a rank out of range, a rendezvous URL that is not ``auto``,
+    ``tcp://HOST:PORT`` or ``file:///PATH``, or a timeout that is not a positive number of
+    seconds."""
     if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
         raise ValueError(
             f"--num-gpus {num_gpus_per_machine}, --num-machines {num_machines}, --machine-rank "
@@ -135,6 +146,28 @@ def check_launch_arguments(
         )
     if num_machines > 1 and (dist_url is None or dist_url == "auto"):
         raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
+    if dist_url not in (None, "auto"):
+        _check_dist_url(dist_url)
+    if not (math.isfinite(timeout_seconds) and timeout_seconds > 0):
+        raise ValueError(
+            f"--dist-timeout {timeout_seconds:g}: must be a positive number of seconds"
+        )
+
+
+def _check_dist_url(dist_url: str) -> None:
+    """``tcp://HOST:PORT`` or ``file:///PATH``, as ``init_process_group`` takes them."""
+    url = urllib.parse.urlsplit(dist_url)
+    try:
+        port = url.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if url.scheme == "tcp" and url.hostname and port and not url.path.strip("/"):
+        return
+    if url.scheme == "file" and url.path and not url.netloc:
+        return
+    raise ValueError(
+        f"--dist-url {dist_url}: expected auto (one machine), tcp://HOST:PORT or file:///PATH"
+    )
 
 
 def resolve_backend(backend: str) -> str:

@@ -55,14 +55,16 @@ def labelled_dataset(cfg: CfgNode, split: str, purpose: str) -> VideoDataset:
     evaluation, for the message) needs.
 
     Raises:
-        ValueError: the split has videos without a label.
+        ConfigError: the split has videos without a label (the evaluation the config asks for
+            cannot run on these data).
     """
+    from fima.config.validation import ConfigError
     from fima.data.datasets import build_dataset
 
     dataset = build_dataset(cfg, split)
     unlabelled = sum(record.label < 0 for record in dataset.records)
     if unlabelled:
-        raise ValueError(
+        raise ConfigError(
             f"{purpose} needs labels, but {dataset!r} has {unlabelled} videos without a label"
         )
     return dataset

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 
 from fima.config import ConfigError, get_cfg, validate_cfg
 from tests.conftest import tiny_cfg
@@ -53,6 +56,53 @@ def test_integers_for_float_keys_are_floats(tmp_path) -> None:
                        ("SOLVER.IMS_PER_BATCH", "2.0")):  # fmt: skip
         with pytest.raises(ValueError, match=f"Type mismatch .* {key}"):
             get_cfg().merge_from_list([key, value])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("INPUT.CROP_SCALE", "('a','b')", "INPUT.CROP_SCALE: must hold float values"),
+        ("INPUT.MEAN", "('a','b','c')", "INPUT.MEAN: must hold float values"),
+        ("INPUT.MEAN", "(0.5, True, 0.5)", "INPUT.MEAN: must hold float values"),
+        ("TEST.RETRIEVAL.TOPK", "(1, 2.5)", "TEST.RETRIEVAL.TOPK: must hold int values"),
+        ("DATA.SYNTHETIC.CLASSES", "(1, 2)", "DATA.SYNTHETIC.CLASSES: must hold str values"),
+    ],
+)
+def test_tuple_elements_have_the_defaults_type(tmp_path, key: str, value: str, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        get_cfg().merge_from_list([key, value])
+    section, leaf = key.rsplit(".", 1)
+    yaml_text = (
+        "".join(f"{'  ' * depth}{part}:\n" for depth, part in enumerate(section.split(".")))
+        + f"{'  ' * (section.count('.') + 1)}{leaf}: {value}\n"
+    )
+    (tmp_path / "bad.yaml").write_text(yaml_text)
+    with pytest.raises(ValueError, match=re.escape(message) + r".*bad\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "bad.yaml"))
+
+
+def test_integers_in_a_float_tuple_are_floats(tmp_path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(["INPUT.CROP_SCALE", "(0, 1)", "TEST.RETRIEVAL.TOPK", "(1, 5)"])
+    assert cfg.INPUT.CROP_SCALE == (0.0, 1.0) and type(cfg.INPUT.CROP_SCALE[0]) is float
+    assert cfg.TEST.RETRIEVAL.TOPK == (1, 5)
+    (tmp_path / "a.yaml").write_text("INPUT:\n  MEAN: [0, 1, 0.5]\n")
+    cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    assert cfg.INPUT.MEAN == (0.0, 1.0, 0.5) and all(type(v) is float for v in cfg.INPUT.MEAN)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "options"),
+    [
+        (["SOLVER.BASE_LR", "0.1", "--resume"], "--resume"),
+        (["SOLVER.BASE_LR", "0.1", "--num-gpus", "2"], "--num-gpus"),
+        (["SOLVER.BASE_LR", "0.1", "--resume", "--num-gpus", "2"], "--resume --num-gpus"),
+    ],
+)
+def test_options_after_the_overrides_are_a_clear_error(overrides: list, options: str) -> None:
+    """argparse.REMAINDER leaves flags given after KEY VALUE pairs among the pairs."""
+    with pytest.raises(ValueError, match=f"options \\({options}\\) must come before the KEY VALUE"):
+        get_cfg().merge_from_list(overrides)
 
 
 def test_python_tags_are_refused(tmp_path) -> None:
@@ -106,12 +156,65 @@ def test_tiny_config_is_valid() -> None:
         ("DATA.SYNTHETIC.OBJECT_SIZE", (0.5, 1.5), 1, "DATA.SYNTHETIC.OBJECT_SIZE"),
         ("DATA.SYNTHETIC.SPEED", (0.02, 0.01), 1, "DATA.SYNTHETIC.SPEED"),
         ("DATA.SYNTHETIC.NOISE", -0.1, 1, "DATA.SYNTHETIC.DISTRACTORS and NOISE must be >= 0"),
+        ("LOG_PERIOD", 0, 1, "LOG_PERIOD: must be positive, got 0"),
+        ("LOG_PERIOD", -5, 1, "LOG_PERIOD: must be positive, got -5"),
+        ("SOLVER.CHECKPOINT_PERIOD", 0, 1, "SOLVER.CHECKPOINT_PERIOD: must be positive, got 0"),
+        ("VIS_PERIOD", -1, 1, "VIS_PERIOD: must be >= 0 (0: off)"),
+        ("TEST.EVAL_PERIOD", -1, 1, "TEST.EVAL_PERIOD: must be >= 0 (0: at the end only)"),
+        ("SOLVER.MOMENTUM", -1.0, 1, "SOLVER.MOMENTUM: must be in [0, 1), got -1.0"),
+        ("SOLVER.STEPS", ("a", "b"), 1, "SOLVER.STEPS: must be increasing positive epochs"),
+        ("MODEL.PROJECTOR.OUT_DIM", 0, 1, "MODEL.PROJECTOR.OUT_DIM: must be positive, got 0"),
+        ("MODEL.PROJECTOR.HIDDEN_DIM", -1, 1, "MODEL.PROJECTOR.HIDDEN_DIM: must be positive"),
+        ("MODEL.TINY3D.WIDTHS", (16, 32), 1, "MODEL.TINY3D.WIDTHS: WIDTHS, TEMPORAL_STRIDES and "
+         "SPATIAL_STRIDES need one value per stage (the same length >= 1), got 2, 4 and 4"),
+        ("MODEL.TINY3D.SPATIAL_STRIDES", (0, 2, 2, 2), 1,
+         "MODEL.TINY3D.SPATIAL_STRIDES: must be positive, got (0, 2, 2, 2)"),
+        ("MODEL.TINY3D.WIDTHS", (8, 0, 16, 32), 1, "MODEL.TINY3D.WIDTHS: must be positive"),
+        ("MODEL.DEVICE", "gpu", 1, "MODEL.DEVICE: must be 'auto', 'cpu' or 'cuda[:N]'"),
+        ("MODEL.DEVICE", "cuda:x", 1, "MODEL.DEVICE: must be 'auto', 'cpu' or 'cuda[:N]'"),
     ],
-)
+)  # fmt: skip
 def test_bad_values_fail_naming_the_key(key: str, value, world: int, message: str) -> None:
     cfg = tiny_cfg(**{key: value})
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate_cfg(cfg, world_size=world)
+
+
+def test_a_period_of_0_is_off_where_documented() -> None:
+    """VIS_PERIOD 0: no pictures; TEST.EVAL_PERIOD 0: evaluate at the end only. LOG_PERIOD and
+    SOLVER.CHECKPOINT_PERIOD have no such meaning (see above)."""
+    validate_cfg(tiny_cfg(**{"VIS_PERIOD": 0, "TEST.EVAL_PERIOD": 0}))
+
+
+def test_nesterov_needs_momentum() -> None:
+    cfg = tiny_cfg(**{"SOLVER.NESTEROV": True, "SOLVER.MOMENTUM": 0.0})
+    with pytest.raises(ConfigError, match="SOLVER.NESTEROV: needs SOLVER.MOMENTUM > 0"):
+        validate_cfg(cfg)
+    # AdamW has no momentum setting: SOLVER.MOMENTUM is not read.
+    validate_cfg(tiny_cfg(**{"SOLVER.OPTIMIZER": "AdamW", "SOLVER.MOMENTUM": -1.0}))
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "message"),
+    [
+        ("cuda", 0, "MODEL.DEVICE: cuda, but this process sees no GPU"),
+        ("cuda:0", 0, "MODEL.DEVICE: cuda:0, but this process sees no GPU"),
+        ("cuda:3", 2, "MODEL.DEVICE: cuda:3, but this process sees 2 GPU(s): cuda:0 to cuda:1"),
+        ("cuda:1", 2, None),
+        ("cuda", 1, None),
+        ("cpu", 0, None),
+    ],
+)
+def test_a_gpu_device_must_be_visible(monkeypatch, device: str, gpus: int, message) -> None:
+    """Checked against what torch sees, mocked here (the suite hides its GPUs)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = tiny_cfg(**{"MODEL.DEVICE": device, "SOLVER.AMP.ENABLED": False})
+    if message is None:
+        validate_cfg(cfg)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_cfg(cfg)
 
 
 def test_missing_paths_fail(tmp_path) -> None:

@@ -3,6 +3,9 @@ paths run in tests/engine/test_distributed.py and tests/utils/test_comm.py)."""
 
 from __future__ import annotations
 
+import datetime
+import re
+
 import pytest
 import torch
 
@@ -10,7 +13,7 @@ from fima.config import ConfigError, get_cfg
 from fima.config.validation import validate_cfg
 from fima.engine import default_argument_parser, launch
 from fima.engine.defaults import resolve_device
-from fima.engine.launch import launched_by_torchrun, resolve_backend
+from fima.engine.launch import check_launch_arguments, launched_by_torchrun, resolve_backend
 from fima.utils import comm
 
 
@@ -24,11 +27,36 @@ def test_one_process_calls_main_directly() -> None:
         ({"num_gpus_per_machine": 0}, "need at least one process"),
         ({"num_machines": 2, "machine_rank": 2}, "a rank below --num-machines"),
         ({"num_machines": 2, "machine_rank": 1, "dist_url": "auto"}, "pass tcp://HOST:PORT"),
+        (
+            {"num_gpus_per_machine": 2, "timeout": datetime.timedelta(0)},
+            "--dist-timeout 0: must be a positive number of seconds",
+        ),
+        (
+            {"num_gpus_per_machine": 2, "timeout": datetime.timedelta(seconds=-5)},
+            "--dist-timeout -5: must be a positive number of seconds",
+        ),
+        ({"num_gpus_per_machine": 2, "dist_url": "foo"}, "--dist-url foo: expected auto"),
+        ({"num_gpus_per_machine": 2, "dist_url": "tcp://host"}, "--dist-url tcp://host: "),
+        ({"num_gpus_per_machine": 2, "dist_url": "tcp://h:99999"}, "--dist-url tcp://h:99999"),
+        ({"num_gpus_per_machine": 2, "dist_url": "file://relative"}, "file:///PATH"),
     ],
 )
 def test_bad_arguments_fail_before_starting_anything(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         launch(print, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "dist_url", ["auto", "tcp://127.0.0.1:29500", "tcp://[::1]:29500", "file:///tmp/rdzv"]
+)
+def test_rendezvous_urls_that_init_process_group_takes(dist_url: str) -> None:
+    check_launch_arguments(2, 1, 0, dist_url, 1800.0)
+
+
+def test_a_timeout_must_be_a_finite_positive_number_of_seconds() -> None:
+    for seconds in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="--dist-timeout"):
+            check_launch_arguments(1, 1, 0, "auto", seconds)
 
 
 def test_torchrun_is_recognised_from_its_environment(monkeypatch) -> None:
@@ -57,14 +85,16 @@ def test_backend_follows_the_gpus_unless_named(monkeypatch) -> None:
 
 def test_the_command_line_names_the_backend() -> None:
     parser = default_argument_parser()
-    assert parser.parse_args([]).dist_backend == "auto"
-    assert parser.parse_args(["--dist-backend", "gloo"]).dist_backend == "gloo"
+    config = ["--config-file", "c.yaml"]
+    assert parser.parse_args(config).dist_backend == "auto"
+    assert parser.parse_args([*config, "--dist-backend", "gloo"]).dist_backend == "gloo"
     with pytest.raises(SystemExit):
-        parser.parse_args(["--dist-backend", "mpi"])
+        parser.parse_args([*config, "--dist-backend", "mpi"])
 
 
 def _fake_process_group(monkeypatch, backend: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(comm, "is_distributed", lambda: True)
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(comm, "backend", lambda: backend)

@@ -187,6 +187,20 @@ def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypat
         assert torch.backends.cudnn.benchmark is flag
 
 
+def test_default_setup_validates_before_it_writes_anything(tmp_path) -> None:
+    """A bad config leaves nothing on disk (an empty OUTPUT_DIR is one); what the checks logged
+    for a good one reaches its log.txt."""
+    args = argparse.Namespace(resume=False, eval_only=False)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="LOG_PERIOD: must be positive"):
+        default_setup(tiny_cfg(str(out), LOG_PERIOD=0), args)
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="OUTPUT_DIR: must not be empty"):
+        default_setup(tiny_cfg(""), args)
+    default_setup(tiny_cfg(str(out)), args)  # MoCo in one process, no SPLIT_BN_GROUPS: a warning
+    assert "MODEL.SPLIT_BN_GROUPS is 1 in a single process" in (out / "log.txt").read_text()
+
+
 def test_float16_needs_a_gpu_and_is_validated() -> None:
     model = ToyModel()
     with pytest.raises(ValueError, match="float16 mixed precision needs a GPU"):

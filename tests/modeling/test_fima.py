@@ -292,9 +292,15 @@ def test_start_up_check_knows_every_builtin_feature_map(backbone: str) -> None:
     assert _feature_map_shape(cfg, 16) == expected[backbone]
 
 
-@pytest.mark.parametrize(("frames", "slices"), [(12, 3), (4, 1)])
-def test_slices_that_do_not_split_into_halves_are_rejected_at_start_up(frames, slices) -> None:
-    cfg = tiny_cfg(**{**FIMA_TINY, "INPUT.NUM_FRAMES": frames})
+@pytest.mark.parametrize(
+    ("frames", "crop", "slices"),
+    # 4 frames at 16x16 is a 1x1x1 feature map, on which BatchNorm in training mode would fail.
+    [(12, 32, 3), (4, 32, 1), (4, 16, 1)],
+)
+def test_slices_that_do_not_split_into_halves_are_rejected_at_start_up(
+    frames: int, crop: int, slices: int
+) -> None:
+    cfg = tiny_cfg(**{**FIMA_TINY, "INPUT.NUM_FRAMES": frames, "INPUT.CROP_SIZE": crop})
     with pytest.raises(ConfigError, match=f"INPUT.NUM_FRAMES: .*T'={slices} temporal slices"):
         validate_cfg(cfg)
     cfg.MODEL.FIMA.LOCAL_WEIGHT = 0.0  # the dense term alone handles any T'

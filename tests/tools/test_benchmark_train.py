@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fima.benchmark.train import (
@@ -243,3 +244,23 @@ def test_dtype_choices_name_the_dtype_autocast_computes_in(monkeypatch) -> None:
     assert names("both") == ["A/fp32", "A/float16"]
     assert names("bf16") == ["A/bfloat16"]
     assert names("amp", ["SOLVER.AMP.DTYPE", "bfloat16"]) == ["A/bfloat16"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--iters", "0"], "argument --iters: must be >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+        (["--data-iters", "-1"], "argument --data-iters: must be >= 0, got -1"),
+        (["--matmul-size", "-8"], "argument --matmul-size: must be >= 0, got -8"),
+        (["SOLVER.BASE_LR", "0.1", "--output-json", "r.json"],
+         "options (--output-json) must come before the KEY VALUE overrides"),
+        (["LOG_PERIOD", "0"], "benchmark.py --task train: error: LOG_PERIOD: must be positive"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_usage_errors(capsys, args: list[str], message: str) -> None:
+    """Before anything is built or timed: one line on stderr, exit status 2."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--config-file", _config("moco_synthetic.yaml"), *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err

@@ -52,26 +52,95 @@ def test_user_backbone_trains_with_moco_without_touching_fima(tmp_path) -> None:
     assert "TwoLayer3D" in (out / "config.yaml").read_text()
 
 
+MOCO = os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml")
+FIMA = os.path.join(ROOT, "configs", "Quickstart", "fima_synthetic.yaml")
+
+
+def _one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2 and ``train_net.py: error: ...message...`` as the last line, no traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_net.py: error: ") and message in last, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "message"),
+    [
+        (MOCO, ["SOLVER.BASE_LRR", "0.1"], "Non-existent config key: SOLVER.BASE_LRR"),
+        (MOCO, ["SOLVER.IMS_PER_BATCH", "-4"], "SOLVER.IMS_PER_BATCH: must be positive"),
+        (MOCO, ["MODEL.BACKBONE.NAME", "Nope"], "No backbone named 'Nope'"),
+        (MOCO, ["LOG_PERIOD", "0"], "LOG_PERIOD: must be positive, got 0"),
+        (MOCO, ["MODEL.DEVICE", "cuda:3"], "MODEL.DEVICE: cuda:3, but this process sees no GPU"),
+        (MOCO, ["INPUT.CROP_SCALE", "('a','b')"], "INPUT.CROP_SCALE: must hold float values"),
+        (MOCO, ["INPUT.MEAN", "('a','b','c')"], "INPUT.MEAN: must hold float values"),
+        (MOCO, ["MODEL.TINY3D.WIDTHS", "(16, 32)"], "MODEL.TINY3D.WIDTHS: WIDTHS, TEMPORAL_"),
+        (FIMA, ["MODEL.TINY3D.WIDTHS", "(16, 32)"], "MODEL.TINY3D.WIDTHS: WIDTHS, TEMPORAL_"),
+        (MOCO, ["MODEL.TINY3D.SPATIAL_STRIDES", "(0,2,2,2)"], "SPATIAL_STRIDES: must be positive"),
+        (MOCO, ["SOLVER.MOMENTUM", "-1"], "SOLVER.MOMENTUM: must be in [0, 1)"),
+        (MOCO, ["MODEL.PROJECTOR.OUT_DIM", "0"], "MODEL.PROJECTOR.OUT_DIM: must be positive"),
+        (MOCO, ["OUTPUT_DIR", ""], "OUTPUT_DIR: must not be empty"),
+        (FIMA, ["INPUT.NUM_FRAMES", "4", "INPUT.CROP_SIZE", "16"], "INPUT.NUM_FRAMES: 4 frames"),
+        (MOCO, ["SOLVER.BASE_LR", "0.1", "--resume"], "options (--resume) must come before"),
+        (MOCO, ["--num-gpus", "2"], "options (--num-gpus) must come before the KEY VALUE"),
+    ],
+)
+def test_bad_config_fails_before_anything_is_written(
+    tmp_path, config: str, args: list[str], message: str
+) -> None:
+    result = train_net("--config-file", config, "OUTPUT_DIR", str(tmp_path / "out"), *TINY, *args)
+    _one_line_error(result, message)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["SOLVER.BASE_LRR", "0.1"], "Non-existent config key: SOLVER.BASE_LRR"),
-        (["SOLVER.IMS_PER_BATCH", "-4"], "SOLVER.IMS_PER_BATCH: must be positive"),
-        (["MODEL.BACKBONE.NAME", "Nope"], "No backbone named 'Nope'"),
+        # Known only once the dataset is built: the 16 training videos of TINY.
+        (["SOLVER.IMS_PER_BATCH", "32", "MODEL.MOCO.QUEUE_SIZE", "128"],
+         "SOLVER.IMS_PER_BATCH: 16 usable videos cannot fill one batch of 32"),
+        # Known once the model is built: MoCo has no evaluator without the kNN monitor.
+        (["--eval-only"], "--eval-only: MoCo defines no evaluator"),
     ],
-)
-def test_bad_config_fails_before_training(tmp_path, args: list[str], message: str) -> None:
-    result = train_net(
-        "--config-file",
-        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
-        "OUTPUT_DIR",
-        str(tmp_path / "out"),
-        *TINY,
-        *args,
-    )
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert not (tmp_path / "out" / "metrics.json").exists()
+)  # fmt: skip
+def test_what_the_built_run_shows_is_one_line(tmp_path, args: list[str], message) -> None:
+    flags, overrides = [a for a in args if a.startswith("--")], [a for a in args if a[:2] != "--"]
+    out = tmp_path / "out"
+    result = train_net(*flags, "--config-file", MOCO, "OUTPUT_DIR", str(out), *TINY, *overrides)
+    _one_line_error(result, message)
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "the following arguments are required: --config-file"),
+        (["--config-file", MOCO, "--import", "nonexistent_module"],
+         "--import nonexistent_module: no module named 'nonexistent_module'"),
+        (["--config-file", MOCO, "--import", "os.nonexistent"],
+         "--import os.nonexistent: no module named 'os.nonexistent'"),
+    ],
+)  # fmt: skip
+def test_bad_command_line_is_one_line(tmp_path, args: list[str], message: str) -> None:
+    _one_line_error(train_net(*args, "OUTPUT_DIR", str(tmp_path / "out")), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_user_module_that_fails_to_import_keeps_its_traceback(tmp_path) -> None:
+    """Only a module that does not exist is a usage error; one that imports a missing module is
+    a bug in it, whose traceback says where."""
+    (tmp_path / "broken_backbone.py").write_text("import not_an_installed_module\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--import",
+         "broken_backbone", "--config-file", MOCO, "OUTPUT_DIR", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "No module named 'not_an_installed_module'" in result.stderr
 
 
 def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_path) -> None:
@@ -98,6 +167,9 @@ def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_
     [
         (["--num-gpus", "0"], "need at least one process"),
         (["--num-gpus", "2", "--dist-backend", "nccl"], "nccl needs GPUs and none is visible"),
+        (["--num-gpus", "2", "--dist-timeout", "0"], "--dist-timeout 0: must be a positive"),
+        (["--num-gpus", "2", "--dist-timeout", "-5"], "--dist-timeout -5: must be a positive"),
+        (["--num-gpus", "2", "--dist-url", "foo"], "--dist-url foo: expected auto"),
     ],
 )
 def test_bad_process_layout_is_one_line_not_a_traceback(tmp_path, args, message) -> None:

@@ -71,16 +71,57 @@ def test_single_checkpoints_and_compare_write_one_png_per_video(setup, tmp_path)
 
     # Nothing is overwritten without --overwrite.
     again = [*common, "--output", out["fima"]]
-    assert visualize.main([*again, "MODEL.WEIGHTS", weights["fima"]]) == 2
+    with pytest.raises(SystemExit) as stop:
+        visualize.main([*again, "MODEL.WEIGHTS", weights["fima"]])
+    assert stop.value.code == 2
     assert visualize.main([*again, "--overwrite", "MODEL.WEIGHTS", weights["fima"]]) == 0
 
 
-def test_missing_weights_and_bad_videos_are_reported(setup, tmp_path) -> None:
-    config, weights, videos = setup
-    assert visualize.main(["--config-file", config, "--input", videos, "--output", "x"]) == 2
+def test_unreadable_videos_are_skipped_and_counted(setup, tmp_path) -> None:
+    config, weights, _ = setup
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     args = ["--config-file", config, "--input", str(broken), "--output", str(tmp_path / "o")]
     assert visualize.main([*args, "MODEL.WEIGHTS", weights["moco"]]) == 1
-    with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS"):
-        visualize.main([*args, "MODEL.WEIGHTS", str(tmp_path / "nope.pth")])
+
+
+@pytest.mark.parametrize(
+    ("flags", "overrides", "message"),
+    [
+        ([], ["NOPE.KEY", "1"], "Non-existent config key: NOPE.KEY"),
+        ([], ["SOLVER.BASE_LR", "abc"], "Type mismatch"),
+        ([], ["INPUT.MEAN", "('a','b','c')"], "INPUT.MEAN: must hold float values"),
+        ([], ["LOG_PERIOD", "0"], "LOG_PERIOD: must be positive"),  # the config is validated
+        ([], ["MODEL.WEIGHTS", ""], "give MODEL.WEIGHTS or --compare A B"),
+        ([], ["MODEL.WEIGHTS", "nope.pth"], "MODEL.WEIGHTS: file 'nope.pth' does not exist"),
+        ([], ["MODEL.WEIGHTS", "nope"], "MODEL.WEIGHTS 'nope' is neither an existing file"),
+        ([], ["SOLVER.BASE_LR", "0.1", "--overwrite"], "options (--overwrite) must come before"),
+        (["--input", "/nonexistent"], [], "--input /nonexistent: no such file or directory"),
+        (["--config-file", ""], [], "Config file not found"),
+        (["--columns", "-1"], [], "argument --columns: must be >= 1, got -1"),
+        (["--cell", "0"], [], "argument --cell: must be >= 1, got 0"),
+        (["--cell", "x"], [], "argument --cell: expected an integer, got 'x'"),
+        (["--compare", "{moco}", "nope"], [], "--compare 'nope' is neither an existing file"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(
+    setup, tmp_path, capsys, flags: list[str], overrides: list[str], message: str
+) -> None:
+    """As tools/train_net.py: ``visualize.py: error: ...``, no traceback, nothing written."""
+    config, weights, videos = setup
+    common = ["--config-file", config, "--input", videos, "--output", str(tmp_path / "vis")]
+    flags = [flag.format(**weights) for flag in flags]  # later flags and overrides win
+    with pytest.raises(SystemExit) as stop:
+        visualize.main([*common, *flags, "MODEL.WEIGHTS", weights["moco"], *overrides])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("visualize.py: error: ") and message in err[-1], err
+    assert not (tmp_path / "vis").exists()
+
+
+def test_missing_config_file_is_a_usage_error(setup, tmp_path, capsys) -> None:
+    _, weights, videos = setup
+    with pytest.raises(SystemExit) as stop:
+        visualize.main(["--input", videos, "--output", str(tmp_path), "MODEL.WEIGHTS", "x"])
+    assert stop.value.code == 2
+    assert "the following arguments are required: --config-file" in capsys.readouterr().err

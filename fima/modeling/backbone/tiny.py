@@ -29,14 +29,10 @@ class Tiny3D(Backbone):
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
+        self.validate_config(cfg, world_size=1)
         widths = tuple(cfg.MODEL.TINY3D.WIDTHS)
         t_strides = tuple(cfg.MODEL.TINY3D.TEMPORAL_STRIDES)
         s_strides = tuple(cfg.MODEL.TINY3D.SPATIAL_STRIDES)
-        if not (len(widths) == len(t_strides) == len(s_strides) >= 1):
-            raise ValueError(
-                "MODEL.TINY3D.WIDTHS, TEMPORAL_STRIDES and SPATIAL_STRIDES must have the same "
-                f"length >= 1, got {len(widths)}, {len(t_strides)}, {len(s_strides)}"
-            )
         self.stem = nn.Sequential(
             nn.Conv3d(
                 3,
@@ -59,6 +55,27 @@ class Tiny3D(Backbone):
         self.out_channels = widths[-1]
         self.temporal_stride, self.spatial_stride = self.output_strides(cfg)
         init_conv_bn(self)
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        """One width and one positive stride of each kind per stage; raises ``ConfigError``
+        naming the key."""
+        from fima.config.validation import require
+
+        tiny = cfg.MODEL.TINY3D
+        lengths = (len(tiny.WIDTHS), len(tiny.TEMPORAL_STRIDES), len(tiny.SPATIAL_STRIDES))
+        require(
+            lengths[0] == lengths[1] == lengths[2] >= 1,
+            "MODEL.TINY3D.WIDTHS",
+            "WIDTHS, TEMPORAL_STRIDES and SPATIAL_STRIDES need one value per stage (the same "
+            f"length >= 1), got {lengths[0]}, {lengths[1]} and {lengths[2]} values",
+        )
+        for key in ("WIDTHS", "TEMPORAL_STRIDES", "SPATIAL_STRIDES"):
+            require(
+                all(v >= 1 for v in tiny[key]),
+                f"MODEL.TINY3D.{key}",
+                f"must be positive, got {tuple(tiny[key])}",
+            )
 
     @classmethod
     def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:

@@ -61,13 +61,14 @@ def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
     """The class names of ``split``, after checking its labels fit a ``num_classes``-way head.
 
     Raises:
-        ValueError: the split has unlabelled videos or another number of classes.
+        ConfigError: the split has unlabelled videos or another number of classes.
     """
+    from fima.config.validation import ConfigError
     from fima.evaluation.inference import labelled_dataset
 
     dataset = labelled_dataset(cfg, split, "Classification")
     if dataset.num_classes != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.CLASSIFIER.NUM_CLASSES is {num_classes} but {dataset!r} has "
             f"{dataset.num_classes} classes; set it to {dataset.num_classes} (or 0 to follow "
             "the dataset)"

@@ -61,11 +61,15 @@ def add_fima_config(cfg: CfgNode) -> None:
 
 def _feature_map_shape(cfg: CfgNode, num_frames: int) -> tuple[int, int, int] | None:
     """``(T', H, W)`` of the backbone's feature map for a clip of ``num_frames`` frames, found
-    on the meta device (no memory, no compute); None if the backbone cannot run there."""
+    on the meta device (no memory, no compute); None if the backbone cannot run there.
+
+    The backbone runs in eval mode: in training mode BatchNorm refuses a batch of one clip whose
+    feature map is a single cell (1x1x1), which is the very shape this check must report.
+    """
     size = cfg.INPUT.CROP_SIZE
     try:
-        with torch.device("meta"):
-            feat = build_backbone(cfg)(torch.empty(1, 3, num_frames, size, size))
+        with torch.device("meta"), torch.no_grad():
+            feat = build_backbone(cfg).eval()(torch.empty(1, 3, num_frames, size, size))
     except (NotImplementedError, RuntimeError) as err:
         logger.warning(
             "%s cannot run on the meta device (%s): FIMA checks its feature map at the first "

@@ -98,6 +98,9 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
+        for key in ("HIDDEN_DIM", "OUT_DIM"):
+            value = cfg.MODEL.PROJECTOR[key]
+            require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")
         validate_knn_config(cfg)
         if world_size == 1 and cfg.MODEL.SPLIT_BN_GROUPS == 1:
             # Not an error (a smoke test may not care), but it changes what is learnt: the

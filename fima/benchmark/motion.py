@@ -13,6 +13,9 @@ Every run is a ``tools/train_net.py`` process (the documented commands are print
 its own folder of the output directory; a finished run of the same config is not repeated, so an
 interrupted benchmark continues where it stopped, and a folder that holds a run of another config
 (an edited config, other overrides) stops the benchmark rather than being reused or overwritten.
+An evaluation is repeated when its pretraining ran again. Every run's config and the data are
+checked before the first run starts; the output directory is locked while the benchmark or any run
+it started lives, so that a second benchmark cannot train into the same folders.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -33,12 +37,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import torch
 
-from fima.config import CfgNode, get_cfg
-from fima.engine.defaults import resolve_device
+from fima.config import CfgNode, get_cfg, validate_cfg
+from fima.data.datasets import AnnotationError, build_dataset
+from fima.engine.defaults import USAGE_ERRORS, resolve_device, usage_errors
 from fima.engine.train_loop import describe_amp
+from fima.evaluation.results import sha256_of
 from fima.utils.env import (
     describe_cpu_model,
     describe_cpus,
@@ -52,6 +59,7 @@ logger = logging.getLogger(__name__)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 BENCHMARK_CONFIGS = os.path.join(ROOT, "configs", "Benchmark")
+PROG = "benchmark.py --task motion"
 METRICS = ("linear_probe/top1", "retrieval/R@1", "retrieval/R@5")
 METRIC_NAMES = {
     "linear_probe/top1": "linear probe top-1",
@@ -104,15 +112,26 @@ def _slug(name: str) -> str:
     return name.lower().replace(" w/o ", "_no_").replace(" (labels)", "").replace(" ", "_")
 
 
-def _run(argv: list[str], log_file: str, threads: int | None = None) -> tuple[int, float]:
+def _run(
+    argv: list[str], log_file: str, threads: int | None = None, lock_fd: int | None = None
+) -> tuple[int, float]:
     """Run ``tools/train_net.py argv`` in a subprocess whose output is appended to ``log_file``;
-    return its exit status and wall time in seconds. ``threads`` sets its ``OMP_NUM_THREADS``."""
+    return its exit status and wall time in seconds. ``threads`` sets its ``OMP_NUM_THREADS``;
+    the process inherits ``lock_fd`` (the output directory's lock: it stays held while the run
+    lives, even if the benchmark itself is killed). It runs in the current directory, so that
+    relative paths among the overrides mean what they mean to the user."""
     command = [sys.executable, TRAIN_NET, *argv]
-    logger.info("$ %s", " ".join(command))
+    logger.info("$ %s", shlex.join(command))
     env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     with open(log_file, "a") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        done = subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=() if lock_fd is None else (lock_fd,),
+        )
     return done.returncode, time.perf_counter() - start
 
 
@@ -134,6 +153,53 @@ def run_precision(config_file: str, opts: Sequence[str]) -> str:
     machine, in words (:func:`~fima.engine.train_loop.describe_amp`)."""
     cfg = _load_config(config_file, opts)
     return describe_amp(cfg.SOLVER.AMP, resolve_device(cfg).type)
+
+
+def _lock_output_dir(output_dir: str) -> TextIO:
+    """Hold ``output_dir``'s lock (``.lock``) for this benchmark and the runs it starts.
+
+    Raises:
+        RuntimeError: another motion benchmark, or a run that one started, uses the directory.
+    """
+    lock = open(os.path.join(output_dir, ".lock"), "w")  # noqa: SIM115  (held until the end)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise RuntimeError(
+            f"Another motion benchmark, or a run it started, is using {output_dir}: wait for it "
+            "to end (or stop its train_net.py processes), or give another --output-dir"
+        ) from None
+    return lock
+
+
+def _evaluated_checkpoint_changed(run: _Run) -> bool:
+    """Whether a finished evaluation scored another file than its checkpoint now holds (its
+    pretraining was run again since): then it must run again."""
+    checkpoint = run.opts[run.opts.index("MODEL.WEIGHTS") + 1]
+    if not checkpoint or not os.path.isfile(checkpoint):
+        return False
+    with open(os.path.join(run.folder, run.marker)) as f:
+        recorded = json.load(f).get("checkpoint_sha256")
+    return recorded != sha256_of(checkpoint)
+
+
+def _check_runs(runs: Sequence[_Run]) -> None:
+    """Check every run's config, and the data they read, before any run starts.
+
+    Raises:
+        ConfigError, KeyError, ValueError: a bad override or config (the message names the key).
+        FileNotFoundError, AnnotationError: the dataset is not where or what the config says.
+    """
+    for run in runs:
+        opts = list(run.opts)
+        if run.flags and "MODEL.WEIGHTS" in opts:  # an evaluation: its pretraining writes them
+            opts[opts.index("MODEL.WEIGHTS") + 1] = ""
+        validate_cfg(_load_config(run.config_file, opts))
+    # Every run reads the same data: the training and test splits, checked once.
+    cfg = _load_config(runs[0].config_file, runs[0].opts)
+    for split in (cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT):
+        build_dataset(cfg, split)
 
 
 def _is_done(run_dir: str, marker: str, config_file: str, opts: Sequence[str]) -> bool:
@@ -201,6 +267,10 @@ def _plan(
     return plan
 
 
+class RunFailedError(RuntimeError):
+    """A run of the benchmark exited with an error (its output is in ``runs.log``)."""
+
+
 class _NotStarted(Exception):
     """A run not started because another one failed."""
 
@@ -240,70 +310,86 @@ def run_motion_benchmark(
     )
     logger.info("Motion benchmark: runs %s, in %s", result.cpu_sharing, result.precision)
     os.makedirs(output_dir, exist_ok=True)
-    log_file = os.path.join(output_dir, "runs.log")
-    threads = run_threads(jobs)
-    # Checked for all runs before any starts: a folder of another config stops the benchmark
-    # before it spends anything.
-    done = {
-        run.folder: _is_done(run.folder, run.marker, run.config_file, run.opts)
-        for _, _, runs in plan
-        for run in runs
-    }
-    log_lock = threading.Lock()
-    failed = threading.Event()
+    lock = _lock_output_dir(output_dir)
+    # Held until the benchmark ends, however it ends (the runs it starts inherit it).
+    with lock:
+        log_file = os.path.join(output_dir, "runs.log")
+        threads = run_threads(jobs)
+        # Checked for all runs before any starts: a folder of another config, a bad override or a
+        # dataset that is not there stops the benchmark before it spends anything.
+        done = {
+            run.folder: _is_done(run.folder, run.marker, run.config_file, run.opts)
+            and not (run.flags and _evaluated_checkpoint_changed(run))
+            for _, _, runs in plan
+            for run in runs
+        }
+        to_run = [run for _, _, runs in plan for run in runs if not done[run.folder]]
+        if to_run:
+            _check_runs(to_run)
+        executed: set[str] = set()
+        log_lock = threading.Lock()
+        failed = threading.Event()
 
-    def execute(runs: list[_Run]) -> dict[str, float]:
-        """Run ``runs`` in order; their wall times by ``timed_as``."""
-        seconds = {}
-        for run in runs:
-            if done[run.folder]:
-                continue
-            if failed.is_set():  # another run failed: start nothing more
-                raise _NotStarted()
-            resume = ["--resume"] if run.timed_as and os.path.isdir(run.folder) else []
-            argv = ["--config-file", run.config_file, *run.flags, *resume, *run.opts]
-            if jobs == 1:
-                status, elapsed = _run(argv, log_file)
-            else:
-                # Its own file while it runs, then appended whole: runs.log stays readable.
-                own_log = os.path.join(output_dir, f".{os.path.basename(run.folder)}.log")
+        def execute(runs: list[_Run]) -> dict[str, float]:
+            """Run ``runs`` in order; their wall times by ``timed_as``. Once a run has run, the
+            ones after it run too (an evaluation of a pretraining that ran again)."""
+            seconds = {}
+            ran = False
+            for run in runs:
+                if done[run.folder] and not ran:
+                    continue
+                if failed.is_set():  # another run failed: start nothing more
+                    raise _NotStarted()
+                resume = ["--resume"] if run.timed_as and os.path.isdir(run.folder) else []
+                argv = ["--config-file", run.config_file, *run.flags, *resume, *run.opts]
+                ran = True
+                executed.add(run.folder)
+                if jobs == 1:
+                    status, elapsed = _run(argv, log_file, lock_fd=lock.fileno())
+                else:
+                    # Its own file while it runs, then appended whole: runs.log stays readable.
+                    own_log = os.path.join(output_dir, f".{os.path.basename(run.folder)}.log")
+                    open(own_log, "w").close()  # not what a killed benchmark left there
+                    try:
+                        status, elapsed = _run(argv, own_log, threads, lock_fd=lock.fileno())
+                    finally:
+                        with log_lock, open(own_log) as part, open(log_file, "a") as log:
+                            shutil.copyfileobj(part, log)
+                        os.remove(own_log)
+                if status != 0:
+                    failed.set()
+                    raise RunFailedError(
+                        f"Run {run.folder} failed (exit {status}); its output is in {log_file}"
+                    )
+                if run.timed_as:
+                    seconds[run.timed_as] = elapsed
+            return seconds
+
+        first_error: Exception | None = None
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(execute, runs) for _, _, runs in plan]:
                 try:
-                    status, elapsed = _run(argv, own_log, threads)
-                finally:
-                    with log_lock, open(own_log) as part, open(log_file, "a") as log:
-                        shutil.copyfileobj(part, log)
-                    os.remove(own_log)
-            if status != 0:
-                failed.set()
-                raise RuntimeError(
-                    f"Run {run.folder} failed (exit {status}); its output is in {log_file}"
-                )
-            if run.timed_as:
-                seconds[run.timed_as] = elapsed
-        return seconds
-
-    first_error: Exception | None = None
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(execute, runs) for _, _, runs in plan]:
-            try:
-                result.seconds.update(future.result())
-            except _NotStarted:
-                pass
-            except Exception as err:  # the runs under way finish; then the first error is raised
-                failed.set()
-                first_error = first_error or err
-    if first_error is not None:
-        raise first_error
-    order = [run.timed_as for _, _, runs in plan for run in runs if run.timed_as]
-    result.seconds = {key: result.seconds[key] for key in order if key in result.seconds}
-    result.reused = [folder for folder, finished in done.items() if finished]
-    evaluations = {(name, seed): runs[-1].folder for name, seed, runs in plan}
-    for seed in seeds:
-        for name in (RANDOM, *(arm.name for arm in arms)):
-            with open(os.path.join(evaluations[name, seed], "results.json")) as f:
-                metrics = json.load(f)["metrics"]
-            result.metrics.setdefault(name, {})[seed] = {m: float(metrics[m]) for m in METRICS}
-    return result
+                    result.seconds.update(future.result())
+                except _NotStarted:
+                    pass
+                # The runs under way finish; then the first error is raised.
+                except Exception as err:
+                    failed.set()
+                    first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+        order = [run.timed_as for _, _, runs in plan for run in runs if run.timed_as]
+        result.seconds = {key: result.seconds[key] for key in order if key in result.seconds}
+        result.reused = [
+            folder for folder, finished in done.items() if finished and folder not in executed
+        ]
+        evaluations = {(name, seed): runs[-1].folder for name, seed, runs in plan}
+        for seed in seeds:
+            for name in (RANDOM, *(arm.name for arm in arms)):
+                with open(os.path.join(evaluations[name, seed], "results.json")) as f:
+                    metrics = json.load(f)["metrics"]
+                result.metrics.setdefault(name, {})[seed] = {m: float(metrics[m]) for m in METRICS}
+        return result
 
 
 def _mean_std(values: list[float], signed: bool = False) -> str:
@@ -416,6 +502,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: distinct non-negative integers (a negative SEED draws a random one per run,
+    which would pair runs of unrelated seeds; a repeated seed would run into one folder twice)."""
+    try:
+        seeds = [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text!r}")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tools/benchmark.py --task motion",
@@ -426,9 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="output/motion_benchmark")
     parser.add_argument(
         "--seeds",
-        type=lambda text: [int(seed) for seed in text.split(",")],
+        type=_seed_list,
         default=[0, 1, 2],
-        help="comma-separated seeds (default 0,1,2)",
+        help="comma-separated seeds, distinct and >= 0 (default 0,1,2)",
     )
     parser.add_argument(
         "--jobs",
@@ -450,9 +548,19 @@ def main(argv: list[str]) -> BenchmarkResult:
     run the benchmark, print its table and write ``results.md`` and ``results.json`` into the
     output directory."""
     args = build_parser().parse_args(argv)
+    # The runs see the output directory and the overrides from where the user stands.
+    args.output_dir = os.path.abspath(args.output_dir)
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
-    result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=args.jobs)
+    # A bad override, a dataset that is not there, a folder of another run, the output directory
+    # in use: one line, exit 2. A run that fails: one line naming its log, exit 1.
+    with usage_errors(PROG, (*USAGE_ERRORS, AnnotationError, RuntimeError)):
+        try:
+            result = run_motion_benchmark(args.output_dir, args.seeds, args.opts, jobs=args.jobs)
+        except RunFailedError as err:
+            logger.debug("A run failed", exc_info=True)
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
     elapsed = time.perf_counter() - start
     command = shlex.join(["python", "tools/benchmark.py", "--task", "motion", *argv])
     table = markdown_table(result, command, elapsed)

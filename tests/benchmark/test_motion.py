@@ -18,12 +18,14 @@ from fima.benchmark.motion import (
     RANDOM,
     Arm,
     BenchmarkResult,
+    RunFailedError,
     cpu_sharing,
     main,
     paired_differences,
     run_motion_benchmark,
     run_precision,
 )
+from fima.evaluation.results import sha256_of
 from fima.utils.env import describe_cpu_model, processes_per_cpus, threads_per_process
 
 from .independent_motion import MOTIONS, make_dataset
@@ -98,10 +100,21 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     # Another config (here another budget) in the same folder: neither reused nor overwritten.
     checkpoint = out / "moco_seed0" / "model_final.pth"
     before = checkpoint.read_bytes()
-    with pytest.raises(RuntimeError, match="another config"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
         main(["--output-dir", str(out), "--seeds", "0", *TINY, "SOLVER.MAX_ITER", "4"])
+    assert stopped.value.code == 2 and "holds a run of another config" in capsys.readouterr().err
     assert checkpoint.read_bytes() == before
     assert (out / "runs.log").read_text() == runs_log
+
+    # A pretraining run again (its folder moved away) is evaluated again, not read from the
+    # evaluation of its former checkpoint; the other runs are reused.
+    os.rename(out / "moco_seed0", tmp_path / "moco_seed0_before")
+    relative = os.path.relpath(out, os.getcwd())  # the runs see it from where the user stands
+    rerun = main(["--output-dir", relative, "--seeds", "0", *TINY])
+    record = json.loads((out / "eval_moco_seed0" / "results.json").read_text())
+    assert record["checkpoint_sha256"] == sha256_of(str(out / "moco_seed0" / "model_final.pth"))
+    assert len(rerun.reused) == 2 * len(ARMS) - 1 and list(rerun.seconds) == ["MoCo seed 0"]
 
 
 @pytest.mark.slow
@@ -141,17 +154,19 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
 def test_a_failed_run_stops_the_benchmark_after_the_runs_under_way(tmp_path) -> None:
     """With 2 runs at a time, a run that fails is named, the run beside it finishes, and no
     further run starts."""
-    broken = Arm("Broken", "moco_motion.yaml", ("MODEL.BACKBONE.NAME", "NoSuchBackbone"))
+    # Weights that exist (so the config is valid) but are not a checkpoint: the run fails.
+    (tmp_path / "weights.pth").write_text("not a checkpoint")
+    broken = Arm("Broken", "moco_motion.yaml", ("MODEL.WEIGHTS", str(tmp_path / "weights.pth")))
     moco = next(arm for arm in ARMS if arm.name == "MoCo")
     out = tmp_path / "bench"
-    with pytest.raises(RuntimeError, match="broken_seed0 failed"):
+    with pytest.raises(RunFailedError, match="broken_seed0 failed"):
         run_motion_benchmark(str(out), [0], TINY, arms=[broken, moco], jobs=2)
     # The MoCo pretraining started beside the broken run and was let finish.
     assert (out / "moco_seed0" / "model_final.pth").is_file()
     # The random init's evaluation, queued behind the broken run, never started.
     assert not (out / "eval_random_init_seed0").exists()
     log = (out / "runs.log").read_text()
-    assert "NoSuchBackbone" in log
+    assert "Cannot read checkpoint" in log
     assert [name for name in os.listdir(out) if name.endswith(".log")] == ["runs.log"]
 
 
@@ -185,25 +200,59 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
 
     asked = []
 
-    def record(argv, log_file, threads=None):
+    def record(argv, log_file, threads=None, lock_fd=None):
         asked.append(threads)
         with open(log_file, "a") as log:
             log.write("not run\n")
         return 1, 0.0  # a failed run: the benchmark stops after the runs under way
 
     monkeypatch.setattr(motion, "_run", record)
+    monkeypatch.setattr(motion, "_check_runs", lambda runs: None)  # the full-size data
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     # 64 CPUs, 1 seed: 6 runs can go at once (5 arms and the random init), ~10 threads each.
-    with pytest.raises(RuntimeError, match="failed"):
+    with pytest.raises(SystemExit) as stopped:  # a failed run: one line, exit status 1
         main(["--output-dir", str(tmp_path / "one"), "--seeds", "0"])
+    assert stopped.value.code == 1
     assert set(asked) == {10}
     assert "6 at a time, 10 thread(s) each" in (tmp_path / "one" / "log.txt").read_text()
     asked.clear()
-    with pytest.raises(RuntimeError, match="failed"):
+    with pytest.raises(SystemExit):
         main(["--output-dir", str(tmp_path / "three"), "--seeds", "0", "--jobs", "3"])
     assert set(asked) == {21}
+
+
+@pytest.mark.parametrize("seeds", ["0,0", "-1", "0,x"])
+def test_seeds_must_be_distinct_and_not_negative(tmp_path, capsys, seeds: str) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--output-dir", str(tmp_path), "--seeds", seeds])
+    assert stopped.value.code == 2 and "--seeds" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_bad_overrides_and_missing_data_stop_before_any_run(tmp_path, capsys, monkeypatch) -> None:
+    import fima.benchmark.motion as motion
+
+    monkeypatch.setattr(motion, "_run", mock.Mock(side_effect=AssertionError("a run started")))
+    for opts, message in (
+        (["NO.SUCH_KEY", "1"], "NO.SUCH_KEY"),
+        (["DATA.DATASET", "VideoList", "DATA.ROOT", str(tmp_path)], "split 'train'"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--output-dir", str(tmp_path / "out"), "--seeds", "0", *TINY_RUN, *opts])
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_second_benchmark_in_the_same_folder_is_refused_while_the_first_runs(tmp_path) -> None:
+    from fima.benchmark.motion import _lock_output_dir
+
+    with (
+        _lock_output_dir(str(tmp_path)),
+        pytest.raises(RuntimeError, match="Another motion benchmark, or a run it started"),
+    ):
+        _lock_output_dir(str(tmp_path))
+    _lock_output_dir(str(tmp_path)).close()  # free again once the first lets go
 
 
 def _result(top1: dict[str, list[float]]) -> BenchmarkResult:

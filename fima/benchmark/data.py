@@ -48,6 +48,7 @@ from fima.data.build import WindowClips, load_index
 from fima.data.decoder import decode_frames
 from fima.data.index import build_index
 from fima.data.transforms import random_crop_flip
+from fima.engine.defaults import int_at_least
 from fima.utils.env import available_cpus, describe_cpu_model, describe_cpus
 from fima.utils.memory import retain_freed_memory
 
@@ -56,6 +57,23 @@ logger = logging.getLogger(__name__)
 FPS = 25
 WINDOW = 32  # NUM_FRAMES 16 x SAMPLING_RATE 2, the recipe's window
 SHORT_SIDE = 256
+
+
+# The counts of a full run and of a --quick one.
+COUNTS = {
+    "batch_size": 8,
+    "loader_batches": 8,
+    "windows": 40,
+    "index_videos": 2000,
+    "rss_clips": 5000,
+}
+QUICK_COUNTS = {
+    "batch_size": 2,
+    "loader_batches": 2,
+    "windows": 4,
+    "index_videos": 100,
+    "rss_clips": 40,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -67,19 +85,30 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
     )
     parser.add_argument(
         "--num-workers",
-        type=int,
+        type=int_at_least(0),
         default=available_cpus(),
         help="data-loader workers of the parallel loader run (default: one per usable CPU)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="loader batch size")
-    parser.add_argument("--loader-batches", type=int, default=8, help="timed batches per run")
-    parser.add_argument("--windows", type=int, default=40, help="windows per keyframe interval")
-    parser.add_argument("--index-videos", type=int, default=2000, help="videos to index")
-    parser.add_argument("--rss-clips", type=int, default=5000, help="clips of the memory test")
+    # The counts: None takes the default of the run's size (COUNTS, QUICK_COUNTS).
+    for option, what in (
+        ("--batch-size", "loader batch size"),
+        ("--loader-batches", "timed batches per run"),
+        ("--windows", "windows per keyframe interval"),
+        ("--index-videos", "videos to index"),
+        ("--rss-clips", "clips of the memory test"),
+    ):
+        dest = option[2:].replace("-", "_")
+        parser.add_argument(
+            option,
+            type=int_at_least(1),
+            default=None,
+            help=f"{what} (default {COUNTS[dest]}; with --quick {QUICK_COUNTS[dest]})",
+        )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small numbers everywhere: checks that the tooling works, figures not meaningful",
+        help="small numbers for the counts not given: checks that the tooling works, figures "
+        "not meaningful",
     )
 
 
@@ -392,6 +421,8 @@ def indexing(workdir: str, num_videos: int) -> list[Figure]:
     figures = []
     for threads in (1, 8):
         cache = os.path.join(workdir, f"index-{threads}.json")
+        if os.path.exists(cache):  # a kept --workdir's: the first start is a cold one
+            os.remove(cache)
         start = time.perf_counter()
         dataset = build_dataset(cfg, "train")
         build_index(dataset, cache, num_threads=threads)
@@ -503,9 +534,9 @@ def _workdir(path: str) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
     """Generate the videos, run every section, return the figures and notes for the report."""
-    if args.quick:
-        args.windows, args.index_videos, args.rss_clips = 4, 100, 40
-        args.loader_batches, args.batch_size = 2, 2
+    for dest, count in (QUICK_COUNTS if args.quick else COUNTS).items():
+        if getattr(args, dest) is None:  # not given on the command line
+            setattr(args, dest, count)
     # As in a data-loader worker: one thread (the measurements are per core), freed memory kept.
     torch.set_num_threads(1)
     retain_freed_memory()
@@ -527,7 +558,7 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
         paths = generate([*videos["1 s"], *videos["10 s"], hd])
         by_interval = {"1 s": paths[:4], "10 s": paths[4:8]}
         loader_root = os.path.join(workdir, "loader")
-        os.makedirs(loader_root)
+        os.makedirs(loader_root, exist_ok=True)  # a kept --workdir is reused
         with open(os.path.join(loader_root, "train.csv"), "w") as f:
             f.writelines(f"{path},{path.split(os.sep)[-2]}\n" for path in paths[:8])
         output = os.path.join(workdir, "output")

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from fima.config import CfgNode, get_cfg
-from fima.config.validation import validate_cfg_without_data
+from fima.config.validation import require, validate_cfg_without_data
 from fima.engine.defaults import int_at_least, resolve_device, usage_errors
 from fima.engine.solver import build_optimizer
 from fima.engine.train_loop import (
@@ -65,6 +65,7 @@ from fima.engine.train_loop import (
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
+from fima.modeling.ssl.moco import MoCo
 from fima.utils.env import describe_cpu_model
 from fima.utils.events import EventStorage
 from fima.utils.logger import setup_logger
@@ -160,6 +161,13 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
         if cfg.SEED < 0:
             cfg.SEED = 0
         validate_cfg_without_data(cfg)
+        method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        require(
+            issubclass(method, MoCo),
+            "MODEL.META_ARCHITECTURE",
+            "the train benchmark times the encoder passes of MoCo-style pretraining (MoCo, FIMA "
+            f"and methods built on them), not {cfg.MODEL.META_ARCHITECTURE}",
+        )
     cfg.freeze()
     return cfg
 
@@ -663,7 +671,11 @@ def variant_configs(
 def main(argv: list[str]) -> dict[str, Any]:
     """Run the train benchmark with the command line ``argv``; print and return the results."""
     argv_a, argv_b = split_compare(argv)
-    args = build_parser().parse_args(argv_a)
+    parser = build_parser()
+    args = parser.parse_args(argv_a)
+    folder = os.path.dirname(os.path.abspath(args.output_json)) if args.output_json else ""
+    if folder and not os.path.isdir(folder):
+        parser.error(f"--output-json: folder {folder} does not exist")
     setup_logger(name="fima")
     specs: list[tuple[str, str, list[str]]] = [("A", args.config_file, list(args.opts))]
     if argv_b is not None:

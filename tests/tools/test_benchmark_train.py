@@ -256,6 +256,9 @@ def test_dtype_choices_name_the_dtype_autocast_computes_in(monkeypatch) -> None:
         (["SOLVER.BASE_LR", "0.1", "--output-json", "r.json"],
          "options (--output-json) must come before the KEY VALUE overrides"),
         (["LOG_PERIOD", "0"], "benchmark.py --task train: error: LOG_PERIOD: must be positive"),
+        (["--output-json", "/nowhere/r.json"], "--output-json: folder /nowhere does not exist"),
+        (["MODEL.META_ARCHITECTURE", "VideoClassifier", "MODEL.CLASSIFIER.NUM_CLASSES", "4"],
+         "MODEL.META_ARCHITECTURE: the train benchmark times the encoder passes of MoCo-style"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_usage_errors(capsys, args: list[str], message: str) -> None:

@@ -106,8 +106,9 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
             "configs/Retrieval), or monitor pretraining with TEST.KNN.ENABLED True"
         )
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
-    if args.resume and checkpointer.has_checkpoint():
-        checkpoint = checkpointer.get_checkpoint_file()
+    newest = checkpointer.newest_readable_file() if args.resume else None
+    if newest is not None:
+        checkpoint = newest
     else:
         try:
             checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""

@@ -397,6 +397,18 @@ class Checkpointer(_FvcoreCheckpointer):
             logger.info("Removed unfinished writes of an earlier run: %s", ", ".join(removed))
         return removed
 
+    def newest_readable_file(self) -> str | None:
+        """The newest checkpoint file of ``save_dir`` that can be read, falling back past
+        unreadable ones as :meth:`resume` does (each logged); None when there is none.
+
+        Raises:
+            CheckpointReadError: checkpoints exist but none can be read.
+        """
+        _, path, error = self._newest_readable()
+        if error is not None:
+            raise CheckpointReadError(error)
+        return path
+
     def _newest_readable(self) -> tuple[dict[str, Any] | None, str | None, str | None]:
         """``(checkpoint, path, None)`` of the newest readable file, ``(None, None, None)`` when
         there is none, or ``(None, None, error)`` when files exist but none can be read."""

@@ -196,8 +196,17 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     fima_logger = setup_logger(None, distributed_rank=rank, name="fima")
     held = logging.handlers.BufferingHandler(capacity=sys.maxsize)
     fima_logger.addHandler(held)
+    # Rank 0 decides, so that all ranks stop together (other machines may not see the files).
+    previous = comm.broadcast_object(
+        _previous_run_files(output_dir) if comm.is_main_process() else None
+    )
+    checked = cfg
+    if args is not None and args.resume and previous:
+        # Resuming reads OUTPUT_DIR's checkpoints, not MODEL.WEIGHTS, which may be gone since.
+        checked = cfg.clone()
+        checked.MODEL.WEIGHTS = ""
     try:
-        validate_cfg(cfg, comm.get_world_size())
+        validate_cfg(checked, comm.get_world_size())
     finally:
         fima_logger.removeHandler(held)
     if comm.is_main_process():
@@ -226,10 +235,6 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
     resuming = args is not None and (args.resume or args.eval_only)
-    # Rank 0 decides, so that all ranks stop together (other machines may not see the files).
-    previous = comm.broadcast_object(
-        _previous_run_files(output_dir) if comm.is_main_process() else None
-    )
     if not resuming and previous:
         raise FileExistsError(
             f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(previous[:3])}). Pass "

@@ -11,7 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from fima.checkpoint import Checkpointer, CheckpointMismatchError, atomic_write
+from fima.checkpoint import (
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    atomic_write,
+)
 from fima.engine.hooks import PeriodicCheckpointer
 
 
@@ -93,6 +98,8 @@ def test_truncated_newest_falls_back_with_a_warning_naming_it(tmp_path, caplog) 
         extra = _checkpointer(tmp_path).resume()
     assert extra["iteration"] == 1
     assert f"Cannot read checkpoint {newest}" in caplog.text
+    # --eval-only --resume evaluates the same file as resuming would train from.
+    assert _checkpointer(tmp_path).newest_readable_file() == str(tmp_path / "model_0000001.pth")
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
@@ -102,6 +109,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
     (tmp_path / "model_0000001.pth").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="None of the checkpoints"):
         checkpointer.resume()
+    with pytest.raises(CheckpointReadError, match="None of the checkpoints"):
+        checkpointer.newest_readable_file()
 
 
 def test_checkpoint_of_another_model_config_lists_the_mismatched_keys(tmp_path) -> None:

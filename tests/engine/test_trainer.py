@@ -150,6 +150,17 @@ def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> N
     assert not (out / "config.yaml").exists()
 
 
+def test_resuming_does_not_need_the_weights_the_run_started_from(tmp_path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model_0000003.pth").write_bytes(b"the run's own checkpoint")
+    cfg = tiny_cfg(str(out), **{"MODEL.WEIGHTS": str(tmp_path / "moved_away.pth")})
+    with pytest.raises(ConfigError, match="MODEL.WEIGHTS: file .*moved_away.pth' does not exist"):
+        default_setup(cfg.clone(), argparse.Namespace(resume=False, eval_only=False))
+    resumed = default_setup(cfg, argparse.Namespace(resume=True, eval_only=False))
+    assert str(tmp_path / "moved_away.pth") == resumed.MODEL.WEIGHTS  # recorded as given
+
+
 def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp_path) -> None:
     def config(max_iter: int, resume: bool):
         cfg = tiny_cfg(

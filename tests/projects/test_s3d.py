@@ -57,8 +57,9 @@ def test_full_width_matches_torchvision_s3d_size_and_i3d_output() -> None:
 
 def test_width_mult_scales_the_channels_and_is_validated() -> None:
     assert build_backbone(s3d_cfg(width_mult=0.25)).out_channels == 256
-    with pytest.raises(ConfigError, match=r"^MODEL\.S3D\.WIDTH_MULT: must be positive"):
-        validate_cfg(s3d_cfg(width_mult=0.0))
+    for width_mult in (0.0, float("inf")):
+        with pytest.raises(ConfigError, match=r"^MODEL\.S3D\.WIDTH_MULT: must be positive"):
+            validate_cfg(s3d_cfg(width_mult=width_mult))
 
 
 @pytest.mark.parametrize("method", ["MoCo", "FIMA"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -83,11 +85,14 @@ class S3D(Backbone):
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """``MODEL.S3D.WIDTH_MULT`` must be positive; raises ``ConfigError`` naming the key."""
+        """``MODEL.S3D.WIDTH_MULT`` must be positive and finite; raises ``ConfigError`` naming
+        the key."""
         from fima.config.validation import require
 
         mult = cfg.MODEL.S3D.WIDTH_MULT
-        require(mult > 0, "MODEL.S3D.WIDTH_MULT", f"must be positive, got {mult}")
+        require(
+            0 < mult < math.inf, "MODEL.S3D.WIDTH_MULT", f"must be positive and finite, got {mult}"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, T, H, W]`` -> ``[B, C, T/8, H/32, W/32]`` (for sizes that divide by them)."""

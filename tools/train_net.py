@@ -29,6 +29,7 @@ import torch
 from fima.checkpoint import Checkpointer, CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import resolve_weights
 from fima.config import CfgNode, ConfigError, get_cfg
+from fima.data.bad_videos import TooManyBadVideosError
 from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from fima.engine.defaults import resolve_device, usage_error, usage_errors
@@ -137,6 +138,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     # read or do not fit the model: one line, as for a bad config; the traceback goes to the log.
     stopped_before_training = (
         AnnotationError,
+        TooManyBadVideosError,
         ConfigError,
         FileNotFoundError,
         CheckpointMismatchError,

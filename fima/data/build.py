@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fima.config.config import CfgNode
 from fima.config.validation import require, runs_on_gpu
-from fima.data.bad_videos import BadVideoTracker
+from fima.data.bad_videos import BadVideoTracker, TooManyBadVideosError
 from fima.data.datasets.build import VideoDataset, build_dataset
 from fima.data.decoder import DecodeError, VideoInfo, decode_frames
 from fima.data.index import build_index, index_cache_file
@@ -481,7 +481,7 @@ def load_index(
         than ``DATA.MIN_VIDEO_FRAMES``), and ``{path: reason}`` of the bad ones.
 
     Raises:
-        RuntimeError: no video of the dataset is usable.
+        TooManyBadVideosError: no video of the dataset is usable.
     """
     infos, bad = build_index(dataset, index_cache_file(dataset, cfg.OUTPUT_DIR))
     min_frames = cfg.DATA.MIN_VIDEO_FRAMES
@@ -493,7 +493,7 @@ def load_index(
             infos[i] = None
     if infos and all(info is None for info in infos):
         path, reason = next(iter(bad.items()))
-        raise RuntimeError(f"No usable video in {dataset!r}; e.g. {path}: {reason}")
+        raise TooManyBadVideosError(f"No usable video in {dataset!r}; e.g. {path}: {reason}")
     return infos, bad
 
 

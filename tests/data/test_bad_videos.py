@@ -120,3 +120,14 @@ def test_tracker_merges_into_the_file_and_counts(tmp_path) -> None:
     np.testing.assert_equal(
         sorted(os.listdir(tmp_path)), [".bad_videos.txt.lock", "bad_videos.txt"]
     )
+
+
+def test_a_split_without_one_usable_video_is_named_at_start_up(tmp_path) -> None:
+    root = tmp_path / "data"
+    for i, kind in enumerate(("zero", "text")):
+        (root / "train" / "walk").mkdir(parents=True, exist_ok=True)
+        (root / "train" / "walk" / f"{i}.mp4").write_bytes(b"" if kind == "zero" else b"text")
+    cfg = tiny_cfg(str(tmp_path / "out"), **{"DATA.DATASET": "VideoList", "DATA.ROOT": str(root)})
+    dataset = build_dataset(cfg, "train")
+    with pytest.raises(TooManyBadVideosError, match=r"No usable video in VideoList\(split="):
+        load_index(cfg, dataset)

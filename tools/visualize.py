@@ -21,11 +21,13 @@ import logging
 import os
 import sys
 
+from fima.checkpoint import CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import weights_problem
 from fima.config import get_cfg
 from fima.config.validation import validate_cfg_without_data
 from fima.data.decoder import DecodeError
 from fima.engine.defaults import int_at_least, resolve_device, usage_error, usage_errors
+from fima.model_zoo import DownloadError
 from fima.utils.logger import setup_logger
 from fima.utils.progress import progress_bar
 from fima.utils.visualization import (
@@ -139,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             "replace them or choose another --output",
         )
     device = resolve_device(cfg)
-    models = [(checkpoint_label(w), *load_encoders(cfg, w, device)) for w in weights]
+    # Weights that cannot be read, downloaded or fitted to the config's model: one line.
+    with usage_errors(PROG, (CheckpointMismatchError, CheckpointReadError, DownloadError)):
+        models = [(checkpoint_label(w), *load_encoders(cfg, w, device)) for w in weights]
     failed = 0
     for video, target in zip(progress_bar(videos, "visualize", total=len(videos)), targets):
         try:

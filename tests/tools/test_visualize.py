@@ -102,6 +102,8 @@ def test_unreadable_videos_are_skipped_and_counted(setup, tmp_path) -> None:
         (["--cell", "0"], [], "argument --cell: must be >= 1, got 0"),
         (["--cell", "x"], [], "argument --cell: expected an integer, got 'x'"),
         (["--compare", "{moco}", "nope"], [], "--compare 'nope' is neither an existing file"),
+        ([], ["MODEL.TINY3D.WIDTHS", "(8, 16, 16, 64)"], "does not match the model: shape: "),
+        ([], ["MODEL.WEIGHTS", "{config}"], "Cannot read checkpoint"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(
@@ -111,6 +113,7 @@ def test_user_errors_are_one_line_with_status_2(
     config, weights, videos = setup
     common = ["--config-file", config, "--input", videos, "--output", str(tmp_path / "vis")]
     flags = [flag.format(**weights) for flag in flags]  # later flags and overrides win
+    overrides = [value.format(config=config) for value in overrides]
     with pytest.raises(SystemExit) as stop:
         visualize.main([*common, *flags, "MODEL.WEIGHTS", weights["moco"], *overrides])
     assert stop.value.code == 2

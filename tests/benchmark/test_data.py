@@ -59,3 +59,22 @@ def test_quick_data_benchmark_reports_every_figure(tmp_path) -> None:
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Start-up: indexing 60 short videos" in again.stdout
+
+
+def test_a_kept_workdir_indexes_cold_on_every_first_start(tmp_path, monkeypatch) -> None:
+    """The "first start" figures time an index built from the headers, also when --workdir
+    keeps the cache files of an earlier run."""
+    from fima.benchmark import data
+
+    cold = []
+
+    def recording_build_index(dataset, cache, **kwargs):
+        cold.append(not os.path.exists(cache))
+        return build_index(dataset, cache, **kwargs)
+
+    build_index = data.build_index
+    monkeypatch.setattr(data, "build_index", recording_build_index)
+    for _ in range(2):
+        data.indexing(str(tmp_path), num_videos=4)
+    # Per run: the 1- and 8-thread first starts are cold, the start after them reads the cache.
+    assert cold == [True, True, False, True, True, False]

@@ -190,6 +190,18 @@ def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 8
 
 
+def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None:
+    def config(max_iter: int, resume: bool):
+        cfg = tiny_cfg(str(tmp_path / "run"), **{"SOLVER.MAX_ITER": max_iter})
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    _run(config(3, resume=False), resume=False)
+    resumed, recorder = _run(config(2, resume=True), resume=True)
+    assert resumed.start_iter == 3 and recorder.losses == []
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "has trained 3 iterations, as many as or more than this run's 2" in log
+
+
 def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     for flag in (True, False):

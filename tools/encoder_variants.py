@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fima.config import get_cfg
+from fima.engine.defaults import int_at_least
 from fima.modeling.backbone import build_backbone
 
 CL = torch.channels_last_3d
@@ -167,11 +168,17 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu"
     )
-    parser.add_argument("--crop", type=int, default=224, help="clip height and width (16 frames)")
-    parser.add_argument("--q", type=int, default=16, help="clips of the forward+backward pass")
-    parser.add_argument("--k", type=int, default=48, help="clips of the no-grad pass")
-    parser.add_argument("--iters", type=int, default=10, help="timed steps (the median is kept)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--crop", type=int_at_least(1), default=224, help="clip height and width (16 frames)"
+    )
+    parser.add_argument(
+        "--q", type=int_at_least(1), default=16, help="clips of the forward+backward pass"
+    )
+    parser.add_argument("--k", type=int_at_least(1), default=48, help="clips of the no-grad pass")
+    parser.add_argument(
+        "--iters", type=int_at_least(1), default=10, help="timed steps (the median is kept)"
+    )
+    parser.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first")
     parser.add_argument(
         "--one",
         default="",

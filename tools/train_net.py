@@ -35,6 +35,7 @@ from fima.engine import DefaultTrainer, default_argument_parser, default_setup, 
 from fima.engine.defaults import resolve_device, usage_error, usage_errors
 from fima.engine.launch import check_launch_arguments, resolve_backend
 from fima.evaluation import summary_table, write_results
+from fima.evaluation.evaluator import check_evaluator
 from fima.model_zoo import DownloadError
 from fima.utils import comm
 
@@ -106,6 +107,8 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
             "backbone with a linear-probe or retrieval config (configs/Linear, "
             "configs/Retrieval), or monitor pretraining with TEST.KNN.ENABLED True"
         )
+    # The splits the evaluation reads, and their labels, before anything is loaded or inferred.
+    check_evaluator(evaluator, model)
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
     newest = checkpointer.newest_readable_file() if args.resume else None
     if newest is not None:

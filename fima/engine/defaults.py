@@ -27,6 +27,7 @@ from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
+from fima.evaluation.evaluator import check_evaluator
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -458,9 +459,7 @@ class DefaultTrainer(SimpleTrainer):
         evaluator = self.build_evaluator(cfg, self.method)
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
-        check_evaluator = getattr(evaluator, "check", None)
-        if check_evaluator is not None:
-            check_evaluator(self.method)
+        check_evaluator(evaluator, self.method)
         return [
             # First, so that a step's time includes every other hook.
             hooks.IterationTimer(),

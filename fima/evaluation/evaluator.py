@@ -4,8 +4,9 @@ An evaluator is any object with ``evaluate(model) -> dict[str, float]`` that run
 (``DefaultTrainer.test`` calls it with the unwrapped model in eval mode; ``EvalHook`` puts the
 results into the event storage). One may also define ``check(model)``, which builds what the
 evaluation reads and raises if it could not run (a split that does not build, videos without a
-label); a training run calls it at start-up, so that such a problem stops the run before training
-rather than after it.
+label); a training run calls it at start-up and ``--eval-only`` before it loads the weights, so
+that such a problem stops the run before anything is spent, and the periodic evaluations do not
+build the datasets again to check them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ logger = logging.getLogger(__name__)
 
 class Evaluator(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
+
+
+def check_evaluator(evaluator: Any, model: nn.Module) -> None:
+    """Run ``evaluator.check(model)`` where the evaluator has one (see the module doc)."""
+    check = getattr(evaluator, "check", None)
+    if check is not None:
+        check(model)
 
 
 class BestModelSelector:
@@ -104,9 +112,7 @@ class EvaluatorList:
     def check(self, model: nn.Module) -> None:
         """Run every evaluator's ``check(model)``, where it has one (see the module doc)."""
         for evaluator in self.evaluators:
-            check = getattr(evaluator, "check", None)
-            if check is not None:
-                check(model)
+            check_evaluator(evaluator, model)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         results: dict[str, Any] = {}

@@ -116,7 +116,6 @@ class KNNEvaluator:
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Embed the bank and the queries, classify the queries; ``{"knn/top1": percent}``."""
-        self.check(model)
         bank = self._embed(model, self.cfg.DATA.TRAIN_SPLIT)
         queries = self._embed(model, self.cfg.DATA.TEST_SPLIT)
         votes = weighted_knn_predict(

@@ -117,7 +117,6 @@ class LinearProbeEvaluator:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Return ``{"linear_probe/top1", "linear_probe/top5"}`` in percent, and the number of
         videos left out as undecodable (``linear_probe/bad_videos``)."""
-        self.check(model)
         train = self.features.features(model, self.cfg.DATA.TRAIN_SPLIT)
         test = self.features.features(model, self.cfg.DATA.TEST_SPLIT)
         top1, top5 = probe_accuracy(

@@ -171,7 +171,7 @@ class RetrievalEvaluator:
 
     def check(self, model: nn.Module) -> None:
         """Fail now if retrieval could not run: both splits must build, every video labelled
-        (a training run calls this at start-up; :meth:`evaluate` before its feature pass)."""
+        (a training run and ``--eval-only`` call this before anything runs)."""
         for split in (self.cfg.DATA.TRAIN_SPLIT, self.cfg.DATA.TEST_SPLIT):
             labelled_dataset(self.cfg, split, type(self).__name__)
 
@@ -206,7 +206,6 @@ class RetrievalEvaluator:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Run on every rank; return ``{"retrieval/R@k": percent}`` and the counts of videos
         (identical on all ranks)."""
-        self.check(model)
         bank = self.features(model, self.cfg.DATA.TRAIN_SPLIT)
         queries = self.features(model, self.cfg.DATA.TEST_SPLIT)
         log_bad_videos(bank.bad, self.cfg.DATA.TRAIN_SPLIT)

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
+from fima.config import ConfigError
 from fima.data import build_dataset
 from fima.engine import DefaultTrainer
-from fima.evaluation import RetrievalEvaluator
+from fima.evaluation import build_classifier_evaluator
+from fima.evaluation.evaluator import check_evaluator
 from fima.evaluation.motion_sensitivity import MotionSensitivityEvaluator
 from fima.modeling import build_model
 from tests.conftest import tiny_cfg
@@ -60,14 +62,20 @@ def test_the_knn_monitor_on_unlabelled_videos_stops_pretraining_at_start_up(
 
 
 def test_retrieval_of_unlabelled_queries_is_an_error_not_zero_recall(tmp_path, videos) -> None:
+    # check() is what a training run and --eval-only call before anything else.
     root = _video_list(tmp_path / "data", videos[:4], {"train": True, "test": False})
     cfg = classifier_cfg(
         str(tmp_path / "out"),
-        **{"DATA.DATASET": "VideoList", "DATA.ROOT": root, "MODEL.CLASSIFIER.NUM_CLASSES": 3},
+        **{
+            "DATA.DATASET": "VideoList",
+            "DATA.ROOT": root,
+            "MODEL.CLASSIFIER.NUM_CLASSES": 3,
+            "TEST.EVALUATORS": ("retrieval",),
+        },
     )
     model = build_model(cfg).eval()
-    with pytest.raises(ValueError, match=r"needs labels, but VideoList\(split='test'.* 4 videos"):
-        RetrievalEvaluator(cfg).evaluate(model)
+    with pytest.raises(ConfigError, match=r"^RetrievalEvaluator needs labels, but VideoList\(spl"):
+        check_evaluator(build_classifier_evaluator(cfg), model)
 
 
 def test_motion_sensitivity_of_unlabelled_videos_leaves_out_only_the_static_probe(

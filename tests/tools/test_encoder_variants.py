@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
     "encoder_variants", os.path.join(ROOT, "tools", "encoder_variants.py")
@@ -36,13 +38,20 @@ def test_a_variant_is_timed() -> None:
     assert math.isfinite(row["ms"]) and 0 < row["best_ms"] <= row["ms"]
 
 
-def test_a_malformed_variant_is_a_usage_error() -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--one", "cl,bf16"], "expected layout,dtype,stem,compile"),
+        (["--iters", "0"], "argument --iters: must be >= 1, got 0"),
+    ],
+)
+def test_a_malformed_option_is_a_usage_error(args: list[str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "encoder_variants.py"), "--one", "cl,bf16"],
+        [sys.executable, os.path.join(ROOT, "tools", "encoder_variants.py"), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "expected layout,dtype,stem,compile" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr

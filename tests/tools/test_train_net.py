@@ -275,3 +275,17 @@ def test_weights_that_do_not_fit_are_one_line_not_a_partly_random_model(
     assert len(errors) == 1 and weights in errors[0] and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (out / "results.json").exists() and not list(out.glob("*.pth"))
+
+
+def test_eval_only_checks_the_splits_labels_before_it_loads_anything(tmp_path) -> None:
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "a.mp4").write_bytes(b"")  # unlabelled; never decoded
+    # Weights that would fail to load: the labels are checked first.
+    (tmp_path / "weights.pth").write_text("not a checkpoint")
+    result = train_net(
+        "--eval-only", "--config-file", MOCO, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+        "TEST.KNN.ENABLED", "True", "DATA.DATASET", "VideoList",
+        "DATA.ROOT", str(tmp_path / "data"), "MODEL.WEIGHTS", str(tmp_path / "weights.pth"),
+    )  # fmt: skip
+    _one_line_error(result, "The kNN monitor (TEST.KNN.ENABLED) needs labels, but VideoList")

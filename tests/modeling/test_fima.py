@@ -160,6 +160,22 @@ def test_losses_match_a_view_by_view_restatement(windows_fused: bool, key_passes
     assert recorded == expected_calls[key_passes]
 
 
+@pytest.mark.parametrize(
+    ("term_off", "expected_calls"),
+    # B = 3 clips per window: RGB (2B), then one call per kind of difference clip.
+    [("DENSE_WEIGHT", [6, 12]), ("LOCAL_WEIGHT", [6, 6])],
+)
+def test_kind_key_passes_keep_each_kind_in_one_call_with_a_term_off(
+    term_off: str, expected_calls: list[int]
+) -> None:
+    # Without the dense term the two local halves are one kind: one call of 4B clips, not two.
+    cfg, model = _model(**{"MODEL.FIMA.KEY_PASSES": "kind", f"MODEL.FIMA.{term_off}": 0.0})
+    calls = []
+    model.encoder_k.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    model(_batch(cfg, batch_size=3))
+    assert calls == expected_calls
+
+
 def test_loss_weights_scale_terms_and_zero_drops_them() -> None:
     cfg, model = _model(**NO_AUGMENTATION, **{"MODEL.FIMA.DENSE_WEIGHT": 0.5})
     batch = _batch(cfg)

@@ -53,9 +53,9 @@ def add_fima_config(cfg: CfgNode) -> None:
     cfg.MODEL.FIMA.DIFF_WRAP_FIRST_FRAME = True
     # How the key encoder's inputs are grouped into calls (BatchNorm computes its statistics per
     # call): "modality": the RGB clips of both windows in one call and every difference clip in
-    # another (2 calls); "kind": RGB, global-view differences, local differences (3 calls);
-    # "view": each view of each window alone, as the reference (8 calls of B clips). The query
-    # encoder's calls follow MODEL.MOCO.FUSE_WINDOWS.
+    # another (2 calls); "kind": RGB, global-view differences, local differences (3 calls, 2
+    # with a motion term off); "view": each view of each window alone, as the reference (8 calls
+    # of B clips). The query encoder's calls follow MODEL.MOCO.FUSE_WINDOWS.
     cfg.MODEL.FIMA.KEY_PASSES = "modality"
 
 
@@ -267,13 +267,16 @@ class FIMA(MoCo):
         grouped into calls as ``KEY_PASSES`` says."""
         views, windows, batch = diffs.shape[:3]
         clips = diffs.flatten(0, 2)
-        if self.key_passes == "modality" or views == 1 and self.key_passes == "kind":
-            groups = [clips]
-        elif self.key_passes == "kind":
-            # The global view comes first whenever there is more than one view.
-            groups = list(clips.split([windows * batch, (views - 1) * windows * batch]))
-        else:
+        if self.key_passes == "view":
             groups = list(clips.split(batch))
+        elif self.key_passes == "kind":
+            # One call per kind of clip: the global-view differences (first, when encoded) and
+            # the local ones (both halves together, also when the dense term is off).
+            global_views = int("global" in self.difference_views())
+            sizes = [n * windows * batch for n in (global_views, views - global_views) if n]
+            groups = list(clips.split(sizes))
+        else:
+            groups = [clips]
         feats = [self.encode_keys(group, windows=1) for group in groups]
         feats = feats[0] if len(feats) == 1 else torch.cat(feats)
         return feats.view(views, windows, batch, *feats.shape[1:])

@@ -210,6 +210,16 @@ class RetrievalEvaluator:
         queries = self.features(model, self.cfg.DATA.TEST_SPLIT)
         log_bad_videos(bank.bad, self.cfg.DATA.TRAIN_SPLIT)
         log_bad_videos(queries.bad, self.cfg.DATA.TEST_SPLIT)
+        if self.center and min(len(bank), len(queries)) < 2:
+            from fima.config.validation import ConfigError
+
+            # Centred on its own mean, a set of one video is a zero vector: every similarity
+            # would be 0 and the neighbours the first training videos, whatever the features.
+            raise ConfigError(
+                f"TEST.RETRIEVAL.CENTER: {len(bank)} training and {len(queries)} test videos "
+                "were decoded, but centring each set on its own mean needs at least 2 in each; "
+                "use more videos or set TEST.RETRIEVAL.CENTER False"
+            )
         if max(self.topk) > len(bank):
             logger.warning(
                 "R@k for k > %d training videos is computed with k = %d", len(bank), len(bank)

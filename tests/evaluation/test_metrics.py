@@ -145,3 +145,37 @@ def test_records_of_one_second_are_all_kept(tmp_path) -> None:
     assert moved == str(tmp_path / f"inference.{stem}")
     assert os.path.isfile(os.path.join(moved, "test", "classification.json"))
     assert set_aside(str(tmp_path / "inference")) is None
+
+
+def test_retrieval_refuses_to_centre_a_set_of_one_video(tmp_path) -> None:
+    """Centred on its own mean, a single test video's feature was zero: R@k came from the
+    order of the training videos (R@1 0, R@5 100 for a query whose class is in none of the
+    first five), reported as a result."""
+    from unittest import mock
+
+    from fima.config import ConfigError
+    from fima.evaluation import RetrievalEvaluator, VideoOutputs
+    from tests.evaluation.helpers import classifier_cfg
+
+    def videos(features: list[list[float]], labels: list[int]) -> VideoOutputs:
+        return VideoOutputs(
+            indices=np.arange(len(labels)),
+            labels=np.array(labels),
+            outputs={"feature": np.array(features, dtype=np.float32)},
+        )
+
+    bank = videos([[0.0, 1.0], [0.1, 1.0], [1.0, 0.1], [1.0, 0.0]], [0, 0, 1, 1])
+    query = videos([[1.0, 0.05]], [1])
+    cfg = classifier_cfg(str(tmp_path), **{"TEST.RETRIEVAL.TOPK": (1,)})
+    evaluator = RetrievalEvaluator(cfg)
+    message = "TEST.RETRIEVAL.CENTER: 4 training and 1 test"
+    with (
+        mock.patch.object(evaluator, "features", side_effect=[bank, query]),
+        pytest.raises(ConfigError, match=message),
+    ):
+        evaluator.evaluate(torch.nn.Identity())
+    cfg.defrost()
+    cfg.TEST.RETRIEVAL.CENTER = False  # uncentred, the one query finds its class
+    evaluator = RetrievalEvaluator(cfg)
+    with mock.patch.object(evaluator, "features", side_effect=[bank, query]):
+        assert evaluator.evaluate(torch.nn.Identity())["retrieval/R@1"] == 100.0

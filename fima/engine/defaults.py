@@ -181,7 +181,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
-    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used.
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used. An earlier run's
+    evaluation reports (``OUTPUT_DIR/inference``) are kept as ``inference.<time>``, unless
+    this run resumes the training run that wrote them.
 
     Raises:
         ConfigError: the config is invalid (the message names the key).

@@ -104,6 +104,24 @@ def test_feature_cache_key_follows_the_test_views() -> None:
     assert feature_cache_key(cfg, model, "test") == keys[(2, 1)]
 
 
+def test_feature_cache_key_follows_the_backbone_not_the_head() -> None:
+    """The key hashed the whole classifier: a linear probe with periodic retrieval, whose head
+    trains while its backbone stays frozen, extracted and cached the same features again at
+    every evaluation (a pass over both splits and two new files each time)."""
+    from fima.evaluation.retrieval import feature_cache_key
+    from fima.modeling import build_model
+
+    cfg = classifier_cfg(**{"MODEL.CLASSIFIER.MODE": "linear"})
+    model = build_model(cfg)
+    before = feature_cache_key(cfg, model, "test")
+    with torch.no_grad():
+        model.head.fc.weight.add_(1.0)  # what a probe's steps change
+    assert feature_cache_key(cfg, model, "test") == before
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(1.0)  # what fine-tuning changes
+    assert feature_cache_key(cfg, model, "test") != before
+
+
 def test_feature_cache_key_follows_the_precision_not_its_spelling() -> None:
     """ "auto" and "bfloat16" compute alike on a CPU; float32 features are other features."""
     from fima.evaluation.retrieval import feature_cache_key

@@ -91,8 +91,9 @@ def fail(message: str) -> NoReturn:
 
 def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     """``--eval-only``: evaluate a checkpoint (OUTPUT_DIR's newest with ``--resume``, else
-    ``MODEL.WEIGHTS``; neither: the random initialisation), log one summary table and write
-    ``OUTPUT_DIR/results.json`` (config, checkpoint and its sha256, metrics, time).
+    ``MODEL.WEIGHTS``; neither: the random initialisation, the baseline of the evaluators of
+    features), log one summary table and write ``OUTPUT_DIR/results.json`` (config, checkpoint
+    and its sha256, metrics, time).
 
     The checkpoint must fit the model as evaluated: a classifier evaluated by the classification
     evaluator needs a classifier checkpoint, whose head it scores with."""
@@ -118,6 +119,17 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
             checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
         except FileNotFoundError as err:
             fail(str(err))
+    if not checkpoint and getattr(model, "evaluates_head", False):
+        # As for a pretraining checkpoint (VideoClassifier.transfer_weights): a head that was
+        # never trained scores at chance, which is no result.
+        where = " and OUTPUT_DIR holds no checkpoint" if args.resume else ""
+        fail(
+            f"--eval-only: MODEL.WEIGHTS is empty{where}, so the classification evaluator would "
+            "score with a randomly initialised classifier; give a fine-tuned or linear-probed "
+            "checkpoint as MODEL.WEIGHTS (or --resume in its OUTPUT_DIR), or evaluate a random "
+            "backbone's features with a retrieval or linear_probe config (configs/Retrieval, "
+            "TEST.EVALUATORS)"
+        )
     checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
     results = DefaultTrainer.test(cfg, model, evaluator)
     if comm.is_main_process():

@@ -144,6 +144,8 @@ _C.TEST.NUM_SPATIAL_CROPS = 1
 _C.TEST.PRECISE_BN = CN()
 _C.TEST.PRECISE_BN.ENABLED = False
 _C.TEST.PRECISE_BN.NUM_ITER = 200
+# Test videos per batch summed over all processes (each takes IMS_PER_BATCH / processes, at
+# least 1), each as NUM_CLIPS x NUM_SPATIAL_CROPS views.
 _C.TEST.IMS_PER_BATCH = 8
 
 # ---------------------------------------------------------------------------------------------

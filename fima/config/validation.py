@@ -248,6 +248,11 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
             f"file {cfg.MODEL.WEIGHTS!r} does not exist",
         )
     require(cfg.TEST.NUM_CLIPS > 0, "TEST.NUM_CLIPS", "must be positive")
+    require(
+        cfg.TEST.IMS_PER_BATCH > 0,
+        "TEST.IMS_PER_BATCH",
+        f"must be positive, got {cfg.TEST.IMS_PER_BATCH}",
+    )
     precise_bn = cfg.TEST.PRECISE_BN
     require(precise_bn.NUM_ITER > 0, "TEST.PRECISE_BN.NUM_ITER", "must be positive")
     require(

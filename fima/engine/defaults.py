@@ -28,6 +28,7 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.evaluation.evaluator import check_evaluator
+from fima.evaluation.results import set_aside
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -180,7 +181,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
-    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used.
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used. An earlier run's
+    evaluation reports (``OUTPUT_DIR/inference``) are kept as ``inference.<time>``, unless
+    this run resumes the training run that wrote them.
 
     Raises:
         ConfigError: the config is invalid (the message names the key).
@@ -243,6 +246,15 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
             "overwritten."
         )
     text = cfg.dump()
+    # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
+    # an earlier run (an --eval-only of other weights, the final evaluation of the training run
+    # that a --eval-only now follows) are kept beside the new ones. A resumed training run's
+    # reports are its own.
+    continuing = args is not None and args.resume and not args.eval_only
+    if comm.is_main_process() and not continuing:
+        kept = set_aside(os.path.join(output_dir, "inference"))
+        if kept is not None:
+            logger.info("The earlier evaluation reports of inference/ are kept in %s", kept)
     if comm.is_main_process():
         path = os.path.join(output_dir, "config.yaml")
         _preserve_previous_config(path, text)

@@ -96,6 +96,19 @@ def build_lr_scheduler(
         multiplier: ParamScheduler = CosineParamScheduler(1.0, 0.0)
     else:
         milestones = [int(step * iters_per_epoch) for step in solver.STEPS]
+        # A run shortened without its steps (MAX_EPOCHS 50 under the fine-tuning protocol's
+        # steps at 60 and 120) would otherwise keep its first rate to the end, unannounced.
+        beyond = [s for s, m in zip(solver.STEPS, milestones) if m > max_iter]
+        if beyond:
+            logger.warning(
+                "SOLVER.STEPS %s: the run ends after %.4g epochs (%d iterations), so the "
+                "learning rate is not multiplied by SOLVER.GAMMA at epoch(s) %s; set "
+                "SOLVER.STEPS within the run",
+                tuple(solver.STEPS),
+                max_iter / iters_per_epoch,
+                max_iter,
+                tuple(beyond),
+            )
         milestones = sorted({m for m in milestones if 0 < m < max_iter})
         multiplier = MultiStepParamScheduler(
             values=[solver.GAMMA**k for k in range(len(milestones) + 1)],

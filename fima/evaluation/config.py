@@ -26,7 +26,8 @@ def add_evaluation_config(cfg: CfgNode) -> None:
     cfg.TEST.RETRIEVAL = CN()
     # Recall@k reported: a hit when any of the k nearest training videos has the query's class.
     cfg.TEST.RETRIEVAL.TOPK = (1, 5, 10, 20, 50)
-    # Subtract each set's mean feature before the cosine similarity (FAME's protocol).
+    # Subtract each set's mean feature before the cosine similarity (FAME's protocol; each split
+    # then needs at least 2 videos).
     cfg.TEST.RETRIEVAL.CENTER = True
     # Keep the video features in OUTPUT_DIR/features, keyed by the weights, the config and the
     # videos, so that another metric on the same model costs no second pass.

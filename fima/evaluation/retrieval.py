@@ -90,7 +90,10 @@ def recall_at_k(
 
 
 def _update_with_state(digest: Any, model: nn.Module) -> None:
-    for name, tensor in model.state_dict().items():
+    # The tensors that extract_features reads, where the model says (a classifier's backbone:
+    # its head, which a linear probe trains between evaluations, changes no feature).
+    state = getattr(model, "feature_state_dict", model.state_dict)()
+    for name, tensor in state.items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
 
@@ -98,10 +101,11 @@ def _update_with_state(digest: Any, model: nn.Module) -> None:
 def feature_cache_key(cfg: CfgNode, model: nn.Module, split: str) -> str:
     """A key that changes with the weights, the settings that change a feature, and the videos.
 
-    Hashes every tensor of ``model``'s state, ``MODEL``, ``INPUT``, ``DATA`` (but its number of
-    workers and bad-video budget), ``TEST.NUM_CLIPS`` and ``NUM_SPATIAL_CROPS``, the precision
-    that ``SOLVER.AMP`` computes in on the model's device, the split, and every video's path,
-    label, size and modification time.
+    Hashes every tensor of ``model``'s state (of ``model.feature_state_dict()``, the part that
+    ``extract_features`` reads, where the model defines it), ``MODEL``, ``INPUT``, ``DATA`` (but
+    its number of workers and bad-video budget), ``TEST.NUM_CLIPS`` and ``NUM_SPATIAL_CROPS``,
+    the precision that ``SOLVER.AMP`` computes in on the model's device, the split, and every
+    video's path, label, size and modification time.
     """
     from fima.data.datasets import build_dataset
     from fima.engine.train_loop import describe_amp
@@ -210,6 +214,16 @@ class RetrievalEvaluator:
         queries = self.features(model, self.cfg.DATA.TEST_SPLIT)
         log_bad_videos(bank.bad, self.cfg.DATA.TRAIN_SPLIT)
         log_bad_videos(queries.bad, self.cfg.DATA.TEST_SPLIT)
+        if self.center and min(len(bank), len(queries)) < 2:
+            from fima.config.validation import ConfigError
+
+            # Centred on its own mean, a set of one video is a zero vector: every similarity
+            # would be 0 and the neighbours the first training videos, whatever the features.
+            raise ConfigError(
+                f"TEST.RETRIEVAL.CENTER: {len(bank)} training and {len(queries)} test videos "
+                "were decoded, but centring each set on its own mean needs at least 2 in each; "
+                "use more videos or set TEST.RETRIEVAL.CENTER False"
+            )
         if max(self.topk) > len(bank):
             logger.warning(
                 "R@k for k > %d training videos is computed with k = %d", len(bank), len(bank)

@@ -161,6 +161,7 @@ def test_tiny_config_is_valid() -> None:
         ("SOLVER.CHECKPOINT_PERIOD", 0, 1, "SOLVER.CHECKPOINT_PERIOD: must be positive, got 0"),
         ("VIS_PERIOD", -1, 1, "VIS_PERIOD: must be >= 0 (0: off)"),
         ("TEST.EVAL_PERIOD", -1, 1, "TEST.EVAL_PERIOD: must be >= 0 (0: at the end only)"),
+        ("TEST.IMS_PER_BATCH", 0, 1, "TEST.IMS_PER_BATCH: must be positive, got 0"),
         ("SOLVER.MOMENTUM", -1.0, 1, "SOLVER.MOMENTUM: must be in [0, 1), got -1.0"),
         ("SOLVER.STEPS", ("a", "b"), 1, "SOLVER.STEPS: must be increasing positive epochs"),
         ("MODEL.PROJECTOR.OUT_DIM", 0, 1, "MODEL.PROJECTOR.OUT_DIM: must be positive, got 0"),

@@ -556,3 +556,28 @@ def test_precise_bn_keeps_resume_exact(tmp_path) -> None:
     assert first[:3] + second == straight_losses
     for name, tensor in straight.method.state_dict().items():
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
+
+
+def test_steps_beyond_the_run_are_announced(caplog) -> None:
+    """A fine-tuning run shortened to 10 epochs kept the protocol's steps at 12 and 24: the
+    rate stayed at BASE_LR to the end and nothing said so."""
+
+    def schedule(steps: tuple[int, ...]) -> list[float]:
+        cfg = tiny_cfg(**{"SOLVER.LR_SCHEDULER": "step", "SOLVER.STEPS": steps})
+        optimizer = torch.optim.SGD(LinearModel().parameters(), lr=0.1)
+        scheduler = build_lr_scheduler(cfg, optimizer, max_iter=30, iters_per_epoch=3)
+        rates = []
+        for _ in range(30):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return rates
+
+    rates = schedule((4, 12, 24))
+    assert rates[11] == pytest.approx(0.1) and rates[12] == pytest.approx(0.01)
+    assert rates[-1] == pytest.approx(0.01)  # the steps at 12 and 24 fall after the run
+    (warning,) = [r.getMessage() for r in caplog.records if "SOLVER.STEPS" in r.getMessage()]
+    assert "ends after 10 epochs (30 iterations)" in warning and "(12, 24)" in warning
+    caplog.clear()
+    schedule((4, 8, 10))  # a step at the very end changes nothing, and is not warned about
+    assert "SOLVER.STEPS" not in caplog.text

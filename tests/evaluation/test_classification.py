@@ -104,6 +104,24 @@ def test_feature_cache_key_follows_the_test_views() -> None:
     assert feature_cache_key(cfg, model, "test") == keys[(2, 1)]
 
 
+def test_feature_cache_key_follows_the_backbone_not_the_head() -> None:
+    """The key hashed the whole classifier: a linear probe with periodic retrieval, whose head
+    trains while its backbone stays frozen, extracted and cached the same features again at
+    every evaluation (a pass over both splits and two new files each time)."""
+    from fima.evaluation.retrieval import feature_cache_key
+    from fima.modeling import build_model
+
+    cfg = classifier_cfg(**{"MODEL.CLASSIFIER.MODE": "linear"})
+    model = build_model(cfg)
+    before = feature_cache_key(cfg, model, "test")
+    with torch.no_grad():
+        model.head.fc.weight.add_(1.0)  # what a probe's steps change
+    assert feature_cache_key(cfg, model, "test") == before
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(1.0)  # what fine-tuning changes
+    assert feature_cache_key(cfg, model, "test") != before
+
+
 def test_feature_cache_key_follows_the_precision_not_its_spelling() -> None:
     """ "auto" and "bfloat16" compute alike on a CPU; float32 features are other features."""
     from fima.evaluation.retrieval import feature_cache_key
@@ -121,3 +139,34 @@ def test_feature_cache_key_follows_the_precision_not_its_spelling() -> None:
         )
         assert auto == bfloat16
         assert key(**{"SOLVER.AMP.ENABLED": False}) != auto
+
+
+def test_an_evaluation_keeps_the_reports_of_the_run_before_it(tmp_path) -> None:
+    """--eval-only into a fine-tuning run's OUTPUT_DIR (of its best weights, say) rewrote
+    inference/test/classification.json and its confusion matrix: the run's own final reports
+    were gone, and nothing said which weights the files now there were of."""
+    out = tmp_path / "out"
+    cfg = default_setup(
+        classifier_cfg(str(out), **{"SOLVER.MAX_ITER": 2}),
+        argparse.Namespace(resume=False, eval_only=False),
+    )
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    report = out / "inference" / "test" / "classification.json"
+    written = report.read_text()
+    assert json.loads(written)["num_clips"] == 2
+    # Resuming the training run: its reports are its own, and stay where they are.
+    default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
+    assert report.read_text() == written and not list(out.glob("inference.*"))
+    # --eval-only with other test views: the run's reports are kept beside the new ones.
+    evaluation = classifier_cfg(str(out), **{"TEST.NUM_CLIPS": 1})
+    evaluation = default_setup(evaluation, argparse.Namespace(resume=False, eval_only=True))
+    (kept,) = out.glob("inference.*")
+    assert (kept / "test" / "classification.json").read_text() == written
+    assert (kept / "test" / "confusion_matrix.png").is_file()
+    model = build_model(evaluation)
+    Checkpointer(model, str(out)).load(str(out / "model_final.pth"))
+    DefaultTrainer.test(evaluation, model, ClassificationEvaluator(evaluation, "test", "test"))
+    assert json.loads(report.read_text())["num_clips"] == 1
+    assert (kept / "test" / "classification.json").read_text() == written

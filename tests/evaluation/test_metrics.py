@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from PIL import Image
 from fima.evaluation import classification_metrics, recall_at_k, weighted_knn_predict
 from fima.evaluation.classification import per_class_table
 from fima.evaluation.inference import merge_video_outputs
-from fima.evaluation.results import summary_table, write_results
+from fima.evaluation.results import set_aside, summary_table, write_results
 from fima.evaluation.visualization import render_confusion_matrix
 
 
@@ -120,3 +122,60 @@ def test_results_json_records_checkpoint_hash_and_keeps_the_previous(tmp_path) -
     with open(path) as f:
         assert json.load(f)["checkpoint_sha256"] is None
     assert "test/video_top1" in summary_table({"test/video_top1": 60.0})
+
+
+def test_records_of_one_second_are_all_kept(tmp_path) -> None:
+    """Two earlier results.json written in the same second were both renamed to
+    results.<that second>.json, the second replacing the first."""
+    stamp = 1_796_000_000
+    for value in (1.0, 2.0, 3.0):
+        write_results(str(tmp_path), {"m": value}, "", "")
+        os.utime(tmp_path / "results.json", (stamp, stamp))
+    kept = sorted(tmp_path.glob("results.*.json"))
+    assert len(kept) == 2
+    values = {json.loads(path.read_text())["metrics"]["m"] for path in kept}
+    assert values == {1.0, 2.0}
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"]["m"] == 3.0
+    # A folder of reports is set aside whole, named after its newest file's time.
+    (tmp_path / "inference" / "test").mkdir(parents=True)
+    (tmp_path / "inference" / "test" / "classification.json").write_text("{}")
+    os.utime(tmp_path / "inference" / "test" / "classification.json", (stamp, stamp))
+    moved = set_aside(str(tmp_path / "inference"))
+    stem = datetime.datetime.fromtimestamp(stamp).strftime("%Y%m%d-%H%M%S")
+    assert moved == str(tmp_path / f"inference.{stem}")
+    assert os.path.isfile(os.path.join(moved, "test", "classification.json"))
+    assert set_aside(str(tmp_path / "inference")) is None
+
+
+def test_retrieval_refuses_to_centre_a_set_of_one_video(tmp_path) -> None:
+    """Centred on its own mean, a single test video's feature was zero: R@k came from the
+    order of the training videos (R@1 0, R@5 100 for a query whose class is in none of the
+    first five), reported as a result."""
+    from unittest import mock
+
+    from fima.config import ConfigError
+    from fima.evaluation import RetrievalEvaluator, VideoOutputs
+    from tests.evaluation.helpers import classifier_cfg
+
+    def videos(features: list[list[float]], labels: list[int]) -> VideoOutputs:
+        return VideoOutputs(
+            indices=np.arange(len(labels)),
+            labels=np.array(labels),
+            outputs={"feature": np.array(features, dtype=np.float32)},
+        )
+
+    bank = videos([[0.0, 1.0], [0.1, 1.0], [1.0, 0.1], [1.0, 0.0]], [0, 0, 1, 1])
+    query = videos([[1.0, 0.05]], [1])
+    cfg = classifier_cfg(str(tmp_path), **{"TEST.RETRIEVAL.TOPK": (1,)})
+    evaluator = RetrievalEvaluator(cfg)
+    message = "TEST.RETRIEVAL.CENTER: 4 training and 1 test"
+    with (
+        mock.patch.object(evaluator, "features", side_effect=[bank, query]),
+        pytest.raises(ConfigError, match=message),
+    ):
+        evaluator.evaluate(torch.nn.Identity())
+    cfg.defrost()
+    cfg.TEST.RETRIEVAL.CENTER = False  # uncentred, the one query finds its class
+    evaluator = RetrievalEvaluator(cfg)
+    with mock.patch.object(evaluator, "features", side_effect=[bank, query]):
+        assert evaluator.evaluate(torch.nn.Identity())["retrieval/R@1"] == 100.0

@@ -289,3 +289,25 @@ def test_eval_only_checks_the_splits_labels_before_it_loads_anything(tmp_path) -
         "DATA.ROOT", str(tmp_path / "data"), "MODEL.WEIGHTS", str(tmp_path / "weights.pth"),
     )  # fmt: skip
     _one_line_error(result, "The kNN monitor (TEST.KNN.ENABLED) needs labels, but VideoList")
+
+
+def test_eval_only_of_a_classifier_without_weights_is_an_error_not_chance(tmp_path) -> None:
+    """--eval-only of a fine-tuning config without MODEL.WEIGHTS (or --resume in a folder without
+    checkpoints) scored a random head, wrote results.json and exited 0: a chance-level top-1
+    that looked like a result. A random backbone's features stay a baseline for retrieval."""
+    finetune = os.path.join(ROOT, "configs", "Finetune", "tiny3d_synthetic.yaml")
+    for resume, where in (([], ""), (["--resume"], " and OUTPUT_DIR holds no checkpoint")):
+        out = tmp_path / f"out{len(resume)}"
+        result = train_net(
+            "--eval-only", *resume, "--config-file", finetune, "OUTPUT_DIR", str(out), *TINY,
+            "MODEL.WEIGHTS", "", "TEST.NUM_CLIPS", "1",
+        )  # fmt: skip
+        _one_line_error(result, f"--eval-only: MODEL.WEIGHTS is empty{where}, so the")
+        assert not (out / "results.json").exists()
+    retrieval = os.path.join(ROOT, "configs", "Retrieval", "tiny3d_synthetic.yaml")
+    result = train_net(
+        "--eval-only", "--config-file", retrieval, "OUTPUT_DIR", str(tmp_path / "features"),
+        *TINY, "MODEL.WEIGHTS", "", "TEST.NUM_CLIPS", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "features" / "results.json").is_file()

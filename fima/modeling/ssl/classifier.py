@@ -218,6 +218,11 @@ class VideoClassifier(SSLMethod):
         """Class scores ``[N, NUM_CLASSES]`` (float32) of uint8 clips ``[N, 3, T, S, S]``."""
         return self.head(self.encode(clips))
 
+    def feature_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state that :meth:`extract_features` reads: the backbone's (``backbone.*``), so
+        that the retrieval feature cache is not keyed on the head."""
+        return self.backbone.state_dict(prefix="backbone.")
+
     @torch.no_grad()
     def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
         """L2-normalised pooled backbone features ``[N, C]`` of uint8 clips ``[N, 3, T, S, S]``

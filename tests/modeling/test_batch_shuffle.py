@@ -176,10 +176,12 @@ def test_split_groups_keep_the_memory_format_of_clips() -> None:
         perm = torch.randperm(4)
         assert seen[0].is_contiguous(memory_format=torch.channels_last_3d)
         assert torch.equal(seen[0], module[0](x[perm]))
-    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        unshuffled = module(x[perm])
+    # The output keeps the layout the module gives (channels_last_3d here, except that PyTorch
+    # returns a tiny convolution's output contiguous when it runs on one thread).
+    assert out.stride() == unshuffled.stride()
     expected = torch.empty_like(out)
-    with torch.no_grad():
-        expected[perm] = module(x[perm])
+    expected[perm] = unshuffled
     torch.testing.assert_close(out, expected)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fima.checkpoint.checkpointer import check_state
-from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights
+from fima.checkpoint.checkpointer import check_state, torch_file_problem
+from fima.model_zoo.download import download_cached
+from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights, url_cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def weights_problem(name: str) -> str | None:
 
 def resolve_weights(name: str) -> str:
     """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, downloaded once into
-    ``$FIMA_CACHE/urls/`` under a hash of the whole URL; ``fima://``, a sha256-verified model-zoo
-    download); or a model-zoo config name such as ``"FIMA/i3d_ucf101_pretrain.yaml"``, which
-    means its published checkpoint.
+    ``$FIMA_CACHE/urls/`` under a hash of the whole URL, and only if it is a ``torch.save`` file;
+    ``fima://``, a sha256-verified model-zoo download); or a model-zoo config name such as
+    ``"FIMA/i3d_ucf101_pretrain.yaml"``, which means its published checkpoint.
 
     Raises:
         FileNotFoundError: ``name`` is none of these.
@@ -75,6 +76,10 @@ def resolve_weights(name: str) -> str:
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         return path
+    if name.startswith(("http://", "https://")):
+        # Only a torch.save file enters the cache: a web page or a response cut short without a
+        # Content-Length would otherwise be kept and fail every later run the same way.
+        return download_cached(name, url_cache_path(name), check=torch_file_problem)
     if "://" in name:
         return PathManager.get_local_path(name)
     zoo = trained_weights(name)

@@ -22,7 +22,13 @@ from torch import nn
 
 from fima.checkpoint.checkpointer import check_state, torch_file_problem
 from fima.model_zoo.download import download_cached
-from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights, url_cache_path
+from fima.model_zoo.model_zoo import (
+    PREFIX,
+    PathManager,
+    trained_configs,
+    trained_weights,
+    url_cache_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +56,28 @@ class BackboneLoadReport:
     unexpected: list[str] = field(default_factory=list)
 
 
+def _is_web_url(name: str) -> bool:
+    return name.lower().startswith(("http://", "https://"))
+
+
 def weights_problem(name: str) -> str | None:
     """Why ``MODEL.WEIGHTS`` ``name`` cannot name a checkpoint, or None when it can: an existing
-    file, a URL, or a model-zoo config with a published checkpoint. Nothing is downloaded."""
-    if os.path.isfile(os.path.expanduser(name)) or "://" in name or trained_weights(name):
+    file, an ``http(s)://`` or ``fima://`` URL, or a model-zoo config with a published
+    checkpoint. Nothing is downloaded."""
+    if os.path.isfile(os.path.expanduser(name)) or trained_weights(name):
         return None
+    if _is_web_url(name) or name.startswith(PREFIX):
+        return None
+    if "://" in name:
+        # Any other scheme would be taken for a local path and reported as a missing file.
+        scheme = name.split("://", 1)[0]
+        local = f" (a local file is given as its path: {name[len('file://') :]})"
+        return (
+            f"{name!r}: fima does not fetch {scheme}:// URLs"
+            + (local if scheme.lower() == "file" else "")
+            + "; pass the path of a local checkpoint, an http(s):// URL or a fima:// model-zoo "
+            "file (download other URLs yourself first)"
+        )
     return (
         f"{name!r} is neither an existing file nor a URL, nor a model-zoo config with a "
         "checkpoint (" + (", ".join(trained_configs()) or "none is published yet") + "). Pass "
@@ -76,13 +99,11 @@ def resolve_weights(name: str) -> str:
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         return path
-    if name.startswith(("http://", "https://")):
+    if _is_web_url(name):
         # Only a torch.save file enters the cache: a web page or a response cut short without a
         # Content-Length would otherwise be kept and fail every later run the same way.
         return download_cached(name, url_cache_path(name), check=torch_file_problem)
-    if "://" in name:
-        return PathManager.get_local_path(name)
-    zoo = trained_weights(name)
+    zoo = name if name.startswith(PREFIX) else trained_weights(name)
     if zoo is not None:
         return PathManager.get_local_path(zoo)
     raise FileNotFoundError(f"MODEL.WEIGHTS {weights_problem(name)}")

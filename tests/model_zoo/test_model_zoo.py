@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from fima import model_zoo
-from fima.checkpoint.backbone_weights import resolve_weights
+from fima.checkpoint.backbone_weights import resolve_weights, weights_problem
 from fima.model_zoo import model_zoo as zoo_module
 from fima.modeling import build_model
 
@@ -354,3 +354,21 @@ def test_cached_url_that_is_not_a_checkpoint_is_fetched_again(server, checkpoint
     assert resolve_weights(url) == str(stale)
     assert stale.read_bytes() == body
     assert len(server.requests) == 1
+
+
+def test_other_url_schemes_are_refused_with_advice(tmp_path) -> None:
+    # They were taken for local paths: "Checkpoint file:///.../model.pth does not exist" of a
+    # file that exists.
+    path = tmp_path / "model.pth"
+    path.write_bytes(saved({"w": torch.zeros(1)}))
+    with pytest.raises(FileNotFoundError, match=f"file:// URLs .*given as its path: {path}\\)"):
+        resolve_weights(f"file://{path}")
+    assert "fima does not fetch s3:// URLs" in weights_problem("s3://bucket/model.pth")
+    assert weights_problem("fima://Quickstart/x.pth") is None
+    assert weights_problem("HTTPS://example.com/model.pth") is None
+
+
+def test_url_scheme_is_case_insensitive(server, tmp_path) -> None:
+    body = server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    url = f"{server.url}/weights/model.pth".replace("http://", "HTTP://")
+    assert Path(resolve_weights(url)).read_bytes() == body

@@ -226,8 +226,16 @@ def _fetch(
 
     def fetch() -> None:
         logger.info("Downloading %s to %s", url, path)
-        # w+b: the check reads the complete temporary file before it is renamed into the cache.
-        atomic_write(path, write, mode="w+b")
+        try:
+            # w+b: the check reads the complete temporary file before it is renamed into place.
+            atomic_write(path, write, mode="w+b")
+        except DownloadError:
+            raise
+        except OSError as err:  # the cache, not the server: no folder, no permission, no space
+            raise DownloadError(
+                f"Cannot write the download of {url} to {path}: {err.strerror or err} (FIMA_CACHE "
+                "sets the folder downloads are kept in)"
+            ) from err
 
     try:
         fetch()

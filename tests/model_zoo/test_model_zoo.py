@@ -372,3 +372,14 @@ def test_url_scheme_is_case_insensitive(server, tmp_path) -> None:
     body = server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
     url = f"{server.url}/weights/model.pth".replace("http://", "HTTP://")
     assert Path(resolve_weights(url)).read_bytes() == body
+
+
+def test_cache_that_cannot_be_written_is_a_download_error(server, tmp_path, monkeypatch) -> None:
+    # A FIMA_CACHE that is a file (or read-only, or full) ended in a NotADirectoryError /
+    # PermissionError traceback from train_net.py.
+    server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("FIMA_CACHE", str(blocker))
+    with pytest.raises(model_zoo.DownloadError, match="Cannot write the download of .*FIMA_CACHE"):
+        resolve_weights(f"{server.url}/weights/model.pth")

@@ -44,16 +44,19 @@ ContentCheck = Callable[[BinaryIO], str | None]
 
 def download_timeout() -> float:
     """Seconds a download waits for the server to connect or send more data:
-    ``$FIMA_DOWNLOAD_TIMEOUT``, default 60."""
+    ``$FIMA_DOWNLOAD_TIMEOUT``, default 60.
+
+    Raises:
+        DownloadError: the variable is not a positive number, so no download is attempted (a
+            DownloadError, so that the tools say it in one line as any failed download).
+    """
     value = os.environ.get("FIMA_DOWNLOAD_TIMEOUT", "")
     try:
         timeout = float(value) if value else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise ValueError(
-            f"FIMA_DOWNLOAD_TIMEOUT must be a number of seconds, got {value!r}"
-        ) from None
-    if timeout <= 0:
-        raise ValueError(f"FIMA_DOWNLOAD_TIMEOUT must be > 0 seconds, got {value!r}")
+        timeout = float("nan")
+    if not timeout > 0:
+        raise DownloadError(f"FIMA_DOWNLOAD_TIMEOUT must be a number of seconds > 0, got {value!r}")
     return timeout
 
 

@@ -383,3 +383,13 @@ def test_cache_that_cannot_be_written_is_a_download_error(server, tmp_path, monk
     monkeypatch.setenv("FIMA_CACHE", str(blocker))
     with pytest.raises(model_zoo.DownloadError, match="Cannot write the download of .*FIMA_CACHE"):
         resolve_weights(f"{server.url}/weights/model.pth")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_bad_download_timeout_is_a_download_error(server, monkeypatch, value) -> None:
+    # It was a ValueError, which train_net.py printed as a traceback once the run had started.
+    server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    monkeypatch.setenv("FIMA_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(model_zoo.DownloadError, match=f"must be a number .* got '{value}'"):
+        resolve_weights(f"{server.url}/weights/model.pth")
+    assert server.requests == []

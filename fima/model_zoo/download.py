@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import math
 import os
 import urllib.error
 import urllib.request
@@ -55,8 +56,10 @@ def download_timeout() -> float:
         timeout = float(value) if value else DEFAULT_TIMEOUT_S
     except ValueError:
         timeout = float("nan")
-    if not timeout > 0:
-        raise DownloadError(f"FIMA_DOWNLOAD_TIMEOUT must be a number of seconds > 0, got {value!r}")
+    if not 0 < timeout < math.inf:
+        raise DownloadError(
+            f"FIMA_DOWNLOAD_TIMEOUT must be a finite number of seconds > 0, got {value!r}"
+        )
     return timeout
 
 

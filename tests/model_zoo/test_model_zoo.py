@@ -385,11 +385,12 @@ def test_cache_that_cannot_be_written_is_a_download_error(server, tmp_path, monk
         resolve_weights(f"{server.url}/weights/model.pth")
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
 def test_bad_download_timeout_is_a_download_error(server, monkeypatch, value) -> None:
-    # It was a ValueError, which train_net.py printed as a traceback once the run had started.
+    # It was a ValueError, which train_net.py printed as a traceback once the run had started
+    # (inf: an OverflowError from the socket; nan was taken as a timeout).
     server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
     monkeypatch.setenv("FIMA_DOWNLOAD_TIMEOUT", value)
-    with pytest.raises(model_zoo.DownloadError, match=f"must be a number .* got '{value}'"):
+    with pytest.raises(model_zoo.DownloadError, match=f"must be a finite number .* got '{value}'"):
         resolve_weights(f"{server.url}/weights/model.pth")
     assert server.requests == []

@@ -23,8 +23,8 @@ from torch import nn
 from fima.checkpoint.checkpointer import check_state, torch_file_problem
 from fima.model_zoo.download import download_cached
 from fima.model_zoo.model_zoo import (
-    PREFIX,
     PathManager,
+    has_url_handler,
     trained_configs,
     trained_weights,
     url_cache_path,
@@ -62,21 +62,23 @@ def _is_web_url(name: str) -> bool:
 
 def weights_problem(name: str) -> str | None:
     """Why ``MODEL.WEIGHTS`` ``name`` cannot name a checkpoint, or None when it can: an existing
-    file, an ``http(s)://`` or ``fima://`` URL, or a model-zoo config with a published
-    checkpoint. Nothing is downloaded."""
+    file, an ``http(s)://`` or ``fima://`` URL (or one whose prefix has a handler registered on
+    ``fima.model_zoo.PathManager``), or a model-zoo config with a published checkpoint. Nothing
+    is downloaded."""
     if os.path.isfile(os.path.expanduser(name)) or trained_weights(name):
         return None
-    if _is_web_url(name) or name.startswith(PREFIX):
+    if _is_web_url(name) or has_url_handler(name):
         return None
     if "://" in name:
-        # Any other scheme would be taken for a local path and reported as a missing file.
+        # Another scheme would be taken for a local path and reported as a missing file.
         scheme = name.split("://", 1)[0]
         local = f" (a local file is given as its path: {name[len('file://') :]})"
         return (
             f"{name!r}: fima does not fetch {scheme}:// URLs"
             + (local if scheme.lower() == "file" else "")
             + "; pass the path of a local checkpoint, an http(s):// URL or a fima:// model-zoo "
-            "file (download other URLs yourself first)"
+            "file (download other URLs first, or register an iopath handler for them on "
+            "fima.model_zoo.PathManager)"
         )
     return (
         f"{name!r} is neither an existing file nor a URL, nor a model-zoo config with a "
@@ -103,7 +105,7 @@ def resolve_weights(name: str) -> str:
         # Only a torch.save file enters the cache: a web page or a response cut short without a
         # Content-Length would otherwise be kept and fail every later run the same way.
         return download_cached(name, url_cache_path(name), check=torch_file_problem)
-    zoo = name if name.startswith(PREFIX) else trained_weights(name)
+    zoo = name if has_url_handler(name) else trained_weights(name)
     if zoo is not None:
         return PathManager.get_local_path(zoo)
     raise FileNotFoundError(f"MODEL.WEIGHTS {weights_problem(name)}")

@@ -394,3 +394,23 @@ def test_bad_download_timeout_is_a_download_error(server, monkeypatch, value) ->
     with pytest.raises(model_zoo.DownloadError, match=f"must be a finite number .* got '{value}'"):
         resolve_weights(f"{server.url}/weights/model.pth")
     assert server.requests == []
+
+
+def test_url_of_a_handler_registered_by_the_user_is_fetched(tmp_path, monkeypatch) -> None:
+    """A lab's own storage: an iopath handler registered on fima's PathManager."""
+    from iopath.common.file_io import PathHandler
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(saved({"w": torch.zeros(1)}))
+
+    class LabHandler(PathHandler):
+        def _get_supported_prefixes(self) -> list[str]:
+            return ["lab://"]
+
+        def _get_local_path(self, name: str, **kwargs: object) -> str:
+            return str(tmp_path / name[len("lab://") :])
+
+    assert weights_problem("lab://model.pth") is not None
+    monkeypatch.setitem(model_zoo.PathManager._path_handlers, "lab://", LabHandler())
+    assert weights_problem("lab://model.pth") is None
+    assert resolve_weights("lab://model.pth") == str(path)

@@ -24,7 +24,7 @@ Examples::
 The report lists mapped, dropped, missing and unexpected keys; a conversion that loses part of
 the target is refused unless ``--allow-lossy``. Inputs are loaded with ``weights_only=True``; the
 output is written atomically and never replaces an existing file without ``--overwrite``. Exit
-status 0 on success, 2 when refused or the input is unusable.
+status 0 on success, 2 when refused, the input is unusable or the output cannot be written.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if os.path.isdir(args.output):
+            raise IsADirectoryError(
+                f"--output {args.output} is a directory; give the file to write, e.g. "
+                f"{os.path.join(args.output, 'converted.pth')}"
+            )
         if os.path.exists(args.output) and not args.overwrite:
             raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
         cfg = None
@@ -87,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         output, report = convert_checkpoint(
             load_source(args.input), args.source, args.target, cfg, allow_lossy=args.allow_lossy
         )
-    except (LossyConversionError, ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"convert_checkpoint.py: error: {err}", file=sys.stderr)
+        try:
+            atomic_write(args.output, lambda f: torch.save(output, f))
+        except OSError as err:
+            raise OSError(f"Cannot write {args.output}: {err.strerror or err}") from err
+    except (LossyConversionError, ValueError, KeyError, OSError) as err:
+        # KeyError: an unknown config key or backbone name; its str() would quote the message.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"convert_checkpoint.py: error: {message}", file=sys.stderr)
         return 2
-    atomic_write(args.output, lambda f: torch.save(output, f))
     print(report.format(verbose=args.verbose))
     if report.lossy:
         print("  WARNING: lossy conversion written because of --allow-lossy")

@@ -99,6 +99,18 @@ def output_name(video: str, root: str) -> str:
     return os.path.splitext(relative)[0].replace(os.sep, "__") + ".png"
 
 
+def output_problem(folder: str) -> str | None:
+    """Why the pictures cannot be written under ``folder``, or None: it, or the nearest path above
+    it that exists, must be a directory."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return None
+    where = "" if existing == os.path.abspath(folder) else f" ({existing} is)"
+    return f"--output {folder} is a file{where}, not a directory for the PNG files"
+
+
 def checkpoint_label(weights: str) -> str:
     """A short label: the checkpoint file with its folder (``quickstart_fima/model_final``)."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(weights)))
@@ -132,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             usage_error(PROG, f"{'--compare' if args.compare else 'MODEL.WEIGHTS'} {problem}")
     if not videos:
         usage_error(PROG, f"no video under {args.input}")
+    # Before the checkpoints are loaded: a file in the way would fail at the first picture.
+    problem = output_problem(args.output)
+    if problem is not None:
+        usage_error(PROG, problem)
     targets = [os.path.join(args.output, output_name(v, args.input)) for v in videos]
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not args.overwrite:

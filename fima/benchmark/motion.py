@@ -46,6 +46,7 @@ from fima.data.datasets import AnnotationError, build_dataset
 from fima.engine.defaults import USAGE_ERRORS, resolve_device, usage_errors
 from fima.engine.train_loop import describe_amp
 from fima.evaluation.results import sha256_of
+from fima.model_zoo.model_zoo import configs_root
 from fima.utils.env import (
     describe_cpu_model,
     describe_cpus,
@@ -57,8 +58,15 @@ from fima.utils.logger import setup_logger
 logger = logging.getLogger(__name__)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
-BENCHMARK_CONFIGS = os.path.join(ROOT, "configs", "Benchmark")
+# The checkout's tools/train_net.py: beside the fima package (a checkout, an editable install), or
+# beside the running tools/benchmark.py when fima is installed from a wheel, which ships no tools.
+_TRAIN_NETS = [
+    os.path.join(folder, "train_net.py")
+    for folder in (os.path.join(ROOT, "tools"), os.path.dirname(os.path.abspath(sys.argv[0])))
+]
+TRAIN_NET = next((path for path in _TRAIN_NETS if os.path.isfile(path)), _TRAIN_NETS[0])
+# The configs as the model zoo finds them: a checkout's configs/, or the wheel's copy.
+BENCHMARK_CONFIGS = str(configs_root() / "Benchmark")
 PROG = "benchmark.py --task motion"
 METRICS = ("linear_probe/top1", "retrieval/R@1", "retrieval/R@5")
 METRIC_NAMES = {

@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fima.checkpoint.checkpointer import check_state
-from fima.model_zoo.model_zoo import PathManager, trained_configs, trained_weights
+from fima.checkpoint.checkpointer import check_state, torch_file_problem
+from fima.model_zoo.download import download_cached
+from fima.model_zoo.model_zoo import (
+    PathManager,
+    has_url_handler,
+    trained_configs,
+    trained_weights,
+    url_cache_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +56,30 @@ class BackboneLoadReport:
     unexpected: list[str] = field(default_factory=list)
 
 
+def _is_web_url(name: str) -> bool:
+    return name.lower().startswith(("http://", "https://"))
+
+
 def weights_problem(name: str) -> str | None:
     """Why ``MODEL.WEIGHTS`` ``name`` cannot name a checkpoint, or None when it can: an existing
-    file, a URL, or a model-zoo config with a published checkpoint. Nothing is downloaded."""
-    if os.path.isfile(os.path.expanduser(name)) or "://" in name or trained_weights(name):
+    file, an ``http(s)://`` or ``fima://`` URL (or one whose prefix has a handler registered on
+    ``fima.model_zoo.PathManager``), or a model-zoo config with a published checkpoint. Nothing
+    is downloaded."""
+    if os.path.isfile(os.path.expanduser(name)) or trained_weights(name):
         return None
+    if _is_web_url(name) or has_url_handler(name):
+        return None
+    if "://" in name:
+        # Another scheme would be taken for a local path and reported as a missing file.
+        scheme = name.split("://", 1)[0]
+        local = f" (a local file is given as its path: {name[len('file://') :]})"
+        return (
+            f"{name!r}: fima does not fetch {scheme}:// URLs"
+            + (local if scheme.lower() == "file" else "")
+            + "; pass the path of a local checkpoint, an http(s):// URL or a fima:// model-zoo "
+            "file (download other URLs first, or register an iopath handler for them on "
+            "fima.model_zoo.PathManager)"
+        )
     return (
         f"{name!r} is neither an existing file nor a URL, nor a model-zoo config with a "
         "checkpoint (" + (", ".join(trained_configs()) or "none is published yet") + "). Pass "
@@ -64,9 +90,9 @@ def weights_problem(name: str) -> str | None:
 
 def resolve_weights(name: str) -> str:
     """The local file of ``MODEL.WEIGHTS``: a path; a URL (``http(s)://``, downloaded once into
-    ``$FIMA_CACHE/urls/`` under a hash of the whole URL; ``fima://``, a sha256-verified model-zoo
-    download); or a model-zoo config name such as ``"FIMA/i3d_ucf101_pretrain.yaml"``, which
-    means its published checkpoint.
+    ``$FIMA_CACHE/urls/`` under a hash of the whole URL, and only if it is a ``torch.save`` file;
+    ``fima://``, a sha256-verified model-zoo download); or a model-zoo config name such as
+    ``"FIMA/i3d_ucf101_pretrain.yaml"``, which means its published checkpoint.
 
     Raises:
         FileNotFoundError: ``name`` is none of these.
@@ -75,9 +101,11 @@ def resolve_weights(name: str) -> str:
     path = os.path.expanduser(name)
     if os.path.isfile(path):
         return path
-    if "://" in name:
-        return PathManager.get_local_path(name)
-    zoo = trained_weights(name)
+    if _is_web_url(name):
+        # Only a torch.save file enters the cache: a web page or a response cut short without a
+        # Content-Length would otherwise be kept and fail every later run the same way.
+        return download_cached(name, url_cache_path(name), check=torch_file_problem)
+    zoo = name if has_url_handler(name) else trained_weights(name)
     if zoo is not None:
         return PathManager.get_local_path(zoo)
     raise FileNotFoundError(f"MODEL.WEIGHTS {weights_problem(name)}")

@@ -25,8 +25,9 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
@@ -92,6 +93,41 @@ def _unreadable_reason(err: Exception) -> str:
     return (
         "it is not a file written by torch.save, or it is corrupt "
         f"({type(err).__name__}: {first[:120]})"
+    )
+
+
+def torch_file_problem(f: BinaryIO) -> str | None:
+    """Why the open file ``f`` cannot be a ``torch.save`` file, or None when it can be.
+
+    Reads only its first bytes and, for a zip archive (``torch.save``'s format since torch 1.6),
+    the central directory at its end; a legacy file (a pickle stream) is accepted on its first
+    byte. This catches what a server sends instead of a checkpoint (an error or login page) and
+    an archive cut short, without loading the tensors.
+
+    Args:
+        f: opened for reading in binary mode, at any position (it is left at an undefined one).
+    """
+    f.seek(0)
+    head = f.read(64)
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x80"):  # a pickle stream (protocol >= 2): torch.save's legacy format
+        return None
+    if zipfile.is_zipfile(f):
+        f.seek(0)
+        try:
+            names = zipfile.ZipFile(f).namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            return f"it is a corrupt zip archive ({err})"
+        if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+            return None
+        return "it is a zip archive without data.pkl, not a file written by torch.save"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive without its end (cut short)"
+    text = head.lstrip().lower()
+    page = text.startswith((b"<!doctype", b"<html", b"<?xml", b"{")) or b"<html" in text
+    return f"it is not a file written by torch.save: it starts with {head[:40]!r}" + (
+        " (a web page or an error message: check the URL)" if page else ""
     )
 
 

@@ -1,20 +1,23 @@
 """Downloads into a cache: stream a URL into a file that exists only once it is complete.
 
 A file is written to a hidden temporary file beside its final name and renamed only after the
-announced length (and, for a model-zoo file, the sha256) check out
-(:func:`fima.checkpoint.atomic_write`), so the cache never holds a partial or tampered file,
-whatever happens during the download. A cached model-zoo file is verified again before every use;
-one that no longer matches is deleted and fetched anew. A plain URL, whose sha256 is unknown, is
-downloaded once (:func:`download_cached`).
+announced length (and, for a model-zoo file, the sha256; given a content check, the kind of file)
+check out (:func:`fima.checkpoint.atomic_write`), so the cache never holds a partial or tampered
+file, whatever happens during the download. A cached model-zoo file is verified again before
+every use; one that no longer matches is deleted and fetched anew. A plain URL, whose sha256 is
+unknown, is downloaded once (:func:`download_cached`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
+import math
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import BinaryIO
 
 from fima.checkpoint.checkpointer import atomic_write
@@ -31,21 +34,32 @@ class DownloadError(OSError):
 
 
 class ChecksumError(DownloadError):
-    """Downloaded content that is truncated or whose sha256 differs from the expected one."""
+    """Downloaded content that is truncated, whose sha256 differs from the expected one, or that
+    is not what was asked for (a web page instead of a checkpoint)."""
+
+
+# Says why the content of an open file is not what a download should give, or None if it is
+# (e.g. fima.checkpoint.checkpointer.torch_file_problem).
+ContentCheck = Callable[[BinaryIO], str | None]
 
 
 def download_timeout() -> float:
     """Seconds a download waits for the server to connect or send more data:
-    ``$FIMA_DOWNLOAD_TIMEOUT``, default 60."""
+    ``$FIMA_DOWNLOAD_TIMEOUT``, default 60.
+
+    Raises:
+        DownloadError: the variable is not a positive number, so no download is attempted (a
+            DownloadError, so that the tools say it in one line as any failed download).
+    """
     value = os.environ.get("FIMA_DOWNLOAD_TIMEOUT", "")
     try:
         timeout = float(value) if value else DEFAULT_TIMEOUT_S
     except ValueError:
-        raise ValueError(
-            f"FIMA_DOWNLOAD_TIMEOUT must be a number of seconds, got {value!r}"
-        ) from None
-    if timeout <= 0:
-        raise ValueError(f"FIMA_DOWNLOAD_TIMEOUT must be > 0 seconds, got {value!r}")
+        timeout = float("nan")
+    if not 0 < timeout < math.inf:
+        raise DownloadError(
+            f"FIMA_DOWNLOAD_TIMEOUT must be a finite number of seconds > 0, got {value!r}"
+        )
     return timeout
 
 
@@ -61,11 +75,12 @@ def file_sha256(path: str) -> str:
 def _stream(url: str, sha256: str | None, timeout: float, out: BinaryIO) -> None:
     """Write the body of ``url`` to ``out``; raise unless it is complete and matches ``sha256``
     (when given)."""
+    digest, received, total, answered = hashlib.sha256(), 0, None, False
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
+            answered = True
             announced = response.headers.get("Content-Length")
             total = int(announced) if announced is not None else None
-            digest, received = hashlib.sha256(), 0
             bar = progress_bar(desc=os.path.basename(url), total=total, unit="B", unit_scale=True)
             with bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -85,6 +100,22 @@ def _stream(url: str, sha256: str | None, timeout: float, out: BinaryIO) -> None
                 "FIMA_DOWNLOAD_TIMEOUT to wait longer)"
             ) from err
         raise DownloadError(f"Cannot download {url}: {err}") from err
+    except (http.client.HTTPException, ConnectionError) as err:
+        # urllib raises these unwrapped: a connection closed or reset while the body streams
+        # (IncompleteRead, ECONNRESET), or a server that hangs up or does not speak HTTP before
+        # its answer (RemoteDisconnected, BadStatusLine). A body cut short is a truncated
+        # download, retried like one.
+        if isinstance(err, http.client.IncompleteRead):
+            reason = "the server closed the connection"
+        else:
+            reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        if answered:
+            of_total = f" of the {total}" if total is not None else ""
+            raise ChecksumError(
+                f"Download of {url} is truncated: the connection ended after {received}"
+                f"{of_total} bytes ({reason})"
+            ) from err
+        raise DownloadError(f"Cannot download {url}: {reason}") from err
     if total is not None and received != total:
         raise ChecksumError(
             f"Download of {url} is truncated: received {received} of the {total} bytes the "
@@ -137,40 +168,80 @@ def download_verified(url: str, path: str, sha256: str, timeout: float | None = 
     return _fetch(url, path, sha256, timeout)
 
 
-def download_cached(url: str, path: str, timeout: float | None = None, force: bool = False) -> str:
+def download_cached(
+    url: str,
+    path: str,
+    timeout: float | None = None,
+    force: bool = False,
+    check: ContentCheck | None = None,
+) -> str:
     """The local file ``path`` holding ``url``'s content, downloaded once.
 
-    A cached ``path`` is used without network access. Nothing but the announced length can be
-    checked (no sha256 is known): a truncated response is discarded and the download retried
-    once. The caller chooses a ``path`` that only this ``url`` maps to.
+    A cached ``path`` is used without network access. No sha256 is known, so what can be
+    checked is the announced length and, given ``check``, the kind of content: a truncated
+    response or one that ``check`` refuses is discarded and the download retried once. A cached
+    file that ``check`` refuses (cached by an older fima) is deleted and downloaded again. The
+    caller chooses a ``path`` that only this ``url`` maps to.
 
     Args:
         url: where the file is.
         path: where it is cached.
         timeout: as for :func:`download_verified`.
         force: download again even if ``path`` exists (it is replaced atomically).
+        check: says why a file's content is not what ``url`` should give, or None when it is.
 
     Returns:
         ``path``.
 
     Raises:
-        ChecksumError: both attempts were truncated; nothing is left in the cache.
+        ChecksumError: both attempts were truncated or refused by ``check``; nothing is left in
+            the cache.
         DownloadError: the server cannot be reached, answers with an error, or times out.
     """
     if os.path.isfile(path) and not force:
-        logger.info("Using %s, downloaded earlier from %s", path, url)
-        return path
-    return _fetch(url, path, None, timeout)
+        with open(path, "rb") as f:
+            problem = check(f) if check is not None else None
+        if problem is None:
+            logger.info("Using %s, downloaded earlier from %s", path, url)
+            return path
+        logger.warning(
+            "Cached %s is not usable (%s): deleting it and downloading %s again", path, problem, url
+        )
+        os.unlink(path)
+    return _fetch(url, path, None, timeout, check)
 
 
-def _fetch(url: str, path: str, sha256: str | None, timeout: float | None) -> str:
-    """Download ``url`` into ``path`` atomically, retrying once if it is truncated or does not
-    match ``sha256``; return ``path``."""
+def _fetch(
+    url: str,
+    path: str,
+    sha256: str | None,
+    timeout: float | None,
+    check: ContentCheck | None = None,
+) -> str:
+    """Download ``url`` into ``path`` atomically, retrying once if it is truncated, does not
+    match ``sha256`` or is refused by ``check``; return ``path``."""
     timeout = download_timeout() if timeout is None else timeout
+
+    def write(out: BinaryIO) -> None:
+        _stream(url, sha256, timeout, out)
+        if check is not None:
+            out.flush()
+            problem = check(out)
+            if problem is not None:
+                raise ChecksumError(f"Download of {url} is not usable: {problem}")
 
     def fetch() -> None:
         logger.info("Downloading %s to %s", url, path)
-        atomic_write(path, lambda out: _stream(url, sha256, timeout, out))
+        try:
+            # w+b: the check reads the complete temporary file before it is renamed into place.
+            atomic_write(path, write, mode="w+b")
+        except DownloadError:
+            raise
+        except OSError as err:  # the cache, not the server: no folder, no permission, no space
+            raise DownloadError(
+                f"Cannot write the download of {url} to {path}: {err.strerror or err} (FIMA_CACHE "
+                "sets the folder downloads are kept in)"
+            ) from err
 
     try:
         fetch()

@@ -269,3 +269,10 @@ def _path_manager() -> PathManagerBase:
 # fima's own PathManager (iopath's global one stays untouched): local paths, http(s):// URLs
 # (downloaded once into $FIMA_CACHE/urls, unverified) and fima:// model-zoo files (verified).
 PathManager = _path_manager()
+
+
+def has_url_handler(name: str) -> bool:
+    """Whether fima's ``PathManager`` fetches ``name``: an ``http(s)://`` or ``fima://`` URL, or
+    one of a prefix whose handler a user registered (``PathManager.register_handler``)."""
+    # iopath lists the registered prefixes only in this attribute.
+    return any(name.startswith(prefix) for prefix in PathManager._path_handlers)

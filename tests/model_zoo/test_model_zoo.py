@@ -6,6 +6,8 @@ import hashlib
 import http.server
 import io
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from fima import model_zoo
-from fima.checkpoint.backbone_weights import resolve_weights
+from fima.checkpoint.backbone_weights import resolve_weights, weights_problem
 from fima.model_zoo import model_zoo as zoo_module
 from fima.modeling import build_model
 
@@ -25,7 +27,10 @@ FILE = "Quickstart/moco_synthetic/model_final.pth"
 
 class Server(http.server.ThreadingHTTPServer):
     """Serves ``files`` (URL path -> bytes); ``mode`` makes it misbehave: ``"truncate"`` announces
-    more bytes than it sends, ``"hang"`` accepts the request and never answers."""
+    more bytes than it sends, ``"hang"`` accepts the request and never answers, ``"page"`` answers
+    200 with a web page, ``"reset"`` resets the connection halfway through the body, ``"cut"``
+    closes it halfway through a chunked body, ``"unsized"`` sends half the body without a
+    Content-Length and closes."""
 
     daemon_threads = True
     block_on_close = False
@@ -53,6 +58,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.server.files.get(self.path.removeprefix("/release/"))
         if body is None:
             self.send_error(404)
+            return
+        mode = self.server.mode
+        if mode == "page":
+            body = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>"
+        elif mode in ("reset", "cut", "unsized"):
+            self.send_response(200)
+            if mode == "reset":
+                self.send_header("Content-Length", str(len(body)))
+            elif mode == "cut":
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = body[: len(body) // 2]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half) if mode == "cut" else half)
+            self.wfile.flush()
+            if mode == "reset":  # close with SO_LINGER 0: the client sees ECONNRESET
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            self.connection.close()
+            self.close_connection = True
             return
         self.send_response(200)
         extra = 1000 if self.server.mode == "truncate" else 0
@@ -98,6 +123,13 @@ def checkpoint() -> tuple[dict[str, torch.Tensor], bytes]:
     buffer = io.BytesIO()
     torch.save({"model": state, "iteration": 99}, buffer)
     return state, buffer.getvalue()
+
+
+def saved(value: object) -> bytes:
+    """What ``torch.save(value)`` writes: a small file that a MODEL.WEIGHTS URL may serve."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 def publish(srv: Server, body: bytes, served: bytes | None = None) -> str:
@@ -238,11 +270,12 @@ def test_urls_of_two_servers_with_the_same_path_are_cached_apart(
     # and returned the first server's file for the second URL.
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "iopath"))
     path = "weights/model.pth"
-    server.files[path], second_server.files[path] = b"first server", b"second server"
+    server.files[path] = saved({"server": torch.tensor(1)})
+    second_server.files[path] = saved({"server": torch.tensor(2)})
     first, second = f"{server.url}/{path}", f"{second_server.url}/{path}"
     first_file, second_file = resolve_weights(first), resolve_weights(second)
-    assert Path(first_file).read_bytes() == b"first server"
-    assert Path(second_file).read_bytes() == b"second server"
+    assert Path(first_file).read_bytes() == server.files[path]
+    assert Path(second_file).read_bytes() == second_server.files[path]
     urls = tmp_path / "cache" / "urls"
     for url, file in ((first, first_file), (second, second_file)):
         digest = hashlib.sha256(url.encode()).hexdigest()
@@ -257,12 +290,127 @@ def test_urls_of_two_servers_with_the_same_path_are_cached_apart(
 
 
 def test_truncated_url_download_is_retried_once_and_not_cached(server, tmp_path) -> None:
-    server.files["weights/model.pth"] = b"x" * 100
+    body = server.files["weights/model.pth"] = saved({"w": torch.zeros(3)})
     server.mode = "truncate"
     url = f"{server.url}/weights/model.pth"
-    with pytest.raises(model_zoo.ChecksumError, match="received 100 of the 1100 bytes"):
+    size = len(body)
+    with pytest.raises(model_zoo.ChecksumError, match=f"received {size} of the {size + 1000} b"):
         resolve_weights(url)
     assert len(server.requests) == 2
     assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
     server.mode = "normal"
-    assert Path(resolve_weights(url)).read_bytes() == b"x" * 100
+    assert Path(resolve_weights(url)).read_bytes() == body
+
+
+def cached_urls(tmp_path) -> list[Path]:
+    return [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("mode", ["reset", "cut"])
+def test_connection_lost_midway_is_retried_and_not_cached(server, checkpoint, tmp_path, mode):
+    # urllib raised ConnectionResetError / http.client.IncompleteRead unwrapped: train_net.py
+    # printed a traceback and nothing was retried.
+    _, body = checkpoint
+    publish(server, body)
+    server.files["weights/model.pth"] = body
+    server.mode = mode
+    for url in (f"fima://{FILE}", f"{server.url}/weights/model.pth"):
+        server.requests.clear()
+        with pytest.raises(model_zoo.ChecksumError, match="truncated: the connection ended"):
+            resolve_weights(url)
+        assert len(server.requests) == 2
+        assert cached_urls(tmp_path) == []
+    server.mode = "normal"
+    assert Path(resolve_weights(f"{server.url}/weights/model.pth")).read_bytes() == body
+
+
+@pytest.mark.parametrize(
+    "mode, problem",
+    [("page", "starts with b'<!DOCTYPE html>.*a web page"), ("unsized", "zip archive without")],
+)
+def test_url_that_is_not_a_checkpoint_is_not_cached(server, checkpoint, tmp_path, mode, problem):
+    # A web page (a login or rate-limit page sent with status 200) or a body cut short without a
+    # Content-Length was cached, and every later run failed on the cached file without fetching
+    # it again.
+    _, body = checkpoint
+    server.files["weights/model.pth"] = body
+    server.mode = mode
+    url = f"{server.url}/weights/model.pth"
+    with pytest.raises(model_zoo.ChecksumError, match=f"not usable: it .*{problem}"):
+        resolve_weights(url)
+    assert len(server.requests) == 2
+    assert cached_urls(tmp_path) == []
+    server.mode = "normal"
+    assert Path(resolve_weights(url)).read_bytes() == body
+
+
+def test_cached_url_that_is_not_a_checkpoint_is_fetched_again(server, checkpoint, tmp_path):
+    _, body = checkpoint
+    server.files["weights/model.pth"] = body
+    url = f"{server.url}/weights/model.pth"
+    stale = Path(zoo_module.url_cache_path(url))
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"<html>502 Bad Gateway</html>")  # what an older fima kept
+    assert resolve_weights(url) == str(stale)
+    assert stale.read_bytes() == body
+    assert len(server.requests) == 1
+
+
+def test_other_url_schemes_are_refused_with_advice(tmp_path) -> None:
+    # They were taken for local paths: "Checkpoint file:///.../model.pth does not exist" of a
+    # file that exists.
+    path = tmp_path / "model.pth"
+    path.write_bytes(saved({"w": torch.zeros(1)}))
+    with pytest.raises(FileNotFoundError, match=f"file:// URLs .*given as its path: {path}\\)"):
+        resolve_weights(f"file://{path}")
+    assert "fima does not fetch s3:// URLs" in weights_problem("s3://bucket/model.pth")
+    assert weights_problem("fima://Quickstart/x.pth") is None
+    assert weights_problem("HTTPS://example.com/model.pth") is None
+
+
+def test_url_scheme_is_case_insensitive(server, tmp_path) -> None:
+    body = server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    url = f"{server.url}/weights/model.pth".replace("http://", "HTTP://")
+    assert Path(resolve_weights(url)).read_bytes() == body
+
+
+def test_cache_that_cannot_be_written_is_a_download_error(server, tmp_path, monkeypatch) -> None:
+    # A FIMA_CACHE that is a file (or read-only, or full) ended in a NotADirectoryError /
+    # PermissionError traceback from train_net.py.
+    server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("FIMA_CACHE", str(blocker))
+    with pytest.raises(model_zoo.DownloadError, match="Cannot write the download of .*FIMA_CACHE"):
+        resolve_weights(f"{server.url}/weights/model.pth")
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
+def test_bad_download_timeout_is_a_download_error(server, monkeypatch, value) -> None:
+    # It was a ValueError, which train_net.py printed as a traceback once the run had started
+    # (inf: an OverflowError from the socket; nan was taken as a timeout).
+    server.files["weights/model.pth"] = saved({"w": torch.ones(2)})
+    monkeypatch.setenv("FIMA_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(model_zoo.DownloadError, match=f"must be a finite number .* got '{value}'"):
+        resolve_weights(f"{server.url}/weights/model.pth")
+    assert server.requests == []
+
+
+def test_url_of_a_handler_registered_by_the_user_is_fetched(tmp_path, monkeypatch) -> None:
+    """A lab's own storage: an iopath handler registered on fima's PathManager."""
+    from iopath.common.file_io import PathHandler
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(saved({"w": torch.zeros(1)}))
+
+    class LabHandler(PathHandler):
+        def _get_supported_prefixes(self) -> list[str]:
+            return ["lab://"]
+
+        def _get_local_path(self, name: str, **kwargs: object) -> str:
+            return str(tmp_path / name[len("lab://") :])
+
+    assert weights_problem("lab://model.pth") is not None
+    monkeypatch.setitem(model_zoo.PathManager._path_handlers, "lab://", LabHandler())
+    assert weights_problem("lab://model.pth") is None
+    assert resolve_weights("lab://model.pth") == str(path)

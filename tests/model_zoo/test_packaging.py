@@ -60,6 +60,18 @@ def test_configs_are_found_in_an_installed_wheel(tmp_path) -> None:
         "assert path.startswith(sys.argv[1]), path\n"
         "cfg = model_zoo.get_config('FIMA/i3d_ucf101_pretrain.yaml')\n"
         "assert cfg.MODEL.META_ARCHITECTURE == 'FIMA', cfg.MODEL.META_ARCHITECTURE\n"
+        # tools/benchmark.py of a checkout, run with fima installed from the wheel, looked for
+        # the configs and tools/train_net.py under site-packages/ ("Config file not found").
+        "import os\n"
+        "from fima.benchmark import motion\n"
+        "assert os.path.isfile(os.path.join(motion.BENCHMARK_CONFIGS, 'moco_motion.yaml'))\n"
+        "assert motion.TRAIN_NET == os.path.join(os.path.dirname(__file__), 'train_net.py')\n"
     )
+    tools = tmp_path / "checkout" / "tools"  # the script runs as a checkout's tool would
+    tools.mkdir(parents=True)
+    (tools / "train_net.py").write_text("")
+    (tools / "check.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    subprocess.run([sys.executable, "-c", script, str(site)], check=True, cwd=tmp_path, env=env)
+    subprocess.run(
+        [sys.executable, str(tools / "check.py"), str(site)], check=True, cwd=tmp_path, env=env
+    )

@@ -311,3 +311,43 @@ def test_unreadable_input_is_one_line_and_exit_2(tmp_path, i3d_state, capsys, la
     assert err.startswith(f"convert_checkpoint.py: error: Cannot read checkpoint {source}: ")
     assert reason in err and err.count("\n") == 1
     assert not output.exists()
+
+
+def test_output_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, i3d_state, capsys):
+    # A directory as --output was refused with "exists; pass --overwrite", then --overwrite
+    # ended in an IsADirectoryError traceback; an unwritable place ended in a traceback too.
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    checkpoint = reference_finetuned(i3d_state)
+    args = ("--from", "fame-reference", "--to", "classifier", "--output")
+    for flags in ((), ("--overwrite",)):
+        assert run_tool(tmp_path, checkpoint, *args, str(folder), *flags) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"convert_checkpoint.py: error: --output {folder} is a directory; give the file to "
+            f"write, e.g. {folder / 'converted.pth'}\n"
+        )
+    assert list(folder.iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    assert run_tool(tmp_path, checkpoint, *args, str(blocker / "out.pth")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"convert_checkpoint.py: error: Cannot write {blocker / 'out.pth'}: ")
+    assert err.count("\n") == 1
+
+
+def test_config_with_unknown_keys_is_one_line_and_exit_2(tmp_path, i3d_state, capsys) -> None:
+    # A project's config (its keys are added by --import in train_net.py) ended in a KeyError
+    # traceback.
+    config = tmp_path / "s3d.yaml"
+    config.write_text("MODEL:\n  S3D:\n    WIDTH_MULT: 0.125\n")
+    args = ("--from", "fame-reference", "--to", "backbone", "--output", str(tmp_path / "o.pth"))
+    assert run_tool(tmp_path, reference_finetuned(i3d_state), *args, "--config-file", str(config))
+    err = capsys.readouterr().err
+    assert err.startswith("convert_checkpoint.py: error: Non-existent config key: MODEL.S3D")
+    assert err.count("\n") == 1
+    config.write_text("MODEL:\n  BACKBONE:\n    NAME: S3D\n")
+    assert run_tool(tmp_path, reference_finetuned(i3d_state), *args, "--config-file", str(config))
+    err = capsys.readouterr().err
+    assert err.startswith("convert_checkpoint.py: error: ") and "S3D" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o.pth").exists()

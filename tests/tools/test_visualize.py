@@ -102,6 +102,9 @@ def test_unreadable_videos_are_skipped_and_counted(setup, tmp_path) -> None:
         (["--cell", "0"], [], "argument --cell: must be >= 1, got 0"),
         (["--cell", "x"], [], "argument --cell: expected an integer, got 'x'"),
         (["--compare", "{moco}", "nope"], [], "--compare 'nope' is neither an existing file"),
+        # A file as --output (or above it) ended in a FileExistsError traceback after loading.
+        (["--output", "{moco}"], [], "model_final.pth is a file, not a directory for the PNG"),
+        (["--output", "{moco}/vis"], [], "model_final.pth is), not a directory for the PNG"),
         ([], ["MODEL.TINY3D.WIDTHS", "(8, 16, 16, 64)"], "does not match the model: shape: "),
         ([], ["MODEL.WEIGHTS", "{config}"], "Cannot read checkpoint"),
     ],

@@ -120,9 +120,8 @@ class AnnotationError(ValueError):
     """A malformed line in a split, list or CSV file; the message names the file and line."""
 
 
-def read_lines(path: str) -> list[tuple[int, str]]:
-    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
-    their 1-based line numbers.
+def read_text(path: str) -> str:
+    """The text of an annotation file (UTF-8, with or without a byte-order mark).
 
     Raises:
         AnnotationError: the file is not UTF-8 (the message names the line).
@@ -130,15 +129,24 @@ def read_lines(path: str) -> list[tuple[int, str]]:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         number = raw.count(b"\n", 0, err.start) + 1
         raise AnnotationError(
             f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start}); save the file "
             "as UTF-8"
         ) from None
+
+
+def read_lines(path: str) -> list[tuple[int, str]]:
+    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
+    their 1-based line numbers.
+
+    Raises:
+        AnnotationError: the file is not UTF-8 (the message names the line).
+    """
     # Universal newlines, as open() reads text: "\r\n", "\r" and "\n" end a line.
-    lines = enumerate(io.StringIO(text, newline=None), 1)
+    lines = enumerate(io.StringIO(read_text(path), newline=None), 1)
     return [(number, line.strip()) for number, line in lines if line.strip()]
 
 

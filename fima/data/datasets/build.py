@@ -19,7 +19,8 @@ An entry is called as ``cls(cfg, split)`` with ``split`` in ``{"train", "test"}`
 accept more) and returns a :class:`VideoDataset`: the list of videos of that split with their
 labels. Decoding, clip sampling and augmentation are the loaders' business, so one dataset serves
 pretraining, fine-tuning and testing. A class attribute ``LAYOUT`` says what ``DATA.ROOT`` must
-hold, for error messages. DATASETS.md describes each entry's layout and preparation.
+hold, for error messages, and ``ROOT_REQUIRED = True`` makes an empty ``DATA.ROOT`` a start-up
+error. DATASETS.md describes each entry's layout and preparation.
 """
 
 
@@ -54,6 +55,8 @@ class VideoDataset(Dataset):
     """
 
     LAYOUT = "see DATASETS.md"
+    # Whether the dataset reads nothing without DATA.ROOT (start-up validation checks it).
+    ROOT_REQUIRED = False
 
     def __init__(
         self,

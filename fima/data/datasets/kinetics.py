@@ -140,6 +140,7 @@ class Kinetics400(VideoDataset):
     """Kinetics-400 (400 classes); splits ``train``, ``val`` and ``test``."""
 
     LAYOUT = LAYOUT
+    ROOT_REQUIRED = True
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         if split not in CSV_FILES:

@@ -107,7 +107,8 @@ def _csv_fields(path: str, number: int, line: str, expected: str) -> list[str]:
         return [field.strip() for field in next(csv.reader([line], strict=True))]
     except csv.Error as err:
         raise AnnotationError(
-            f"{path}:{number}: {err} (unbalanced quotes?); expected {expected}, got {line!r}"
+            f"{path}:{number}: {err} (a quote must enclose a whole field); expected {expected}, "
+            f"got {line!r}"
         ) from None
 
 

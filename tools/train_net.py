@@ -98,8 +98,8 @@ def fail(message: str) -> NoReturn:
 def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     """``--eval-only``: evaluate a checkpoint (OUTPUT_DIR's newest with ``--resume``, else
     ``MODEL.WEIGHTS``; neither: the random initialisation, the baseline of the evaluators of
-    features), log one summary table and write ``OUTPUT_DIR/results.json`` (config, checkpoint
-    and its sha256, metrics, time).
+    features), log one summary table and write ``OUTPUT_DIR/results.json`` (config file,
+    checkpoint and its sha256, metrics, time).
 
     The checkpoint must fit the model as evaluated: a classifier evaluated by the classification
     evaluator needs a classifier checkpoint, whose head it scores with."""

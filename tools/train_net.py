@@ -46,6 +46,9 @@ PROG = "train_net.py"
 def import_user_module(spec: str) -> ModuleType:
     """Import a dotted module name or a ``.py`` file path.
 
+    A module name is looked up on the Python path, then in the working directory (Python puts
+    this script's folder on the path, not the working directory, where a user's module lies).
+
     Raises:
         FileNotFoundError: no such ``.py`` file.
         ValueError: no such module (a module that imports a missing one keeps its own error).
@@ -61,14 +64,17 @@ def import_user_module(spec: str) -> ModuleType:
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module
+    # Last, so that a file in the working directory never shadows an installed module.
+    if os.getcwd() not in sys.path and os.curdir not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as err:
         if err.name is None or not (spec == err.name or spec.startswith(f"{err.name}.")):
             raise  # the module exists but imports a missing one: its traceback says where
         raise ValueError(
-            f"--import {spec}: no module named {err.name!r} on the Python path (give a module "
-            "name importable from here, or the path of a .py file)"
+            f"--import {spec}: no module named {err.name!r} on the Python path or in the working "
+            "directory (give a module name importable from there, or the path of a .py file)"
         ) from None
 
 
@@ -92,8 +98,8 @@ def fail(message: str) -> NoReturn:
 def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     """``--eval-only``: evaluate a checkpoint (OUTPUT_DIR's newest with ``--resume``, else
     ``MODEL.WEIGHTS``; neither: the random initialisation, the baseline of the evaluators of
-    features), log one summary table and write ``OUTPUT_DIR/results.json`` (config, checkpoint
-    and its sha256, metrics, time).
+    features), log one summary table and write ``OUTPUT_DIR/results.json`` (config file,
+    checkpoint and its sha256, metrics, time).
 
     The checkpoint must fit the model as evaluated: a classifier evaluated by the classification
     evaluator needs a classifier checkpoint, whose head it scores with."""

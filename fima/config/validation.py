@@ -230,13 +230,21 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     require(data.MIN_VIDEO_FRAMES >= 1, "DATA.MIN_VIDEO_FRAMES", "must be >= 1")
     require(inp.TRAIN_SHORT_SIDE >= 0, "INPUT.TRAIN_SHORT_SIDE", "must be >= 0 (0: keep)")
     require(inp.TEST_SHORT_SIDE >= 0, "INPUT.TEST_SHORT_SIDE", "must be >= 0 (0: keep)")
+    dataset_class = DATASET_REGISTRY.get(data.DATASET)
+    layout = getattr(dataset_class, "LAYOUT", "see DATASETS.md")
     if data.ROOT and data.DATASET != "SyntheticMotion":
-        layout = getattr(DATASET_REGISTRY.get(data.DATASET), "LAYOUT", "see DATASETS.md")
         require(
             os.path.isdir(os.path.expanduser(data.ROOT)),
             "DATA.ROOT",
             f"directory {data.ROOT!r} does not exist ({layout})",
         )
+    # The transfer configs leave DATA.ROOT to the command line; forgetting it must stop the run
+    # here, before config.yaml and the log are written, not once the loader is built.
+    require(
+        bool(data.ROOT) or not getattr(dataset_class, "ROOT_REQUIRED", False),
+        "DATA.ROOT",
+        f"is empty: set it to the {data.DATASET} root ({layout})",
+    )
     if (
         cfg.MODEL.WEIGHTS
         and _is_local_path(cfg.MODEL.WEIGHTS)

@@ -227,6 +227,21 @@ def test_missing_paths_fail(tmp_path) -> None:
         validate_cfg(cfg)
 
 
+@pytest.mark.parametrize("dataset", ["UCF101", "HMDB51", "Kinetics400"])
+def test_an_empty_root_of_a_dataset_that_needs_one_fails_at_start_up(tmp_path, dataset) -> None:
+    # The transfer configs leave DATA.ROOT to the command line: forgetting it is a config error
+    # (nothing written), not a failure once the model and the loader are being built.
+    with pytest.raises(ConfigError, match=f"DATA.ROOT: is empty: set it to the {dataset} root"):
+        validate_cfg(tiny_cfg(**{"DATA.DATASET": dataset, "DATA.ROOT": ""}))
+    # VideoList may take its list files from DATA.VIDEO_LIST instead.
+    (tmp_path / "train.txt").write_text("a.mp4 0\n")
+    validate_cfg(
+        tiny_cfg(
+            **{"DATA.DATASET": "VideoList", "DATA.VIDEO_LIST.TRAIN": str(tmp_path / "train.txt")}
+        )
+    )
+
+
 def test_unknown_registry_name_lists_known_ones() -> None:
     cfg = tiny_cfg(**{"MODEL.BACKBONE.NAME": "ResNeXt"})
     with pytest.raises(KeyError, match="Registered: .*I3D.*R2Plus1D18"):

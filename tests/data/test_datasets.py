@@ -206,6 +206,8 @@ def test_video_list_bad_folders_say_what_is_wrong(tmp_path, files, message: str)
         ),  # fmt: skip
         ("Kinetics400", "annotations/train.csv", "label,youtube_id,start,end\n", 1),
         ("VideoList", "train.csv", "path,label\na.mp4,x\nb.mp4,y,z\n", 3),
+        # An unbalanced quote must not swallow the next lines into one unlabelled path.
+        ("VideoList", "train.csv", 'path,label\n"a.mp4,x\nb.mp4,y\n', 2),
         ("VideoList", "train.txt", "a.mp4 x\nb.mp4\n", 2),
     ],
 )
@@ -284,10 +286,22 @@ def test_video_list_without_a_video_names_its_file(tmp_path, text: str) -> None:
         build_dataset(_cfg("VideoList", str(tmp_path)), "train")
 
 
-def test_a_list_that_is_not_utf8_names_file_and_line(tmp_path) -> None:
-    (tmp_path / "train.csv").write_bytes("a.mp4,walk\nb\u00e4.mp4,run\n".encode("latin-1"))
-    with pytest.raises(AnnotationError, match=re.escape(f"{tmp_path / 'train.csv'}:2: not UTF-8")):
-        build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+@pytest.mark.parametrize(
+    ("dataset", "relative", "text"),
+    [
+        ("VideoList", "train.csv", "a.mp4,walk\nb\u00e4.mp4,run\n"),
+        ("Kinetics400", "annotations/train.csv", "label,youtube_id,time_start,time_end,split\n"
+         "caf\u00e9,x,0,10,train\n"),
+    ],
+)  # fmt: skip
+def test_a_list_that_is_not_utf8_names_file_and_line(
+    tmp_path, dataset: str, relative: str, text: str
+) -> None:
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(AnnotationError, match=re.escape(f"{path}:2: not UTF-8")):
+        build_dataset(_cfg(dataset, str(tmp_path)), "train")
 
 
 def test_kinetics_without_any_listed_video_says_so(tmp_path) -> None:

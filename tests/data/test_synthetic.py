@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from fima.config import ConfigError, validate_cfg
 from fima.data import build_dataset
 from fima.data.datasets.synthetic import (
     MOTIONS,
@@ -56,6 +57,19 @@ def test_a_root_generated_with_other_settings_is_refused_not_read(tmp_path) -> N
     with pytest.raises(FileExistsError, match=r"other DATA.SYNTHETIC settings \(SEED 0 there, 7"):
         build_dataset(other, "train")
     assert sorted(p.name for p in (tmp_path / "mine" / "UCF-101").iterdir()) == listing
+    # Start-up validation says so already, so that a run stops in one line, writing nothing.
+    with pytest.raises(ConfigError, match=r"DATA.ROOT: .*other DATA.SYNTHETIC settings \(SEED 0"):
+        validate_cfg(other)
+    validate_cfg(cfg)
+
+
+def test_a_root_of_other_files_is_refused_at_start_up(tmp_path) -> None:
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")
+    cfg = tiny_cfg(**{"DATA.ROOT": str(tmp_path / "videos")})
+    with pytest.raises(ConfigError, match=r"DATA.ROOT: .*videos exists, is not empty and is not"):
+        validate_cfg(cfg)
+    validate_cfg(tiny_cfg(**{"DATA.ROOT": str(tmp_path / "new")}))
 
 
 def test_appearance_does_not_depend_on_the_class() -> None:

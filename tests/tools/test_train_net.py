@@ -27,14 +27,16 @@ def train_net(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
     )
 
 
-def test_user_backbone_trains_with_moco_without_touching_fima(tmp_path) -> None:
+@pytest.mark.parametrize("spec", ["file", "module"])
+def test_user_backbone_trains_with_moco_without_touching_fima(tmp_path, spec: str) -> None:
     user_file = tmp_path / "user_backbone.py"
     with open(os.path.join(ROOT, "examples", "my_backbone.py")) as f:
         user_file.write_text(f.read())
     out = tmp_path / "out"
+    # A module name is found in the working directory too, not only on PYTHONPATH.
     result = train_net(
         "--import",
-        str(user_file),
+        str(user_file) if spec == "file" else "user_backbone",
         "--config-file",
         os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
         "MODEL.BACKBONE.NAME",

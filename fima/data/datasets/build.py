@@ -19,7 +19,8 @@ An entry is called as ``cls(cfg, split)`` with ``split`` in ``{"train", "test"}`
 accept more) and returns a :class:`VideoDataset`: the list of videos of that split with their
 labels. Decoding, clip sampling and augmentation are the loaders' business, so one dataset serves
 pretraining, fine-tuning and testing. A class attribute ``LAYOUT`` says what ``DATA.ROOT`` must
-hold, for error messages. DATASETS.md describes each entry's layout and preparation.
+hold, for error messages, and ``ROOT_REQUIRED = True`` makes an empty ``DATA.ROOT`` a start-up
+error. DATASETS.md describes each entry's layout and preparation.
 """
 
 
@@ -54,6 +55,8 @@ class VideoDataset(Dataset):
     """
 
     LAYOUT = "see DATASETS.md"
+    # Whether the dataset reads nothing without DATA.ROOT (start-up validation checks it).
+    ROOT_REQUIRED = False
 
     def __init__(
         self,
@@ -120,9 +123,8 @@ class AnnotationError(ValueError):
     """A malformed line in a split, list or CSV file; the message names the file and line."""
 
 
-def read_lines(path: str) -> list[tuple[int, str]]:
-    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
-    their 1-based line numbers.
+def read_text(path: str) -> str:
+    """The text of an annotation file (UTF-8, with or without a byte-order mark).
 
     Raises:
         AnnotationError: the file is not UTF-8 (the message names the line).
@@ -130,15 +132,24 @@ def read_lines(path: str) -> list[tuple[int, str]]:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         number = raw.count(b"\n", 0, err.start) + 1
         raise AnnotationError(
             f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start}); save the file "
             "as UTF-8"
         ) from None
+
+
+def read_lines(path: str) -> list[tuple[int, str]]:
+    """Non-empty lines of a text file (UTF-8, with or without a byte-order mark), stripped, with
+    their 1-based line numbers.
+
+    Raises:
+        AnnotationError: the file is not UTF-8 (the message names the line).
+    """
     # Universal newlines, as open() reads text: "\r\n", "\r" and "\n" end a line.
-    lines = enumerate(io.StringIO(text, newline=None), 1)
+    lines = enumerate(io.StringIO(read_text(path), newline=None), 1)
     return [(number, line.strip()) for number, line in lines if line.strip()]
 
 

@@ -91,6 +91,7 @@ class HMDB51(VideoDataset):
     """HMDB51 (51 classes, 6,766 videos; 3,570 train and 1,530 test per fold)."""
 
     LAYOUT = LAYOUT
+    ROOT_REQUIRED = True
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = require_root(cfg.DATA.ROOT, "HMDB51", LAYOUT)

@@ -19,6 +19,7 @@ are skipped, counted and logged (``dataset.missing``), not reported as bad video
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 
@@ -28,6 +29,7 @@ from fima.data.datasets.build import (
     AnnotationError,
     VideoDataset,
     VideoRecord,
+    read_text,
     require_file,
     require_root,
 )
@@ -49,11 +51,14 @@ def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
         ``(line number, row)`` with ``row`` holding the :data:`COLUMNS`, times as ints.
 
     Raises:
-        AnnotationError: a missing column, a row of the wrong length, a time that is not a
-            number or an empty label/id (the message names the file and line number).
+        AnnotationError: a file that is not UTF-8, a missing column, a row of the wrong length, a
+            time that is not a number or an empty label/id (the message names the file and line
+            number).
     """
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    # Decoded as the other annotation files are, so that a file in another encoding is a
+    # one-line error naming its line rather than a UnicodeDecodeError from inside the reader.
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
         if any(name not in header for name in COLUMNS):
@@ -135,6 +140,7 @@ class Kinetics400(VideoDataset):
     """Kinetics-400 (400 classes); splits ``train``, ``val`` and ``test``."""
 
     LAYOUT = LAYOUT
+    ROOT_REQUIRED = True
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         if split not in CSV_FILES:

@@ -366,11 +366,7 @@ def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:
         if os.path.isfile(done_marker):
             _require_same_settings(done_marker, settings)
             return
-        if os.path.exists(root) and os.listdir(root):
-            raise FileExistsError(
-                f"{root} exists, is not empty and is not a complete SyntheticMotion dataset; "
-                "move it away or point DATA.ROOT elsewhere"
-            )
+        _require_usable_root(root, settings)
         logger.info("Generating the SyntheticMotion dataset into %s ...", root)
         staging = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
         try:
@@ -382,6 +378,22 @@ def generate_synthetic_dataset(cfg: CfgNode, root: str) -> None:
             if os.path.exists(staging):
                 shutil.rmtree(staging)
         logger.info("SyntheticMotion ready: %s", root)
+
+
+def _require_usable_root(root: str, settings: dict) -> None:
+    """Fail unless ``root`` is absent, empty, or a complete dataset of ``settings``.
+
+    Raises:
+        FileExistsError: ``root`` holds a dataset of other settings, or other files.
+    """
+    done_marker = os.path.join(root, "settings.json")
+    if os.path.isfile(done_marker):
+        _require_same_settings(done_marker, settings)
+    elif os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise FileExistsError(
+            f"{root} exists, is not empty and is not a complete SyntheticMotion dataset; "
+            "move it away or point DATA.ROOT elsewhere"
+        )
 
 
 def _require_same_settings(done_marker: str, settings: dict) -> None:
@@ -447,9 +459,16 @@ class SyntheticMotion(VideoDataset):
         from fima.config.validation import ConfigError
 
         try:
-            _settings(cfg)
+            settings = _settings(cfg)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        # A DATA.ROOT that holds another dataset is refused here, before the run writes
+        # anything, rather than from inside the data loader's construction.
+        if cfg.DATA.ROOT:
+            try:
+                _require_usable_root(synthetic_root(cfg), settings)
+            except FileExistsError as err:
+                raise ConfigError(f"DATA.ROOT: {err}") from None
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = synthetic_root(cfg)

@@ -89,6 +89,7 @@ class UCF101(VideoDataset):
     """UCF101 (101 classes, 13,320 videos); ``DATA.SPLIT`` picks the official fold."""
 
     LAYOUT = LAYOUT
+    ROOT_REQUIRED = True
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = require_root(cfg.DATA.ROOT, "UCF101", LAYOUT)

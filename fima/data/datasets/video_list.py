@@ -96,6 +96,22 @@ def _space_separated(lines: list[tuple[int, str]]) -> bool:
     )
 
 
+def _csv_fields(path: str, number: int, line: str, expected: str) -> list[str]:
+    """The stripped fields of one CSV line, read on its own and strictly: an unbalanced quote
+    would otherwise swallow the following lines into one path without a label.
+
+    Raises:
+        AnnotationError: a quote that is not closed, or text after a closing quote.
+    """
+    try:
+        return [field.strip() for field in next(csv.reader([line], strict=True))]
+    except csv.Error as err:
+        raise AnnotationError(
+            f"{path}:{number}: {err} (a quote must enclose a whole field); expected {expected}, "
+            f"got {line!r}"
+        ) from None
+
+
 def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     """``(line number, video path as written, label or None)`` for every entry of a list file.
 
@@ -106,8 +122,9 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     may hold spaces).
 
     Raises:
-        AnnotationError: no entry, a line with the wrong number of fields, an empty path, or a
-            line with a label in a file whose first line has none (or the reverse).
+        AnnotationError: no entry, a line with the wrong number of fields, an empty path, a CSV
+            line with unbalanced quotes, or a line with a label in a file whose first line has
+            none (or the reverse).
     """
     text_lines = read_lines(path)
     if text_lines and _is_header(
@@ -116,9 +133,8 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
         text_lines = text_lines[1:]
     # The format is told from the lines after the first, which may be a header of other names.
     if path.endswith(".csv") and not _space_separated(text_lines[1:] or text_lines):
-        rows = csv.reader([line for _, line in text_lines])
-        lines = [(n, [field.strip() for field in row]) for (n, _), row in zip(text_lines, rows)]
         expected = "'path,label' (or 'path')"
+        lines = [(number, _csv_fields(path, number, line, expected)) for number, line in text_lines]
     else:
         split = (lambda line: line.rsplit(maxsplit=1)) if path.endswith(".csv") else str.split
         lines = [(number, split(line)) for number, line in text_lines]

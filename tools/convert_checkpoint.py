@@ -43,7 +43,7 @@ from fima.checkpoint.convert import (
     convert_checkpoint,
     load_source,
 )
-from fima.config import get_cfg
+from fima.engine.defaults import add_import_argument, get_user_cfg
 from fima.model_zoo.download import file_sha256
 
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-lossy", action="store_true", help="write what fits even if part is lost"
     )
+    add_import_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--verbose", action="store_true", help="list every mapped key")
     return parser
@@ -87,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
         cfg = None
         if args.config_file:
-            cfg = get_cfg()
-            cfg.merge_from_file(args.config_file)
+            cfg = get_user_cfg(args.config_file, imports=args.imports)
         output, report = convert_checkpoint(
             load_source(args.input), args.source, args.target, cfg, allow_lossy=args.allow_lossy
         )

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
-import importlib.util
 import logging
-import os
-import sys
-from types import ModuleType
 from typing import NoReturn
 
 import torch
 
 from fima.checkpoint import Checkpointer, CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import resolve_weights
-from fima.config import CfgNode, ConfigError, get_cfg
+from fima.config import CfgNode, ConfigError
 from fima.data.bad_videos import TooManyBadVideosError
 from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from fima.engine.defaults import resolve_device, usage_error, usage_errors
+from fima.engine.defaults import get_user_cfg, resolve_device, usage_error, usage_errors
 from fima.engine.launch import check_launch_arguments, resolve_backend
 from fima.evaluation import summary_table, write_results
 from fima.evaluation.evaluator import check_evaluator
@@ -43,51 +38,9 @@ logger = logging.getLogger("fima.train_net")
 PROG = "train_net.py"
 
 
-def import_user_module(spec: str) -> ModuleType:
-    """Import a dotted module name or a ``.py`` file path.
-
-    A module name is looked up on the Python path, then in the working directory (Python puts
-    this script's folder on the path, not the working directory, where a user's module lies).
-
-    Raises:
-        FileNotFoundError: no such ``.py`` file.
-        ValueError: no such module (a module that imports a missing one keeps its own error).
-    """
-    if spec.endswith(".py"):
-        path = os.path.abspath(spec)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--import {spec}: no such file")
-        name = os.path.splitext(os.path.basename(path))[0]
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-        return module
-    # Last, so that a file in the working directory never shadows an installed module.
-    if os.getcwd() not in sys.path and os.curdir not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        return importlib.import_module(spec)
-    except ModuleNotFoundError as err:
-        if err.name is None or not (spec == err.name or spec.startswith(f"{err.name}.")):
-            raise  # the module exists but imports a missing one: its traceback says where
-        raise ValueError(
-            f"--import {spec}: no module named {err.name!r} on the Python path or in the working "
-            "directory (give a module name importable from there, or the path of a .py file)"
-        ) from None
-
-
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from defaults, user modules, the file and the command line; then default_setup."""
-    cfg = get_cfg()
-    for spec in args.imports:
-        add_config = getattr(import_user_module(spec), "add_config", None)
-        if add_config is not None:
-            add_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
-    return default_setup(cfg, args)
+    return default_setup(get_user_cfg(args.config_file, args.opts, args.imports), args)
 
 
 def fail(message: str) -> NoReturn:

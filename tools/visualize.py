@@ -23,10 +23,16 @@ import sys
 
 from fima.checkpoint import CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import weights_problem
-from fima.config import get_cfg
 from fima.config.validation import validate_cfg_without_data
 from fima.data.decoder import DecodeError
-from fima.engine.defaults import int_at_least, resolve_device, usage_error, usage_errors
+from fima.engine.defaults import (
+    add_import_argument,
+    get_user_cfg,
+    int_at_least,
+    resolve_device,
+    usage_error,
+    usage_errors,
+)
 from fima.model_zoo import DownloadError
 from fima.utils.logger import setup_logger
 from fima.utils.progress import progress_bar
@@ -59,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--input", required=True, help="a video file, or a directory searched for videos"
     )
     parser.add_argument("--output", required=True, help="directory for the PNG files")
+    add_import_argument(parser)
     parser.add_argument(
         "--compare",
         nargs=2,
@@ -128,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logger(None, name="fima")
     with usage_errors(PROG):
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts or [])
+        cfg = get_user_cfg(args.config_file, args.opts, args.imports)
         # The videos come from --input: the config's dataset is neither read nor checked.
         validate_cfg_without_data(cfg)
         cfg.freeze()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
+import importlib.util
 import inspect
 import logging
 import logging.handlers
@@ -14,6 +16,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any, NoReturn
 
 import torch
@@ -22,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from fima.checkpoint import Checkpointer, atomic_write
 from fima.checkpoint.backbone_weights import resolve_weights
-from fima.config import CfgNode, ConfigError, validate_cfg
+from fima.config import CfgNode, ConfigError, get_cfg, validate_cfg
 from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
@@ -63,15 +66,7 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         help="continue from the newest checkpoint in OUTPUT_DIR (else start from MODEL.WEIGHTS)",
     )
     parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only")
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="import a module or .py file first, e.g. one that registers a backbone "
-        "(may be repeated); its add_config(cfg), if it defines one, adds its config keys",
-    )
+    add_import_argument(parser)
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
@@ -101,6 +96,76 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         help="config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.1",
     )
     return parser
+
+
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--import MODULE_OR_FILE`` (repeatable; ``args.imports``), which every tool that
+    reads a config takes, so that a project's backbones and config keys work with all of them."""
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file first, e.g. one that registers a backbone "
+        "(may be repeated); its add_config(cfg), if it defines one, adds its config keys",
+    )
+
+
+def import_user_module(spec: str) -> ModuleType:
+    """Import a dotted module name or a ``.py`` file path (``--import``).
+
+    A module name is looked up on the Python path, then in the working directory (Python puts
+    a script's folder on the path, not the working directory, where a user's module lies).
+
+    Raises:
+        FileNotFoundError: no such ``.py`` file.
+        ValueError: no such module (a module that imports a missing one keeps its own error).
+    """
+    if spec.endswith(".py"):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--import {spec}: no such file")
+        name = os.path.splitext(os.path.basename(path))[0]
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        return module
+    # Last, so that a file in the working directory never shadows an installed module.
+    if os.getcwd() not in sys.path and os.curdir not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (spec == err.name or spec.startswith(f"{err.name}.")):
+            raise  # the module exists but imports a missing one: its traceback says where
+        raise ValueError(
+            f"--import {spec}: no module named {err.name!r} on the Python path or in the working "
+            "directory (give a module name importable from there, or the path of a .py file)"
+        ) from None
+
+
+def get_user_cfg(
+    config_file: str, opts: list[str] | None = None, imports: list[str] | tuple[str, ...] = ()
+) -> CfgNode:
+    """The config a tool runs with: ``get_cfg()``, then the keys that the ``--import`` modules
+    add (their ``add_config(cfg)``, if they define one), the file, and the ``KEY VALUE``
+    overrides. Not validated, not frozen.
+
+    Raises:
+        FileNotFoundError, ValueError: an ``--import`` that cannot be found.
+        KeyError: a key that neither fima nor an imported module defines.
+    """
+    cfg = get_cfg()
+    for spec in imports:
+        add_config = getattr(import_user_module(spec), "add_config", None)
+        if add_config is not None:
+            add_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts or []))
+    return cfg
 
 
 # What a user's config or command line can get wrong before anything runs (the first line of

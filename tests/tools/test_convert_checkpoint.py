@@ -346,8 +346,48 @@ def test_config_with_unknown_keys_is_one_line_and_exit_2(tmp_path, i3d_state, ca
     err = capsys.readouterr().err
     assert err.startswith("convert_checkpoint.py: error: Non-existent config key: MODEL.S3D")
     assert err.count("\n") == 1
-    config.write_text("MODEL:\n  BACKBONE:\n    NAME: S3D\n")
+    # A backbone no module registered (not S3D: tests/projects registers it in this process).
+    config.write_text("MODEL:\n  BACKBONE:\n    NAME: UnregisteredNet\n")
     assert run_tool(tmp_path, reference_finetuned(i3d_state), *args, "--config-file", str(config))
     err = capsys.readouterr().err
-    assert err.startswith("convert_checkpoint.py: error: ") and "S3D" in err
+    assert err.startswith("convert_checkpoint.py: error: ") and "UnregisteredNet" in err
     assert err.count("\n") == 1 and not (tmp_path / "o.pth").exists()
+
+
+def test_imported_backbone_config_converts_with_import(tmp_path) -> None:
+    # A project's config (its keys and backbone come from --import, as in train_net.py) could
+    # not be read by convert_checkpoint.py, which had no --import.
+    import subprocess
+    import sys
+
+    from fima.config import get_cfg
+    from fima.config.config import CfgNode
+    from tests.modeling.test_fima import ROOT, _load_user_backbone
+
+    _load_user_backbone()  # registered once per test process, as the tool does per run
+    cfg = get_cfg()
+    cfg.MODEL.TWO_LAYER3D = CfgNode({"WIDTH": 8})  # what the module's add_config adds
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "TwoLayer3D"
+    config = tmp_path / "two_layer.yaml"
+    config.write_text(cfg.dump())
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict(), "iteration": 1}, tmp_path / "model_final.pth")
+    output = tmp_path / "backbone.pth"
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "convert_checkpoint.py"),
+        "--import",
+        os.path.join(ROOT, "examples", "my_backbone.py"),
+        *("--from", "fima", "--to", "backbone", "--config-file", str(config)),
+        *("--input", str(tmp_path / "model_final.pth"), "--output", str(output)),
+    ]
+    run = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}
+    )
+    assert run.returncode == 0, run.stderr
+    assert "(TwoLayer3D)" in run.stdout
+    backbone = torch.load(output, weights_only=True)
+    expected = model.encoder_q.state_dict()
+    assert backbone.keys() == expected.keys()
+    assert all(torch.equal(backbone[k], expected[k]) for k in expected)

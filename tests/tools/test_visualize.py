@@ -131,3 +131,56 @@ def test_missing_config_file_is_a_usage_error(setup, tmp_path, capsys) -> None:
         visualize.main(["--input", videos, "--output", str(tmp_path), "MODEL.WEIGHTS", "x"])
     assert stop.value.code == 2
     assert "the following arguments are required: --config-file" in capsys.readouterr().err
+
+
+def test_a_backbone_of_an_imported_module_is_drawn(tmp_path) -> None:
+    # A project's backbone and config keys (examples/my_backbone.py, as projects/S3D's) could be
+    # trained with --import but not drawn: visualize.py had no --import, so its config failed.
+    import subprocess
+    import sys
+
+    from fima.config import get_cfg
+    from fima.config.config import CfgNode
+    from tests.modeling.test_fima import _load_user_backbone
+
+    _load_user_backbone()  # registered once per test process, as the tools do per run
+    example = os.path.join(ROOT, "examples", "my_backbone.py")
+    cfg = get_cfg()
+    cfg.MODEL.TWO_LAYER3D = CfgNode({"WIDTH": 8})  # what the module's add_config adds
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "TwoLayer3D"
+    config = tmp_path / "two_layer.yaml"
+    config.write_text(cfg.dump())
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": build_model(cfg).state_dict(), "iteration": 1}, weights)
+    write_test_video(str(tmp_path / "a.mp4"))
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "visualize.py"),
+        "--config-file",
+        str(config),
+        "--input",
+        str(tmp_path / "a.mp4"),
+        "--cell",
+        "32",
+        "MODEL.WEIGHTS",
+        str(weights),
+    ]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    run = subprocess.run(
+        [*command[:2], "--output", str(tmp_path / "none"), *command[2:]],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("visualize.py: error: ")
+    assert "TWO_LAYER3D" in run.stderr
+    run = subprocess.run(
+        [*command[:2], "--import", example, "--output", str(tmp_path / "vis"), *command[2:]],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert os.listdir(tmp_path / "vis") == ["a.png"]

@@ -285,7 +285,8 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         # A finished run continued to a larger MAX_ITER writes model_final again: keep the one
         # it had under its iteration's name (a hard link: no copy), rather than lose it.
         final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
-        if self.trainer.start_iter > 0 and os.path.isfile(final):
+        resumed, training = self.trainer.start_iter > 0, self.trainer.start_iter < self.max_iter
+        if resumed and training and os.path.isfile(final):
             try:
                 saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
                 iteration = int(saved["iteration"])

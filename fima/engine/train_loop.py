@@ -109,8 +109,9 @@ class TrainerBase:
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                # After the loop ``iter`` is max_iter, so that after_train sees a finished run.
-                self.iter += 1
+                # After the loop ``iter`` is max_iter, so that after_train sees a finished run
+                # (also when there was nothing left to train: not one past where it stopped).
+                self.iter = max(start_iter, max_iter)
             except BaseException as err:
                 self.failed = True
                 if isinstance(err, Exception):

@@ -202,6 +202,28 @@ def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None
     assert "has trained 3 iterations, as many as or more than this run's 2" in log
 
 
+def test_resuming_a_finished_run_with_nothing_to_train_adds_no_files_or_iterations(
+    tmp_path,
+) -> None:
+    """The run stops where it finished: no record past MAX_ITER in metrics.json and no copy of
+    model_final.pth kept under an iteration's name, since no new model_final is written."""
+
+    def config(resume: bool):
+        cfg = tiny_cfg(str(tmp_path / "run"), **{"SOLVER.MAX_ITER": 3})
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    _run(config(resume=False), resume=False)
+    out = tmp_path / "run"
+    resumed, recorder = _run(config(resume=True), resume=True)
+    assert resumed.start_iter == resumed.iter == 3 and recorder.losses == []
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(r["iteration"] for r in rows) == 3
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000001.pth",
+        "model_final.pth",
+    ]
+
+
 def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     for flag in (True, False):

@@ -369,6 +369,10 @@ class PeriodicWriter(HookBase):
         self._writers = list(writers)
         self._period = period
 
+    def before_train(self) -> None:
+        for writer in self._writers:
+            writer.start(self.trainer.start_iter)
+
     def after_step(self) -> None:
         if (
             self.trainer.iter + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -116,7 +117,13 @@ class EventStorage:
 
 
 class EventWriter:
-    """Base class of the writers; ``write()`` is called periodically, ``close()`` at the end."""
+    """Base class of the writers; ``start()`` is called before training, ``write()``
+    periodically, ``close()`` at the end."""
+
+    def start(self, start_iter: int) -> None:
+        """Prepare to write a run that trains from ``start_iter``. A resumed run redoes the
+        iterations from ``start_iter`` on, so a writer whose output outlives a run forgets what
+        it wrote for them (no iteration appears twice)."""
 
     def write(self) -> None:
         raise NotImplementedError
@@ -126,14 +133,44 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """Append one JSON object per iteration with the scalars new since the last write."""
+    """Append one JSON object per iteration with the scalars new since the last write.
+
+    The file is opened on the first write. A resumed run (:meth:`start`) first removes the
+    records of the iterations that it redoes, which an interrupted run wrote after its last
+    checkpoint.
+    """
 
     def __init__(self, json_file: str, window_size: int = 20) -> None:
-        self._file = open(json_file, "a")  # noqa: SIM115  (kept open for the whole run)
+        self._path = json_file
+        self._file: Any = None
         self._window_size = window_size
         self._last_written = -1
 
+    def start(self, start_iter: int) -> None:
+        if start_iter > 0 and os.path.isfile(self._path):
+            self._drop_records_from(start_iter)
+
+    def _drop_records_from(self, start_iter: int) -> None:
+        """Rewrite the file without the records of iterations >= ``start_iter`` (and without
+        lines that are not a record, such as a line cut short when a run was killed)."""
+        from fima.checkpoint import atomic_write  # fima.checkpoint imports fima.utils
+
+        with open(self._path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if _record_iteration(line) < start_iter]
+        if len(kept) == len(lines):
+            return
+        atomic_write(self._path, lambda f: f.writelines(f"{line}\n" for line in kept), mode="w")
+        logging.getLogger(__name__).info(
+            "%s: removed %d records of iterations from %d on, which this run trains again",
+            self._path,
+            len(lines) - len(kept),
+            start_iter,
+        )
+
     def write(self) -> None:
+        if self._file is None:
+            self._file = open(self._path, "a")  # noqa: SIM115  (kept open for the whole run)
         storage = get_event_storage()
         by_iter: dict[int, dict[str, Any]] = defaultdict(dict)
         for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -147,20 +184,45 @@ class JSONWriter(EventWriter):
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _record_iteration(line: str) -> float:
+    """The ``iteration`` of a ``metrics.json`` line; infinity for a line that is not a record."""
+    try:
+        record = json.loads(line)
+        return int(record["iteration"])
+    except (ValueError, TypeError, KeyError):
+        return math.inf
 
 
 class TensorboardWriter(EventWriter):
-    """Scalars and images to TensorBoard event files in ``log_dir``."""
+    """Scalars and images to TensorBoard event files in ``log_dir``.
+
+    The event file is created on :meth:`start` (or the first write). A resumed run's file
+    tells TensorBoard to hide what earlier files hold from ``start_iter`` on (``purge_step``),
+    so the iterations it trains again are not plotted twice.
+    """
 
     def __init__(self, log_dir: str, window_size: int = 20) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir)
+        self._log_dir = log_dir
+        self._writer: Any = None
         self._window_size = window_size
         self._last_written = -1
 
+    def start(self, start_iter: int) -> None:
+        self._open(purge_step=start_iter if start_iter > 0 else None)
+
+    def _open(self, purge_step: int | None = None) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self._log_dir, purge_step=purge_step)
+        return self._writer
+
     def write(self) -> None:
+        self._open()
         storage = get_event_storage()
         newest = self._last_written
         for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -173,7 +235,8 @@ class TensorboardWriter(EventWriter):
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class CommonMetricPrinter(EventWriter):

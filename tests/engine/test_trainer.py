@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import torch
 from fvcore.common.param_scheduler import CosineParamScheduler
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from fima.checkpoint import CheckpointMismatchError
@@ -137,6 +138,14 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
     assert combined == straight_losses.losses  # bit-identical losses at every iteration
     for name, tensor in straight.method.state_dict().items():
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
+    # The interrupted run logged iterations 3 and 4, which the resumed run trained again: each
+    # iteration is recorded once, in metrics.json and in TensorBoard (purged from the old file).
+    out = tmp_path / "resumed"
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(7))
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert [e.step for e in events.Scalars("total_loss")] == list(range(6))
 
 
 def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> None:

@@ -20,6 +20,8 @@ import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
+# Iterations over which the writers take the median of a smoothed scalar (losses, times).
+SMOOTHING_WINDOW = 20
 
 
 def get_event_storage() -> EventStorage:
@@ -78,6 +80,23 @@ class EventStorage:
         images, self._images = self._images, []
         return images
 
+    def recent_history(self, length: int = SMOOTHING_WINDOW) -> dict[str, list[list[float]]]:
+        """The last ``length`` ``[value, iteration]`` pairs of every smoothed scalar: what a
+        checkpoint keeps so that a resumed run's medians are those of an uninterrupted one."""
+        return {
+            name: [[value, itr] for value, itr in self._history[name].values()[-length:]]
+            for name, smoothed in self._smoothing_hints.items()
+            if smoothed
+        }
+
+    def restore_history(self, history: dict[str, list[list[float]]]) -> None:
+        """Put back what :meth:`recent_history` returned, before this storage's first scalar,
+        into the histories only: the writers do not write these values again."""
+        for name, pairs in history.items():
+            self._smoothing_hints.setdefault(name, True)
+            for value, itr in pairs:
+                self._history[name].update(float(value), int(itr))
+
     def history(self, name: str) -> HistoryBuffer:
         if name not in self._history:
             raise KeyError(f"No history metric available for {name!r}")
@@ -90,7 +109,9 @@ class EventStorage:
         """Latest ``(value, iteration)`` of every scalar."""
         return dict(self._latest_scalars)
 
-    def latest_with_smoothing_hint(self, window_size: int = 20) -> dict[str, tuple[float, int]]:
+    def latest_with_smoothing_hint(
+        self, window_size: int = SMOOTHING_WINDOW
+    ) -> dict[str, tuple[float, int]]:
         """Latest scalars, the smoothed ones replaced by their median over ``window_size``."""
         result = {}
         for name, (value, itr) in self._latest_scalars.items():
@@ -140,7 +161,7 @@ class JSONWriter(EventWriter):
     checkpoint.
     """
 
-    def __init__(self, json_file: str, window_size: int = 20) -> None:
+    def __init__(self, json_file: str, window_size: int = SMOOTHING_WINDOW) -> None:
         self._path = json_file
         self._file: Any = None
         self._window_size = window_size
@@ -205,7 +226,7 @@ class TensorboardWriter(EventWriter):
     so the iterations it trains again are not plotted twice.
     """
 
-    def __init__(self, log_dir: str, window_size: int = 20) -> None:
+    def __init__(self, log_dir: str, window_size: int = SMOOTHING_WINDOW) -> None:
         self._log_dir = log_dir
         self._writer: Any = None
         self._window_size = window_size
@@ -242,7 +263,7 @@ class TensorboardWriter(EventWriter):
 class CommonMetricPrinter(EventWriter):
     """Log iteration, ETA, losses, timings, learning rate and memory to the console."""
 
-    def __init__(self, max_iter: int, window_size: int = 20) -> None:
+    def __init__(self, max_iter: int, window_size: int = SMOOTHING_WINDOW) -> None:
         self._logger = logging.getLogger("fima.utils.events")
         self._max_iter = max_iter
         self._window_size = window_size

@@ -143,6 +143,15 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
     out = tmp_path / "resumed"
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(7))
+    # ... with the values of the uninterrupted run: the losses are medians over the last 20
+    # iterations, whose values the checkpoint keeps.
+    straight_rows = [
+        json.loads(line)
+        for line in (tmp_path / "straight" / "metrics.json").read_text().splitlines()
+    ]
+    for row, expected in zip(rows, straight_rows, strict=True):
+        losses = {k: v for k, v in row.items() if "loss" in k or k.startswith("acc")}
+        assert losses == {k: expected[k] for k in losses}, row["iteration"]
     events = EventAccumulator(str(out))
     events.Reload()
     assert [e.step for e in events.Scalars("total_loss")] == list(range(6))

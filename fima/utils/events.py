@@ -268,9 +268,9 @@ class CommonMetricPrinter(EventWriter):
         self._max_iter = max_iter
         self._window_size = window_size
         self._last_write: tuple[int, float] | None = None
+        self._last_printed = -1
 
-    def _eta(self, storage: EventStorage) -> str:
-        iteration = storage.iter
+    def _eta(self, storage: EventStorage, iteration: int) -> str:
         try:
             seconds = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
         except KeyError:
@@ -287,9 +287,15 @@ class CommonMetricPrinter(EventWriter):
 
     def write(self) -> None:
         storage = get_event_storage()
-        iteration = storage.iter
-        if iteration == self._max_iter:
-            return  # the final write after training has nothing new to say
+        # The line is about the last step whose losses were put: a run that stopped inside a
+        # step (an exception, the non-finite loss guard) has storage.iter at that unfinished
+        # step, whose losses would be shown as the previous step's. The final write after
+        # training, or after a stop right after a line, has nothing new to say.
+        loss_iters = [itr for name, (_, itr) in storage.latest().items() if "loss" in name]
+        iteration = max(loss_iters, default=storage.iter)
+        if iteration <= self._last_printed or iteration >= self._max_iter:
+            return
+        self._last_printed = iteration
         histories = storage.histories()
 
         def median(name: str) -> str:
@@ -300,7 +306,7 @@ class CommonMetricPrinter(EventWriter):
             for k, v in sorted(histories.items())
             if "loss" in k
         )
-        parts = [f"eta: {self._eta(storage)}", f"iter: {iteration}", losses]
+        parts = [f"eta: {self._eta(storage, iteration)}", f"iter: {iteration}", losses]
         if "time" in histories:
             parts.append(f"time: {median('time')}")
         if "data_time" in histories:

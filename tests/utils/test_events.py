@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
-from fima.utils.events import EventStorage, JSONWriter
+from fima.utils.events import CommonMetricPrinter, EventStorage, JSONWriter
 
 
 def test_json_writer_of_a_resumed_run_replaces_the_records_it_trains_again(tmp_path) -> None:
@@ -36,3 +37,18 @@ def test_json_writer_of_a_new_run_keeps_the_file(tmp_path) -> None:
     writer.start(0)
     writer.close()
     assert json.loads(path.read_text()) == {"iteration": 7, "loss": 1.0}
+
+
+def test_console_line_after_a_stop_inside_a_step_shows_nothing_stale() -> None:
+    """A run stopped during iteration 4 (the non-finite loss guard, Ctrl-C) has only put that
+    iteration's momentum: the final write must not print iteration 3's losses as iteration 4's."""
+    printer = CommonMetricPrinter(max_iter=10)
+    printer._logger = mock.Mock()
+    with EventStorage(3) as storage:
+        storage.put_scalars(total_loss=2.5, loss_inst=2.5)
+        printer.write()
+        storage.iter = 4
+        storage.put_scalar("momentum", 0.99, smoothing_hint=False)
+        printer.write()
+    lines = [c.args[0] for c in printer._logger.info.call_args_list]
+    assert len(lines) == 1 and "iter: 3" in lines[0] and "total_loss: 2.5" in lines[0]

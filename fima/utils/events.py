@@ -93,7 +93,6 @@ class EventStorage:
         """Put back what :meth:`recent_history` returned, before this storage's first scalar,
         into the histories only: the writers do not write these values again."""
         for name, pairs in history.items():
-            self._smoothing_hints.setdefault(name, True)
             for value, itr in pairs:
                 self._history[name].update(float(value), int(itr))
 

@@ -157,7 +157,8 @@ class JSONWriter(EventWriter):
 
     The file is opened on the first write. A resumed run (:meth:`start`) first removes the
     records of the iterations that it redoes, which an interrupted run wrote after its last
-    checkpoint.
+    checkpoint; a run that starts from iteration 0 where an earlier one left records (it
+    stopped before its first checkpoint) keeps them as ``metrics.<time>.json``.
     """
 
     def __init__(self, json_file: str, window_size: int = SMOOTHING_WINDOW) -> None:
@@ -167,8 +168,20 @@ class JSONWriter(EventWriter):
         self._last_written = -1
 
     def start(self, start_iter: int) -> None:
-        if start_iter > 0 and os.path.isfile(self._path):
+        if not os.path.isfile(self._path) or os.path.getsize(self._path) == 0:
+            return
+        if start_iter > 0:
             self._drop_records_from(start_iter)
+            return
+        stamp = datetime.datetime.fromtimestamp(os.path.getmtime(self._path))
+        root, ext = os.path.splitext(self._path)
+        kept = f"{root}.{stamp.strftime('%Y%m%d-%H%M%S')}{ext}"
+        os.replace(self._path, kept)
+        logging.getLogger(__name__).info(
+            "This run starts from iteration 0: the records of an earlier run in %s are kept as %s",
+            self._path,
+            kept,
+        )
 
     def _drop_records_from(self, start_iter: int) -> None:
         """Rewrite the file without the records of iterations >= ``start_iter`` (and without
@@ -220,9 +233,10 @@ def _record_iteration(line: str) -> float:
 class TensorboardWriter(EventWriter):
     """Scalars and images to TensorBoard event files in ``log_dir``.
 
-    The event file is created on :meth:`start` (or the first write). A resumed run's file
-    tells TensorBoard to hide what earlier files hold from ``start_iter`` on (``purge_step``),
-    so the iterations it trains again are not plotted twice.
+    The event file is created on :meth:`start` (or the first write). Its first event tells
+    TensorBoard to hide what earlier files of ``log_dir`` hold from ``start_iter`` on
+    (``purge_step``), so the iterations a resumed run trains again, or those of a run that
+    stopped before its first checkpoint, are not plotted twice.
     """
 
     def __init__(self, log_dir: str, window_size: int = SMOOTHING_WINDOW) -> None:
@@ -232,7 +246,8 @@ class TensorboardWriter(EventWriter):
         self._last_written = -1
 
     def start(self, start_iter: int) -> None:
-        self._open(purge_step=start_iter if start_iter > 0 else None)
+        # From 0 too: what a run that stopped before its first checkpoint wrote is hidden.
+        self._open(purge_step=start_iter)
 
     def _open(self, purge_step: int | None = None) -> Any:
         if self._writer is None:

@@ -157,6 +157,26 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
     assert [e.step for e in events.Scalars("total_loss")] == list(range(6))
 
 
+def test_a_run_started_again_after_stopping_before_its_first_checkpoint_logs_once(
+    tmp_path,
+) -> None:
+    """The first run stopped at iteration 2, before any checkpoint; the run started again in
+    the same OUTPUT_DIR records each iteration once (the first run's records are kept aside)."""
+
+    def config():
+        cfg = tiny_cfg(str(tmp_path), **{"SOLVER.CHECKPOINT_PERIOD": 10})
+        return default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+
+    _run(config(), resume=False, stop_at=2)
+    _run(config(), resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(5))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("total_loss")] == list(range(4))
+    assert len(list(tmp_path.glob("metrics.*.json"))) == 1
+
+
 def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()

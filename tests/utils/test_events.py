@@ -30,13 +30,20 @@ def test_json_writer_of_a_resumed_run_replaces_the_records_it_trains_again(tmp_p
     ]
 
 
-def test_json_writer_of_a_new_run_keeps_the_file(tmp_path) -> None:
+def test_json_writer_from_iteration_0_keeps_an_earlier_runs_records_aside(tmp_path) -> None:
+    """A run stopped before its first checkpoint, then started again: its records move to
+    metrics.<time>.json instead of mixing with the new run's iterations 0, 1, ..."""
     path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"iteration": 7, "loss": 1.0}) + "\n")
+    path.write_text(json.dumps({"iteration": 0, "loss": 1.0}) + "\n")
     writer = JSONWriter(str(path))
     writer.start(0)
+    with EventStorage(0) as storage:
+        storage.put_scalar("loss", 2.0, smoothing_hint=False)
+        writer.write()
     writer.close()
-    assert json.loads(path.read_text()) == {"iteration": 7, "loss": 1.0}
+    assert json.loads(path.read_text()) == {"iteration": 0, "loss": 2.0}
+    (kept,) = tmp_path.glob("metrics.*.json")
+    assert json.loads(kept.read_text()) == {"iteration": 0, "loss": 1.0}
 
 
 def test_console_line_after_a_stop_inside_a_step_shows_nothing_stale() -> None:

@@ -34,7 +34,11 @@ logger = logging.getLogger(__name__)
 class IterationTimer(HookBase):
     """Put the duration of each step (``time``) into the storage; log the total at the end.
 
-    Register it first, so that the step time includes the other hooks' work. No collective.
+    Register it first: a step's time then runs from its ``before_step``, which is called
+    first, to its ``after_step``, also called first, so it includes the other hooks'
+    ``before_step`` work (the momentum update) and the step itself, but not their
+    ``after_step`` work (queue update, checkpoints, evaluation, writers), as in detectron2.
+    No collective.
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:

@@ -263,6 +263,19 @@ class PreciseBN(HookBase):
         )
 
 
+def final_checkpoint_iteration(save_dir: str, prefix: str = "model") -> int | None:
+    """The iteration of ``<save_dir>/<prefix>_final.pth`` (the last of a finished run), or None
+    when there is no such file or it cannot be read (resuming then fell back past it)."""
+    final = os.path.join(save_dir, f"{prefix}_final.pth")
+    if not os.path.isfile(final):
+        return None
+    try:
+        saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        return int(saved["iteration"])
+    except Exception:
+        return None
+
+
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one;
     keep the newest ``max_to_keep`` periodic ones. A run that stops early (an exception, the
@@ -290,12 +303,8 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         # it had under its iteration's name (a hard link: no copy), rather than lose it.
         final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
         resumed, training = self.trainer.start_iter > 0, self.trainer.start_iter < self.max_iter
-        if resumed and training and os.path.isfile(final):
-            try:
-                saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
-                iteration = int(saved["iteration"])
-            except Exception:  # unreadable: resume already fell back past it
-                return
+        iteration = final_checkpoint_iteration(save_dir, self.file_prefix)
+        if resumed and training and iteration is not None:
             kept = os.path.join(save_dir, f"{self.file_prefix}_{iteration:07d}.pth")
             if iteration < self.trainer.start_iter and not os.path.exists(kept):
                 os.link(final, kept)
@@ -374,8 +383,16 @@ class PeriodicWriter(HookBase):
         self._period = period
 
     def before_train(self) -> None:
+        trainer = self.trainer
+        # What an earlier run logged from start_iter on is replaced: the steps after its last
+        # checkpoint, which this run trains again, or the final records of a finished run that
+        # this one has nothing to add to and evaluates again. A finished run continued to a
+        # larger MAX_ITER keeps the records it made after training, at start_iter: they are
+        # about the weights this run starts from.
+        start = trainer.start_iter
+        keep_final = trainer.continues_finished_run and start < trainer.max_iter
         for writer in self._writers:
-            writer.start(self.trainer.start_iter)
+            writer.start(start + 1 if keep_final else start)
 
     def after_step(self) -> None:
         if (

@@ -82,6 +82,8 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.failed = False
+        # Whether this run starts where a finished run ended (see PeriodicWriter.before_train).
+        self.continues_finished_run = False
         self.storage: EventStorage
         # Recent values of the smoothed scalars, from a checkpoint (see ``state_dict``).
         self._resumed_history: dict[str, list[list[float]]] = {}

@@ -140,10 +140,10 @@ class EventWriter:
     """Base class of the writers; ``start()`` is called before training, ``write()``
     periodically, ``close()`` at the end."""
 
-    def start(self, start_iter: int) -> None:
-        """Prepare to write a run that trains from ``start_iter``. A resumed run redoes the
-        iterations from ``start_iter`` on, so a writer whose output outlives a run forgets what
-        it wrote for them (no iteration appears twice)."""
+    def start(self, purge_from: int) -> None:
+        """Prepare to write a run. A writer whose output outlives a run forgets what it wrote
+        for iterations from ``purge_from`` on, which this run records again (the iterations a
+        resumed run trains again), so that no iteration appears twice."""
 
     def write(self) -> None:
         raise NotImplementedError
@@ -167,11 +167,11 @@ class JSONWriter(EventWriter):
         self._window_size = window_size
         self._last_written = -1
 
-    def start(self, start_iter: int) -> None:
+    def start(self, purge_from: int) -> None:
         if not os.path.isfile(self._path) or os.path.getsize(self._path) == 0:
             return
-        if start_iter > 0:
-            self._drop_records_from(start_iter)
+        if purge_from > 0:
+            self._drop_records_from(purge_from)
             return
         stamp = datetime.datetime.fromtimestamp(os.path.getmtime(self._path))
         root, ext = os.path.splitext(self._path)
@@ -183,22 +183,22 @@ class JSONWriter(EventWriter):
             kept,
         )
 
-    def _drop_records_from(self, start_iter: int) -> None:
-        """Rewrite the file without the records of iterations >= ``start_iter`` (and without
-        lines that are not a record, such as a line cut short when a run was killed)."""
+    def _drop_records_from(self, first: int) -> None:
+        """Rewrite the file without the records of iterations >= ``first`` (and without lines
+        that are not a record, such as a line cut short when a run was killed)."""
         from fima.checkpoint import atomic_write  # fima.checkpoint imports fima.utils
 
         with open(self._path) as f:
             lines = f.read().splitlines()
-        kept = [line for line in lines if _record_iteration(line) < start_iter]
+        kept = [line for line in lines if _record_iteration(line) < first]
         if len(kept) == len(lines):
             return
         atomic_write(self._path, lambda f: f.writelines(f"{line}\n" for line in kept), mode="w")
         logging.getLogger(__name__).info(
-            "%s: removed %d records of iterations from %d on, which this run trains again",
+            "%s: removed %d records of iterations from %d on, which this run records again",
             self._path,
             len(lines) - len(kept),
-            start_iter,
+            first,
         )
 
     def write(self) -> None:
@@ -234,7 +234,7 @@ class TensorboardWriter(EventWriter):
     """Scalars and images to TensorBoard event files in ``log_dir``.
 
     The event file is created on :meth:`start` (or the first write). Its first event tells
-    TensorBoard to hide what earlier files of ``log_dir`` hold from ``start_iter`` on
+    TensorBoard to hide what earlier files of ``log_dir`` hold from ``purge_from`` on
     (``purge_step``), so the iterations a resumed run trains again, or those of a run that
     stopped before its first checkpoint, are not plotted twice.
     """
@@ -245,9 +245,9 @@ class TensorboardWriter(EventWriter):
         self._window_size = window_size
         self._last_written = -1
 
-    def start(self, start_iter: int) -> None:
+    def start(self, purge_from: int) -> None:
         # From 0 too: what a run that stopped before its first checkpoint wrote is hidden.
-        self._open(purge_step=start_iter)
+        self._open(purge_step=purge_from)
 
     def _open(self, purge_step: int | None = None) -> Any:
         if self._writer is None:

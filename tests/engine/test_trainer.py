@@ -226,6 +226,11 @@ def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp
         "model_0000004.pth", "model_0000005.pth", "model_0000007.pth", "model_final.pth",
     ]  # fmt: skip
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 8
+    # metrics.json keeps what the first run recorded after training (at iteration 5, about the
+    # weights the second run started from); every step is recorded once.
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert {"iteration": 5, "bad_videos": 0.0} in rows
+    assert [r["iteration"] for r in rows if "total_loss" in r] == list(range(9))
 
 
 def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None:

@@ -429,12 +429,42 @@ class TrainLoader:
             pin_memory=self.pin_memory,
         )
 
+    def _clips_per_batch(self) -> int:
+        """Clips that one batch of every rank takes from the data order together."""
+        return self.batch_size * comm.get_world_size()
+
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "position": self.position}
+        """The seed, the batches handed out, and the clips they took from the data order (all
+        ranks), by which a resumed run with another batch per process finds its place."""
+        return {
+            "seed": self.seed,
+            "position": self.position,
+            "clips": self.position * self._clips_per_batch(),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue after the clips that the saved loader handed out.
+
+        The position is counted in clips, not batches: a run resumed with another
+        ``SOLVER.ACCUM_STEPS`` (or number of processes, or ``IMS_PER_BATCH``) takes batches of
+        another size and continues where the data order stopped instead of skipping or
+        repeating part of an epoch.
+        """
         self.seed = int(state["seed"])
-        self.position = int(state["position"])
+        if "clips" not in state:  # a checkpoint written before positions were counted in clips
+            self.position = int(state["position"])
+        else:
+            self.position, rest = divmod(int(state["clips"]), self._clips_per_batch())
+            if rest:
+                logger.warning(
+                    "The checkpoint's loader had handed out %d clips, not a whole number of "
+                    "this run's batches of %d clips (all processes): %d clips of the data order "
+                    "are skipped",
+                    state["clips"],
+                    self._clips_per_batch(),
+                    self._clips_per_batch() - rest,
+                )
+                self.position += 1
         self._sampler = self._make_sampler()
 
 

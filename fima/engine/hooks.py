@@ -34,7 +34,11 @@ logger = logging.getLogger(__name__)
 class IterationTimer(HookBase):
     """Put the duration of each step (``time``) into the storage; log the total at the end.
 
-    Register it first, so that the step time includes the other hooks' work. No collective.
+    Register it first: a step's time then runs from its ``before_step``, which is called
+    first, to its ``after_step``, also called first, so it includes the other hooks'
+    ``before_step`` work (the momentum update) and the step itself, but not their
+    ``after_step`` work (queue update, checkpoints, evaluation, writers), as in detectron2.
+    No collective.
     """
 
     def __init__(self, warmup_iter: int = 3) -> None:
@@ -259,6 +263,19 @@ class PreciseBN(HookBase):
         )
 
 
+def final_checkpoint_iteration(save_dir: str, prefix: str = "model") -> int | None:
+    """The iteration of ``<save_dir>/<prefix>_final.pth`` (the last of a finished run), or None
+    when there is no such file or it cannot be read (resuming then fell back past it)."""
+    final = os.path.join(save_dir, f"{prefix}_final.pth")
+    if not os.path.isfile(final):
+        return None
+    try:
+        saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
+        return int(saved["iteration"])
+    except Exception:
+        return None
+
+
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one;
     keep the newest ``max_to_keep`` periodic ones. A run that stops early (an exception, the
@@ -285,12 +302,9 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
         # A finished run continued to a larger MAX_ITER writes model_final again: keep the one
         # it had under its iteration's name (a hard link: no copy), rather than lose it.
         final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
-        if self.trainer.start_iter > 0 and os.path.isfile(final):
-            try:
-                saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
-                iteration = int(saved["iteration"])
-            except Exception:  # unreadable: resume already fell back past it
-                return
+        resumed, training = self.trainer.start_iter > 0, self.trainer.start_iter < self.max_iter
+        iteration = final_checkpoint_iteration(save_dir, self.file_prefix)
+        if resumed and training and iteration is not None:
             kept = os.path.join(save_dir, f"{self.file_prefix}_{iteration:07d}.pth")
             if iteration < self.trainer.start_iter and not os.path.exists(kept):
                 os.link(final, kept)
@@ -367,6 +381,18 @@ class PeriodicWriter(HookBase):
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         self._writers = list(writers)
         self._period = period
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        # What an earlier run logged from start_iter on is replaced: the steps after its last
+        # checkpoint, which this run trains again, or the final records of a finished run that
+        # this one has nothing to add to and evaluates again. A finished run continued to a
+        # larger MAX_ITER keeps the records it made after training, at start_iter: they are
+        # about the weights this run starts from.
+        start = trainer.start_iter
+        keep_final = trainer.continues_finished_run and start < trainer.max_iter
+        for writer in self._writers:
+            writer.start(start + 1 if keep_final else start)
 
     def after_step(self) -> None:
         if (

@@ -23,7 +23,9 @@ import datetime
 import logging
 import math
 import os
+import signal
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +40,9 @@ from fima.utils.env import threads_per_process
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+# Seconds that the ranks of an interrupted launcher get to stop by themselves before they are
+# sent SIGINT, and then before they are killed (see _stop_interrupted).
+INTERRUPT_GRACE_SECONDS = 10.0
 
 
 def _find_free_port() -> int:
@@ -110,14 +115,20 @@ def launch(
     if per_machine == 1:
         # One process on this machine: it joins the job itself instead of spawning a copy.
         return _distributed_worker(0, *worker_args)
+    context = mp.start_processes(
+        _distributed_worker,
+        nprocs=per_machine,
+        args=worker_args,
+        daemon=False,
+        start_method="spawn",
+        join=False,
+    )
     try:
-        mp.start_processes(
-            _distributed_worker,
-            nprocs=per_machine,
-            args=worker_args,
-            daemon=False,
-            start_method="spawn",
-        )
+        while not context.join():
+            pass
+    except KeyboardInterrupt:
+        _stop_interrupted(context.processes)
+        raise
     except mp.ProcessExitedException as err:
         # The process said why (e.g. a config error on stderr) or was killed: exit with its
         # code instead of a launcher traceback. A raised exception keeps its traceback.
@@ -125,6 +136,31 @@ def launch(
             raise SystemExit(err.exit_code) from None
         raise SystemExit(f"fima.engine.launch: {err}") from None
     return None
+
+
+def _stop_interrupted(processes: list[Any], grace: float | None = None) -> None:
+    """Stop the spawned ranks after this launcher got SIGINT.
+
+    Ctrl-C in a terminal reaches every process of the job and the ranks stop by themselves;
+    a SIGINT sent to the launcher alone (``kill -INT PID``) does not reach them, and the
+    launcher would wait at exit for ranks that train on to the end. So the ranks still running
+    after ``grace`` seconds get SIGINT (they stop as on Ctrl-C, after their last checkpoint),
+    and those still running ``grace`` seconds later are killed.
+    """
+    grace = INTERRUPT_GRACE_SECONDS if grace is None else grace
+    for stop in (None, signal.SIGINT, signal.SIGKILL):
+        if stop is not None:
+            for process in processes:
+                if process.is_alive():
+                    os.kill(process.pid, stop)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(deadline - time.monotonic(), 0.0))
+        if not any(process.is_alive() for process in processes):
+            return
+    logger.warning(
+        "fima.engine.launch: %d ranks did not stop", sum(p.is_alive() for p in processes)
+    )
 
 
 def check_launch_arguments(

@@ -82,7 +82,11 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.failed = False
+        # Whether this run starts where a finished run ended (see PeriodicWriter.before_train).
+        self.continues_finished_run = False
         self.storage: EventStorage
+        # Recent values of the smoothed scalars, from a checkpoint (see ``state_dict``).
+        self._resumed_history: dict[str, list[list[float]]] = {}
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
         """Append hooks (None entries are skipped); they run in registration order."""
@@ -103,14 +107,16 @@ class TrainerBase:
         self.max_iter = max_iter
         self.failed = False
         with EventStorage(start_iter) as self.storage:
+            self.storage.restore_history(self._resumed_history)
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
                     self.before_step()
                     self.run_step()
                     self.after_step()
-                # After the loop ``iter`` is max_iter, so that after_train sees a finished run.
-                self.iter += 1
+                # After the loop ``iter`` is max_iter, so that after_train sees a finished run
+                # (also when there was nothing left to train: not one past where it stopped).
+                self.iter = max(start_iter, max_iter)
             except BaseException as err:
                 self.failed = True
                 if isinstance(err, Exception):
@@ -150,10 +156,17 @@ class TrainerBase:
             state = hook.state_dict()
             if state:
                 hooks[type(hook).__qualname__] = state
-        return {"iteration": self.iter, "hooks": hooks}
+        state = {"iteration": self.iter, "hooks": hooks}
+        storage = getattr(self, "storage", None)
+        if storage is not None:
+            # The writers' medians over the last iterations (losses in metrics.json, the
+            # console, TensorBoard) continue in a resumed run as in an uninterrupted one.
+            state["history"] = storage.recent_history()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iter = state["iteration"]
+        self._resumed_history = state.get("history", {})
         for name, hook_state in state.get("hooks", {}).items():
             for hook in self._hooks:
                 if type(hook).__qualname__ == name:

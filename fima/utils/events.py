@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -19,6 +20,8 @@ import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
+# Iterations over which the writers take the median of a smoothed scalar (losses, times).
+SMOOTHING_WINDOW = 20
 
 
 def get_event_storage() -> EventStorage:
@@ -77,6 +80,22 @@ class EventStorage:
         images, self._images = self._images, []
         return images
 
+    def recent_history(self, length: int = SMOOTHING_WINDOW) -> dict[str, list[list[float]]]:
+        """The last ``length`` ``[value, iteration]`` pairs of every smoothed scalar: what a
+        checkpoint keeps so that a resumed run's medians are those of an uninterrupted one."""
+        return {
+            name: [[value, itr] for value, itr in self._history[name].values()[-length:]]
+            for name, smoothed in self._smoothing_hints.items()
+            if smoothed
+        }
+
+    def restore_history(self, history: dict[str, list[list[float]]]) -> None:
+        """Put back what :meth:`recent_history` returned, before this storage's first scalar,
+        into the histories only: the writers do not write these values again."""
+        for name, pairs in history.items():
+            for value, itr in pairs:
+                self._history[name].update(float(value), int(itr))
+
     def history(self, name: str) -> HistoryBuffer:
         if name not in self._history:
             raise KeyError(f"No history metric available for {name!r}")
@@ -89,7 +108,9 @@ class EventStorage:
         """Latest ``(value, iteration)`` of every scalar."""
         return dict(self._latest_scalars)
 
-    def latest_with_smoothing_hint(self, window_size: int = 20) -> dict[str, tuple[float, int]]:
+    def latest_with_smoothing_hint(
+        self, window_size: int = SMOOTHING_WINDOW
+    ) -> dict[str, tuple[float, int]]:
         """Latest scalars, the smoothed ones replaced by their median over ``window_size``."""
         result = {}
         for name, (value, itr) in self._latest_scalars.items():
@@ -116,7 +137,13 @@ class EventStorage:
 
 
 class EventWriter:
-    """Base class of the writers; ``write()`` is called periodically, ``close()`` at the end."""
+    """Base class of the writers; ``start()`` is called before training, ``write()``
+    periodically, ``close()`` at the end."""
+
+    def start(self, purge_from: int) -> None:
+        """Prepare to write a run. A writer whose output outlives a run forgets what it wrote
+        for iterations from ``purge_from`` on, which this run records again (the iterations a
+        resumed run trains again), so that no iteration appears twice."""
 
     def write(self) -> None:
         raise NotImplementedError
@@ -126,14 +153,57 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """Append one JSON object per iteration with the scalars new since the last write."""
+    """Append one JSON object per iteration with the scalars new since the last write.
 
-    def __init__(self, json_file: str, window_size: int = 20) -> None:
-        self._file = open(json_file, "a")  # noqa: SIM115  (kept open for the whole run)
+    The file is opened on the first write. A resumed run (:meth:`start`) first removes the
+    records of the iterations that it redoes, which an interrupted run wrote after its last
+    checkpoint; a run that starts from iteration 0 where an earlier one left records (it
+    stopped before its first checkpoint) keeps them as ``metrics.<time>.json``.
+    """
+
+    def __init__(self, json_file: str, window_size: int = SMOOTHING_WINDOW) -> None:
+        self._path = json_file
+        self._file: Any = None
         self._window_size = window_size
         self._last_written = -1
 
+    def start(self, purge_from: int) -> None:
+        if not os.path.isfile(self._path) or os.path.getsize(self._path) == 0:
+            return
+        if purge_from > 0:
+            self._drop_records_from(purge_from)
+            return
+        stamp = datetime.datetime.fromtimestamp(os.path.getmtime(self._path))
+        root, ext = os.path.splitext(self._path)
+        kept = f"{root}.{stamp.strftime('%Y%m%d-%H%M%S')}{ext}"
+        os.replace(self._path, kept)
+        logging.getLogger(__name__).info(
+            "This run starts from iteration 0: the records of an earlier run in %s are kept as %s",
+            self._path,
+            kept,
+        )
+
+    def _drop_records_from(self, first: int) -> None:
+        """Rewrite the file without the records of iterations >= ``first`` (and without lines
+        that are not a record, such as a line cut short when a run was killed)."""
+        from fima.checkpoint import atomic_write  # fima.checkpoint imports fima.utils
+
+        with open(self._path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if _record_iteration(line) < first]
+        if len(kept) == len(lines):
+            return
+        atomic_write(self._path, lambda f: f.writelines(f"{line}\n" for line in kept), mode="w")
+        logging.getLogger(__name__).info(
+            "%s: removed %d records of iterations from %d on, which this run records again",
+            self._path,
+            len(lines) - len(kept),
+            first,
+        )
+
     def write(self) -> None:
+        if self._file is None:
+            self._file = open(self._path, "a")  # noqa: SIM115  (kept open for the whole run)
         storage = get_event_storage()
         by_iter: dict[int, dict[str, Any]] = defaultdict(dict)
         for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -147,20 +217,47 @@ class JSONWriter(EventWriter):
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def _record_iteration(line: str) -> float:
+    """The ``iteration`` of a ``metrics.json`` line; infinity for a line that is not a record."""
+    try:
+        record = json.loads(line)
+        return int(record["iteration"])
+    except (ValueError, TypeError, KeyError):
+        return math.inf
 
 
 class TensorboardWriter(EventWriter):
-    """Scalars and images to TensorBoard event files in ``log_dir``."""
+    """Scalars and images to TensorBoard event files in ``log_dir``.
 
-    def __init__(self, log_dir: str, window_size: int = 20) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    The event file is created on :meth:`start` (or the first write). Its first event tells
+    TensorBoard to hide what earlier files of ``log_dir`` hold from ``purge_from`` on
+    (``purge_step``), so the iterations a resumed run trains again, or those of a run that
+    stopped before its first checkpoint, are not plotted twice.
+    """
 
-        self._writer = SummaryWriter(log_dir)
+    def __init__(self, log_dir: str, window_size: int = SMOOTHING_WINDOW) -> None:
+        self._log_dir = log_dir
+        self._writer: Any = None
         self._window_size = window_size
         self._last_written = -1
 
+    def start(self, purge_from: int) -> None:
+        # From 0 too: what a run that stopped before its first checkpoint wrote is hidden.
+        self._open(purge_step=purge_from)
+
+    def _open(self, purge_step: int | None = None) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self._log_dir, purge_step=purge_step)
+        return self._writer
+
     def write(self) -> None:
+        self._open()
         storage = get_event_storage()
         newest = self._last_written
         for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
@@ -173,20 +270,21 @@ class TensorboardWriter(EventWriter):
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class CommonMetricPrinter(EventWriter):
     """Log iteration, ETA, losses, timings, learning rate and memory to the console."""
 
-    def __init__(self, max_iter: int, window_size: int = 20) -> None:
+    def __init__(self, max_iter: int, window_size: int = SMOOTHING_WINDOW) -> None:
         self._logger = logging.getLogger("fima.utils.events")
         self._max_iter = max_iter
         self._window_size = window_size
         self._last_write: tuple[int, float] | None = None
+        self._last_printed = -1
 
-    def _eta(self, storage: EventStorage) -> str:
-        iteration = storage.iter
+    def _eta(self, storage: EventStorage, iteration: int) -> str:
         try:
             seconds = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
         except KeyError:
@@ -203,9 +301,15 @@ class CommonMetricPrinter(EventWriter):
 
     def write(self) -> None:
         storage = get_event_storage()
-        iteration = storage.iter
-        if iteration == self._max_iter:
-            return  # the final write after training has nothing new to say
+        # The line is about the last step whose losses were put: a run that stopped inside a
+        # step (an exception, the non-finite loss guard) has storage.iter at that unfinished
+        # step, whose losses would be shown as the previous step's. The final write after
+        # training, or after a stop right after a line, has nothing new to say.
+        loss_iters = [itr for name, (_, itr) in storage.latest().items() if "loss" in name]
+        iteration = max(loss_iters, default=storage.iter)
+        if iteration <= self._last_printed or iteration >= self._max_iter:
+            return
+        self._last_printed = iteration
         histories = storage.histories()
 
         def median(name: str) -> str:
@@ -216,7 +320,7 @@ class CommonMetricPrinter(EventWriter):
             for k, v in sorted(histories.items())
             if "loss" in k
         )
-        parts = [f"eta: {self._eta(storage)}", f"iter: {iteration}", losses]
+        parts = [f"eta: {self._eta(storage, iteration)}", f"iter: {iteration}", losses]
         if "time" in histories:
             parts.append(f"time: {median('time')}")
         if "data_time" in histories:

@@ -47,6 +47,24 @@ def test_loader_resumes_at_its_position(tmp_path) -> None:
     assert resumed.state_dict()["position"] == 5
 
 
+def test_loader_resumed_with_other_accumulation_continues_the_data_order(tmp_path) -> None:
+    """Two optimizer steps of 2 micro-batches of 2 clips, resumed with ACCUM_STEPS 1: the next
+    batch of 4 clips holds the clips of the micro-batches that would have come next, not those
+    of a later epoch (the position is counted in clips, not batches)."""
+    cfg = tiny_cfg(str(tmp_path), **{"SOLVER.ACCUM_STEPS": 2})
+    loader = build_pretrain_loader(cfg)
+    straight = _first_batches(loader, 6)
+    loader.position = 4
+    state = loader.state_dict()
+    cfg.SOLVER.ACCUM_STEPS = 1
+    resumed = build_pretrain_loader(cfg)
+    resumed.load_state_dict(state)
+    batch = _first_batches(resumed, 1)[0]
+    expected = torch.cat([straight[4]["global"], straight[5]["global"]])
+    assert torch.equal(batch["global"], expected)
+    assert resumed.state_dict()["clips"] == 4 * 2 + 4  # 4 micro-batches of 2, then one of 4
+
+
 def test_sampler_epochs_are_permutations_and_ranks_are_disjoint() -> None:
     indices = np.arange(23)
     samplers = [TrainingBatchSampler(indices, 3, seed=5, rank=r, world_size=2) for r in range(2)]

@@ -41,6 +41,17 @@ TINY = [
 ]  # fmt: skip
 
 
+def mark_started_and_wait(marker_dir: str) -> None:
+    """A rank's main function for launcher tests: write ``started.rank<r>`` (its pid), then
+    wait until stopped."""
+    from fima.utils import comm
+
+    with open(os.path.join(marker_dir, f"started.rank{comm.get_rank()}"), "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

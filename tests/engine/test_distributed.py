@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 
 import pytest
 
 from tests.engine.procs import (
     MAX_ITER,
+    Run,
     assert_same_state,
     final_state,
     free_port,
@@ -215,3 +217,30 @@ def test_a_rank_on_another_machine_that_dies_or_hangs_does_not_hang_the_other(
         else rf"Timed out waiting {timeout * 1000}ms"
     )
     assert re.search(expected, survivor.output), survivor.output
+
+
+def test_sigint_to_the_launcher_alone_stops_the_ranks(tmp_path) -> None:
+    """``kill -INT`` of the launcher (not of its process group, as Ctrl-C would) still stops
+    both spawned ranks, after the grace they get to stop by themselves, instead of the launcher
+    waiting for them to train to the end."""
+    code = (
+        "import importlib, tests.engine.procs as procs; "
+        "launch = importlib.import_module('fima.engine.launch'); "
+        "launch.INTERRUPT_GRACE_SECONDS = 1; "
+        f"launch.launch(procs.mark_started_and_wait, 2, backend='gloo', args=({str(tmp_path)!r},))"
+    )
+    run = Run(str(tmp_path), ["-c", code], name="launcher")
+    markers = [tmp_path / f"started.rank{r}" for r in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(m.is_file() and m.stat().st_size for m in markers):
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.output
+        time.sleep(0.1)
+    ranks = [int(m.read_text()) for m in markers]
+    os.kill(run.proc.pid, signal.SIGINT)
+    try:
+        assert run.wait(timeout=30) != 0
+    finally:
+        run.kill()
+    for pid in ranks:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import torch
 from fvcore.common.param_scheduler import CosineParamScheduler
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from fima.checkpoint import CheckpointMismatchError
@@ -137,6 +138,43 @@ def test_default_trainer_writes_outputs_and_resumes_exactly(tmp_path) -> None:
     assert combined == straight_losses.losses  # bit-identical losses at every iteration
     for name, tensor in straight.method.state_dict().items():
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
+    # The interrupted run logged iterations 3 and 4, which the resumed run trained again: each
+    # iteration is recorded once, in metrics.json and in TensorBoard (purged from the old file).
+    out = tmp_path / "resumed"
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(7))
+    # ... with the values of the uninterrupted run: the losses are medians over the last 20
+    # iterations, whose values the checkpoint keeps.
+    straight_rows = [
+        json.loads(line)
+        for line in (tmp_path / "straight" / "metrics.json").read_text().splitlines()
+    ]
+    for row, expected in zip(rows, straight_rows, strict=True):
+        losses = {k: v for k, v in row.items() if "loss" in k or k.startswith("acc")}
+        assert losses == {k: expected[k] for k in losses}, row["iteration"]
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert [e.step for e in events.Scalars("total_loss")] == list(range(6))
+
+
+def test_a_run_started_again_after_stopping_before_its_first_checkpoint_logs_once(
+    tmp_path,
+) -> None:
+    """The first run stopped at iteration 2, before any checkpoint; the run started again in
+    the same OUTPUT_DIR records each iteration once (the first run's records are kept aside)."""
+
+    def config():
+        cfg = tiny_cfg(str(tmp_path), **{"SOLVER.CHECKPOINT_PERIOD": 10})
+        return default_setup(cfg, argparse.Namespace(resume=False, eval_only=False))
+
+    _run(config(), resume=False, stop_at=2)
+    _run(config(), resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(5))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("total_loss")] == list(range(4))
+    assert len(list(tmp_path.glob("metrics.*.json"))) == 1
 
 
 def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> None:
@@ -188,6 +226,11 @@ def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp
         "model_0000004.pth", "model_0000005.pth", "model_0000007.pth", "model_final.pth",
     ]  # fmt: skip
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 8
+    # metrics.json keeps what the first run recorded after training (at iteration 5, about the
+    # weights the second run started from); every step is recorded once.
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert {"iteration": 5, "bad_videos": 0.0} in rows
+    assert [r["iteration"] for r in rows if "total_loss" in r] == list(range(9))
 
 
 def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None:
@@ -200,6 +243,28 @@ def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None
     assert resumed.start_iter == 3 and recorder.losses == []
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "has trained 3 iterations, as many as or more than this run's 2" in log
+
+
+def test_resuming_a_finished_run_with_nothing_to_train_adds_no_files_or_iterations(
+    tmp_path,
+) -> None:
+    """The run stops where it finished: no record past MAX_ITER in metrics.json and no copy of
+    model_final.pth kept under an iteration's name, since no new model_final is written."""
+
+    def config(resume: bool):
+        cfg = tiny_cfg(str(tmp_path / "run"), **{"SOLVER.MAX_ITER": 3})
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    _run(config(resume=False), resume=False)
+    out = tmp_path / "run"
+    resumed, recorder = _run(config(resume=True), resume=True)
+    assert resumed.start_iter == resumed.iter == 3 and recorder.losses == []
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(r["iteration"] for r in rows) == 3
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000001.pth",
+        "model_final.pth",
+    ]
 
 
 def test_default_setup_sets_cudnn_autotuning_from_the_config(tmp_path, monkeypatch) -> None:

@@ -31,13 +31,13 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.evaluation.evaluator import check_evaluator
-from fima.evaluation.results import set_aside
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
 from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
+from fima.utils.files import set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
 

@@ -1,5 +1,5 @@
-"""The records of an evaluation: a summary table, ``OUTPUT_DIR/results.json`` (``--eval-only``),
-and keeping an earlier evaluation's records (``results.json``, ``inference/``) beside new ones."""
+"""The records of an evaluation: a summary table and ``OUTPUT_DIR/results.json``
+(``--eval-only``), which keeps an earlier one beside it (:func:`fima.utils.files.set_aside`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from tabulate import tabulate
 
 from fima.checkpoint import atomic_write
+from fima.utils.files import set_aside
 
 
 def sha256_of(path: str, chunk: int = 1 << 20) -> str:
@@ -21,39 +22,6 @@ def sha256_of(path: str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _written_at(path: str) -> float:
-    """When ``path`` was last written: a file's modification time, a folder's newest file's
-    (the folder's own if it holds none)."""
-    times = [
-        os.path.getmtime(os.path.join(folder, name))
-        for folder, _, files in os.walk(path)
-        for name in files
-    ]
-    return max(times, default=os.path.getmtime(path))
-
-
-def set_aside(path: str) -> str | None:
-    """Rename an earlier record ``path`` (a file or a folder) to ``<stem>.<time>[<ext>]`` beside
-    it, the time being when it was written, so that the record about to be written there does
-    not replace it: ``results.json`` becomes ``results.20261204-234054.json``, ``inference``
-    ``inference.20261204-234054``. A name already taken (two records of one second) gets
-    ``-2``, ``-3``, ... after the time.
-
-    Returns:
-        The new path, or None if nothing was at ``path``.
-    """
-    if not os.path.lexists(path):
-        return None
-    stamp = datetime.datetime.fromtimestamp(_written_at(path)).strftime("%Y%m%d-%H%M%S")
-    stem, ext = (path, "") if os.path.isdir(path) else os.path.splitext(path)
-    target, n = f"{stem}.{stamp}{ext}", 1
-    while os.path.lexists(target):
-        n += 1
-        target = f"{stem}.{stamp}-{n}{ext}"
-    os.rename(path, target)
-    return target
 
 
 def summary_table(metrics: Mapping[str, float]) -> str:
@@ -74,7 +42,7 @@ def write_results(
     """Write ``results.json``: config path, checkpoint path and sha256, metrics, timestamp.
 
     A ``results.json`` already there (another checkpoint's evaluation) is kept as
-    ``results.<its time>.json`` (:func:`set_aside`).
+    ``results.<its time>.json`` (:func:`fima.utils.files.set_aside`).
 
     Args:
         output_dir: where to write.

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
+from fima.utils.files import set_aside
+
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
 # Iterations over which the writers take the median of a smoothed scalar (losses, times).
 SMOOTHING_WINDOW = 20
@@ -173,10 +175,7 @@ class JSONWriter(EventWriter):
         if purge_from > 0:
             self._drop_records_from(purge_from)
             return
-        stamp = datetime.datetime.fromtimestamp(os.path.getmtime(self._path))
-        root, ext = os.path.splitext(self._path)
-        kept = f"{root}.{stamp.strftime('%Y%m%d-%H%M%S')}{ext}"
-        os.replace(self._path, kept)
+        kept = set_aside(self._path)
         logging.getLogger(__name__).info(
             "This run starts from iteration 0: the records of an earlier run in %s are kept as %s",
             self._path,

@@ -16,8 +16,9 @@ from PIL import Image
 from fima.evaluation import classification_metrics, recall_at_k, weighted_knn_predict
 from fima.evaluation.classification import per_class_table
 from fima.evaluation.inference import merge_video_outputs
-from fima.evaluation.results import set_aside, summary_table, write_results
+from fima.evaluation.results import summary_table, write_results
 from fima.evaluation.visualization import render_confusion_matrix
+from fima.utils.files import set_aside
 
 
 def test_classification_metrics_video_clip_top5_and_confusion() -> None:

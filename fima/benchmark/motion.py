@@ -52,6 +52,7 @@ from fima.utils.env import (
     describe_cpus,
     processes_per_cpus,
     threads_per_process,
+    user_threads,
 )
 from fima.utils.logger import setup_logger
 
@@ -498,8 +499,8 @@ def cpu_sharing(jobs: int) -> str:
     threads = run_threads(jobs)
     if threads is not None:
         return f"{jobs} at a time, {threads} thread(s) each"
-    omp = os.environ.get("OMP_NUM_THREADS")
-    each = f"OMP_NUM_THREADS={omp}" if omp else "every CPU"
+    omp = user_threads()
+    each = f"OMP_NUM_THREADS={omp}" if omp is not None else "every CPU"
     return f"{jobs} at a time, {each} each" if jobs > 1 else f"1 at a time, on {each}"
 
 

@@ -73,11 +73,18 @@ def describe_cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     return f"{name} ({inside})" if inside else name
 
 
+def user_threads() -> int | None:
+    """The threads ``OMP_NUM_THREADS`` asks for, or None when it is unset or not a positive
+    integer (empty, ``abc``), which OpenMP and PyTorch ignore, using every CPU."""
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+
+
 def threads_per_process(processes: int) -> int | None:
     """Threads for each of ``processes`` processes that share this process's CPUs
-    (:func:`available_cpus`), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set, which wins
-    (torchrun sets it to 1 for several processes)."""
-    if "OMP_NUM_THREADS" in os.environ:
+    (:func:`available_cpus`), at least 1; ``None`` when ``OMP_NUM_THREADS`` is set
+    (:func:`user_threads`), which wins (torchrun sets it to 1 for several processes)."""
+    if user_threads() is not None:
         return None
     return max(1, available_cpus() // processes)
 
@@ -85,9 +92,7 @@ def threads_per_process(processes: int) -> int | None:
 def processes_per_cpus() -> int:
     """How many single-run processes fit this process's CPUs without oversubscribing them: one
     per CPU, or ``CPUs // OMP_NUM_THREADS`` when the user has set that (at least 1)."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    per_process = int(threads) if threads.isdigit() and int(threads) > 0 else 1
-    return max(1, available_cpus() // per_process)
+    return max(1, available_cpus() // (user_threads() or 1))
 
 
 def seed_all_rng(seed: int) -> None:

@@ -26,7 +26,12 @@ from fima.benchmark.motion import (
     run_precision,
 )
 from fima.evaluation.results import sha256_of
-from fima.utils.env import describe_cpu_model, processes_per_cpus, threads_per_process
+from fima.utils.env import (
+    describe_cpu_model,
+    processes_per_cpus,
+    threads_per_process,
+    user_threads,
+)
 
 from .independent_motion import MOTIONS, make_dataset
 
@@ -132,7 +137,7 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
     assert_metrics_in_range(result, [RANDOM, *(arm.name for arm in arms)])
     assert list(result.seconds) == [f"{arm.name} seed 0" for arm in arms]
     log = (tmp_path / "bench" / "runs.log").read_text()
-    threads = os.environ.get("OMP_NUM_THREADS") or str(threads_per_process(2))
+    threads = str(user_threads() or threads_per_process(2))
     starts = [line for line in log.splitlines() if "CPU threads" in line]
     assert len(starts) == 2 * len(arms) + 1 and all(
         f"; {threads} CPU threads;" in line for line in starts

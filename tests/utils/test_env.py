@@ -59,6 +59,11 @@ def test_threads_per_process_splits_the_cpus_and_yields_to_omp_num_threads(monke
     assert [threads_per_process(n) for n in (1, 2, 4, 6, 8)] == [6, 3, 1, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads_per_process(4) is None
+    # An empty or invalid value, which OpenMP ignores (every CPU), is not the user's choice:
+    # with `OMP_NUM_THREADS= python ...` two runs at a time each took every CPU.
+    for ignored in ("", "0", "many"):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert threads_per_process(2) == 3, ignored
 
 
 def test_processes_per_cpus_fills_the_cpus_with_the_users_thread_count(monkeypatch) -> None:

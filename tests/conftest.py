@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from fima.config import CfgNode, get_cfg
+from fima.config.config import CfgNode as CN
 
 # The suite checks the CPU build: its multi-process tests start gloo ranks (two ranks would need
 # two GPUs under NCCL) and its exactness tests compare losses bit for bit, which GPU kernels do not
@@ -19,6 +21,49 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 _CACHE = tempfile.mkdtemp(prefix="fima-test-cache-")
 os.environ["FIMA_CACHE"] = _CACHE
 torch.set_num_threads(min(torch.get_num_threads(), 2))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README's --import example: a backbone and config keys registered from outside fima.
+USER_BACKBONE = os.path.join(ROOT, "examples", "my_backbone.py")
+
+
+def load_user_backbone() -> None:
+    """Register :data:`USER_BACKBONE`'s ``TwoLayer3D`` in this process, once (a registry refuses
+    a second registration, which a tool's ``--import`` in a subprocess does not meet)."""
+    from fima.modeling import BACKBONE_REGISTRY
+
+    if "TwoLayer3D" in BACKBONE_REGISTRY:
+        return
+    spec = importlib.util.spec_from_file_location("fima_test_user_backbone", USER_BACKBONE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+def user_backbone_checkpoint(folder) -> tuple[str, str, torch.nn.Module]:
+    """The Quickstart MoCo config with :data:`USER_BACKBONE`'s ``TwoLayer3D`` (width 8), written
+    to ``folder/two_layer.yaml``, and a checkpoint of the model it builds,
+    ``folder/model_final.pth``: what a tool given ``--import USER_BACKBONE`` reads.
+
+    Returns:
+        The config path, the checkpoint path and the model.
+    """
+    from fima.modeling import build_model
+
+    load_user_backbone()
+    cfg = get_cfg()
+    cfg.MODEL.TWO_LAYER3D = CN({"WIDTH": 8})  # what the module's add_config adds
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "TwoLayer3D"
+    config, weights = (
+        os.path.join(folder, "two_layer.yaml"),
+        os.path.join(folder, "model_final.pth"),
+    )
+    with open(config, "w") as f:
+        f.write(cfg.dump())
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict(), "iteration": 1}, weights)
+    return config, weights, model
 
 
 def tiny_cfg(output_dir: str | None = None, **overrides: object) -> CfgNode:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -10,12 +9,12 @@ import torch
 
 from fima.config import ConfigError, validate_cfg
 from fima.engine.train_loop import native_autocast
-from fima.modeling import BACKBONE_REGISTRY, build_model
+from fima.modeling import build_model
 from fima.modeling.losses import dense_contrastive_loss, info_nce
 from fima.modeling.motion import foreground_grid_mask
 from fima.modeling.ssl.fima import FIMA, _feature_map_shape
 from fima.utils.events import EventStorage
-from tests.conftest import random_batch, tiny_cfg
+from tests.conftest import load_user_backbone, random_batch, tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIMA_TINY = {
@@ -261,23 +260,13 @@ def test_bf16_autocast_runs_encoders_in_bf16_and_losses_in_fp32() -> None:
     assert model.motion_queue().dtype == torch.float32
 
 
-def _load_user_backbone() -> None:
-    if "TwoLayer3D" in BACKBONE_REGISTRY:
-        return
-    spec = importlib.util.spec_from_file_location(
-        "fima_test_user_backbone", os.path.join(ROOT, "examples", "my_backbone.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-
 @pytest.mark.parametrize(
     ("backbone", "frames", "crop"),
     [("I3D", 16, 32), ("R2Plus1D18", 16, 32), ("R3D18", 16, 32), ("Tiny3D", 8, 32),
      ("Tiny3D", 16, 48), ("TwoLayer3D", 8, 16)],
 )  # fmt: skip
 def test_every_backbone_trains_with_fima(backbone: str, frames: int, crop: int) -> None:
-    _load_user_backbone()
+    load_user_backbone()
     overrides = {"MODEL.BACKBONE.NAME": backbone, "INPUT.NUM_FRAMES": frames,
                  "INPUT.CROP_SIZE": crop}  # fmt: skip
     cfg = tiny_cfg(**{**FIMA_TINY, **overrides})

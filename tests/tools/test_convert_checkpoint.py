@@ -13,7 +13,7 @@ from fima.checkpoint import Checkpointer
 from fima.checkpoint.convert import LossyConversionError, convert_checkpoint
 from fima.modeling import build_model
 from fima.modeling.backbone import R3D18, R2Plus1D18
-from tests.conftest import tiny_cfg
+from tests.conftest import ROOT, USER_BACKBONE, tiny_cfg, user_backbone_checkpoint
 
 _SPEC = importlib.util.spec_from_file_location(
     "convert_checkpoint_tool",
@@ -360,27 +360,15 @@ def test_imported_backbone_config_converts_with_import(tmp_path) -> None:
     import subprocess
     import sys
 
-    from fima.config import get_cfg
-    from fima.config.config import CfgNode
-    from tests.modeling.test_fima import ROOT, _load_user_backbone
-
-    _load_user_backbone()  # registered once per test process, as the tool does per run
-    cfg = get_cfg()
-    cfg.MODEL.TWO_LAYER3D = CfgNode({"WIDTH": 8})  # what the module's add_config adds
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"))
-    cfg.MODEL.BACKBONE.NAME = "TwoLayer3D"
-    config = tmp_path / "two_layer.yaml"
-    config.write_text(cfg.dump())
-    model = build_model(cfg)
-    torch.save({"model": model.state_dict(), "iteration": 1}, tmp_path / "model_final.pth")
+    config, weights, model = user_backbone_checkpoint(tmp_path)
     output = tmp_path / "backbone.pth"
     command = [
         sys.executable,
         os.path.join(ROOT, "tools", "convert_checkpoint.py"),
         "--import",
-        os.path.join(ROOT, "examples", "my_backbone.py"),
+        USER_BACKBONE,
         *("--from", "fima", "--to", "backbone", "--config-file", str(config)),
-        *("--input", str(tmp_path / "model_final.pth"), "--output", str(output)),
+        *("--input", weights, "--output", str(output)),
     ]
     run = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}

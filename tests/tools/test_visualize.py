@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from fima.modeling import build_model
-from tests.conftest import tiny_cfg, write_test_video
+from tests.conftest import USER_BACKBONE, tiny_cfg, user_backbone_checkpoint, write_test_video
 from tests.modeling.test_fima import FIMA_TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,20 +139,7 @@ def test_a_backbone_of_an_imported_module_is_drawn(tmp_path) -> None:
     import subprocess
     import sys
 
-    from fima.config import get_cfg
-    from fima.config.config import CfgNode
-    from tests.modeling.test_fima import _load_user_backbone
-
-    _load_user_backbone()  # registered once per test process, as the tools do per run
-    example = os.path.join(ROOT, "examples", "my_backbone.py")
-    cfg = get_cfg()
-    cfg.MODEL.TWO_LAYER3D = CfgNode({"WIDTH": 8})  # what the module's add_config adds
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"))
-    cfg.MODEL.BACKBONE.NAME = "TwoLayer3D"
-    config = tmp_path / "two_layer.yaml"
-    config.write_text(cfg.dump())
-    weights = tmp_path / "model_final.pth"
-    torch.save({"model": build_model(cfg).state_dict(), "iteration": 1}, weights)
+    config, weights, _ = user_backbone_checkpoint(tmp_path)
     write_test_video(str(tmp_path / "a.mp4"))
     command = [
         sys.executable,
@@ -177,7 +164,7 @@ def test_a_backbone_of_an_imported_module_is_drawn(tmp_path) -> None:
     assert run.stderr.strip().splitlines()[-1].startswith("visualize.py: error: ")
     assert "TWO_LAYER3D" in run.stderr
     run = subprocess.run(
-        [*command[:2], "--import", example, "--output", str(tmp_path / "vis"), *command[2:]],
+        [*command[:2], "--import", USER_BACKBONE, "--output", str(tmp_path / "vis"), *command[2:]],
         capture_output=True,
         text=True,
         env=env,

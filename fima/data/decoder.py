@@ -343,13 +343,24 @@ def _decode_pass(
     floor = clock.start_pts - second
     targets = [t for t in (target, target - second, target - 10 * second) if t > floor]
     for seek_pts in [*targets, floor]:
-        container.seek(seek_pts, stream=stream, backward=True)
+        from_start = seek_pts == floor
+        try:
+            container.seek(seek_pts, stream=stream, backward=True)
+        except av.FFmpegError:
+            # The AVI demuxer refuses timestamps before zero (EPERM), as the earlier targets
+            # and the floor of a stream that starts at 0 are: the next target is tried, and
+            # for the floor 0, from where such a demuxer reads the stream from its beginning.
+            if seek_pts >= 0:
+                raise
+            if not from_start:
+                continue
+            container.seek(0, stream=stream, backward=True)
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
             if index is None:
                 continue
-            if last_frame is None and index > first and seek_pts > floor:
+            if last_frame is None and index > first and not from_start:
                 break
             if index in needed:
                 frames[index] = convert(frame)

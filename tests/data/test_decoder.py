@@ -164,3 +164,25 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(video: str, tmp_p
     except DecodeError:
         return
     assert frames.shape[0] == 9
+
+
+def test_mpeg4_avi_with_b_frames_decodes_every_window(tmp_path) -> None:
+    """Xvid/DivX-style AVIs with B-frames: the AVI demuxer refuses seeks before timestamp 0
+    (EPERM), where the decoder steps back to when a seek overshoots; such a video once came out
+    as a bad video ('decoding failed: [Errno 1] Operation not permitted')."""
+    path = write_test_video(
+        str(tmp_path / "xvid.avi"), num_frames=60, codec="mpeg4", gop=12, options={"bf": "2"}
+    )
+    # Frame i is the frame shown i / fps after the stream start (B-frame reordering delays the
+    # first one by a frame here); an index without its own frame takes the one before it.
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        shown = {
+            int(frame.pts - (stream.start_time or 0)): frame.reformat(format="rgb24").to_ndarray()
+            for frame in container.decode(stream)
+        }
+    first = min(shown)
+    expected = np.stack([shown[max([t for t in shown if t <= i] or [first])] for i in range(60)])
+    for start in (0, 5, 7, 20, 40):
+        indices = list(range(start, min(start + 16, 60)))
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), expected[indices])

@@ -63,14 +63,39 @@ def index_cache_file(dataset: VideoDataset, fallback_dir: str) -> str:
     return os.path.join(fallback_dir, "video_index", f"{dataset.name}-{digest}.json")
 
 
+def _is_entry(entry: Any) -> bool:
+    """Whether ``entry`` has the shape that :func:`_probe` gives (a file key, then the four
+    numbers of a :class:`VideoInfo` or an error)."""
+    if not isinstance(entry, dict):
+        return False
+    key, info = entry.get("key"), entry.get("info")
+    if not (key is None or (isinstance(key, list) and len(key) == 2)):
+        return False
+    if info is not None:
+        return (
+            isinstance(info, list)
+            and len(info) == 4
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in info)
+        )
+    return isinstance(entry.get("error"), str)
+
+
 def _read_cache(cache_file: str | None) -> dict[str, dict[str, Any]]:
+    """The cached entries; an unreadable file, or one of another shape (valid JSON that another
+    program or a hand edit left), is ignored with a warning and rebuilt."""
     if not cache_file or not os.path.isfile(cache_file):
         return {}
     try:
         with open(cache_file) as f:
             payload = json.load(f)
+        if not isinstance(payload, dict):
+            raise ValueError("not an index (its top level is not a JSON object)")
         if payload.get("format") == _INDEX_FORMAT:
-            return dict(payload["videos"])
+            videos = dict(payload["videos"])
+            malformed = next((p for p, entry in videos.items() if not _is_entry(entry)), None)
+            if malformed is not None:
+                raise ValueError(f"malformed entry for {malformed}")
+            return videos
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("Ignoring unreadable index cache %s: %s", cache_file, err)
     return {}

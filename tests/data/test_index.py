@@ -66,12 +66,29 @@ def test_read_only_root_caches_in_the_output_dir(tmp_path, monkeypatch) -> None:
     assert cache.startswith(str(tmp_path / "out" / "video_index" / "VideoList-"))
 
 
-def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "null",
+        "[]",
+        '{"format": 2, "videos": {"VIDEO": 5}}',
+        '{"format": 2, "videos": {"VIDEO": {"key": [1, 2], "info": [24, 25.0]}}}',
+        '{"format": 2, "videos": {"VIDEO": {"key": [1, 2]}}}',
+    ],
+    ids=["not-json", "null", "list", "entry-not-object", "short-info", "neither-info-nor-error"],
+)
+def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes, content: str) -> None:
+    """Valid JSON of another shape (another program's file, a hand edit) once stopped the
+    start-up with an AttributeError, KeyError or ValueError traceback."""
     make_video_list(str(tmp_path), ["a"], 2, {})
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     dataset = build_dataset(cfg, "train")
     cache = tmp_path / "cache.json"
-    cache.write_text("{not json")
+    # Keyed like the real entry, so that the malformed one would be used if it were read.
+    video = dataset[0].path
+    key = index_module._file_key(video)
+    cache.write_text(content.replace('"VIDEO"', json.dumps(video)).replace("[1, 2]", str(key)))
     infos, bad = build_index(dataset, str(cache))
     assert counted_probes and not bad and all(infos)
     assert json.loads(cache.read_text())["format"] == index_module._INDEX_FORMAT

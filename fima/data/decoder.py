@@ -216,7 +216,9 @@ def _reformatter() -> VideoReformatter:
 
 
 class _Converter:
-    """RGB conversion, downscaled to ``short_side`` when the frame's short side is larger.
+    """RGB conversion, downscaled to ``short_side`` when the frame's short side is larger, and
+    turned upright as the stream's display matrix says (a phone's portrait video is stored
+    landscape with a 90-degree rotation, which players apply and so must training).
 
     Always one thread: a threaded swscale context owns a thread pool, which a forked worker
     inherits without its threads and then waits on forever; and converting the few frames a
@@ -226,16 +228,19 @@ class _Converter:
     def __init__(self, short_side: int) -> None:
         self.short_side = short_side
         self.size: tuple[int, int] | None = None  # (height, width), fixed by the first frame
+        self.quarter_turns = 0  # counterclockwise, fixed by the first frame
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
             self.size = short_side_size(frame.height, frame.width, self.short_side)
+            # Only quarter turns occur in practice (what cameras and ffmpeg write).
+            self.quarter_turns = round(frame.rotation / 90) % 4
         height, width = self.size
         # Area averaging: an antialiased downscale, and cheaper than swscale's default bilinear
         # (measured ~1.5x at 1080p to 256; with it, a 1080p clip costs less than converting at
         # full size and cropping from that, and holds 17x less memory).
         scaling = "AREA" if (height, width) != (frame.height, frame.width) else None
-        return (
+        rgb = (
             _reformatter()
             .reformat(
                 frame,
@@ -246,6 +251,10 @@ class _Converter:
                 threads=1,
             )
             .to_ndarray()
+        )
+        # Contiguous, else np.stack keeps the turned strides and the clip is not contiguous.
+        return (
+            np.ascontiguousarray(np.rot90(rgb, self.quarter_turns)) if self.quarter_turns else rgb
         )
 
 
@@ -271,7 +280,8 @@ def decode_frames(
             by a new seek; closer ones are decoded through.
 
     Returns:
-        ``[len(indices), H, W, 3]`` uint8 RGB frames.
+        ``[len(indices), H, W, 3]`` uint8 RGB frames, upright (a rotation that the stream's
+        display matrix gives is applied, so ``H`` and ``W`` are then the stored width and height).
 
     Raises:
         DecodeError: nothing could be decoded, or the stream is truncated.

@@ -186,3 +186,29 @@ def test_mpeg4_avi_with_b_frames_decodes_every_window(tmp_path) -> None:
     for start in (0, 5, 7, 20, 40):
         indices = list(range(start, min(start + 16, 60)))
         np.testing.assert_array_equal(decode_frames(path, indices).numpy(), expected[indices])
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_videos_are_decoded_upright(tmp_path, rotation: int) -> None:
+    """A phone's portrait video is stored landscape with a display rotation, which players
+    apply; frames once came out sideways (or upside down), unlike the video the user sees."""
+    path = str(tmp_path / "phone.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for i in range(12):
+            frame = np.full((48, 64, 3), 30, dtype=np.uint8)
+            frame[:12, :16] = 230  # a mark in the stored frame's top-left corner
+            frame[:, 40 + i] = 120
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    # np.rot90 turns counterclockwise, as the display matrix's angle counts.
+    expected = np.rot90(full_decode(path), rotation // 90, axes=(1, 2))
+    frames = decode_frames(path, [0, 5, 11])
+    assert frames.is_contiguous()
+    np.testing.assert_array_equal(frames.numpy(), expected[[0, 5, 11]])
+    small = decode_frames(path, [0], short_side=24)
+    assert small.shape == ((1, 32, 24, 3) if rotation % 180 else (1, 24, 32, 3))

@@ -89,11 +89,31 @@ def _header_frames(container: av.container.InputContainer, fps: Fraction) -> int
     return int(round(seconds * float(fps)))
 
 
+def _demuxed_frames(container: av.container.InputContainer) -> int:
+    """The frame count from the video packets' timestamps, read without decoding anything.
+
+    For containers whose header records no length, as WebM written live (browsers'
+    MediaRecorder, streaming software) does. A read error ends the count where it happened.
+    """
+    stream = container.streams.video[0]
+    clock = _FrameClock(stream)
+    last: int | None = None
+    try:
+        for packet in container.demux(stream):
+            timestamp = packet.pts if packet.pts is not None else packet.dts
+            if timestamp is not None and (last is None or timestamp > last):
+                last = timestamp
+    except (av.FFmpegError, OSError):
+        pass
+    return 0 if last is None else clock.index_of(last) + 1
+
+
 def probe_video(path: str) -> VideoInfo:
     """Read frame count, frame rate and size from the container header, decoding nothing.
 
     The count is the stream's frame count where the container records it, else its duration
-    times its frame rate.
+    times its frame rate, else (a header without either) the index after the last video
+    packet's timestamp, read by demuxing the file (still decoding nothing).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
@@ -101,9 +121,9 @@ def probe_video(path: str) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        num_frames = _header_frames(container, fps)
+        num_frames = _header_frames(container, fps) or _demuxed_frames(container)
         if num_frames <= 0:
-            raise DecodeError("the header gives no frame count or duration")
+            raise DecodeError("neither the header nor the packets give a frame count")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise DecodeError("the header gives no frame size")

@@ -30,7 +30,8 @@ from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-_INDEX_FORMAT = 2
+# 3: headers without a length are demuxed for one (format 2 cached them as errors).
+_INDEX_FORMAT = 3
 PROBE_THREADS = 8
 T = TypeVar("T")
 

@@ -212,3 +212,22 @@ def test_rotated_videos_are_decoded_upright(tmp_path, rotation: int) -> None:
     np.testing.assert_array_equal(frames.numpy(), expected[[0, 5, 11]])
     small = decode_frames(path, [0], short_side=24)
     assert small.shape == ((1, 32, 24, 3) if rotation % 180 else (1, 24, 32, 3))
+
+
+def test_a_webm_written_live_without_length_in_its_header(tmp_path) -> None:
+    """Browsers' MediaRecorder and streaming software write WebM without a duration or frame
+    count: such a video was a bad video ('the header gives no frame count or duration')."""
+    source = write_test_video(str(tmp_path / "v.webm"), num_frames=50, codec="libvpx", gop=20)
+    path = str(tmp_path / "recorded.webm")
+    with av.open(source) as src, av.open(path, "w", options={"live": "1"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    with av.open(path) as container:  # what makes it hard: no length anywhere in the header
+        assert not container.streams.video[0].frames and container.duration is None
+    info = probe_video(path)
+    assert (info.num_frames, info.fps, info.width, info.height) == (50, 25, 64, 48)
+    indices = [0, 7, 20, 21, 35, 49]
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), full_decode(path)[indices])

@@ -72,9 +72,9 @@ def test_read_only_root_caches_in_the_output_dir(tmp_path, monkeypatch) -> None:
         "{not json",
         "null",
         "[]",
-        '{"format": 2, "videos": {"VIDEO": 5}}',
-        '{"format": 2, "videos": {"VIDEO": {"key": [1, 2], "info": [24, 25.0]}}}',
-        '{"format": 2, "videos": {"VIDEO": {"key": [1, 2]}}}',
+        '{"format": FORMAT, "videos": {"VIDEO": 5}}',
+        '{"format": FORMAT, "videos": {"VIDEO": {"key": [1, 2], "info": [24, 25.0]}}}',
+        '{"format": FORMAT, "videos": {"VIDEO": {"key": [1, 2]}}}',
     ],
     ids=["not-json", "null", "list", "entry-not-object", "short-info", "neither-info-nor-error"],
 )
@@ -88,7 +88,22 @@ def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes, content: str) 
     # Keyed like the real entry, so that the malformed one would be used if it were read.
     video = dataset[0].path
     key = index_module._file_key(video)
-    cache.write_text(content.replace('"VIDEO"', json.dumps(video)).replace("[1, 2]", str(key)))
+    content = content.replace('"VIDEO"', json.dumps(video)).replace("[1, 2]", str(key))
+    cache.write_text(content.replace("FORMAT", str(index_module._INDEX_FORMAT)))
     infos, bad = build_index(dataset, str(cache))
     assert counted_probes and not bad and all(infos)
     assert json.loads(cache.read_text())["format"] == index_module._INDEX_FORMAT
+
+
+def test_a_cache_of_the_previous_format_is_reprobed(tmp_path, counted_probes) -> None:
+    """Format 2 cached a header without a length as an error; those videos (WebM recorded
+    live) are read now, so such an entry must not outlive an upgrade while the file is as it was."""
+    make_video_list(str(tmp_path), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    cache = tmp_path / "cache.json"
+    video = dataset[0].path
+    entry = {"key": index_module._file_key(video), "error": "the header gives no frame count"}
+    cache.write_text(json.dumps({"format": 2, "videos": {video: entry}}))
+    infos, bad = build_index(dataset, str(cache))
+    assert all(infos) and not bad and video in counted_probes

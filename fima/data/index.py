@@ -168,6 +168,8 @@ def build_index(
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Write the cache, or warn: it only saves the next start some probing, so a disk that
+    is full or refuses the file must not stop this one (the index is already in memory)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
@@ -178,7 +180,9 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if not isinstance(err, OSError):
+            raise
+        logger.warning("Cannot write the index cache %s (%s); the next start re-indexes", path, err)

@@ -107,3 +107,21 @@ def test_a_cache_of_the_previous_format_is_reprobed(tmp_path, counted_probes) ->
     cache.write_text(json.dumps({"format": 2, "videos": {video: entry}}))
     infos, bad = build_index(dataset, str(cache))
     assert all(infos) and not bad and video in counted_probes
+
+
+def test_a_full_disk_does_not_stop_the_start(tmp_path, monkeypatch, caplog) -> None:
+    """Writing the cache failed with ENOSPC on a full dataset disk: the start-up stopped with
+    an OSError traceback, though the index was complete in memory."""
+    make_video_list(str(tmp_path), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    cache = tmp_path / ".fima_index" / "VideoList.json"
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index_module.json, "dump", full_disk)
+    infos, bad = build_index(dataset, str(cache))
+    assert all(infos) and not bad
+    assert "No space left on device" in caplog.text
+    assert os.listdir(cache.parent) == []  # no temporary file left behind

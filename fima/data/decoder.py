@@ -14,6 +14,8 @@ no more than the conversion alone and makes every later step (crops, resizes) ch
 Short videos: an index past the last frame that can be decoded takes that last frame (clamping,
 as the samplers do with the header's frame count). A stream that ends more than a second before
 the frame count its header promises is truncated, and decoding it raises :class:`DecodeError`.
+An index that no frame's timestamp maps to (a gap in a variable frame rate) takes the frame
+before the gap.
 """
 
 from __future__ import annotations
@@ -392,6 +394,16 @@ def _decode_pass(
                 continue
             if last_frame is None and index > first and not from_start:
                 break
+            if last_frame is not None and index > last_frame[0] + 1:
+                # Wanted frames that the stream has none for (a gap in variable-frame-rate
+                # timestamps, or frames lost before a cut) show the frame before the gap, as a
+                # player would, rather than the closest earlier frame that happened to be wanted.
+                lo = bisect.bisect_right(span, last_frame[0])
+                hi = bisect.bisect_left(span, index)
+                if lo < hi:
+                    image = convert(last_frame[1])
+                    for skipped in span[lo:hi]:
+                        frames[skipped] = image
             if index in needed:
                 frames[index] = convert(frame)
             last_frame = (index, frame)

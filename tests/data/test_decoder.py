@@ -231,3 +231,36 @@ def test_a_webm_written_live_without_length_in_its_header(tmp_path) -> None:
     assert (info.num_frames, info.fps, info.width, info.height) == (50, 25, 64, 48)
     indices = [0, 7, 20, 21, 35, 49]
     np.testing.assert_array_equal(decode_frames(path, indices).numpy(), full_decode(path)[indices])
+
+
+def test_indices_in_a_gap_of_variable_frame_rate_take_the_frame_before_it(tmp_path) -> None:
+    """A phone's variable-frame-rate video leaves indices that no timestamp maps to. Such an
+    index took the closest earlier frame that the clip happened to want (in a clip of every
+    other frame: one a whole step back), not the one shown at that time."""
+    source = write_test_video(str(tmp_path / "cfr.mp4"), num_frames=60, gop=30)
+    path = str(tmp_path / "vfr.mp4")
+    with av.open(source) as src, av.open(path, "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        tick = int(1 / (25 * src.streams.video[0].time_base))
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                # Every 10th frame the camera stalls for 3 frame periods.
+                packet.pts += (packet.pts // (10 * tick)) * 3 * tick
+                packet.dts += max(packet.dts, 0) // (10 * tick) * 3 * tick
+                packet.stream = stream
+                dst.mux(packet)
+    # The frame shown at index i: the last one whose timestamp maps to i or earlier.
+    with av.open(path) as container:
+        clock = decoder._FrameClock(container.streams.video[0])
+        shown = [
+            (clock.index(frame), frame.reformat(format="rgb24").to_ndarray())
+            for frame in container.decode(video=0)
+        ]
+    mapped = [index for index, _ in shown]
+    gaps = sorted(set(range(max(mapped))) - set(mapped))
+    assert gaps  # the stalls did leave indices without a frame
+    unique = [i for i in range(max(mapped)) if mapped.count(i) <= 1]
+    for start in (0, 6, 20, 31):
+        indices = [i for i in range(start, start + 16, 2) if i in unique]
+        expected = [next(img for index, img in reversed(shown) if index <= i) for i in indices]
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), np.stack(expected))

@@ -401,7 +401,8 @@ def _decode_pass(
                 lo = bisect.bisect_right(span, last_frame[0])
                 hi = bisect.bisect_left(span, index)
                 if lo < hi:
-                    image = convert(last_frame[1])
+                    wanted_too = last_frame[0] in needed  # then converted already
+                    image = frames[last_frame[0]] if wanted_too else convert(last_frame[1])
                     for skipped in span[lo:hi]:
                         frames[skipped] = image
             if index in needed:

@@ -137,8 +137,12 @@ def write_test_video(
     codec: str = "libx264",
     gop: int = 10,
     fps: int = 25,
+    options: dict[str, str] | None = None,
 ) -> str:
-    """Encode a video whose frames are easy to tell apart (a bar that moves one step per frame)."""
+    """Encode a video whose frames are easy to tell apart (a bar that moves one step per frame).
+
+    ``options`` are passed to the encoder (``{"bf": "2"}``: B-frames), after the defaults.
+    """
     import av
     import numpy as np
 
@@ -149,6 +153,8 @@ def write_test_video(
         stream.codec_context.gop_size = gop
         if codec == "libx264":
             stream.options = {"bf": "2", "keyint_min": str(gop), "sc_threshold": "0"}
+        if options:
+            stream.options = {**stream.options, **options}
         for i in range(num_frames):
             frame = np.full((height, width, 3), 40, dtype=np.uint8)
             frame[:, (i * 2) % width : (i * 2) % width + 4] = 220

@@ -139,6 +139,11 @@ class WindowClips(Dataset):
     - ``local`` (if asked): ``[W, 2, 3, T, S, S]`` uint8, the two halves of each window;
     - ``label``, ``index``: the video's label and dataset index;
     - ``bad_videos``: ``[(path, reason), ...]`` skipped while producing this sample.
+
+    After ``max_replacements`` videos in a row that cannot be decoded, the sample is only
+    ``{"bad_videos": [...]}``: the loader counts them and stops the run with
+    :class:`~fima.data.bad_videos.TooManyBadVideosError` (raising in a data-loader worker
+    would end the run with the worker's traceback and leave them out of ``bad_videos.txt``).
     """
 
     max_replacements = 10
@@ -187,9 +192,7 @@ class WindowClips(Dataset):
                 sample["bad_videos"] = bad
                 return sample
             bad.append((path, reason))
-        raise DecodeError(
-            f"{self.max_replacements} videos in a row could not be decoded, last {path}: {reason}"
-        )
+        return {"bad_videos": bad}
 
     def _load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         record, info = self.dataset[index], self.infos[index]
@@ -340,7 +343,17 @@ def load_test_clips(
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors of equal keys along a new batch dim; concatenate the ``bad_videos`` lists."""
+    """Stack tensors of equal keys along a new batch dim; concatenate the ``bad_videos`` lists.
+
+    If a sample could not be filled (only ``bad_videos``, see :class:`WindowClips`), the batch
+    is ``{"bad_videos": [...], "unfilled": <number of such samples>}``.
+    """
+    unfilled = sum(s.keys() == {"bad_videos"} for s in samples)
+    if unfilled:
+        return {
+            "bad_videos": [item for s in samples for item in s["bad_videos"]],
+            "unfilled": unfilled,
+        }
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
@@ -411,8 +424,16 @@ class TrainLoader:
         for batch in loader:
             self.position += 1
             bad = batch.pop("bad_videos")
+            unfilled = batch.pop("unfilled", 0)
             # Each replaced video was one more read.
-            self.tracker.record(self.batch_size + len(bad), bad)
+            self.tracker.record(self.batch_size - unfilled + len(bad), bad)
+            if unfilled:
+                self.tracker.write()
+                raise TooManyBadVideosError(
+                    f"{self.dataset.max_replacements} videos in a row could not be decoded "
+                    f"({self.tracker.bad_events} of {self.tracker.seen} videos read were bad); "
+                    f"see {self.tracker.output_file or 'the log'}"
+                )
             self.tracker.check()
             yield batch
 

@@ -14,6 +14,8 @@ no more than the conversion alone and makes every later step (crops, resizes) ch
 Short videos: an index past the last frame that can be decoded takes that last frame (clamping,
 as the samplers do with the header's frame count). A stream that ends more than a second before
 the frame count its header promises is truncated, and decoding it raises :class:`DecodeError`.
+An index that no frame's timestamp maps to (a gap in a variable frame rate) takes the frame
+before the gap.
 """
 
 from __future__ import annotations
@@ -89,11 +91,31 @@ def _header_frames(container: av.container.InputContainer, fps: Fraction) -> int
     return int(round(seconds * float(fps)))
 
 
+def _demuxed_frames(container: av.container.InputContainer) -> int:
+    """The frame count from the video packets' timestamps, read without decoding anything.
+
+    For containers whose header records no length, as WebM written live (browsers'
+    MediaRecorder, streaming software) does. A read error ends the count where it happened.
+    """
+    stream = container.streams.video[0]
+    clock = _FrameClock(stream)
+    last: int | None = None
+    try:
+        for packet in container.demux(stream):
+            timestamp = packet.pts if packet.pts is not None else packet.dts
+            if timestamp is not None and (last is None or timestamp > last):
+                last = timestamp
+    except (av.FFmpegError, OSError):
+        pass
+    return 0 if last is None else clock.index_of(last) + 1
+
+
 def probe_video(path: str) -> VideoInfo:
     """Read frame count, frame rate and size from the container header, decoding nothing.
 
     The count is the stream's frame count where the container records it, else its duration
-    times its frame rate.
+    times its frame rate, else (a header without either) the index after the last video
+    packet's timestamp, read by demuxing the file (still decoding nothing).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
@@ -101,9 +123,9 @@ def probe_video(path: str) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        num_frames = _header_frames(container, fps)
+        num_frames = _header_frames(container, fps) or _demuxed_frames(container)
         if num_frames <= 0:
-            raise DecodeError("the header gives no frame count or duration")
+            raise DecodeError("neither the header nor the packets give a frame count")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise DecodeError("the header gives no frame size")
@@ -216,7 +238,9 @@ def _reformatter() -> VideoReformatter:
 
 
 class _Converter:
-    """RGB conversion, downscaled to ``short_side`` when the frame's short side is larger.
+    """RGB conversion, downscaled to ``short_side`` when the frame's short side is larger, and
+    turned upright as the stream's display matrix says (a phone's portrait video is stored
+    landscape with a 90-degree rotation, which players apply and so must training).
 
     Always one thread: a threaded swscale context owns a thread pool, which a forked worker
     inherits without its threads and then waits on forever; and converting the few frames a
@@ -226,16 +250,19 @@ class _Converter:
     def __init__(self, short_side: int) -> None:
         self.short_side = short_side
         self.size: tuple[int, int] | None = None  # (height, width), fixed by the first frame
+        self.quarter_turns = 0  # counterclockwise, fixed by the first frame
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
             self.size = short_side_size(frame.height, frame.width, self.short_side)
+            # Only quarter turns occur in practice (what cameras and ffmpeg write).
+            self.quarter_turns = round(frame.rotation / 90) % 4
         height, width = self.size
         # Area averaging: an antialiased downscale, and cheaper than swscale's default bilinear
         # (measured ~1.5x at 1080p to 256; with it, a 1080p clip costs less than converting at
         # full size and cropping from that, and holds 17x less memory).
         scaling = "AREA" if (height, width) != (frame.height, frame.width) else None
-        return (
+        rgb = (
             _reformatter()
             .reformat(
                 frame,
@@ -246,6 +273,10 @@ class _Converter:
                 threads=1,
             )
             .to_ndarray()
+        )
+        # Contiguous, else np.stack keeps the turned strides and the clip is not contiguous.
+        return (
+            np.ascontiguousarray(np.rot90(rgb, self.quarter_turns)) if self.quarter_turns else rgb
         )
 
 
@@ -271,7 +302,8 @@ def decode_frames(
             by a new seek; closer ones are decoded through.
 
     Returns:
-        ``[len(indices), H, W, 3]`` uint8 RGB frames.
+        ``[len(indices), H, W, 3]`` uint8 RGB frames, upright (a rotation that the stream's
+        display matrix gives is applied, so ``H`` and ``W`` are then the stored width and height).
 
     Raises:
         DecodeError: nothing could be decoded, or the stream is truncated.
@@ -343,14 +375,36 @@ def _decode_pass(
     floor = clock.start_pts - second
     targets = [t for t in (target, target - second, target - 10 * second) if t > floor]
     for seek_pts in [*targets, floor]:
-        container.seek(seek_pts, stream=stream, backward=True)
+        from_start = seek_pts == floor
+        try:
+            container.seek(seek_pts, stream=stream, backward=True)
+        except av.FFmpegError:
+            # The AVI demuxer refuses timestamps before zero (EPERM), as the earlier targets
+            # and the floor of a stream that starts at 0 are: the next target is tried, and
+            # for the floor 0, from where such a demuxer reads the stream from its beginning.
+            if seek_pts >= 0:
+                raise
+            if not from_start:
+                continue
+            container.seek(0, stream=stream, backward=True)
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
             if index is None:
                 continue
-            if last_frame is None and index > first and seek_pts > floor:
+            if last_frame is None and index > first and not from_start:
                 break
+            if last_frame is not None and index > last_frame[0] + 1:
+                # Wanted frames that the stream has none for (a gap in variable-frame-rate
+                # timestamps, or frames lost before a cut) show the frame before the gap, as a
+                # player would, rather than the closest earlier frame that happened to be wanted.
+                lo = bisect.bisect_right(span, last_frame[0])
+                hi = bisect.bisect_left(span, index)
+                if lo < hi:
+                    wanted_too = last_frame[0] in needed  # then converted already
+                    image = frames[last_frame[0]] if wanted_too else convert(last_frame[1])
+                    for skipped in span[lo:hi]:
+                        frames[skipped] = image
             if index in needed:
                 frames[index] = convert(frame)
             last_frame = (index, frame)

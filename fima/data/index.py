@@ -30,7 +30,8 @@ from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
-_INDEX_FORMAT = 2
+# 3: headers without a length are demuxed for one (format 2 cached them as errors).
+_INDEX_FORMAT = 3
 PROBE_THREADS = 8
 T = TypeVar("T")
 
@@ -63,14 +64,39 @@ def index_cache_file(dataset: VideoDataset, fallback_dir: str) -> str:
     return os.path.join(fallback_dir, "video_index", f"{dataset.name}-{digest}.json")
 
 
+def _is_entry(entry: Any) -> bool:
+    """Whether ``entry`` has the shape that :func:`_probe` gives (a file key, then the four
+    numbers of a :class:`VideoInfo` or an error)."""
+    if not isinstance(entry, dict):
+        return False
+    key, info = entry.get("key"), entry.get("info")
+    if not (key is None or (isinstance(key, list) and len(key) == 2)):
+        return False
+    if info is not None:
+        return (
+            isinstance(info, list)
+            and len(info) == 4
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in info)
+        )
+    return isinstance(entry.get("error"), str)
+
+
 def _read_cache(cache_file: str | None) -> dict[str, dict[str, Any]]:
+    """The cached entries; an unreadable file, or one of another shape (valid JSON that another
+    program or a hand edit left), is ignored with a warning and rebuilt."""
     if not cache_file or not os.path.isfile(cache_file):
         return {}
     try:
         with open(cache_file) as f:
             payload = json.load(f)
+        if not isinstance(payload, dict):
+            raise ValueError("not an index (its top level is not a JSON object)")
         if payload.get("format") == _INDEX_FORMAT:
-            return dict(payload["videos"])
+            videos = dict(payload["videos"])
+            malformed = next((p for p, entry in videos.items() if not _is_entry(entry)), None)
+            if malformed is not None:
+                raise ValueError(f"malformed entry for {malformed}")
+            return videos
     except (OSError, ValueError, KeyError, TypeError) as err:
         logger.warning("Ignoring unreadable index cache %s: %s", cache_file, err)
     return {}
@@ -142,6 +168,8 @@ def build_index(
 
 
 def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Write the cache, or warn: it only saves the next start some probing, so a disk that
+    is full or refuses the file must not stop this one (the index is already in memory)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
@@ -152,7 +180,9 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        if not isinstance(err, OSError):
+            raise
+        logger.warning("Cannot write the index cache %s (%s); the next start re-indexes", path, err)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from fima.data import build as build_module
 from fima.data import build_dataset, build_test_loader, build_train_loader
 from fima.data.bad_videos import BadVideoTracker, TooManyBadVideosError, read_bad_videos
 from fima.data.build import WindowClips, load_index
+from fima.data.decoder import DecodeError
 from fima.engine import DefaultTrainer
 from tests.conftest import tiny_cfg
 from tests.data.layouts import BAD_KINDS, LAYOUTS
@@ -102,6 +104,28 @@ def test_too_many_bad_videos_stop_the_run_with_the_list_written(tmp_path) -> Non
     with pytest.raises(TooManyBadVideosError, match=r"DATA.MAX_BAD_FRACTION=0.1.*bad_videos.txt"):
         build_train_loader(cfg)
     assert len(_listed_bad(cfg)) == len(BAD_KINDS) - 1  # all but the one decoding finds
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_of_undecodable_videos_stops_with_the_list_written(
+    tmp_path, monkeypatch, workers: int
+) -> None:
+    """Videos whose headers are fine but that never decode (a half-copied dataset): the sample
+    that runs out of replacements once ended the run with a DecodeError traceback from the
+    loader worker, and bad_videos.txt did not list what decoding had found."""
+    cfg = _dataset_cfg(
+        tmp_path, "VideoList", **{"DATA.NUM_WORKERS": workers, "DATA.MAX_BAD_FRACTION": 0.9}
+    )
+
+    def cut(path: str, *args: object, **kwargs: object) -> torch.Tensor:
+        raise DecodeError("truncated: decoding ends at frame 3 of the 40 that the header promises")
+
+    monkeypatch.setattr(build_module, "decode_frames", cut)  # forked workers inherit it
+    loader = build_train_loader(cfg)
+    with pytest.raises(TooManyBadVideosError, match=r"10 videos in a row .*bad_videos.txt"):
+        next(iter(loader))
+    truncated = [p for p, reason in _listed_bad(cfg).items() if reason.startswith("truncated")]
+    assert len([p for p in truncated if "bad_" not in p]) >= 2  # the good files that failed
 
 
 def test_tracker_merges_into_the_file_and_counts(tmp_path) -> None:

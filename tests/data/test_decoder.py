@@ -164,3 +164,103 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(video: str, tmp_p
     except DecodeError:
         return
     assert frames.shape[0] == 9
+
+
+def test_mpeg4_avi_with_b_frames_decodes_every_window(tmp_path) -> None:
+    """Xvid/DivX-style AVIs with B-frames: the AVI demuxer refuses seeks before timestamp 0
+    (EPERM), where the decoder steps back to when a seek overshoots; such a video once came out
+    as a bad video ('decoding failed: [Errno 1] Operation not permitted')."""
+    path = write_test_video(
+        str(tmp_path / "xvid.avi"), num_frames=60, codec="mpeg4", gop=12, options={"bf": "2"}
+    )
+    # Frame i is the frame shown i / fps after the stream start (B-frame reordering delays the
+    # first one by a frame here); an index without its own frame takes the one before it.
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        shown = {
+            int(frame.pts - (stream.start_time or 0)): frame.reformat(format="rgb24").to_ndarray()
+            for frame in container.decode(stream)
+        }
+    first = min(shown)
+    expected = np.stack([shown[max([t for t in shown if t <= i] or [first])] for i in range(60)])
+    for start in (0, 5, 7, 20, 40):
+        indices = list(range(start, min(start + 16, 60)))
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), expected[indices])
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_videos_are_decoded_upright(tmp_path, rotation: int) -> None:
+    """A phone's portrait video is stored landscape with a display rotation, which players
+    apply; frames once came out sideways (or upside down), unlike the video the user sees."""
+    path = str(tmp_path / "phone.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for i in range(12):
+            frame = np.full((48, 64, 3), 30, dtype=np.uint8)
+            frame[:12, :16] = 230  # a mark in the stored frame's top-left corner
+            frame[:, 40 + i] = 120
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    # np.rot90 turns counterclockwise, as the display matrix's angle counts.
+    expected = np.rot90(full_decode(path), rotation // 90, axes=(1, 2))
+    frames = decode_frames(path, [0, 5, 11])
+    assert frames.is_contiguous()
+    np.testing.assert_array_equal(frames.numpy(), expected[[0, 5, 11]])
+    small = decode_frames(path, [0], short_side=24)
+    assert small.shape == ((1, 32, 24, 3) if rotation % 180 else (1, 24, 32, 3))
+
+
+def test_a_webm_written_live_without_length_in_its_header(tmp_path) -> None:
+    """Browsers' MediaRecorder and streaming software write WebM without a duration or frame
+    count: such a video was a bad video ('the header gives no frame count or duration')."""
+    source = write_test_video(str(tmp_path / "v.webm"), num_frames=50, codec="libvpx", gop=20)
+    path = str(tmp_path / "recorded.webm")
+    with av.open(source) as src, av.open(path, "w", options={"live": "1"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    with av.open(path) as container:  # what makes it hard: no length anywhere in the header
+        assert not container.streams.video[0].frames and container.duration is None
+    info = probe_video(path)
+    assert (info.num_frames, info.fps, info.width, info.height) == (50, 25, 64, 48)
+    indices = [0, 7, 20, 21, 35, 49]
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), full_decode(path)[indices])
+
+
+def test_indices_in_a_gap_of_variable_frame_rate_take_the_frame_before_it(tmp_path) -> None:
+    """A phone's variable-frame-rate video leaves indices that no timestamp maps to. Such an
+    index took the closest earlier frame that the clip happened to want (in a clip of every
+    other frame: one a whole step back), not the one shown at that time."""
+    source = write_test_video(str(tmp_path / "cfr.mp4"), num_frames=60, gop=30)
+    path = str(tmp_path / "vfr.mp4")
+    with av.open(source) as src, av.open(path, "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        tick = int(1 / (25 * src.streams.video[0].time_base))
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                # Every 10th frame the camera stalls for 3 frame periods.
+                packet.pts += (packet.pts // (10 * tick)) * 3 * tick
+                packet.dts += max(packet.dts, 0) // (10 * tick) * 3 * tick
+                packet.stream = stream
+                dst.mux(packet)
+    # The frame shown at index i: the last one whose timestamp maps to i or earlier.
+    with av.open(path) as container:
+        clock = decoder._FrameClock(container.streams.video[0])
+        shown = [
+            (clock.index(frame), frame.reformat(format="rgb24").to_ndarray())
+            for frame in container.decode(video=0)
+        ]
+    mapped = [index for index, _ in shown]
+    gaps = sorted(set(range(max(mapped))) - set(mapped))
+    assert gaps  # the stalls did leave indices without a frame
+    unique = [i for i in range(max(mapped)) if mapped.count(i) <= 1]
+    for start in (0, 6, 20, 31):
+        indices = [i for i in range(start, start + 16, 2) if i in unique]
+        expected = [next(img for index, img in reversed(shown) if index <= i) for i in indices]
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), np.stack(expected))

@@ -66,12 +66,62 @@ def test_read_only_root_caches_in_the_output_dir(tmp_path, monkeypatch) -> None:
     assert cache.startswith(str(tmp_path / "out" / "video_index" / "VideoList-"))
 
 
-def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "null",
+        "[]",
+        '{"format": FORMAT, "videos": {"VIDEO": 5}}',
+        '{"format": FORMAT, "videos": {"VIDEO": {"key": [1, 2], "info": [24, 25.0]}}}',
+        '{"format": FORMAT, "videos": {"VIDEO": {"key": [1, 2]}}}',
+    ],
+    ids=["not-json", "null", "list", "entry-not-object", "short-info", "neither-info-nor-error"],
+)
+def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes, content: str) -> None:
+    """Valid JSON of another shape (another program's file, a hand edit) once stopped the
+    start-up with an AttributeError, KeyError or ValueError traceback."""
     make_video_list(str(tmp_path), ["a"], 2, {})
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     dataset = build_dataset(cfg, "train")
     cache = tmp_path / "cache.json"
-    cache.write_text("{not json")
+    # Keyed like the real entry, so that the malformed one would be used if it were read.
+    video = dataset[0].path
+    key = index_module._file_key(video)
+    content = content.replace('"VIDEO"', json.dumps(video)).replace("[1, 2]", str(key))
+    cache.write_text(content.replace("FORMAT", str(index_module._INDEX_FORMAT)))
     infos, bad = build_index(dataset, str(cache))
     assert counted_probes and not bad and all(infos)
     assert json.loads(cache.read_text())["format"] == index_module._INDEX_FORMAT
+
+
+def test_a_cache_of_the_previous_format_is_reprobed(tmp_path, counted_probes) -> None:
+    """Format 2 cached a header without a length as an error; those videos (WebM recorded
+    live) are read now, so such an entry must not outlive an upgrade while the file is as it was."""
+    make_video_list(str(tmp_path), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    cache = tmp_path / "cache.json"
+    video = dataset[0].path
+    entry = {"key": index_module._file_key(video), "error": "the header gives no frame count"}
+    cache.write_text(json.dumps({"format": 2, "videos": {video: entry}}))
+    infos, bad = build_index(dataset, str(cache))
+    assert all(infos) and not bad and video in counted_probes
+
+
+def test_a_full_disk_does_not_stop_the_start(tmp_path, monkeypatch, caplog) -> None:
+    """Writing the cache failed with ENOSPC on a full dataset disk: the start-up stopped with
+    an OSError traceback, though the index was complete in memory."""
+    make_video_list(str(tmp_path), ["a"], 2, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    cache = tmp_path / ".fima_index" / "VideoList.json"
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(index_module.json, "dump", full_disk)
+    infos, bad = build_index(dataset, str(cache))
+    assert all(infos) and not bad
+    assert "No space left on device" in caplog.text
+    assert os.listdir(cache.parent) == []  # no temporary file left behind

@@ -81,6 +81,42 @@ def test_i3d_pads_like_tensorflow_same_for_any_size(size: tuple) -> None:
     assert tuple(out.shape[2:]) == tuple(-(-n // s) for n, s in zip(size, (8, 32, 32)))
 
 
+@pytest.mark.parametrize(
+    ("size", "same"), [((8, 32, 32), True), ((12, 48, 80), True), ((8, 40, 40), False)]
+)
+def test_i3d_matches_the_reference_padding_where_documented(
+    monkeypatch, size: tuple, same: bool
+) -> None:
+    """The reference I3D pads by kernel and stride alone (ceil_mode pools): the same features as
+    fima's 'SAME' rule when T divides by 4 and H, W by 16 (every strided 3-wide layer sees an even
+    side), other features elsewhere (H = 40: Pool_4a sees 5 columns), as MODEL_ZOO.md says."""
+    from fima.modeling.backbone import i3d
+
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_cfg(**{"MODEL.BACKBONE.NAME": "I3D"})).eval()
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv3d):  # a signal that reaches the output
+            nn.init.kaiming_normal_(module.weight)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ours = backbone(x)
+
+        def unit(self, x):
+            x = nn.functional.pad(x, self.static)
+            return torch.relu(self.bn(nn.functional.conv3d(x, self.conv.weight, None, self.stride)))
+
+        def pool(self, x):
+            x = nn.functional.pad(x, i3d.tf_same_padding(self.kernel, self.stride))
+            return nn.functional.max_pool3d(x, self.kernel, self.stride, ceil_mode=True)
+
+        monkeypatch.setattr(i3d.Unit3D, "forward", unit)
+        monkeypatch.setattr(i3d.SamePool3d, "forward", pool)
+        reference = backbone(x)
+    assert reference.shape == ours.shape
+    close = torch.allclose(ours, reference, rtol=1e-4, atol=1e-4 * ours.abs().max().item())
+    assert close == same
+
+
 def test_registered_user_backbone_is_built_and_unregistered() -> None:
     @BACKBONE_REGISTRY.register()
     class _TestOnlyBackbone(Backbone):

@@ -319,6 +319,9 @@ def test_config_errors_name_the_key() -> None:
         "INPUT.SAMPLING_RATE": (3, "must be even"),
         "MODEL.MOTION_DECODER.DIM": (18, "multiple of NUM_HEADS"),
         "MODEL.FIMA.DENSE_WEIGHT": (-1.0, "must be >= 0"),
+        # A misspelt head is a one-line start-up error, not a traceback from the model build.
+        "MODEL.PROJECTOR.NAME": ("Projection", "No head named 'Projection'"),
+        "MODEL.MOTION_DECODER.NAME": ("Decoder", "No head named 'Decoder'"),
     }
     for key, (value, message) in cases.items():
         cfg = tiny_cfg(**{**FIMA_TINY, key: value})

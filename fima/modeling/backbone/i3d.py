@@ -152,10 +152,14 @@ class InceptionBlock(nn.Module):
 class I3D(Backbone):
     """Inception-v1 I3D up to ``Mixed_5c``: 1024 channels, time /8, space /32.
 
-    12,287,264 parameters. Padding follows TensorFlow's 'SAME' rule exactly as the FAME/FIMA
-    reference implementation does (asymmetric where the kernel minus the stride is odd), so a side
-    of ``n`` becomes ``ceil(n / stride)`` at every strided layer (16x224x224 -> 2x7x7,
-    16x112x112 -> 2x4x4) and converted reference weights compute the same features.
+    12,287,264 parameters. Padding follows TensorFlow's 'SAME' rule (asymmetric where the kernel
+    minus the stride is odd), so a side of ``n`` becomes ``ceil(n / stride)`` at every strided
+    layer (16x224x224 -> 2x7x7, 16x112x112 -> 2x4x4). The FAME/FIMA reference pads by kernel and
+    stride alone (its pools in ``ceil_mode``), which is the same padding whenever ``T`` divides by
+    4 and ``H``, ``W`` by 16 (224, 112 and their 16-multiples; 8, 16, 32 frames): there converted
+    reference weights compute the same features. On other sizes (e.g. a 100 or 120 crop, 10
+    frames) a strided 3- or 7-wide layer sees an odd side and the two place their windows
+    differently.
     """
 
     out_channels = 1024

@@ -19,3 +19,18 @@ An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the ba
 def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
     """Build the head registered as ``name`` for a backbone with ``in_channels`` channels."""
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
+
+
+def require_head(key: str, name: str) -> None:
+    """Start-up check of a config key that names a head: a misspelt or unimported head is a
+    one-line ``ConfigError`` naming ``key``, not a traceback from the model build.
+
+    Raises:
+        ConfigError: ``name`` is not registered (the message lists the known heads).
+    """
+    from fima.config.validation import ConfigError
+
+    try:
+        HEAD_REGISTRY.get(name)
+    except KeyError as err:
+        raise ConfigError(f"{key}: {err.args[0]}") from None

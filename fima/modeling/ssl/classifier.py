@@ -25,6 +25,7 @@ from fima.config.config import CfgNode as CN
 from fima.data.transforms import VideoAugmentation
 from fima.modeling.backbone import build_backbone
 from fima.modeling.heads import build_head
+from fima.modeling.heads.build import require_head
 from fima.modeling.heads.classifier import global_pool
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY, SSLMethod
 from fima.utils.events import get_event_storage, has_event_storage
@@ -127,6 +128,7 @@ class VideoClassifier(SSLMethod):
 
         options = cfg.MODEL.CLASSIFIER
         require(options.MODE in MODES, "MODEL.CLASSIFIER.MODE", f"must be one of {MODES}")
+        require_head("MODEL.CLASSIFIER.HEAD", options.HEAD)
         require(0.0 <= options.DROPOUT < 1.0, "MODEL.CLASSIFIER.DROPOUT", "must be in [0, 1)")
         require(
             options.NUM_CLASSES == 0 or options.NUM_CLASSES >= 2,

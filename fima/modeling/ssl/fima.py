@@ -10,6 +10,7 @@ from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.modeling.backbone import build_backbone
 from fima.modeling.heads import build_head
+from fima.modeling.heads.build import require_head
 from fima.modeling.losses import (
     dense_contrastive_loss,
     dense_positive_pairs,
@@ -170,6 +171,7 @@ class FIMA(MoCo):
             "MODEL.MOTION_DECODER.DIM",
             f"must be a positive multiple of NUM_HEADS ({dec.NUM_HEADS}), got {dec.DIM}",
         )
+        require_head("MODEL.MOTION_DECODER.NAME", dec.NAME)
         require(dec.NUM_LAYERS >= 1, "MODEL.MOTION_DECODER.NUM_LAYERS", "must be >= 1")
         require(dec.FFN_DIM >= 1, "MODEL.MOTION_DECODER.FFN_DIM", "must be >= 1")
         require(0 <= dec.DROPOUT < 1, "MODEL.MOTION_DECODER.DROPOUT", "must be in [0, 1)")

@@ -17,6 +17,7 @@ from fima.data.transforms import VideoAugmentation
 from fima.modeling.backbone import build_backbone
 from fima.modeling.batch_shuffle import ShuffleBN, device_major, split_bn_groups, window_major
 from fima.modeling.heads import build_head
+from fima.modeling.heads.build import require_head
 from fima.modeling.losses import info_nce, top1_accuracy
 from fima.modeling.queue import KeyQueue
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY, SSLMethod
@@ -98,6 +99,7 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
+        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME)
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]
             require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")

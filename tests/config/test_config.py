@@ -152,6 +152,7 @@ def test_tiny_config_is_valid() -> None:
         ("SOLVER.AMP.DTYPE", "int8", 1, "SOLVER.AMP.DTYPE"),
         ("TEST.NUM_SPATIAL_CROPS", 2, 1, "TEST.NUM_SPATIAL_CROPS: must be 1 (centre) or 3"),
         ("DATA.SYNTHETIC.CLASSES", ("SlideUp", "Teleport"), 1, "Teleport"),
+        ("DATA.SYNTHETIC.CLASSES", ("SlideUp",), 1, "'SlideUp', 'Still'], got ['SlideUp']"),
         ("DATA.SYNTHETIC.PERIOD", (0.0, 10.0), 1, "DATA.SYNTHETIC.PERIOD must be (low, high)"),
         ("DATA.SYNTHETIC.OBJECT_SIZE", (0.5, 1.5), 1, "DATA.SYNTHETIC.OBJECT_SIZE"),
         ("DATA.SYNTHETIC.SPEED", (0.02, 0.01), 1, "DATA.SYNTHETIC.SPEED"),

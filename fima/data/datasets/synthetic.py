@@ -312,7 +312,8 @@ def _settings(cfg: CfgNode) -> dict:
     unknown = [c for c in syn.CLASSES if c not in MOTIONS]
     if unknown or len(syn.CLASSES) < 2:
         raise ValueError(
-            f"DATA.SYNTHETIC.CLASSES must name at least 2 of {sorted(MOTIONS)}; unknown: {unknown}"
+            f"DATA.SYNTHETIC.CLASSES must name at least 2 of {sorted(MOTIONS)}"
+            + (f"; unknown: {unknown}" if unknown else f", got {list(syn.CLASSES)}")
         )
     if not 1 <= syn.TEST_GROUPS < syn.VIDEOS_PER_CLASS:
         raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,12 @@ def _is_web_url(name: str) -> bool:
     return name.lower().startswith(("http://", "https://"))
 
 
+# A URL's scheme (RFC 3986: a letter, then letters, digits, "+", "-", "."), so that a local path
+# with "://" further on ("runs/a://b/model.pth") is not taken for a URL; two characters at least,
+# as a Windows drive letter ("C://runs/model.pth") is one.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
 def weights_problem(name: str) -> str | None:
     """Why ``MODEL.WEIGHTS`` ``name`` cannot name a checkpoint, or None when it can: an existing
     file, an ``http(s)://`` or ``fima://`` URL (or one whose prefix has a handler registered on
@@ -69,9 +76,10 @@ def weights_problem(name: str) -> str | None:
         return None
     if _is_web_url(name) or has_url_handler(name):
         return None
-    if "://" in name:
+    url = _URL_SCHEME.match(name)
+    if url is not None:
         # Another scheme would be taken for a local path and reported as a missing file.
-        scheme = name.split("://", 1)[0]
+        scheme = url.group(1)
         local = f" (a local file is given as its path: {name[len('file://') :]})"
         return (
             f"{name!r}: fima does not fetch {scheme}:// URLs"

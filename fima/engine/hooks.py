@@ -392,7 +392,7 @@ class PeriodicWriter(HookBase):
         start = trainer.start_iter
         keep_final = trainer.continues_finished_run and start < trainer.max_iter
         for writer in self._writers:
-            writer.start(start + 1 if keep_final else start)
+            writer.start(start, keep_final)
 
     def after_step(self) -> None:
         if (

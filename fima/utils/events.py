@@ -142,10 +142,14 @@ class EventWriter:
     """Base class of the writers; ``start()`` is called before training, ``write()``
     periodically, ``close()`` at the end."""
 
-    def start(self, purge_from: int) -> None:
+    def start(self, purge_from: int, keep_final: bool = False) -> None:
         """Prepare to write a run. A writer whose output outlives a run forgets what it wrote
         for iterations from ``purge_from`` on, which this run records again (the iterations a
-        resumed run trains again), so that no iteration appears twice."""
+        resumed run trains again), so that no iteration appears twice.
+
+        ``keep_final``: this run continues a finished run from its final checkpoint, and that
+        run's records after training, at ``purge_from`` too (the first record there), are kept;
+        what a continuation stopped before its first checkpoint wrote there is not."""
 
     def write(self) -> None:
         raise NotImplementedError
@@ -169,11 +173,11 @@ class JSONWriter(EventWriter):
         self._window_size = window_size
         self._last_written = -1
 
-    def start(self, purge_from: int) -> None:
+    def start(self, purge_from: int, keep_final: bool = False) -> None:
         if not os.path.isfile(self._path) or os.path.getsize(self._path) == 0:
             return
         if purge_from > 0:
-            self._drop_records_from(purge_from)
+            self._drop_records_from(purge_from, keep_final)
             return
         kept = set_aside(self._path)
         logging.getLogger(__name__).info(
@@ -182,14 +186,18 @@ class JSONWriter(EventWriter):
             kept,
         )
 
-    def _drop_records_from(self, first: int) -> None:
+    def _drop_records_from(self, first: int, keep_first: bool = False) -> None:
         """Rewrite the file without the records of iterations >= ``first`` (and without lines
-        that are not a record, such as a line cut short when a run was killed)."""
+        that are not a record, such as a line cut short when a run was killed), except, with
+        ``keep_first``, the first record of iteration ``first``."""
         from fima.checkpoint import atomic_write  # fima.checkpoint imports fima.utils
 
         with open(self._path) as f:
             lines = f.read().splitlines()
-        kept = [line for line in lines if _record_iteration(line) < first]
+        iterations = [_record_iteration(line) for line in lines]
+        # The finished run wrote its records after training once, before any continuation.
+        final = iterations.index(first) if keep_first and first in iterations else None
+        kept = [line for n, line in enumerate(lines) if iterations[n] < first or n == final]
         if len(kept) == len(lines):
             return
         atomic_write(self._path, lambda f: f.writelines(f"{line}\n" for line in kept), mode="w")
@@ -244,9 +252,11 @@ class TensorboardWriter(EventWriter):
         self._window_size = window_size
         self._last_written = -1
 
-    def start(self, purge_from: int) -> None:
-        # From 0 too: what a run that stopped before its first checkpoint wrote is hidden.
-        self._open(purge_step=purge_from)
+    def start(self, purge_from: int, keep_final: bool = False) -> None:
+        # From 0 too: what a run that stopped before its first checkpoint wrote is hidden. The
+        # purge cannot tell a finished run's final records from a stopped continuation's step at
+        # the same iteration: the final records are kept, with that step.
+        self._open(purge_step=purge_from + 1 if keep_final else purge_from)
 
     def _open(self, purge_step: int | None = None) -> Any:
         if self._writer is None:

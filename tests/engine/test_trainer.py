@@ -233,6 +233,29 @@ def test_continuing_a_finished_run_keeps_its_final_weights_and_the_retention(tmp
     assert [r["iteration"] for r in rows if "total_loss" in r] == list(range(9))
 
 
+def test_continuing_a_finished_run_again_after_a_stop_records_each_step_once(tmp_path) -> None:
+    """A finished run continued to a larger MAX_ITER that stops before its first checkpoint
+    resumes from the finished run's model_final again: the stopped run's steps, at the
+    finished run's last record's iteration too, were kept beside the ones trained again."""
+
+    def config(max_iter: int, resume: bool):
+        cfg = tiny_cfg(
+            str(tmp_path / "run"),
+            **{"SOLVER.MAX_ITER": max_iter, "SOLVER.CHECKPOINT_PERIOD": 100},
+        )
+        return default_setup(cfg, argparse.Namespace(resume=resume, eval_only=False))
+
+    _run(config(4, resume=False), resume=False)
+    _run(config(8, resume=True), resume=True, stop_at=5)  # no checkpoint since model_final
+    resumed, _ = _run(config(8, resume=True), resume=True)
+    assert resumed.start_iter == 4
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()
+    ]
+    assert {"iteration": 4, "bad_videos": 0.0} in rows  # the finished run's record after training
+    assert [r["iteration"] for r in rows if "total_loss" in r] == list(range(8))
+
+
 def test_resuming_past_max_iter_says_there_is_nothing_to_train(tmp_path) -> None:
     def config(max_iter: int, resume: bool):
         cfg = tiny_cfg(str(tmp_path / "run"), **{"SOLVER.MAX_ITER": max_iter})

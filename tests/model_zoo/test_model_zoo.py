@@ -414,3 +414,14 @@ def test_url_of_a_handler_registered_by_the_user_is_fetched(tmp_path, monkeypatc
     monkeypatch.setitem(model_zoo.PathManager._path_handlers, "lab://", LabHandler())
     assert weights_problem("lab://model.pth") is None
     assert resolve_weights("lab://model.pth") == str(path)
+
+
+@pytest.mark.parametrize(
+    "name", ["runs/a://b/model.pth", "C:\\runs\\x://y.pth", "C://runs/model.pth", "/tmp/://x.pth"]
+)
+def test_missing_local_path_containing_scheme_separator_is_a_missing_file(name: str) -> None:
+    # A path with "://" somewhere was said to be a URL of a scheme fima does not fetch
+    # ("fima does not fetch runs/a:// URLs"), not a file that does not exist.
+    problem = weights_problem(name)
+    assert problem is not None and "neither an existing file" in problem
+    assert "does not fetch" not in problem

@@ -338,6 +338,9 @@ class Checkpointer(_FvcoreCheckpointer):
     therefore collective: call them on every rank (only the ranks with ``save_to_disk`` write).
     """
 
+    # The file that :meth:`resume` loaded (None before, or when there was none).
+    resumed_file: str | None = None
+
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
 
@@ -500,6 +503,7 @@ class Checkpointer(_FvcoreCheckpointer):
             )
         assert checkpoint is not None
         logger.info("Resuming from %s", path)
+        self.resumed_file = path
         load_model_state(self.model, checkpoint.pop("model"), path, exact=True)
         for key, obj in self.checkpointables.items():
             if key in checkpoint:

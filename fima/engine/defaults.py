@@ -472,10 +472,11 @@ class DefaultTrainer(SimpleTrainer):
         """
         if resume and self.checkpointer.resume() is not None:
             self.start_iter = self.iter + 1
-            # Resumed at the end of a finished run (its final checkpoint's iteration), which a
-            # larger MAX_ITER continues: the writers keep the records it made after training.
-            final = hooks.final_checkpoint_iteration(self.cfg.OUTPUT_DIR)
-            self.continues_finished_run = final == self.iter
+            # Resumed from a finished run's final checkpoint, which a larger MAX_ITER continues:
+            # the writers keep the records it made after training, and the checkpointer keeps
+            # that checkpoint under its iteration's name.
+            resumed = os.path.basename(self.checkpointer.resumed_file or "")
+            self.continues_finished_run = resumed == "model_final.pth"
             if self.start_iter >= self.max_iter:
                 logger.warning(
                     "The checkpoint has trained %d iterations, as many as or more than this run's "

@@ -263,19 +263,6 @@ class PreciseBN(HookBase):
         )
 
 
-def final_checkpoint_iteration(save_dir: str, prefix: str = "model") -> int | None:
-    """The iteration of ``<save_dir>/<prefix>_final.pth`` (the last of a finished run), or None
-    when there is no such file or it cannot be read (resuming then fell back past it)."""
-    final = os.path.join(save_dir, f"{prefix}_final.pth")
-    if not os.path.isfile(final):
-        return None
-    try:
-        saved = torch.load(final, map_location="cpu", weights_only=True, mmap=True)
-        return int(saved["iteration"])
-    except Exception:
-        return None
-
-
 class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     """Save ``model_<iter>`` every ``period`` iterations and ``model_final`` after the last one;
     keep the newest ``max_to_keep`` periodic ones. A run that stops early (an exception, the
@@ -300,13 +287,13 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
             )
             self.recent_checkpoints = [os.path.join(save_dir, name) for _, name in found]
         # A finished run continued to a larger MAX_ITER writes model_final again: keep the one
-        # it had under its iteration's name (a hard link: no copy), rather than lose it.
-        final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
-        resumed, training = self.trainer.start_iter > 0, self.trainer.start_iter < self.max_iter
-        iteration = final_checkpoint_iteration(save_dir, self.file_prefix)
-        if resumed and training and iteration is not None:
-            kept = os.path.join(save_dir, f"{self.file_prefix}_{iteration:07d}.pth")
-            if iteration < self.trainer.start_iter and not os.path.exists(kept):
+        # it resumed from under its iteration's name (a hard link: no copy), rather than lose it.
+        if self.trainer.continues_finished_run and self.trainer.start_iter < self.max_iter:
+            final = os.path.join(save_dir, f"{self.file_prefix}_final.pth")
+            kept = os.path.join(
+                save_dir, f"{self.file_prefix}_{self.trainer.start_iter - 1:07d}.pth"
+            )
+            if not os.path.exists(kept):
                 os.link(final, kept)
                 logger.info("Kept the previous %s as %s", os.path.basename(final), kept)
 

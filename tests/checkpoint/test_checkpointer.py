@@ -150,6 +150,7 @@ def test_resume_removes_what_killed_writes_left(tmp_path) -> None:
 class _Trainer:
     def __init__(self, max_iter: int) -> None:
         self.max_iter, self.iter, self.start_iter = max_iter, 0, 0
+        self.continues_finished_run = False
 
 
 def test_periodic_checkpointer_keeps_the_newest_and_the_final(tmp_path) -> None:

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fima.evaluation import classification_metrics, recall_at_k, weighted_knn_predict
@@ -88,12 +89,19 @@ def test_recall_at_k_counts_a_hit_in_the_top_k() -> None:
 def test_weighted_knn_votes_by_similarity() -> None:
     bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.1, 1.0]])
     labels = torch.tensor([0, 1, 1, 1])
-    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=2, temperature=0.1)
-    # The two nearest are bank 0 (class 0, closer) and bank 1 (class 1): class 0 wins.
+    query = torch.tensor([[1.0, 0.1]])
+    cosine = F.normalize(bank, dim=1) @ F.normalize(query, dim=1)[0]  # [4]
+    votes = weighted_knn_predict(query, bank, labels, 2, k=2, temperature=0.1)
+    # The two nearest are bank 0 (class 0, closer) and bank 1 (class 1): class 0 wins, each
+    # voting exp(cosine / temperature); banks 2 and 3 are not among the k.
     assert votes.argmax(dim=1).item() == 0
-    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=4, temperature=10)
-    # With a flat weighting the three class-1 neighbours outvote the single class-0 one.
+    torch.testing.assert_close(votes[0], (cosine[:2] / 0.1).exp())
+    votes = weighted_knn_predict(query, bank, labels, 2, k=4, temperature=10)
+    # With a flat weighting the three class-1 neighbours outvote the single class-0 one ...
     assert votes.argmax(dim=1).item() == 1
+    # ... unless k leaves them out.
+    votes = weighted_knn_predict(query, bank, labels, 2, k=1, temperature=10)
+    assert votes.argmax(dim=1).item() == 0 and votes[0, 1].item() == 0.0
 
 
 def test_confusion_matrix_png(tmp_path) -> None:

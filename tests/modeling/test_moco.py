@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fima.engine.hooks import MomentumSchedule
@@ -77,6 +78,8 @@ def test_cosine_momentum_schedule_rises_to_one() -> None:
     assert schedule.momentum_at(0, 100) == 0.99
     assert abs(schedule.momentum_at(100, 100) - 1.0) < 1e-12
     assert schedule.momentum_at(30, 100) < schedule.momentum_at(60, 100)
+    # A cosine, not any rise: a quarter of the way, 1 - (1 - 0.99) * (cos(pi / 4) + 1) / 2.
+    assert schedule.momentum_at(25, 100) == pytest.approx(0.99146447, abs=1e-8)
 
 
 def test_unfused_windows_run_the_encoder_per_window() -> None:

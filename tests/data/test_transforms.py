@@ -32,6 +32,28 @@ def test_random_crop_params_stay_inside_and_respect_scale() -> None:
         assert h * w >= 0.2 * 96 * 128 * 0.9
 
 
+def test_random_crop_params_fall_back_to_a_centre_crop_in_the_ratio_range() -> None:
+    """No area fraction in ``scale`` fits (as torchvision): the centre crop, its aspect ratio
+    clamped to ``ratio``."""
+    rng = np.random.default_rng(0)
+    # A frame 4:1, wider than 4/3: full height, 4/3 of it wide, centred.
+    assert random_resized_crop_params(100, 400, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (
+        0,
+        133,
+        100,
+        133,
+    )
+    # A frame 1:4, taller than 3/4: full width, 4/3 of it high.
+    assert random_resized_crop_params(400, 100, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (
+        133,
+        0,
+        133,
+        100,
+    )
+    # Within the range: the whole frame.
+    assert random_resized_crop_params(90, 100, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (0, 0, 90, 100)
+
+
 def test_flip_swaps_x1_and_x2_and_mirrors_pixels() -> None:
     cfg = tiny_cfg(
         **{

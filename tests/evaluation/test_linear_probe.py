@@ -64,7 +64,8 @@ def test_the_fit_minimises_the_penalised_loss() -> None:
         z = (x.double() - mean) / std
         loss = F.cross_entropy(z @ weight + bias, y) + weight_decay * weight.square().sum()
         loss.backward()
-        assert weight.grad.abs().max() < 1e-6 and bias.grad.abs().max() < 1e-6, weight_decay
+        # Flat to 1e-7 here; a fit that ignores the decay is off by 7e-3 (wd 1e-3) or more.
+        assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4, weight_decay
         norms.append(float(weight.norm()))
     assert norms[1] < norms[0]
 

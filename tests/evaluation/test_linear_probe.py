@@ -66,7 +66,7 @@ def test_the_fit_minimises_the_penalised_loss() -> None:
         loss.backward()
         # Flat to 1e-7 here; a fit that ignores the decay is off by 7e-3 (wd 1e-3) or more.
         assert weight.grad.abs().max() < 1e-4 and bias.grad.abs().max() < 1e-4, weight_decay
-        norms.append(float(weight.norm()))
+        norms.append(float(weight.detach().norm()))
     assert norms[1] < norms[0]
 
 

@@ -121,6 +121,30 @@ def test_reference_blur_sigma_is_fixed_per_model() -> None:
     aug = VideoAugmentation(cfg)
     low, high = aug.augment.blur_sigma  # the range sigma is drawn from
     assert float(low) == float(high)
+    # Drawn from SEED: a resumed run (a model built again) blurs with the same sigma.
+    assert VideoAugmentation(cfg).augment.blur_sigma == (low, high)
+    other = VideoAugmentation(tiny_cfg(**{"INPUT.AUG.BLUR_SIGMA_PER_CLIP": False, "SEED": 1}))
+    assert other.augment.blur_sigma != (low, high)
+
+
+@pytest.mark.parametrize("grayscale_prob", [0.0, 1.0])
+def test_grayscale_probability_comes_from_the_config(grayscale_prob: float) -> None:
+    cfg = tiny_cfg(
+        **{
+            "INPUT.AUG.GRAYSCALE_PROB": grayscale_prob,
+            "INPUT.AUG.COLOR_JITTER_PROB": 0.0,
+            "INPUT.AUG.BLUR_PROB": 0.0,
+        }
+    )
+    aug = VideoAugmentation(cfg)
+    clips = torch.rand(4, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    rgb = aug(clips) * aug.std + aug.mean  # undo the normalisation
+    gray = torch.isclose(rgb[:, 0], rgb[:, 1], atol=1e-5) & torch.isclose(
+        rgb[:, 1], rgb[:, 2], atol=1e-5
+    )
+    assert bool(gray.all()) == (grayscale_prob == 1.0)
+    if grayscale_prob == 0.0:
+        torch.testing.assert_close(rgb, clips)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

@@ -178,6 +178,17 @@ def test_tracker_merges_into_the_file_and_counts(tmp_path) -> None:
     )
 
 
+def test_a_share_of_bad_videos_equal_to_the_limit_is_tolerated() -> None:
+    """DATA.MAX_BAD_FRACTION is the largest tolerated share: at it the run goes on, above it
+    it stops."""
+    tracker = BadVideoTracker(0.5, None, min_seen=4)
+    tracker.record(4, [("/a.mp4", "cannot open"), ("/b.mp4", "cannot open")])
+    tracker.check()  # 2 of 4
+    tracker.record(1, [("/c.mp4", "cannot open")])
+    with pytest.raises(TooManyBadVideosError, match="3 of 5 videos read were bad"):
+        tracker.check()
+
+
 def test_a_split_without_one_usable_video_is_named_at_start_up(tmp_path) -> None:
     root = tmp_path / "data"
     for i, kind in enumerate(("zero", "text")):

@@ -35,12 +35,26 @@ class Backbone(nn.Module):
 
     @classmethod
     def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:
-        """``(temporal_stride, spatial_stride)`` of this backbone under ``cfg``, without building
-        it (start-up validation checks the input size against them)."""
+        """The strides of this backbone under ``cfg``, without building it (start-up validation
+        checks the input size against them).
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            ``(temporal_stride, spatial_stride)``.
+        """
         return cls.temporal_stride, cls.spatial_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Map ``x`` ``[B, 3, T, H, W]`` to the last feature map ``[B, C, T', H', W']``."""
+        """Compute the last feature map of a clip batch.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clips.
+
+        Returns:
+            ``[B, C, T', H', W']`` with ``C == out_channels``.
+        """
         raise NotImplementedError
 
 
@@ -50,6 +64,12 @@ def build_backbone(cfg: CfgNode) -> nn.Module:
     Its plain ``nn.Conv3d`` layers pad time explicitly where a CPU's bfloat16 weight gradient
     would otherwise be wrong (:mod:`fima.modeling.backbone.temporal_padding`; the same maths and
     state dict), so every registered backbone trains correctly under bfloat16 autocast.
+
+    Args:
+        cfg: the finished config.
+
+    Returns:
+        The backbone, on the CPU, with an integer ``out_channels``.
 
     Raises:
         KeyError: no backbone of that name is registered (the message lists the known ones).

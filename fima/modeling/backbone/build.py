@@ -17,6 +17,12 @@ An entry is called as ``cls(cfg)`` and returns a :class:`Backbone` (any ``nn.Mod
 ``out_channels: int`` attribute works) whose ``forward(x)`` maps a clip batch ``[B, 3, T, H, W]`` to
 its last feature map ``[B, C, T', H', W']`` with ``C == out_channels``. Heads size themselves from
 ``out_channels``, so any registered backbone works with every SSL method without touching them.
+
+Optional classmethods, which start-up validation (:func:`fima.config.validate_cfg`) calls where
+an entry has them: ``output_strides(cfg) -> (temporal_stride, spatial_stride)`` (subclasses of
+:class:`Backbone` have it), against which ``INPUT.NUM_FRAMES`` and ``INPUT.CROP_SIZE`` are
+checked; ``validate_config(cfg, world_size)``, the checks of the backbone's own keys, raising
+``ConfigError``.
 """
 
 

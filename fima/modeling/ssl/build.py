@@ -25,8 +25,17 @@ what it needs beyond that, so the trainer never branches on its name:
 - ``transfer_weights(state, source, evaluation)`` (optional): take a ``MODEL.WEIGHTS``
   checkpoint of another layout in part (see :func:`fima.checkpoint.load_model_state`); without
   it, a checkpoint must hold every tensor of the method.
+- ``validate_config(cfg, world_size)`` (classmethod, optional): start-up checks of its own
+  keys, raising ``ConfigError`` (:func:`fima.config.validate_cfg` calls it).
+- ``extract_features(clips)`` (optional): uint8 clips ``[N, 3, T, S, S]`` to features
+  ``[N, C]``, which the kNN, retrieval and linear-probe evaluators read; with
+  ``feature_state_dict()`` (optional) naming the tensors it reads (the retrieval cache's key;
+  by default the whole ``state_dict()``).
+- ``PRECISE_BN = True`` (class attribute, optional): its training forward changes nothing but
+  BatchNorm statistics, so ``TEST.PRECISE_BN`` may run it on extra batches.
 
-Subclassing :class:`SSLMethod` provides defaults for all of these.
+Subclassing :class:`SSLMethod` provides the first three; without the optional ones a method
+simply lacks what they add.
 """
 
 

@@ -1,5 +1,8 @@
-"""Benchmarks behind ``tools/benchmark.py``: each task measures one part of fima and reports
-figures (medians where repeated), so that anyone can rerun them on their own machine."""
+"""The benchmarks behind ``tools/benchmark.py`` and the report they share (:class:`Figure`).
+
+Each task measures one part of fima and reports figures (medians where repeated), so that anyone
+can rerun them on their own machine.
+"""
 
 from __future__ import annotations
 

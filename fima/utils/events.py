@@ -94,7 +94,7 @@ class EventStorage:
 
         Args:
             name: the image's tag, e.g. ``"vis/0_clip"``.
-            image: ``[3, H, W]`` float in [0, 1]; a detached CPU copy is kept.
+            image: ``[3, H, W]`` float in [0, 1]; kept detached, on the CPU.
         """
         self._images.append((name, image.detach().cpu(), self._iter))
 

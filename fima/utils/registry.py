@@ -19,7 +19,7 @@ class Registry(_FvcoreRegistry):
         """The object registered as ``name``.
 
         Args:
-            name: the registered name (a class's ``__name__`` unless given explicitly).
+            name: the registered name (the class's or function's ``__name__``).
 
         Returns:
             The registered class or function.

@@ -182,8 +182,8 @@ class TrainerBase:
         """The trainer's state for a checkpoint.
 
         Returns:
-            ``iteration``, the non-empty ``hooks`` states by class name and, during training,
-            the ``history`` of the smoothed scalars.
+            ``iteration``, the non-empty ``hooks`` states by class name and, once training has
+            started, the ``history`` of the smoothed scalars.
         """
         hooks = {}
         for hook in self._hooks:

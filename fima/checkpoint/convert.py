@@ -142,7 +142,7 @@ def load_source(path: str) -> dict[str, Any]:
         path: the checkpoint file.
 
     Returns:
-        The checkpoint's top-level dict, as :func:`convert_checkpoint` takes it.
+        The checkpoint's top-level dict (on the CPU), as :func:`convert_checkpoint` takes it.
 
     Raises:
         FileNotFoundError: there is no such file.

@@ -17,13 +17,30 @@ An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the ba
 
 
 def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
-    """Build the head registered as ``name`` for a backbone with ``in_channels`` channels."""
+    """Build the head registered as ``name`` for a backbone with ``in_channels`` channels.
+
+    Args:
+        name: a name in ``HEAD_REGISTRY`` (the value of a config key such as
+            ``MODEL.PROJECTOR.NAME``).
+        cfg: the finished config; the head reads its own section.
+        in_channels: the backbone's ``out_channels``.
+
+    Returns:
+        The head.
+
+    Raises:
+        KeyError: no head of that name is registered (the message lists the known ones).
+    """
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
 
 
 def require_head(key: str, name: str) -> None:
     """Start-up check of a config key that names a head: a misspelt or unimported head is a
     one-line ``ConfigError`` naming ``key``, not a traceback from the model build.
+
+    Args:
+        key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
+        name: its value.
 
     Raises:
         ConfigError: ``name`` is not registered (the message lists the known heads).

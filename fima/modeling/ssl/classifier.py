@@ -36,7 +36,11 @@ MODES = ("finetune", "linear")
 
 
 def add_classifier_config(cfg: CfgNode) -> None:
-    """``MODEL.CLASSIFIER``: the head and what trains."""
+    """Add ``MODEL.CLASSIFIER``: the head and what trains.
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.CLASSIFIER = CN()
     # A name in HEAD_REGISTRY, called as cls(cfg, backbone.out_channels).
     cfg.MODEL.CLASSIFIER.HEAD = "LinearClassifier"
@@ -50,7 +54,14 @@ def add_classifier_config(cfg: CfgNode) -> None:
 
 
 def num_classes_of(cfg: CfgNode) -> int:
-    """``MODEL.CLASSIFIER.NUM_CLASSES``, or the number of classes of the training split if 0."""
+    """The number of classes the head scores.
+
+    Args:
+        cfg: the finished config.
+
+    Returns:
+        ``MODEL.CLASSIFIER.NUM_CLASSES``, or the number of classes of the training split if 0.
+    """
     if cfg.MODEL.CLASSIFIER.NUM_CLASSES > 0:
         return int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
     from fima.data.datasets import build_dataset
@@ -60,6 +71,14 @@ def num_classes_of(cfg: CfgNode) -> int:
 
 def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
     """The class names of ``split``, after checking its labels fit a ``num_classes``-way head.
+
+    Args:
+        cfg: the finished config.
+        split: the dataset split (``DATA.TRAIN_SPLIT``, ...).
+        num_classes: the head's classes.
+
+    Returns:
+        The split's class names, in label order.
 
     Raises:
         ConfigError: the split has unlabelled videos or another number of classes.
@@ -121,7 +140,15 @@ class VideoClassifier(SSLMethod):
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """``MODEL.CLASSIFIER``, ``MODEL.WEIGHTS``, the evaluators and the validation split."""
+        """Check ``MODEL.CLASSIFIER``, ``MODEL.WEIGHTS``, the evaluators and the validation split.
+
+        Args:
+            cfg: the finished config.
+            world_size: processes of the run (unused).
+
+        Raises:
+            ConfigError: naming the key that is wrong.
+        """
         from fima.config.validation import require
         from fima.data.datasets.validation import validate_validation_config
         from fima.evaluation.config import validate_classifier_evaluation
@@ -144,7 +171,17 @@ class VideoClassifier(SSLMethod):
     # -- what the trainer asks of a method ------------------------------------------------------
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
-        """One random window per video per epoch (``fima.data.build_train_loader``)."""
+        """One random window per video per epoch, after checking the labels fit the head.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            An endless iterable of batch dicts (``fima.data.build_train_loader``).
+
+        Raises:
+            ConfigError: the training split's labels do not fit the head.
+        """
         from fima.data import build_train_loader
 
         check_labels(cfg, cfg.DATA.TRAIN_SPLIT, num_classes_of(cfg))
@@ -152,13 +189,27 @@ class VideoClassifier(SSLMethod):
 
     def build_evaluator(self, cfg: CfgNode) -> Any:
         """Classification (test split, and the validation split when carved) and/or retrieval,
-        as ``TEST.EVALUATORS`` says; best-model selection when ``TEST.BEST_METRIC`` is set."""
+        as ``TEST.EVALUATORS`` says; best-model selection when ``TEST.BEST_METRIC`` is set.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            The evaluator (``fima.evaluation.build_classifier_evaluator``).
+        """
         from fima.evaluation import build_classifier_evaluator
 
         return build_classifier_evaluator(cfg)
 
     def train(self, mode: bool = True) -> VideoClassifier:
-        """Set training mode; a linear probe's backbone stays in eval mode."""
+        """Set training mode; a linear probe's backbone stays in eval mode.
+
+        Args:
+            mode: True for training, False for evaluation.
+
+        Returns:
+            ``self``.
+        """
         super().train(mode)
         if self.linear_probe:
             self.backbone.eval()
@@ -204,9 +255,14 @@ class VideoClassifier(SSLMethod):
 
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, clips: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        """The backbone's feature map ``[N, C, T', H', W']`` of uint8 clips ``[N, 3, T, S, S]``.
+        """The backbone's feature map of uint8 clips.
 
-        With ``augment`` the device augmentation runs before normalisation (training).
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+            augment: run the device augmentation before normalisation (training).
+
+        Returns:
+            ``[N, C, T', H', W']``.
         """
         x = clips.to(self.device, non_blocking=True).float().div_(255)
         with torch.autocast(x.device.type, enabled=False):
@@ -217,22 +273,47 @@ class VideoClassifier(SSLMethod):
         return self.backbone(x)
 
     def clip_scores(self, clips: torch.Tensor) -> torch.Tensor:
-        """Class scores ``[N, NUM_CLASSES]`` (float32) of uint8 clips ``[N, 3, T, S, S]``."""
+        """Class scores of uint8 clips, without augmentation.
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[N, NUM_CLASSES]`` float32.
+        """
         return self.head(self.encode(clips))
 
     def feature_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state that :meth:`extract_features` reads: the backbone's (``backbone.*``), so
-        that the retrieval feature cache is not keyed on the head."""
+        """The state that :meth:`extract_features` reads, so that the retrieval feature cache is
+        not keyed on the head.
+
+        Returns:
+            The backbone's state dict, keys prefixed ``backbone.``.
+        """
         return self.backbone.state_dict(prefix="backbone.")
 
     @torch.no_grad()
     def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """L2-normalised pooled backbone features ``[N, C]`` of uint8 clips ``[N, 3, T, S, S]``
-        (retrieval and kNN evaluators)."""
+        """Pooled backbone features, without augmentation (retrieval and kNN evaluators).
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[N, C]`` float32, L2-normalised.
+        """
         return F.normalize(global_pool(self.encode(clips)).float(), dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        """``{"loss_cls": 0-d}`` in training; clip scores ``[B, K, NUM_CLASSES]`` in eval mode."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | torch.Tensor:
+        """The classification loss in training mode, the clip scores in eval mode.
+
+        Args:
+            batch: ``global`` ``[B, K, 3, T, S, S]`` uint8 (``K = 1`` in training) and, in
+                training, ``label`` ``[B]`` int64.
+
+        Returns:
+            Training: ``{"loss_cls": 0-d float32}``. Eval: ``[B, K, NUM_CLASSES]`` float32.
+        """
         clips = batch["global"]
         windows = clips.shape[1]
         if not self.training:

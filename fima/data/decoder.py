@@ -1,7 +1,9 @@
 """PyAV decoding of just the frames a clip needs.
 
 Frame ``i`` of a video is the frame whose presentation time is ``i / fps`` after the stream start;
-indices come from the stream's time base, never from decoding everything.
+indices come from the stream's time base, never from decoding everything. AVI stores decoding
+times only: there a frame is shown the stream's reorder delay after the decoding time of the
+packet that made the decoder give it out.
 
 To read a set of frames the decoder plans *passes*: a pass seeks to the keyframe before its first
 frame and decodes through its last one, converting only the frames asked for. Where the container
@@ -133,19 +135,40 @@ def probe_video(path: str) -> VideoInfo:
 
 
 class _FrameClock:
-    """Maps timestamps of the stream's time base to 0-based frame indices and back."""
+    """Maps timestamps of the stream's time base to 0-based frame indices and back.
 
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+    Args:
+        decoding_times: the container stores decoding times only (AVI). Its presentation times
+            are the parser's guesses, which with B-frames are off by the reorder delay (MPEG-4
+            Part 2: frame ``k`` has the time of ``k + 1``) or, for H.264, not even in order. A
+            decoded frame's decoding time is that of the packet that made the decoder output
+            it, which runs the stream's reorder delay (in frames, from the header) behind its
+            presentation; the frames the decoder gives out when flushed, which have no
+            decoding time, follow the one before.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream, decoding_times: bool = False) -> None:
         self.fps = _stream_fps(stream)
         self.time_base = stream.time_base
         self.start_pts = stream.start_time or 0
+        self.decoding_times = decoding_times
         self._frames_per_tick = float(self.time_base * self.fps)
+        if decoding_times:
+            self.start_pts += round(stream.codec_context.reorder_depth / self._frames_per_tick)
+
+    @classmethod
+    def of(cls, container: av.container.InputContainer) -> _FrameClock:
+        """The clock of the container's first video stream."""
+        return cls(container.streams.video[0], decoding_times=container.format.name == "avi")
 
     def index_of(self, timestamp: int) -> int:
         return int(round((timestamp - self.start_pts) * self._frames_per_tick))
 
     def index(self, frame: av.VideoFrame) -> int | None:
-        pts = frame.pts if frame.pts is not None else frame.dts
+        if self.decoding_times:
+            pts = frame.dts
+        else:
+            pts = frame.pts if frame.pts is not None else frame.dts
         return None if pts is None else self.index_of(pts)
 
     def pts(self, index: int) -> int:
@@ -318,7 +341,7 @@ def decode_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        clock = _FrameClock(stream)
+        clock = _FrameClock.of(container)
         keyframes = _KeyframeIndex(stream, clock)
         if not keyframes.covers(wanted[-1]):
             keyframes = None
@@ -390,6 +413,8 @@ def _decode_pass(
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
+            if index is None and clock.decoding_times and last_frame is not None:
+                index = last_frame[0] + 1
             if index is None:
                 continue
             if last_frame is None and index > first and not from_start:

@@ -166,26 +166,31 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(video: str, tmp_p
     assert frames.shape[0] == 9
 
 
-def test_mpeg4_avi_with_b_frames_decodes_every_window(tmp_path) -> None:
-    """Xvid/DivX-style AVIs with B-frames: the AVI demuxer refuses seeks before timestamp 0
-    (EPERM), where the decoder steps back to when a seek overshoots; such a video once came out
-    as a bad video ('decoding failed: [Errno 1] Operation not permitted')."""
+@pytest.mark.parametrize(
+    ("codec", "options"),
+    [
+        ("mpeg4", {"bf": "2"}),  # Xvid/DivX style
+        ("libx264", {}),  # B-frames (pyramid)
+        ("libx264", {"x264-params": "open-gop=1"}),  # leading B-frames before a keyframe
+        ("libx264", {"bf": "0"}),
+    ],
+    ids=["mpeg4-bframes", "h264-bframes", "h264-open-gop", "h264"],
+)
+def test_avi_with_b_frames_is_frame_exact(tmp_path, codec: str, options: dict[str, str]) -> None:
+    """AVI stores decoding times only; the presentation times the parser guesses were used as
+    if they were real. With MPEG-4 Part 2 B-frames (Xvid/DivX) they start at 1, so index k gave
+    frame k - 1 (0 twice, the last never); for H.264 they are not even in order, so frames came
+    out shuffled. Before that, such AVIs failed with 'Operation not permitted' (seeks before
+    timestamp 0, which the AVI demuxer refuses, as a step back from an overshot seek does)."""
     path = write_test_video(
-        str(tmp_path / "xvid.avi"), num_frames=60, codec="mpeg4", gop=12, options={"bf": "2"}
+        str(tmp_path / "v.avi"), num_frames=60, codec=codec, gop=12, options=options
     )
-    # Frame i is the frame shown i / fps after the stream start (B-frame reordering delays the
-    # first one by a frame here); an index without its own frame takes the one before it.
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        shown = {
-            int(frame.pts - (stream.start_time or 0)): frame.reformat(format="rgb24").to_ndarray()
-            for frame in container.decode(stream)
-        }
-    first = min(shown)
-    expected = np.stack([shown[max([t for t in shown if t <= i] or [first])] for i in range(60)])
-    for start in (0, 5, 7, 20, 40):
-        indices = list(range(start, min(start + 16, 60)))
-        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), expected[indices])
+    reference = full_decode(path)
+    assert len(reference) == 60
+    windows = [list(range(start, min(start + 16, 60))) for start in (0, 5, 7, 11, 20, 40, 44)]
+    spread = [list(range(start, start + 32, 2)) for start in (0, 1, 13, 27)]
+    for indices in [*windows, *spread, [59], [23], [50, 3, 20, 20, 7], list(range(60))]:
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])

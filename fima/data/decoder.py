@@ -50,7 +50,13 @@ class DecodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a container header says about its first video stream."""
+    """What a container header says about its first video stream.
+
+    ``width`` and ``height`` are the stored frame size. A video with a display rotation (a
+    phone's portrait video, stored landscape) has them swapped relative to the upright frames
+    that :func:`decode_frames` returns: the rotation is side data that PyAV only exposes on
+    decoded frames, and probing decodes nothing.
+    """
 
     num_frames: int
     fps: float

@@ -84,37 +84,78 @@ def _open(path: str) -> av.container.InputContainer:
     return container
 
 
-def _header_frames(container: av.container.InputContainer, fps: Fraction) -> int:
-    """The stream's frame count, else its duration times its frame rate (0 if neither)."""
+def _frame_count(container: av.container.InputContainer, fps: Fraction) -> int:
+    """The video stream's frame count, read from the header where it gives the stream's own
+    length, else from the timestamp of its last packet (0 if it has none).
+
+    Matroska/WebM and FLV headers record only the whole file's duration: that of its longest
+    stream (audio that runs on after the video) and, in Matroska, counted from time 0 rather
+    than from where the video starts. Counting from it promised frames that are not there (the
+    last frame repeated, or an intact video taken for a truncated one). The video track's own
+    statistics tags, which ffmpeg and mkvmerge write, give its length; the file's duration is
+    used only where the video is its one stream and starts at 0.
+    """
     stream = container.streams.video[0]
     num_frames = int(stream.frames or 0)
     if num_frames > 0:
         return num_frames
     if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / av.time_base
-    else:
-        seconds = 0.0
-    return int(round(seconds * float(fps)))
+        return int(round(float(stream.duration * stream.time_base) * float(fps)))
+    num_frames = _tagged_frames(stream, fps)
+    if num_frames > 0:
+        return num_frames
+    if container.duration is not None and len(container.streams) == 1 and not stream.start_time:
+        return int(round(container.duration / av.time_base * float(fps)))
+    return _demuxed_frames(container)
+
+
+def _tagged_frames(stream: av.video.stream.VideoStream, fps: Fraction) -> int:
+    """The frame count from a Matroska track's statistics tags (0 if it has none).
+
+    mkvmerge writes ``NUMBER_OF_FRAMES``; ffmpeg writes only ``DURATION`` (``HH:MM:SS.nnn``),
+    which is the time the track ends. Tags in a language get it as a suffix (``-eng``).
+    """
+    tags = {key.split("-")[0].upper(): value for key, value in stream.metadata.items()}
+    try:
+        if "NUMBER_OF_FRAMES" in tags:
+            return int(tags["NUMBER_OF_FRAMES"])
+        if "DURATION" in tags:
+            hours, minutes, seconds = tags["DURATION"].split(":")
+            end = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            start = float((stream.start_time or 0) * stream.time_base)
+            return max(int(round((end - start) * float(fps))), 0)
+    except ValueError:
+        pass  # not numbers: not the tags we know
+    return 0
 
 
 def _demuxed_frames(container: av.container.InputContainer) -> int:
     """The frame count from the video packets' timestamps, read without decoding anything.
 
-    For containers whose header records no length, as WebM written live (browsers'
-    MediaRecorder, streaming software) does. A read error ends the count where it happened.
+    Demuxes from the last keyframe before the header's end of the file, which an indexed file
+    (Matroska cues) seeks to directly; from the start where there is no end to seek to (WebM
+    written live, as browsers' MediaRecorder and streaming software do) or nothing comes after
+    it. A read error ends the count where it happened.
     """
     stream = container.streams.video[0]
     clock = _FrameClock(stream)
     last: int | None = None
-    try:
-        for packet in container.demux(stream):
-            timestamp = packet.pts if packet.pts is not None else packet.dts
-            if timestamp is not None and (last is None or timestamp > last):
-                last = timestamp
-    except (av.FFmpegError, OSError):
-        pass
+    seek_end = container.duration is not None and container.duration > 0
+    for from_end in (True, False) if seek_end else (False,):
+        try:
+            if from_end:
+                end = container.duration / av.time_base
+                container.seek(clock.start_pts + clock.ticks(end), stream=stream, backward=True)
+            elif seek_end:
+                container.seek(0)
+            for packet in container.demux(stream):
+                timestamp = packet.pts if packet.pts is not None else packet.dts
+                if timestamp is not None and (last is None or timestamp > last):
+                    last = timestamp
+        except (av.FFmpegError, OSError):
+            pass
+        if last is not None:
+            break
     return 0 if last is None else clock.index_of(last) + 1
 
 
@@ -122,8 +163,9 @@ def probe_video(path: str) -> VideoInfo:
     """Read frame count, frame rate and size from the container header, decoding nothing.
 
     The count is the stream's frame count where the container records it, else its duration
-    times its frame rate, else (a header without either) the index after the last video
-    packet's timestamp, read by demuxing the file (still decoding nothing).
+    times its frame rate, else (a header without either: Matroska/WebM, FLV) the index after the
+    last video packet's timestamp, read by demuxing from the last keyframe (still decoding
+    nothing).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
@@ -131,7 +173,7 @@ def probe_video(path: str) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        num_frames = _header_frames(container, fps) or _demuxed_frames(container)
+        num_frames = _frame_count(container, fps)
         if num_frames <= 0:
             raise DecodeError("neither the header nor the packets give a frame count")
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -364,7 +406,7 @@ def decode_frames(
             logger.debug("%s: decoding stopped early (%s); clamping to decoded frames", path, err)
         if tail is None:
             raise DecodeError("no frame could be decoded")
-        promised = _header_frames(container, clock.fps)
+        promised = _frame_count(container, clock.fps)
         tolerance = _TRUNCATION_TOLERANCE_SECONDS * float(clock.fps)
         if wanted[-1] > tail[0] and promised - 1 - tail[0] > tolerance:
             raise DecodeError(

@@ -31,7 +31,9 @@ from fima.utils.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 # 3: headers without a length are demuxed for one (format 2 cached them as errors).
-_INDEX_FORMAT = 3
+# 4: Matroska/WebM/FLV count the video track, not the file's duration (format 3 cached counts
+#    that took audio running on after the video, or a late video start, for frames).
+_INDEX_FORMAT = 4
 PROBE_THREADS = 8
 T = TypeVar("T")
 

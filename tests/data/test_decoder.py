@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -269,3 +270,55 @@ def test_indices_in_a_gap_of_variable_frame_rate_take_the_frame_before_it(tmp_pa
         indices = [i for i in range(start, start + 16, 2) if i in unique]
         expected = [next(img for index, img in reversed(shown) if index <= i) for i in indices]
         np.testing.assert_array_equal(decode_frames(path, indices).numpy(), np.stack(expected))
+
+
+def _write_with_audio(path: str, codec: str, audio: str, start: int, audio_seconds: float) -> str:
+    """24 video frames from frame ``start`` on, then ``audio_seconds`` of silence in a second
+    stream (written after the video, as a recording's audio that runs on)."""
+    with av.open(path, "w") as container:
+        video = container.add_stream(codec, rate=25)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = container.add_stream(audio, rate=48000)
+        for i in range(24):
+            image = np.full((32, 32, 3), 40, dtype=np.uint8)
+            image[:, i : i + 4] = 220
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = start + i, Fraction(1, 25)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for i in range(int(audio_seconds * 50)):
+            samples = av.AudioFrame.from_ndarray(
+                np.zeros((1, 960), np.float32), format="fltp", layout="mono"
+            )
+            samples.sample_rate, samples.pts = 48000, i * 960
+            for packet in sound.encode(samples):
+                container.mux(packet)
+        for packet in sound.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "audio", "start", "audio_seconds"),
+    [
+        ("long_audio.mkv", "libx264", "aac", 0, 3.0),
+        ("long_audio.webm", "libvpx", "libopus", 0, 3.0),
+        ("long_audio.flv", "libx264", "aac", 0, 3.0),
+        ("late_video.mkv", "libx264", "aac", 50, 0.5),
+    ],
+)
+def test_matroska_and_flv_count_the_video_not_the_file(
+    tmp_path, name: str, codec: str, audio: str, start: int, audio_seconds: float
+) -> None:
+    """Matroska/WebM and FLV headers give only the file's duration: its longest stream's, and
+    in Matroska from time 0, not from where the video starts. A recording whose audio runs on
+    (or whose video starts late) had frames counted that are not there: windows showed the last
+    frame repeated, and past a second more the intact video was a bad video ('truncated')."""
+    path = _write_with_audio(str(tmp_path / name), codec, audio, start, audio_seconds)
+    reference = full_decode(path)
+    assert len(reference) == 24
+    assert probe_video(path).num_frames == 24
+    indices = list(range(8, 24))
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])

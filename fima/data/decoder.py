@@ -86,7 +86,8 @@ def _open(path: str) -> av.container.InputContainer:
 
 def _frame_count(container: av.container.InputContainer, fps: Fraction) -> int:
     """The video stream's frame count, read from the header where it gives the stream's own
-    length, else from the timestamp of its last packet (0 if it has none).
+    length (the fewer of its frame count and its duration times its frame rate), else from the
+    timestamp of its last packet (0 if it has none).
 
     Matroska/WebM and FLV headers record only the whole file's duration: that of its longest
     stream (audio that runs on after the video) and, in Matroska, counted from time 0 rather
@@ -97,10 +98,13 @@ def _frame_count(container: av.container.InputContainer, fps: Fraction) -> int:
     """
     stream = container.streams.video[0]
     num_frames = int(stream.frames or 0)
+    if stream.duration is not None and stream.time_base is not None:
+        shown = int(round(float(stream.duration * stream.time_base) * float(fps)))
+        # An MP4 cut without re-encoding keeps the frames from the keyframe before the cut,
+        # which its edit list hides: they count as samples, not in the duration.
+        num_frames = min(num_frames, shown) if num_frames > 0 and shown > 0 else num_frames or shown
     if num_frames > 0:
         return num_frames
-    if stream.duration is not None and stream.time_base is not None:
-        return int(round(float(stream.duration * stream.time_base) * float(fps)))
     num_frames = _tagged_frames(stream, fps)
     if num_frames > 0:
         return num_frames
@@ -162,10 +166,10 @@ def _demuxed_frames(container: av.container.InputContainer) -> int:
 def probe_video(path: str) -> VideoInfo:
     """Read frame count, frame rate and size from the container header, decoding nothing.
 
-    The count is the stream's frame count where the container records it, else its duration
-    times its frame rate, else (a header without either: Matroska/WebM, FLV) the index after the
-    last video packet's timestamp, read by demuxing from the last keyframe (still decoding
-    nothing).
+    The count is the fewer of the stream's frame count and its duration times its frame rate
+    (frames an MP4's edit list hides are counted, not shown), where the container records them;
+    else (Matroska/WebM, FLV) the video track's statistics tags, or the index after the last
+    video packet's timestamp, read by demuxing from the last keyframe (still decoding nothing).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.

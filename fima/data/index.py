@@ -31,8 +31,8 @@ from fima.utils.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 # 3: headers without a length are demuxed for one (format 2 cached them as errors).
-# 4: Matroska/WebM/FLV count the video track, not the file's duration (format 3 cached counts
-#    that took audio running on after the video, or a late video start, for frames).
+# 4: Matroska/WebM/FLV count the video track, not the file's duration, and MP4 does not count
+#    frames its edit list hides (format 3 cached counts that included frames never shown).
 _INDEX_FORMAT = 4
 PROBE_THREADS = 8
 T = TypeVar("T")

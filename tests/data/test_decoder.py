@@ -322,3 +322,28 @@ def test_matroska_and_flv_count_the_video_not_the_file(
     assert probe_video(path).num_frames == 24
     indices = list(range(8, 24))
     np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])
+
+
+def test_an_mp4_cut_between_keyframes_counts_the_frames_it_shows(tmp_path) -> None:
+    """Cutting without re-encoding (``ffmpeg -ss 1.4 -c copy``) keeps the frames from the
+    keyframe before the cut and writes an edit list that hides them. The header's frame count
+    includes the hidden frames: windows near the end repeated the last frame, and with more
+    than a second hidden, decoding raised 'truncated' and the intact clip was a bad video."""
+    source = write_test_video(str(tmp_path / "full.mp4"), num_frames=60, size=(32, 32), gop=50)
+    path = str(tmp_path / "cut.mp4")
+    with av.open(source) as src, av.open(path, "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        hidden = 35 * int(1 / (25 * src.streams.video[0].time_base))  # 1.4 s after the keyframe
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = (
+                    packet.pts - hidden,
+                    packet.dts - hidden,
+                    stream,
+                )
+                dst.mux(packet)
+    reference = full_decode(path)
+    np.testing.assert_array_equal(reference[0], full_decode(source)[35])  # the edit list works
+    assert probe_video(path).num_frames == len(reference) == 25
+    indices = list(range(9, 25))
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])

@@ -465,8 +465,12 @@ def _decode_pass(
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
-            if index is None and clock.decoding_times and last_frame is not None:
-                index = last_frame[0] + 1
+            if index is None and clock.decoding_times:
+                # Given out when the decoder was flushed at the stream's end: the frame after
+                # the one before, or from the start the first (a video of no more frames than
+                # the reorder delay). After a seek to within that delay of the end, which frame
+                # comes first is unknown (with open GOPs, not the keyframe): an earlier one.
+                index = last_frame[0] + 1 if last_frame is not None else 0 if from_start else None
             if index is None:
                 continue
             if last_frame is None and index > first and not from_start:

@@ -144,14 +144,14 @@ def _demuxed_frames(container: av.container.InputContainer) -> int:
     stream = container.streams.video[0]
     clock = _FrameClock(stream)
     last: int | None = None
-    seek_end = container.duration is not None and container.duration > 0
-    for from_end in (True, False) if seek_end else (False,):
+    has_end = container.duration is not None and container.duration > 0
+    for from_end in (True, False) if has_end else (False,):
         try:
             if from_end:
                 end = container.duration / av.time_base
                 container.seek(clock.start_pts + clock.ticks(end), stream=stream, backward=True)
-            elif seek_end:
-                container.seek(0)
+            elif has_end:
+                container.seek(0)  # back from the end, where nothing came
             for packet in container.demux(stream):
                 timestamp = packet.pts if packet.pts is not None else packet.dts
                 if timestamp is not None and (last is None or timestamp > last):
@@ -410,13 +410,14 @@ def decode_frames(
             logger.debug("%s: decoding stopped early (%s); clamping to decoded frames", path, err)
         if tail is None:
             raise DecodeError("no frame could be decoded")
-        promised = _frame_count(container, clock.fps)
-        tolerance = _TRUNCATION_TOLERANCE_SECONDS * float(clock.fps)
-        if wanted[-1] > tail[0] and promised - 1 - tail[0] > tolerance:
-            raise DecodeError(
-                f"truncated: decoding ends at frame {tail[0] + 1} of the {promised} that the "
-                "header promises"
-            )
+        if wanted[-1] > tail[0]:
+            # Only then: without a length in the header, counting reads the file's end.
+            promised = _frame_count(container, clock.fps)
+            if promised - 1 - tail[0] > _TRUNCATION_TOLERANCE_SECONDS * float(clock.fps):
+                raise DecodeError(
+                    f"truncated: decoding ends at frame {tail[0] + 1} of the {promised} that "
+                    "the header promises"
+                )
         if tail[0] not in frames:
             frames[tail[0]] = convert(tail[1])
     return torch.from_numpy(np.stack([_nearest(frames, max(int(i), 0)) for i in indices]))

@@ -219,7 +219,8 @@ class MoCo(SSLMethod):
         return clips.transpose(0, 1).flatten(0, 1).float().div_(255)
 
     def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        """Device augmentation and normalisation in float32, laid out for the encoders.
+        """Device augmentation and normalisation in float32 (also under the trainer's
+        autocast), laid out for the encoders.
 
         Args:
             clips: ``[N, 3, T, S, S]`` float in [0, 1].
@@ -228,8 +229,7 @@ class MoCo(SSLMethod):
             ``[N, 3, T, S, S]`` float32, normalised (``channels_last_3d`` with
             ``MODEL.CHANNELS_LAST``).
         """
-        with torch.autocast(clips.device.type, enabled=False):
-            return self.augment(clips)
+        return self.augment(clips)
 
     def encode(
         self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True

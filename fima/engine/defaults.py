@@ -40,6 +40,7 @@ from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, Tens
 from fima.utils.files import set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
+from fima.utils.visualization import check_visualizable
 
 logger = logging.getLogger(__name__)
 
@@ -542,6 +543,9 @@ class DefaultTrainer(SimpleTrainer):
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
         check_evaluator(evaluator, self.method)
+        if cfg.VIS_PERIOD > 0:
+            # Likewise a method without an encoder to draw, on every rank alike.
+            check_visualizable(self.method)
         return [
             # First, so that a step's time includes every other hook.
             hooks.IterationTimer(),

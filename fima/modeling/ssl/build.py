@@ -33,6 +33,10 @@ what it needs beyond that, so the trainer never branches on its name:
   by default the whole ``state_dict()``).
 - ``PRECISE_BN = True`` (class attribute, optional): its training forward changes nothing but
   BatchNorm statistics, so ``TEST.PRECISE_BN`` may run it on extra batches.
+- ``encoder_q`` or ``backbone`` (attribute, optional): its backbone, which the pictures
+  (``VIS_PERIOD``, ``tools/visualize.py``) draw and the transfer of its checkpoints (a
+  classifier's ``MODEL.WEIGHTS``, ``tools/convert_checkpoint.py --to backbone``) reads; with
+  ``VIS_PERIOD > 0`` a method without one is a start-up error.
 
 Subclassing :class:`SSLMethod` provides the first three; without the optional ones a method
 simply lacks what they add.

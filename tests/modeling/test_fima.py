@@ -262,7 +262,8 @@ def test_bf16_autocast_runs_encoders_in_bf16_and_losses_in_fp32() -> None:
 
 @pytest.mark.parametrize(
     ("backbone", "frames", "crop"),
-    [("I3D", 16, 32), ("R2Plus1D18", 16, 32), ("R3D18", 16, 32), ("Tiny3D", 8, 32),
+    # I3D (space /32) at 48 px: a 2x2 grid; at 32 px its one cell has no foreground.
+    [("I3D", 16, 48), ("R2Plus1D18", 16, 32), ("R3D18", 16, 32), ("Tiny3D", 8, 32),
      ("Tiny3D", 16, 48), ("TwoLayer3D", 8, 16)],
 )  # fmt: skip
 def test_every_backbone_trains_with_fima(backbone: str, frames: int, crop: int) -> None:
@@ -309,6 +310,26 @@ def test_slices_that_do_not_split_into_halves_are_rejected_at_start_up(
     with pytest.raises(ConfigError, match=f"INPUT.NUM_FRAMES: .*T'={slices} temporal slices"):
         validate_cfg(cfg)
     cfg.MODEL.FIMA.LOCAL_WEIGHT = 0.0  # the dense term alone handles any T'
+    if crop // 16 >= 2:  # Tiny3D's spatial stride is 16
+        validate_cfg(cfg)
+    else:  # but not a grid of one cell (test_a_one_cell_grid_is_rejected_with_the_dense_term)
+        with pytest.raises(ConfigError, match="INPUT.CROP_SIZE: .*1x1 feature grid"):
+            validate_cfg(cfg)
+
+
+@pytest.mark.parametrize("local_weight", [1.0, 0.0])
+def test_a_one_cell_grid_is_rejected_with_the_dense_term(local_weight: float) -> None:
+    """16-pixel crops give Tiny3D (space /16) one cell, whose foreground mask (the cells above
+    the median) is empty: the dense loss would be 0 at every step."""
+    cfg = tiny_cfg(**{**FIMA_TINY, "INPUT.CROP_SIZE": 16, "MODEL.FIMA.LOCAL_WEIGHT": local_weight})
+    with pytest.raises(ConfigError, match="INPUT.CROP_SIZE: 16-pixel crops give Tiny3D a 1x1"):
+        validate_cfg(cfg)
+    # What the check prevents: one cell is never foreground, so no cell has a positive.
+    cell = torch.rand(2, 4, 2, 1, 1)
+    assert not foreground_grid_mask(cell, cell).any()
+    cfg.MODEL.FIMA.DENSE_WEIGHT = 0.0  # the other terms are fine on one cell
+    validate_cfg(cfg)
+    cfg.MODEL.FIMA.DENSE_WEIGHT, cfg.INPUT.CROP_SIZE = 1.0, 32  # and 2x2 cells are enough
     validate_cfg(cfg)
 
 

@@ -228,6 +228,17 @@ class FIMA(MoCo):
                 f"{diff_shape} differs from the RGB clips' {rgb_shape}; keep it True or change "
                 "INPUT.NUM_FRAMES",
             )
+        if fima.DENSE_WEIGHT:
+            _, height, width = rgb_shape
+            require(
+                height * width >= 2,
+                "INPUT.CROP_SIZE",
+                f"{cfg.INPUT.CROP_SIZE}-pixel crops give {cfg.MODEL.BACKBONE.NAME} a "
+                f"{height}x{width} feature grid; the dense term's foreground mask (the cells "
+                "above the median, RECIPE.md §5) of a single cell is empty, so loss_dense would "
+                "be 0 throughout: raise INPUT.CROP_SIZE (the grid is the crop divided by the "
+                "backbone's spatial stride) or set MODEL.FIMA.DENSE_WEIGHT 0",
+            )
         if fima.DENSE_WEIGHT and fima.DENSE_QUEUE_SIZE:
             length, height, width = rgb_shape
             keys_per_step = 2 * batch * length * height * width

@@ -6,10 +6,11 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from fima.config import ConfigError, validate_cfg
 from fima.engine.train_loop import native_autocast
-from fima.modeling import build_model
+from fima.modeling import HEAD_REGISTRY, build_model
 from fima.modeling.losses import dense_contrastive_loss, info_nce
 from fima.modeling.motion import foreground_grid_mask
 from fima.modeling.ssl.fima import FIMA, _feature_map_shape
@@ -354,6 +355,36 @@ def test_config_errors_name_the_key() -> None:
     )
     with pytest.raises(ConfigError, match="MODEL.FIMA.DIFF_WRAP_FIRST_FRAME: False makes"):
         validate_cfg(cfg)
+
+
+def test_a_projector_of_ones_own_must_have_what_the_method_calls() -> None:
+    """A head named by MODEL.PROJECTOR.NAME is called through embed() (MoCo) and project()
+    (FIMA): one without them is a start-up error, not an AttributeError at the first step."""
+
+    @HEAD_REGISTRY.register()
+    class _ForwardOnly(nn.Module):
+        def __init__(self, cfg, in_channels: int) -> None:
+            super().__init__()
+
+    @HEAD_REGISTRY.register()
+    class _EmbedOnly(_ForwardOnly):
+        def embed(self, feat: torch.Tensor) -> torch.Tensor:
+            return feat.mean(dim=(2, 3, 4))
+
+    try:
+        moco = tiny_cfg(**{"MODEL.PROJECTOR.NAME": "_ForwardOnly"})
+        with pytest.raises(
+            ConfigError, match=r"^MODEL.PROJECTOR.NAME: _ForwardOnly has no embed\(\); MoCo"
+        ):
+            validate_cfg(moco)
+        moco.MODEL.PROJECTOR.NAME = "_EmbedOnly"
+        validate_cfg(moco)  # all that MoCo calls
+        fima = tiny_cfg(**{**FIMA_TINY, "MODEL.PROJECTOR.NAME": "_EmbedOnly"})
+        with pytest.raises(ConfigError, match=r"_EmbedOnly has no project\(\); FIMA calls"):
+            validate_cfg(fima)
+    finally:
+        HEAD_REGISTRY._obj_map.pop("_ForwardOnly")
+        HEAD_REGISTRY._obj_map.pop("_EmbedOnly")
 
 
 def test_dropping_the_wrapped_difference_frame() -> None:

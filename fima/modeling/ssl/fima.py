@@ -124,6 +124,9 @@ class FIMA(MoCo):
     local term is on) ``local`` ``[B, 2, 2, 3, T, S, S]`` uint8.
     """
 
+    # The dense keys and the decoder's outputs are projected per cell.
+    PROJECTOR_METHODS = ("embed", "project")
+
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)
         fima = cfg.MODEL.FIMA

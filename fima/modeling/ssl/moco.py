@@ -49,6 +49,13 @@ def add_moco_config(cfg: CfgNode) -> None:
     cfg.MODEL.MOCO.FUSE_WINDOWS = True
 
 
+# What MoCo and FIMA call on the head that MODEL.PROJECTOR.NAME names, besides its forward.
+PROJECTOR_INTERFACE = (
+    "embed(feat [N, C, T, H, W]) -> [N, D], the global embedding; FIMA also "
+    "project(x [N, C, H, W]) -> [N, D, H, W], per cell"
+)
+
+
 @SSL_METHOD_REGISTRY.register()
 class MoCo(SSLMethod):
     """MoCo baseline (RECIPE.md §3, §6 "Instance", §7).
@@ -61,6 +68,9 @@ class MoCo(SSLMethod):
 
     Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8 (windows m and n). Losses: ``loss_inst``.
     """
+
+    # What it calls on its projector (PROJECTOR_INTERFACE), checked at start-up.
+    PROJECTOR_METHODS: tuple[str, ...] = ("embed",)
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
@@ -111,7 +121,13 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
-        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME)
+        require_head(
+            "MODEL.PROJECTOR.NAME",
+            cfg.MODEL.PROJECTOR.NAME,
+            cls.PROJECTOR_METHODS,
+            f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} (ProjectionHead is "
+            "the example)",
+        )
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]
             require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")

@@ -328,6 +328,10 @@ def test_a_one_cell_grid_is_rejected_with_the_dense_term(local_weight: float) ->
     # What the check prevents: one cell is never foreground, so no cell has a positive.
     cell = torch.rand(2, 4, 2, 1, 1)
     assert not foreground_grid_mask(cell, cell).any()
+    # A backbone that cannot run on the meta device is checked at the first step instead.
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="^FIMA: the backbone gives a 1x1 feature grid"):
+        build_model(cfg)(_batch(cfg))
     cfg.MODEL.FIMA.DENSE_WEIGHT = 0.0  # the other terms are fine on one cell
     validate_cfg(cfg)
     cfg.MODEL.FIMA.DENSE_WEIGHT, cfg.INPUT.CROP_SIZE = 1.0, 32  # and 2x2 cells are enough

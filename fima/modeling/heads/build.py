@@ -40,14 +40,10 @@ def require_head(key: str, name: str, methods: tuple[str, ...] = (), interface: 
     ``ConfigError`` naming ``key``, not a traceback from the model build or the first step.
 
     Args:
-        key: the config key, for the message.
-        name: the head's registered name.
+        key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
+        name: its value, the head's registered name.
         methods: what the caller calls on the head besides ``forward``.
         interface: what those methods must do, for the message.
-
-    Args:
-        key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
-        name: its value.
 
     Raises:
         ConfigError: ``name`` is not registered (the message lists the known heads), or its

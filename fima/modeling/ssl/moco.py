@@ -51,8 +51,8 @@ def add_moco_config(cfg: CfgNode) -> None:
 
 # What MoCo and FIMA call on the head that MODEL.PROJECTOR.NAME names, besides its forward.
 PROJECTOR_INTERFACE = (
-    "embed(feat [N, C, T, H, W]) -> [N, D], the global embedding; FIMA also "
-    "project(x [N, C, H, W]) -> [N, D, H, W], per cell"
+    "embed(feat [N, C, T, H, W]) -> [N, D], the L2-normalised global embedding; FIMA also "
+    "project(x [N, C, H, W]) -> [N, D, H, W], normalised per cell"
 )
 
 

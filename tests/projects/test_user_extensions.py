@@ -83,3 +83,17 @@ def test_pictures_of_a_method_without_encoder_q_fail_before_training(tmp_path) -
         .startswith("train_net.py: error: VIS_PERIOD: TwinSiam has no 'encoder_q' or 'backbone'")
     )
     assert not any(name.endswith(".pth") for name in os.listdir(out))
+
+
+def test_knn_monitor_of_a_method_without_evaluator_fails_before_training(tmp_path) -> None:
+    """TEST.KNN.ENABLED asks for a kNN curve, which only a method's evaluator draws (MoCo's,
+    FIMA's): a method without one is told so, rather than training without the curve."""
+    out = tmp_path / "out"
+    result = train_twin(str(out), "VIS_PERIOD", "0", "TEST.KNN.ENABLED", "True")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("train_net.py: error: TEST.KNN.ENABLED: TwinSiam builds no evaluator")
+    )
+    assert not any(name.endswith(".pth") for name in os.listdir(out))

@@ -33,7 +33,9 @@ _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "I3D"
 
 _C.MODEL.PROJECTOR = CN()
-# A name in HEAD_REGISTRY. The projector maps backbone features to contrastive embeddings.
+# A name in HEAD_REGISTRY. The projector maps backbone features to L2-normalised contrastive
+# embeddings: MoCo calls its embed(feat [N, C, T, H, W]) -> [N, D], FIMA also its
+# project(x [N, C, H, W]) -> [N, D, H, W] (one embedding per cell), as ProjectionHead does.
 _C.MODEL.PROJECTOR.NAME = "ProjectionHead"
 _C.MODEL.PROJECTOR.HIDDEN_DIM = 1024
 _C.MODEL.PROJECTOR.OUT_DIM = 128

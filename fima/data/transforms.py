@@ -236,7 +236,8 @@ class VideoAugmentation(nn.Module):
         )
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """Augment and normalise a batch of clips.
+        """Augment and normalise a batch of clips, in float32 also under autocast (a method
+        calls this inside its forward, which the trainer autocasts).
 
         The augmentation's copy of the clips is laid out for the encoders and normalised in
         place: three fewer full-size allocations per call than augmenting, normalising and
@@ -247,10 +248,13 @@ class VideoAugmentation(nn.Module):
             clips: ``[N, 3, T, H, W]`` float in [0, 1] (left unchanged).
 
         Returns:
-            A new ``[N, 3, T, H, W]`` tensor in the encoders' layout.
+            A new ``[N, 3, T, H, W]`` float32 tensor in the encoders' layout.
         """
-        out = self.augment(clips, memory_format=self.memory_format)
-        return out.sub_(self.mean).div_(self.std)
+        # Autocast would compute some steps (grayscale, blur) in bf16/fp16, which the in-place
+        # writes into the float32 copy refuse; the pixel maths is cheap and wants float32 anyway.
+        with torch.autocast(clips.device.type, enabled=False):
+            out = self.augment(clips, memory_format=self.memory_format)
+            return out.sub_(self.mean).div_(self.std)
 
     def normalize(self, clips: torch.Tensor) -> torch.Tensor:
         """Only the normalisation (evaluation inputs).

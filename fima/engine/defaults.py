@@ -40,6 +40,7 @@ from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, Tens
 from fima.utils.files import set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
+from fima.utils.visualization import check_visualizable
 
 logger = logging.getLogger(__name__)
 
@@ -542,6 +543,17 @@ class DefaultTrainer(SimpleTrainer):
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
         check_evaluator(evaluator, self.method)
+        if evaluator is None and cfg.TEST.KNN.ENABLED:
+            # The kNN monitor is an evaluator (MoCo's): without one it would silently not run.
+            raise ConfigError(
+                f"TEST.KNN.ENABLED: {cfg.MODEL.META_ARCHITECTURE} builds no evaluator "
+                "(build_evaluator), so nothing would run the kNN monitor; give the method a "
+                "build_evaluator that returns fima.evaluation.knn.KNNEvaluator(cfg) and an "
+                "extract_features, or set TEST.KNN.ENABLED False"
+            )
+        if cfg.VIS_PERIOD > 0:
+            # Likewise a method without an encoder to draw, on every rank alike.
+            check_visualizable(self.method)
         return [
             # First, so that a step's time includes every other hook.
             hooks.IterationTimer(),

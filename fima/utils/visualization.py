@@ -267,6 +267,25 @@ def feature_encoders(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     raise TypeError(f"{type(model).__name__} has no 'encoder_q' or 'backbone' to visualise")
 
 
+def check_visualizable(model: nn.Module) -> None:
+    """Start-up check of ``VIS_PERIOD > 0``: ``model`` has an encoder to draw
+    (:func:`feature_encoders`), so that a method of one's own without one fails before it
+    trains, not at the first drawing, ``VIS_PERIOD`` iterations in.
+
+    Raises:
+        ConfigError: naming ``VIS_PERIOD`` and what to do.
+    """
+    from fima.config import ConfigError
+
+    try:
+        feature_encoders(model)
+    except TypeError as err:
+        raise ConfigError(
+            f"VIS_PERIOD: {err}; name the method's backbone module 'encoder_q' or 'backbone' "
+            "(what the pictures, and the transfer of its checkpoints, read), or set VIS_PERIOD 0"
+        ) from None
+
+
 # -- drawing ---------------------------------------------------------------------------------------
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[N, C, size, size]`` (bilinear)."""

@@ -34,20 +34,29 @@ def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
 
 
-def require_head(key: str, name: str) -> None:
-    """Start-up check of a config key that names a head: a misspelt or unimported head is a
-    one-line ``ConfigError`` naming ``key``, not a traceback from the model build.
+def require_head(key: str, name: str, methods: tuple[str, ...] = (), interface: str = "") -> None:
+    """Start-up check of a config key that names a head: a misspelt or unimported head, or one
+    of one's own without the methods its user calls besides ``forward``, is a one-line
+    ``ConfigError`` naming ``key``, not a traceback from the model build or the first step.
 
     Args:
         key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
-        name: its value.
+        name: its value, the head's registered name.
+        methods: what the caller calls on the head besides ``forward``.
+        interface: what those methods must do, for the message.
 
     Raises:
-        ConfigError: ``name`` is not registered (the message lists the known heads).
+        ConfigError: ``name`` is not registered (the message lists the known heads), or its
+            class lacks one of ``methods``.
     """
     from fima.config.validation import ConfigError
 
     try:
-        HEAD_REGISTRY.get(name)
+        head = HEAD_REGISTRY.get(name)
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
+    missing = [method for method in methods if not callable(getattr(head, method, None))]
+    if missing:
+        raise ConfigError(
+            f"{key}: {name} has no {' or '.join(f'{m}()' for m in missing)}; {interface}"
+        )

@@ -21,7 +21,8 @@ what it needs beyond that, so the trainer never branches on its name:
 - ``input_views(cfg)`` (classmethod): the views its training batches need;
 - ``build_train_loader(cfg)`` (classmethod): its training data loader;
 - ``build_hooks(cfg)``: its training hooks (momentum update, queue updates, monitors);
-- ``build_evaluator(cfg)`` (optional): what ``--eval-only`` and the evaluation hook run.
+- ``build_evaluator(cfg)`` (optional): what ``--eval-only`` and the evaluation hook run (the
+  kNN monitor is MoCo's: ``TEST.KNN.ENABLED`` with a method without one is a start-up error).
 - ``transfer_weights(state, source, evaluation)`` (optional): take a ``MODEL.WEIGHTS``
   checkpoint of another layout in part (see :func:`fima.checkpoint.load_model_state`); without
   it, a checkpoint must hold every tensor of the method.
@@ -33,6 +34,10 @@ what it needs beyond that, so the trainer never branches on its name:
   by default the whole ``state_dict()``).
 - ``PRECISE_BN = True`` (class attribute, optional): its training forward changes nothing but
   BatchNorm statistics, so ``TEST.PRECISE_BN`` may run it on extra batches.
+- ``encoder_q`` or ``backbone`` (attribute, optional): its backbone, which the pictures
+  (``VIS_PERIOD``, ``tools/visualize.py``) draw and the transfer of its checkpoints (a
+  classifier's ``MODEL.WEIGHTS``, ``tools/convert_checkpoint.py --to backbone``) reads; with
+  ``VIS_PERIOD > 0`` a method without one is a start-up error.
 
 Subclassing :class:`SSLMethod` provides the first three; without the optional ones a method
 simply lacks what they add.

@@ -265,8 +265,7 @@ class VideoClassifier(SSLMethod):
             ``[N, C, T', H', W']``.
         """
         x = clips.to(self.device, non_blocking=True).float().div_(255)
-        with torch.autocast(x.device.type, enabled=False):
-            x = self.augment(x) if augment else self.augment.normalize(x)
+        x = self.augment(x) if augment else self.augment.normalize(x)
         if self.linear_probe:
             with torch.no_grad():
                 return self.backbone(x)

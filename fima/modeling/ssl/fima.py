@@ -98,6 +98,18 @@ def _slice_layout_problem(length: int) -> str | None:
     return None
 
 
+def _grid_problem(height: int, width: int) -> str | None:
+    """Why a feature grid of ``height x width`` cells cannot give the dense term anything."""
+    if height * width < 2:
+        return (
+            f"a {height}x{width} feature grid; the dense term's foreground mask (the cells above "
+            "the median, RECIPE.md §5) of a single cell is empty, so loss_dense would be 0 "
+            "throughout: raise INPUT.CROP_SIZE (the grid is the crop divided by the backbone's "
+            "spatial stride) or set MODEL.FIMA.DENSE_WEIGHT 0"
+        )
+    return None
+
+
 @SSL_METHOD_REGISTRY.register()
 class FIMA(MoCo):
     """Fine-grained motion alignment (RECIPE.md): MoCo's instance branch plus two motion terms.
@@ -123,6 +135,9 @@ class FIMA(MoCo):
     Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8, ``global_box`` ``[B, 2, 4]`` and (if the
     local term is on) ``local`` ``[B, 2, 2, 3, T, S, S]`` uint8.
     """
+
+    # The dense keys and the decoder's outputs are projected per cell.
+    PROJECTOR_METHODS = ("embed", "project")
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)
@@ -227,6 +242,13 @@ class FIMA(MoCo):
                 f"False makes difference clips {frames - 1} frames long, whose feature map "
                 f"{diff_shape} differs from the RGB clips' {rgb_shape}; keep it True or change "
                 "INPUT.NUM_FRAMES",
+            )
+        if fima.DENSE_WEIGHT:
+            problem = _grid_problem(*rgb_shape[1:])
+            require(
+                problem is None,
+                "INPUT.CROP_SIZE",
+                f"{cfg.INPUT.CROP_SIZE}-pixel crops give {cfg.MODEL.BACKBONE.NAME} {problem}",
             )
         if fima.DENSE_WEIGHT and fima.DENSE_QUEUE_SIZE:
             length, height, width = rgb_shape
@@ -354,10 +376,15 @@ class FIMA(MoCo):
         losses = {"loss_inst": self.instance_loss(q, k)}
         if not (self.dense_weight or self.local_weight):
             return losses
+        # What start-up validation checks, for a backbone that cannot run on the meta device.
         if self.local_weight:
             problem = _slice_layout_problem(feat_q.shape[2])
             if problem is not None:
                 raise ValueError(f"FIMA: {problem}")
+        if self.dense_weight:
+            problem = _grid_problem(*feat_q.shape[3:])
+            if problem is not None:
+                raise ValueError(f"FIMA: the backbone gives {problem}")
         local_clips = batch.get("local")
         if local_clips is not None:
             local_clips = local_clips.to(self.device, non_blocking=True)

@@ -49,6 +49,13 @@ def add_moco_config(cfg: CfgNode) -> None:
     cfg.MODEL.MOCO.FUSE_WINDOWS = True
 
 
+# What MoCo and FIMA call on the head that MODEL.PROJECTOR.NAME names, besides its forward.
+PROJECTOR_INTERFACE = (
+    "embed(feat [N, C, T, H, W]) -> [N, D], the L2-normalised global embedding; FIMA also "
+    "project(x [N, C, H, W]) -> [N, D, H, W], normalised per cell"
+)
+
+
 @SSL_METHOD_REGISTRY.register()
 class MoCo(SSLMethod):
     """MoCo baseline (RECIPE.md §3, §6 "Instance", §7).
@@ -61,6 +68,9 @@ class MoCo(SSLMethod):
 
     Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8 (windows m and n). Losses: ``loss_inst``.
     """
+
+    # What it calls on its projector (PROJECTOR_INTERFACE), checked at start-up.
+    PROJECTOR_METHODS: tuple[str, ...] = ("embed",)
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
@@ -111,7 +121,13 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
-        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME)
+        require_head(
+            "MODEL.PROJECTOR.NAME",
+            cfg.MODEL.PROJECTOR.NAME,
+            cls.PROJECTOR_METHODS,
+            f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} (ProjectionHead is "
+            "the example)",
+        )
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]
             require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")
@@ -219,7 +235,8 @@ class MoCo(SSLMethod):
         return clips.transpose(0, 1).flatten(0, 1).float().div_(255)
 
     def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        """Device augmentation and normalisation in float32, laid out for the encoders.
+        """Device augmentation and normalisation in float32 (also under the trainer's
+        autocast), laid out for the encoders.
 
         Args:
             clips: ``[N, 3, T, S, S]`` float in [0, 1].
@@ -228,8 +245,7 @@ class MoCo(SSLMethod):
             ``[N, 3, T, S, S]`` float32, normalised (``channels_last_3d`` with
             ``MODEL.CHANNELS_LAST``).
         """
-        with torch.autocast(clips.device.type, enabled=False):
-            return self.augment(clips)
+        return self.augment(clips)
 
     def encode(
         self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True

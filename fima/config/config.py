@@ -10,6 +10,8 @@ import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from iopath.common.file_io import g_pathmgr
 
+BASE_KEY = "_BASE_"
+
 
 def _decoded(value: Any) -> Any:
     """A command-line or YAML string as the Python literal it spells (yacs reads it so), else
@@ -32,10 +34,17 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
     yacs's check.
 
     Raises:
-        ValueError: a tuple element of another type than the default's (the message names the
-            key).
+        ValueError: a tuple element of another type than the default's, or a single value for
+            a section of keys (the message names the key).
     """
     decoded = _decoded(value)
+    if isinstance(default, _FvcoreCfgNode) and not isinstance(decoded, dict):
+        # yacs would print the whole section's defaults as its "expected value".
+        first = sorted(default)[0]
+        raise ValueError(
+            f"{key} is a section of keys ({', '.join(sorted(default))}), not a value; set one "
+            f"of its keys, e.g. {key}.{first}"
+        )
     if isinstance(default, float):
         return float(decoded) if type(decoded) is int else value
     if not (isinstance(default, (tuple, list)) and isinstance(decoded, (tuple, list))):
@@ -66,6 +75,24 @@ def _coerce_mapping(defaults: _FvcoreCfgNode, loaded: dict, prefix: str = "") ->
     return out
 
 
+def _merge_into(loaded: dict, merged: dict, filename: str) -> None:
+    """Merge the mapping ``loaded`` of ``filename`` into ``merged`` (its bases' so far): its
+    values win, and its sections are merged key by key.
+
+    Raises:
+        ValueError: a section of the bases that ``filename`` sets to a single value.
+    """
+    for key, value in loaded.items():
+        if isinstance(value, dict) and key in merged:
+            if not isinstance(merged[key], dict):
+                raise ValueError(
+                    f"Config {filename}: {key} is a value in its _BASE_, not a section"
+                )
+            _merge_into(value, merged[key], filename)
+        else:
+            merged[key] = value
+
+
 def _is_option(item: object) -> bool:
     """Whether a command-line override is an option (``--resume``) rather than a config key."""
     return isinstance(item, str) and item.startswith("--")
@@ -82,12 +109,73 @@ class CfgNode(_FvcoreCfgNode):
 
     @classmethod
     def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
-        """fvcore's loader, refusing a file (or base) that is not a YAML mapping."""
-        with cls._open_cfg(filename) as f:
-            content = yaml.safe_load(f)
+        """``filename``'s YAML mapping merged onto those of its ``_BASE_`` files (one path or a
+        list; relative to the file that names it unless absolute or a URL), loaded safely.
+
+        fvcore's loader, with errors that name the file at fault: a missing base names the
+        file whose ``_BASE_`` refers to it, a base that includes itself (directly or through
+        others) is refused with the cycle, and a YAML error gives the file, line and column.
+
+        Raises:
+            FileNotFoundError: the file or one of its bases does not exist.
+            ValueError: a file that is not a readable YAML mapping, a ``_BASE_`` that is not
+                a path or list of paths, a cycle of bases, or a section that a file sets to a
+                value where its base has keys.
+        """
+        if allow_unsafe:
+            raise ValueError("fima loads YAML safely only; allow_unsafe=True is not supported")
+        return cls._load_with_bases(filename, ())
+
+    @classmethod
+    def _load_with_bases(cls, filename: str, chain: tuple[str, ...]) -> dict:
+        """:meth:`load_yaml_with_base` of ``filename``, which the files of ``chain`` include (the
+        first is the file that was asked for, the last names ``filename`` as its ``_BASE_``)."""
+        key = filename if "://" in filename else os.path.realpath(filename)
+        if key in chain:
+            cycle = " -> ".join((*chain[chain.index(key) :], key))
+            raise ValueError(f"Config {filename}: its _BASE_ chain includes it again: {cycle}")
+        content = cls._read_yaml(filename, chain[-1] if chain else None)
+        given = content.pop(BASE_KEY, [])
+        bases = given if isinstance(given, list) else [given]
+        if not all(isinstance(base, str) and base for base in bases):
+            raise ValueError(
+                f"Config {filename}: _BASE_ must be a config file path or a list of them, "
+                f"got {given!r}"
+            )
+        merged: dict = {}
+        for base in bases:
+            base = os.path.expanduser(base)
+            if not base.startswith("/") and "://" not in base:
+                base = os.path.join(os.path.dirname(filename), base)
+            _merge_into(cls._load_with_bases(base, (*chain, key)), merged, base)
+        _merge_into(content, merged, filename)
+        return merged
+
+    @classmethod
+    def _read_yaml(cls, filename: str, included_by: str | None) -> dict:
+        """The YAML mapping of one file; ``included_by`` names it in its ``_BASE_``."""
+        where = f" (the _BASE_ of {included_by})" if included_by else ""
+        if not g_pathmgr.exists(filename):
+            raise FileNotFoundError(f"Config file not found: {filename}{where}")
+        try:
+            with cls._open_cfg(filename) as f:
+                content = yaml.safe_load(f)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark or err.context_mark
+            at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = " ".join(filter(None, (err.context, err.problem)))
+            raise ValueError(f"Cannot read config {filename}{at}{where}: {problem}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"Cannot read config {filename}{where}: {err}") from None
+        except IsADirectoryError:
+            raise ValueError(f"Config {filename}{where} is a directory, not a YAML file") from None
+        except OSError as err:
+            raise ValueError(
+                f"Cannot read config {filename}{where}: {err.strerror or err}"
+            ) from None
         if not isinstance(content, dict):
-            raise ValueError(f"Config {filename} must be a YAML mapping of keys to values")
-        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+            raise ValueError(f"Config {filename}{where} must be a YAML mapping of keys to values")
+        return content
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         """Merge a YAML file (and its ``_BASE_`` chain) into this config.
@@ -98,14 +186,7 @@ class CfgNode(_FvcoreCfgNode):
                 ``allow_unsafe=True`` was asked for.
             KeyError: the file sets a key that no default declares.
         """
-        if allow_unsafe:
-            raise ValueError("fima loads YAML safely only; allow_unsafe=True is not supported")
-        if not g_pathmgr.exists(cfg_filename):
-            raise FileNotFoundError(f"Config file not found: {cfg_filename}")
-        try:
-            loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=False)
-        except (yaml.YAMLError, AssertionError) as err:
-            raise ValueError(f"Cannot read config {cfg_filename}: {err}") from None
+        loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
         try:
             self.merge_from_other_cfg(type(self)(_coerce_mapping(self, loaded)))
         except KeyError as err:

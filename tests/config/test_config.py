@@ -247,3 +247,50 @@ def test_unknown_registry_name_lists_known_ones() -> None:
     cfg = tiny_cfg(**{"MODEL.BACKBONE.NAME": "ResNeXt"})
     with pytest.raises(KeyError, match="Registered: .*I3D.*R2Plus1D18"):
         validate_cfg(cfg)
+
+
+def test_a_missing_base_names_the_file_that_refers_to_it(tmp_path) -> None:
+    (tmp_path / "child.yaml").write_text('_BASE_: "middle.yaml"\n')
+    (tmp_path / "middle.yaml").write_text('_BASE_: "gone.yaml"\n')
+    with pytest.raises(FileNotFoundError, match=r"gone\.yaml \(the _BASE_ of .*middle\.yaml\)"):
+        get_cfg().merge_from_file(str(tmp_path / "child.yaml"))
+
+
+def test_a_base_cycle_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "self.yaml").write_text('_BASE_: "self.yaml"\n')
+    with pytest.raises(ValueError, match=r"_BASE_ chain includes it again: .*self\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "self.yaml"))
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: ["a.yaml"]\n')
+    with pytest.raises(ValueError, match=r"a\.yaml -> .*b\.yaml -> .*a\.yaml$"):
+        get_cfg().merge_from_file(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("base", "child", "message"),
+    [
+        ("SOLVER: [\n", "", r"base\.yaml, line 2, column 1 \(the _BASE_ of .*child\.yaml\): "),
+        ("_BASE_: 3\n", "", r"base\.yaml: _BASE_ must be a config file path or a list of them"),
+        ("SOLVER: 3\n", "", r"SOLVER is a section of keys \(ACCUM_STEPS, .*\), not a value"),
+        ("OUTPUT_DIR: out\n", "OUTPUT_DIR:\n  X: 1\n", r"child\.yaml: OUTPUT_DIR is a value"),
+    ],
+)
+def test_a_malformed_base_fails_in_one_line(tmp_path, base: str, child: str, message) -> None:
+    (tmp_path / "base.yaml").write_text(base)
+    (tmp_path / "child.yaml").write_text(f'_BASE_: "base.yaml"\n{child}')
+    with pytest.raises(ValueError, match=message) as err:
+        get_cfg().merge_from_file(str(tmp_path / "child.yaml"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_directory_or_binary_file_as_config_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="is a directory, not a YAML file"):
+        get_cfg().merge_from_file(str(tmp_path))
+    (tmp_path / "model.pth").write_bytes(b"\x80\x02\xff\xfe")
+    with pytest.raises(ValueError, match=r"Cannot read config .*model\.pth: 'utf-8' codec"):
+        get_cfg().merge_from_file(str(tmp_path / "model.pth"))
+
+
+def test_a_value_for_a_section_on_the_command_line_names_the_section() -> None:
+    with pytest.raises(ValueError, match=r"^SOLVER is a section of keys .* e\.g\. SOLVER\.ACC"):
+        get_cfg().merge_from_list(["SOLVER", "3"])

@@ -223,9 +223,10 @@ def test_missing_paths_fail(tmp_path) -> None:
     cfg = tiny_cfg(**{"DATA.DATASET": "UCF101", "DATA.ROOT": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="DATA.ROOT: directory .*nowhere.* does not exist"):
         validate_cfg(cfg)
-    cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(tmp_path / "missing.pth")})
-    with pytest.raises(ConfigError, match="MODEL.WEIGHTS"):
-        validate_cfg(cfg)
+    for name in ("missing.pth", "MISSING.PTH"):
+        cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(tmp_path / name)})
+        with pytest.raises(ConfigError, match=f"MODEL.WEIGHTS: file .*{name}.* does not exist"):
+            validate_cfg(cfg)
 
 
 @pytest.mark.parametrize("dataset", ["UCF101", "HMDB51", "Kinetics400"])

@@ -136,6 +136,23 @@ def test_video_list_slowfast_csv_and_named_columns(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("text", "second"),
+    [
+        ("path,label\nx/1.mp4,2\nmy videos/2.mp4,0\n", "my videos/2.mp4"),
+        ("x/1.mp4 2\nmy videos/2.mp4 0\n", "my videos/2.mp4"),
+    ],
+)
+def test_video_list_csv_extension_in_any_case(tmp_path, text: str, second: str) -> None:
+    """A list exported as TRAIN.CSV is read as CSV (or SlowFast's lines), as train.csv is."""
+    (tmp_path / "TRAIN.CSV").write_text(text)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TRAIN": str(tmp_path / "TRAIN.CSV")})
+    train = build_dataset(cfg, "train")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
+        ("x/1.mp4", 2), (second, 0),
+    ]  # fmt: skip
+
+
 def _touch(root, *relatives: str) -> None:
     for relative in relatives:
         path = root / relative

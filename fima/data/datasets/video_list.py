@@ -1,10 +1,10 @@
 """VideoList: any videos, listed one per line as ``path label``, or in class folders (see
 DATASETS.md).
 
-A list is a CSV file (``.csv``: ``path,label``, quoting as usual; or, without commas, SlowFast's
-``path label``) or a text file of whitespace-separated ``path label`` (paths without spaces), with
-an optional header line naming the columns. Every line of a file has a label or none does (an
-unlabelled list, for pretraining; labels are then -1).
+A list is a CSV file (``.csv``, in any case: ``path,label``, quoting as usual; or, without
+commas, SlowFast's ``path label``) or a text file of whitespace-separated ``path label`` (paths
+without spaces), with an optional header line naming the columns. Every line of a file has a
+label or none does (an unlabelled list, for pretraining; labels are then -1).
 
 A split without a list file may be a folder ``DATA.ROOT/<split>/``: ``<class>/<video>`` (videos
 anywhere below a class folder), or only videos directly in it (unlabelled). Files whose extension
@@ -132,11 +132,13 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     ):
         text_lines = text_lines[1:]
     # The format is told from the lines after the first, which may be a header of other names.
-    if path.endswith(".csv") and not _space_separated(text_lines[1:] or text_lines):
+    # The extension in any case: a list exported as LIST.CSV is a CSV file all the same.
+    is_csv = path.lower().endswith(".csv")
+    if is_csv and not _space_separated(text_lines[1:] or text_lines):
         expected = "'path,label' (or 'path')"
         lines = [(number, _csv_fields(path, number, line, expected)) for number, line in text_lines]
     else:
-        split = (lambda line: line.rsplit(maxsplit=1)) if path.endswith(".csv") else str.split
+        split = (lambda line: line.rsplit(maxsplit=1)) if is_csv else str.split
         lines = [(number, split(line)) for number, line in text_lines]
         expected = "'path label' (or 'path'), separated by whitespace; use a .csv for paths "
         expected += "with spaces"

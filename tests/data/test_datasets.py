@@ -153,6 +153,30 @@ def test_video_list_csv_extension_in_any_case(tmp_path, text: str, second: str) 
     ]  # fmt: skip
 
 
+def test_video_list_files_are_those_of_the_train_and_test_splits_whatever_their_names(
+    tmp_path,
+) -> None:
+    (tmp_path / "mine.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    (tmp_path / "held_out.txt").write_text("c.mp4 0\nd.mp4 1\ne.mp4 2\n")
+    # A val.csv beside them is not what the config names.
+    (tmp_path / "val.csv").write_text("f.mp4,0\n")
+    lists = {"DATA.VIDEO_LIST.TRAIN": str(tmp_path / "mine.txt"),
+             "DATA.VIDEO_LIST.TEST": str(tmp_path / "held_out.txt")}  # fmt: skip
+    cfg = _cfg("VideoList", str(tmp_path), **lists, **{"DATA.TRAIN_SPLIT": "pretrain",
+                                                      "DATA.TEST_SPLIT": "val"})  # fmt: skip
+    train, test = build_dataset(cfg, "pretrain"), build_dataset(cfg, "val")
+    assert [os.path.basename(r.path) for r in train] == ["a.mp4", "b.mp4"]
+    assert [os.path.basename(r.path) for r in test] == ["c.mp4", "d.mp4", "e.mp4"]
+    assert train.class_names == test.class_names == ["0", "1", "2"]
+    # One split for training and evaluation: one list, not two.
+    cfg = _cfg("VideoList", "", **lists, **{"DATA.TEST_SPLIT": "train"})
+    with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: .*both 'train'"):
+        validate_cfg(cfg)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": lists["DATA.VIDEO_LIST.TEST"],
+                                   "DATA.TRAIN_SPLIT": "test"})  # fmt: skip
+    assert len(build_dataset(cfg, "test")) == 3
+
+
 def _touch(root, *relatives: str) -> None:
     for relative in relatives:
         path = root / relative

@@ -13,7 +13,19 @@ Registry of heads: projection heads, the motion decoder, classifiers.
 
 An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the backbone's
 ``out_channels``, and returns an ``nn.Module``. A head reads its sizes from its own config section.
+
+A head may say which config key it serves with a class attribute ``HEAD_KIND`` (one of
+:data:`HEAD_KINDS`: ``"projector"`` for ``MODEL.PROJECTOR.NAME``, ``"motion decoder"`` for
+``MODEL.MOTION_DECODER.NAME``, ``"classifier"`` for ``MODEL.CLASSIFIER.HEAD``); a key naming a head
+of another kind is then refused at start-up. A head without ``HEAD_KIND`` is taken on trust.
 """
+
+# The kinds of head, each with the config key that names one and a head of that kind fima ships.
+HEAD_KINDS = {
+    "projector": ("MODEL.PROJECTOR.NAME", "ProjectionHead"),
+    "motion decoder": ("MODEL.MOTION_DECODER.NAME", "MotionDecoder"),
+    "classifier": ("MODEL.CLASSIFIER.HEAD", "LinearClassifier"),
+}
 
 
 def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
@@ -21,16 +33,25 @@ def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
 
 
-def require_head(key: str, name: str) -> None:
-    """Start-up check of a config key that names a head: a misspelt or unimported head is a
-    one-line ``ConfigError`` naming ``key``, not a traceback from the model build.
+def require_head(key: str, name: str, kind: str | None = None) -> None:
+    """Start-up check of a config key that names a head: a misspelt or unimported head, or one
+    that declares another ``HEAD_KIND`` than ``kind`` (a projection head as the classifier), is
+    a one-line ``ConfigError`` naming ``key``, not a traceback from the model build or the first
+    training step.
 
     Raises:
-        ConfigError: ``name`` is not registered (the message lists the known heads).
+        ConfigError: ``name`` is not registered (the message lists the known heads), or is a
+            head of another kind.
     """
     from fima.config.validation import ConfigError
 
     try:
-        HEAD_REGISTRY.get(name)
+        head = HEAD_REGISTRY.get(name)
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
+    declared = getattr(head, "HEAD_KIND", None)
+    if kind is not None and declared is not None and declared != kind:
+        raise ConfigError(
+            f"{key}: {name} is a {declared} head, not a {kind} head; name a {kind} head, "
+            f"e.g. {HEAD_KINDS[kind][1]}"
+        )

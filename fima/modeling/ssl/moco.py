@@ -99,7 +99,7 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
-        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME)
+        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME, "projector")
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]
             require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")

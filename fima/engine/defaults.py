@@ -241,6 +241,69 @@ def _previous_run_files(output_dir: str) -> list[str]:
     )
 
 
+def check_run(
+    cfg: CfgNode,
+    args: argparse.Namespace | None,
+    world_size: int,
+    previous: list[str] | None,
+) -> None:
+    """What :func:`default_setup` checks before it writes anything: the config
+    (:func:`validate_cfg`; resuming a run of OUTPUT_DIR does not read ``MODEL.WEIGHTS``, which
+    may be gone since), and that a run which does not resume overwrites no other run.
+
+    Args:
+        previous: the files of OUTPUT_DIR that a new run would overwrite
+            (:func:`_previous_run_files`); None where they are not known (a machine other than
+            the first, before launch), which checks neither against them.
+
+    Raises:
+        ConfigError: the config is invalid (the message names the key).
+        FileExistsError: OUTPUT_DIR holds another run's checkpoints and neither ``--resume``
+            nor ``--eval-only`` was given.
+    """
+    checked = cfg
+    if args is not None and args.resume and (previous is None or previous):
+        checked = cfg.clone()
+        checked.defrost()
+        checked.MODEL.WEIGHTS = ""
+    validate_cfg(checked, world_size)
+    resuming = args is not None and (args.resume or args.eval_only)
+    if not resuming and previous:
+        raise FileExistsError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a run ({', '.join(previous[:3])}). Pass "
+            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
+            "overwritten."
+        )
+
+
+def check_before_launch(args: argparse.Namespace, world_size: int, first_machine: bool) -> None:
+    """Check the config and command line of a run of ``world_size`` processes in the process
+    that launches them, before it spawns any: a bad setting is then said once, not once by
+    every rank. The ranks check again in :func:`default_setup`, with their process group (what
+    depends on its backend is checked there only). The warnings of the checks are left to the
+    ranks' logs.
+
+    Args:
+        args: the command line (``config_file``, ``opts``, ``imports``, ``resume``,
+            ``eval_only``).
+        world_size: the processes of the whole run.
+        first_machine: whether this machine runs rank 0, which decides whether OUTPUT_DIR
+            holds a run (other machines may not see it).
+
+    Raises:
+        As :func:`get_user_cfg` and :func:`check_run`.
+    """
+    quiet = logging.NullHandler()
+    fima_logger = logging.getLogger("fima")
+    fima_logger.addHandler(quiet)
+    try:
+        cfg = get_user_cfg(args.config_file, args.opts, args.imports)
+        previous = _previous_run_files(cfg.OUTPUT_DIR) if first_machine else None
+        check_run(cfg, args, world_size, previous)
+    finally:
+        fima_logger.removeHandler(quiet)
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
     ``cfg``. An invalid config leaves nothing on disk.
@@ -269,13 +332,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     previous = comm.broadcast_object(
         _previous_run_files(output_dir) if comm.is_main_process() else None
     )
-    checked = cfg
-    if args is not None and args.resume and previous:
-        # Resuming reads OUTPUT_DIR's checkpoints, not MODEL.WEIGHTS, which may be gone since.
-        checked = cfg.clone()
-        checked.MODEL.WEIGHTS = ""
     try:
-        validate_cfg(checked, comm.get_world_size())
+        check_run(cfg, args, comm.get_world_size(), previous)
     finally:
         fima_logger.removeHandler(held)
     if comm.is_main_process():
@@ -303,13 +361,6 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    resuming = args is not None and (args.resume or args.eval_only)
-    if not resuming and previous:
-        raise FileExistsError(
-            f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(previous[:3])}). Pass "
-            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
-            "overwritten."
-        )
     text = cfg.dump()
     # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
     # an earlier run (an --eval-only of other weights, the final evaluation of the training run

@@ -536,6 +536,17 @@ class DefaultTrainer(SimpleTrainer):
                     self.max_iter,
                 )
             return
+        if resume:
+            # Not an error: a job restarted after preemption passes --resume from its first
+            # start. But a mistyped OUTPUT_DIR would silently start over, so it is said.
+            start = (
+                f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}" if self.cfg.MODEL.WEIGHTS else "scratch"
+            )
+            logger.warning(
+                "--resume: OUTPUT_DIR %s holds no checkpoint; this run starts from %s",
+                self.cfg.OUTPUT_DIR,
+                start,
+            )
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
             self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])

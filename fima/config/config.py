@@ -29,13 +29,15 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
 
     yacs refuses ``SOLVER.BASE_LR 1`` or ``DENSE_WEIGHT: 0`` as a type mismatch; an integer is a
     float value written without its decimal point, so it is taken as one, also inside a tuple of
-    floats (``INPUT.CROP_SCALE (0, 1)``). yacs checks that a tuple is a tuple but not what it
+    floats (``INPUT.CROP_SCALE (0, 1)``). Text given for a text key is that text, also where it
+    reads as a number (``OUTPUT_DIR 2024``). An empty or null value is refused (yacs would take
+    it for any key). yacs checks that a tuple is a tuple but not what it
     holds: its elements must have the type of the default's elements. Anything else is left for
     yacs's check.
 
     Raises:
-        ValueError: a tuple element of another type than the default's, or a single value for
-            a section of keys (the message names the key).
+        ValueError: a tuple element of another type than the default's, a single value for a
+            section of keys, or no value (the message names the key).
     """
     decoded = _decoded(value)
     if isinstance(default, _FvcoreCfgNode) and not isinstance(decoded, dict):
@@ -45,6 +47,16 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
             f"{key} is a section of keys ({', '.join(sorted(default))}), not a value; set one "
             f"of its keys, e.g. {key}.{first}"
         )
+    if decoded is None and default is not None:
+        # yacs lets None replace any value; validation or the run would then fail on it.
+        raise ValueError(
+            f"{key} has no value (empty, null or None); give a {type(default).__name__}, as its "
+            f"default {default!r} is"
+        )
+    if isinstance(default, str) and isinstance(value, str) and not isinstance(decoded, str):
+        # Text is the value of a text key (OUTPUT_DIR 2024, quoted "2024" in YAML), not the
+        # number yacs would decode it to and then refuse; quoted, yacs decodes it back to text.
+        return repr(value)
     if isinstance(default, float):
         return float(decoded) if type(decoded) is int else value
     if not (isinstance(default, (tuple, list)) and isinstance(decoded, (tuple, list))):

@@ -295,3 +295,23 @@ def test_a_directory_or_binary_file_as_config_is_a_clear_error(tmp_path) -> None
 def test_a_value_for_a_section_on_the_command_line_names_the_section() -> None:
     with pytest.raises(ValueError, match=r"^SOLVER is a section of keys .* e\.g\. SOLVER\.ACC"):
         get_cfg().merge_from_list(["SOLVER", "3"])
+
+
+def test_text_keys_take_text_that_reads_as_a_number(tmp_path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", "2024", "DATA.TEST_SPLIT", "1"])
+    assert cfg.OUTPUT_DIR == "2024" and cfg.DATA.TEST_SPLIT == "1"
+    (tmp_path / "a.yaml").write_text('OUTPUT_DIR: "2024"\nMODEL:\n  WEIGHTS: "1e3"\n')
+    cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    assert (cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS) == ("2024", "1e3")
+    # Text that Python reads as text is still unquoted, as yacs does.
+    cfg.merge_from_list(["OUTPUT_DIR", "'my runs'"])
+    assert cfg.OUTPUT_DIR == "my runs"
+
+
+def test_a_key_without_a_value_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("SOLVER:\n  BASE_LR:\n")
+    with pytest.raises(ValueError, match=r"SOLVER\.BASE_LR has no value .* float.*a\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "a.yaml"))
+    with pytest.raises(ValueError, match=r"MODEL\.WEIGHTS has no value"):
+        get_cfg().merge_from_list(["MODEL.WEIGHTS", "None"])

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
@@ -122,12 +123,14 @@ def import_user_module(spec: str) -> ModuleType:
         FileNotFoundError: no such ``.py`` file.
         ValueError: no such module (a module that imports a missing one keeps its own error).
     """
-    if spec.endswith(".py"):
+    if spec.lower().endswith(".py"):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--import {spec}: no such file")
         name = os.path.splitext(os.path.basename(path))[0]
-        module_spec = importlib.util.spec_from_file_location(name, path)
+        # An explicit loader: Python infers one from a lower-case .py only (not MODULE.PY).
+        loader = importlib.machinery.SourceFileLoader(name, path)
+        module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module

@@ -315,3 +315,12 @@ def test_a_key_without_a_value_is_a_clear_error(tmp_path) -> None:
         get_cfg().merge_from_file(str(tmp_path / "a.yaml"))
     with pytest.raises(ValueError, match=r"MODEL\.WEIGHTS has no value"):
         get_cfg().merge_from_list(["MODEL.WEIGHTS", "None"])
+
+
+def test_import_takes_a_python_file_whatever_the_case_of_its_extension(tmp_path) -> None:
+    from fima.engine.defaults import get_user_cfg
+
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "My_Keys.PY").write_text("def add_config(cfg):\n    cfg.MY_KEY = 3\n")
+    cfg = get_user_cfg(str(tmp_path / "base.yaml"), ["MY_KEY", "4"], [str(tmp_path / "My_Keys.PY")])
+    assert cfg.MY_KEY == 4

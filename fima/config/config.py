@@ -206,19 +206,44 @@ class CfgNode(_FvcoreCfgNode):
         except ValueError as err:
             raise ValueError(f"{err} (in {os.path.abspath(cfg_filename)})") from None
 
+    def _has_key(self, full_key: str) -> bool:
+        """Whether ``full_key`` (``SOLVER.BASE_LR``) names a key or section of this config."""
+        node: Any = self
+        for part in full_key.split("."):
+            if not isinstance(node, _FvcoreCfgNode) or part not in node:
+                return False
+            node = node[part]
+        return True
+
     def merge_from_list(self, cfg_list: list[str]) -> None:
         """Merge ``[KEY, VALUE, KEY, VALUE, ...]`` from the command line.
 
         Raises:
             ValueError: an option (``--resume``) where a key should be, which argparse left
-                among the overrides because it came after them; an odd number of items; or a
-                value of the wrong type.
+                among the overrides because it came after them; ``KEY=VALUE``; an odd number of
+                items; or a value of the wrong type.
             KeyError: a key that no default declares.
         """
         first = next((i for i in range(0, len(cfg_list), 2) if _is_option(cfg_list[i])), None)
         if first is not None:
             options = " ".join(item for item in cfg_list[first:] if _is_option(item))
             raise ValueError(f"options ({options}) must come before the KEY VALUE overrides")
+        # Where the keys are: every other item, or any item once the pairs are off.
+        keys = cfg_list[:: 1 + (len(cfg_list) % 2 == 0)]
+        written_with_equals = next(
+            (
+                item
+                for item in keys
+                if isinstance(item, str) and "=" in item and self._has_key(item.split("=")[0])
+            ),
+            None,
+        )
+        if written_with_equals is not None:
+            key, value = written_with_equals.split("=", 1)
+            raise ValueError(
+                f"{written_with_equals}: config overrides are KEY VALUE pairs separated by a "
+                f"space: {key} {value}"
+            )
         if len(cfg_list) % 2:
             raise ValueError(
                 f"Config overrides must be KEY VALUE pairs, got an odd number: {cfg_list}"

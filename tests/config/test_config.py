@@ -324,3 +324,18 @@ def test_import_takes_a_python_file_whatever_the_case_of_its_extension(tmp_path)
     (tmp_path / "My_Keys.PY").write_text("def add_config(cfg):\n    cfg.MY_KEY = 3\n")
     cfg = get_user_cfg(str(tmp_path / "base.yaml"), ["MY_KEY", "4"], [str(tmp_path / "My_Keys.PY")])
     assert cfg.MY_KEY == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["SOLVER.BASE_LR=0.1"], "SOLVER.BASE_LR=0.1: .* separated by a space: SOLVER.BASE_LR 0.1"),
+        (["SOLVER.BASE_LR=0.1", "OUTPUT_DIR=x"], "separated by a space: SOLVER.BASE_LR 0.1$"),
+    ],
+)
+def test_key_equals_value_overrides_say_how_to_write_them(overrides: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        get_cfg().merge_from_list(overrides)
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", "OUTPUT_DIR=b"])  # a value may hold '='
+    assert cfg.OUTPUT_DIR == "OUTPUT_DIR=b"

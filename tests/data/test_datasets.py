@@ -286,6 +286,9 @@ def test_missing_list_files_state_the_layout(tmp_path) -> None:
     cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": str(tmp_path / "none.csv")})
     with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: list file .*none.csv"):
         validate_cfg(cfg)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TRAIN": str(tmp_path)})
+    with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TRAIN: .* is a folder: name a list"):
+        validate_cfg(cfg)
 
 
 def test_video_list_class_indices_agree_for_any_configured_splits(tmp_path) -> None:

@@ -256,7 +256,10 @@ class VideoList(VideoDataset):
             require(
                 not path or os.path.isfile(os.path.expanduser(path)),
                 f"DATA.VIDEO_LIST.{key}",
-                f"list file {path!r} does not exist",
+                f"{path!r} is a folder: name a list file, or put the split's class folders in "
+                "DATA.ROOT/<split>/ and leave this key empty"
+                if os.path.isdir(os.path.expanduser(path))
+                else f"list file {path!r} does not exist",
             )
         # Training and evaluation read one split: one list file, not two.
         require(

@@ -29,11 +29,10 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
 
     yacs refuses ``SOLVER.BASE_LR 1`` or ``DENSE_WEIGHT: 0`` as a type mismatch; an integer is a
     float value written without its decimal point, so it is taken as one, also inside a tuple of
-    floats (``INPUT.CROP_SCALE (0, 1)``). Text given for a text key is that text, also where it
-    reads as a number (``OUTPUT_DIR 2024``). An empty or null value is refused (yacs would take
-    it for any key). yacs checks that a tuple is a tuple but not what it
-    holds: its elements must have the type of the default's elements. Anything else is left for
-    yacs's check.
+    floats (``INPUT.CROP_SCALE (0, 1)``). yacs checks that a tuple is a tuple but not what it
+    holds: its elements must have the type of the default's elements. Text given for a text key
+    is that text, also where it reads as a number (``OUTPUT_DIR 2024``). An empty or null value
+    is refused (yacs would take it for any key). Anything else is left for yacs's check.
 
     Raises:
         ValueError: a tuple element of another type than the default's, a single value for a

@@ -17,8 +17,9 @@ import torch
 
 def cache_root() -> str:
     """fima's cache folder (generated datasets, downloads): ``$FIMA_CACHE``, default
-    ``~/.cache/fima``."""
-    return os.path.expanduser(os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima")))
+    ``~/.cache/fima`` (also where it is set but empty, ``FIMA_CACHE=``, which would otherwise
+    put the cache in whatever folder a run starts from)."""
+    return os.path.expanduser(os.environ.get("FIMA_CACHE") or os.path.join("~", ".cache", "fima"))
 
 
 def available_cpus() -> int:

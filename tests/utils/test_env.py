@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fima.utils.env import (
+    cache_root,
     describe_cpu_model,
     describe_cpus,
     get_rng_state,
@@ -113,3 +114,10 @@ def test_describe_cpu_model_names_the_model_and_its_bf16_extensions(tmp_path) ->
     assert describe_cpu_model(str(tmp_path / "missing")) == (
         platform.processor() or platform.machine() or "unknown CPU"
     )
+
+
+def test_an_empty_fima_cache_is_the_default_cache(monkeypatch) -> None:
+    monkeypatch.setenv("FIMA_CACHE", "")
+    assert cache_root() == os.path.expanduser(os.path.join("~", ".cache", "fima"))
+    monkeypatch.setenv("FIMA_CACHE", "/data/cache")
+    assert cache_root() == "/data/cache"

@@ -45,9 +45,30 @@ from fima.utils.memory import retain_freed_memory
 logger = logging.getLogger(__name__)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that an option given after the ``KEY VALUE`` overrides, which
+    ``argparse.REMAINDER`` takes for overrides, is said to be misplaced: argparse would call
+    ``--config-file`` missing, or take ``--resume`` for a config key."""
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        misplaced = [
+            item
+            for item in getattr(namespace, "opts", None) or []
+            if item.split("=")[0] in self._option_string_actions
+        ]
+        if misplaced:
+            self.error(f"options ({' '.join(misplaced)}) must come before the KEY VALUE overrides")
+        if getattr(namespace, "config_file", "") is None:
+            self.error("the following arguments are required: --config-file")
+        return namespace, extras
+
+
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``tools/train_net.py`` (and of projects' entry points)."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         epilog=epilog
         or (
             "Examples:\n"
@@ -58,9 +79,8 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file", required=True, metavar="FILE", help="path to a config file"
-    )
+    # Required, but checked by _ArgumentParser: given after the overrides, it is misplaced.
+    parser.add_argument("--config-file", metavar="FILE", help="path to a config file (required)")
     parser.add_argument(
         "--resume",
         action="store_true",

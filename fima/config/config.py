@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import contextvars
 import os
+import re
 from typing import Any
 
 import yaml
@@ -11,6 +13,10 @@ from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from iopath.common.file_io import g_pathmgr
 
 BASE_KEY = "_BASE_"
+# The files whose _BASE_ chain is being loaded, outermost first (for errors and cycles).
+_LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "fima_config_loading", default=()
+)
 
 
 def _decoded(value: Any) -> Any:
@@ -86,24 +92,6 @@ def _coerce_mapping(defaults: _FvcoreCfgNode, loaded: dict, prefix: str = "") ->
     return out
 
 
-def _merge_into(loaded: dict, merged: dict, filename: str) -> None:
-    """Merge the mapping ``loaded`` of ``filename`` into ``merged`` (its bases' so far): its
-    values win, and its sections are merged key by key.
-
-    Raises:
-        ValueError: a section of the bases that ``filename`` sets to a single value.
-    """
-    for key, value in loaded.items():
-        if isinstance(value, dict) and key in merged:
-            if not isinstance(merged[key], dict):
-                raise ValueError(
-                    f"Config {filename}: {key} is a value in its _BASE_, not a section"
-                )
-            _merge_into(value, merged[key], filename)
-        else:
-            merged[key] = value
-
-
 def _is_option(item: object) -> bool:
     """Whether a command-line override is an option (``--resume``) rather than a config key."""
     return isinstance(item, str) and item.startswith("--")
@@ -123,9 +111,10 @@ class CfgNode(_FvcoreCfgNode):
         """``filename``'s YAML mapping merged onto those of its ``_BASE_`` files (one path or a
         list; relative to the file that names it unless absolute or a URL), loaded safely.
 
-        fvcore's loader, with errors that name the file at fault: a missing base names the
-        file whose ``_BASE_`` refers to it, a base that includes itself (directly or through
-        others) is refused with the cycle, and a YAML error gives the file, line and column.
+        fvcore's loader, which calls this method again for each base, with errors that name the
+        file at fault: a missing base names the file whose ``_BASE_`` refers to it, a base that
+        includes itself (directly or through others) is refused with the cycle, and a YAML
+        error gives the file, line and column.
 
         Raises:
             FileNotFoundError: the file or one of its bases does not exist.
@@ -135,32 +124,31 @@ class CfgNode(_FvcoreCfgNode):
         """
         if allow_unsafe:
             raise ValueError("fima loads YAML safely only; allow_unsafe=True is not supported")
-        return cls._load_with_bases(filename, ())
-
-    @classmethod
-    def _load_with_bases(cls, filename: str, chain: tuple[str, ...]) -> dict:
-        """:meth:`load_yaml_with_base` of ``filename``, which the files of ``chain`` include (the
-        first is the file that was asked for, the last names ``filename`` as its ``_BASE_``)."""
+        chain = _LOADING.get()
         key = filename if "://" in filename else os.path.realpath(filename)
         if key in chain:
             cycle = " -> ".join((*chain[chain.index(key) :], key))
             raise ValueError(f"Config {filename}: its _BASE_ chain includes it again: {cycle}")
-        content = cls._read_yaml(filename, chain[-1] if chain else None)
-        given = content.pop(BASE_KEY, [])
+        # Read once here for errors that name the file and its referrer; fvcore reads it again
+        # (configs are a few hundred bytes) and does the inheritance.
+        given = cls._read_yaml(filename, chain[-1] if chain else None).get(BASE_KEY, [])
         bases = given if isinstance(given, list) else [given]
         if not all(isinstance(base, str) and base for base in bases):
             raise ValueError(
                 f"Config {filename}: _BASE_ must be a config file path or a list of them, "
                 f"got {given!r}"
             )
-        merged: dict = {}
-        for base in bases:
-            base = os.path.expanduser(base)
-            if not base.startswith("/") and "://" not in base:
-                base = os.path.join(os.path.dirname(filename), base)
-            _merge_into(cls._load_with_bases(base, (*chain, key)), merged, base)
-        _merge_into(content, merged, filename)
-        return merged
+        token = _LOADING.set((*chain, key))
+        try:
+            return super().load_yaml_with_base(filename, allow_unsafe=False)
+        except AssertionError as err:
+            # fvcore's "Cannot inherit key 'X' from base!": this file sets a section of its
+            # bases to a value. A base's own such error was said at its level already.
+            found = re.search(r"key '(.+)'", str(err))
+            problem = f"{found[1]} is a value in its _BASE_, not a section" if found else err
+            raise ValueError(f"Config {filename}: {problem}") from None
+        finally:
+            _LOADING.reset(token)
 
     @classmethod
     def _read_yaml(cls, filename: str, included_by: str | None) -> dict:

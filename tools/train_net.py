@@ -27,8 +27,14 @@ from fima.config import CfgNode, ConfigError
 from fima.data.bad_videos import TooManyBadVideosError
 from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from fima.engine.defaults import get_user_cfg, resolve_device, usage_error, usage_errors
-from fima.engine.launch import check_launch_arguments, resolve_backend
+from fima.engine.defaults import (
+    check_before_launch,
+    get_user_cfg,
+    resolve_device,
+    usage_error,
+    usage_errors,
+)
+from fima.engine.launch import check_launch_arguments, launched_by_torchrun, resolve_backend
 from fima.evaluation import summary_table, write_results
 from fima.evaluation.evaluator import check_evaluator
 from fima.model_zoo import DownloadError
@@ -136,6 +142,10 @@ if __name__ == "__main__":
         check_launch_arguments(
             args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.dist_timeout
         )
+    if args.num_gpus > 1 and not launched_by_torchrun():
+        # The processes about to be spawned would each say what is wrong with the config.
+        with usage_errors(PROG):
+            check_before_launch(args, args.num_gpus * args.num_machines, args.machine_rank == 0)
     launch(
         main,
         args.num_gpus,

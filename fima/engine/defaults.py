@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
@@ -45,9 +46,30 @@ from fima.utils.visualization import check_visualizable
 logger = logging.getLogger(__name__)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that an option given after the ``KEY VALUE`` overrides, which
+    ``argparse.REMAINDER`` takes for overrides, is said to be misplaced: argparse would call
+    ``--config-file`` missing, or take ``--resume`` for a config key."""
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        misplaced = [
+            item
+            for item in getattr(namespace, "opts", None) or []
+            if item.split("=")[0] in self._option_string_actions
+        ]
+        if misplaced:
+            self.error(f"options ({' '.join(misplaced)}) must come before the KEY VALUE overrides")
+        if getattr(namespace, "config_file", "") is None:
+            self.error("the following arguments are required: --config-file")
+        return namespace, extras
+
+
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``tools/train_net.py`` (and of projects' entry points)."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         epilog=epilog
         or (
             "Examples:\n"
@@ -58,9 +80,8 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file", required=True, metavar="FILE", help="path to a config file"
-    )
+    # Required, but checked by _ArgumentParser: given after the overrides, it is misplaced.
+    parser.add_argument("--config-file", metavar="FILE", help="path to a config file (required)")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -123,12 +144,14 @@ def import_user_module(spec: str) -> ModuleType:
         FileNotFoundError: no such ``.py`` file.
         ValueError: no such module (a module that imports a missing one keeps its own error).
     """
-    if spec.endswith(".py"):
+    if spec.lower().endswith(".py"):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--import {spec}: no such file")
         name = os.path.splitext(os.path.basename(path))[0]
-        module_spec = importlib.util.spec_from_file_location(name, path)
+        # An explicit loader: Python infers one from a lower-case .py only (not MODULE.PY).
+        loader = importlib.machinery.SourceFileLoader(name, path)
+        module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
@@ -242,6 +265,69 @@ def _previous_run_files(output_dir: str) -> list[str]:
     )
 
 
+def check_run(
+    cfg: CfgNode,
+    args: argparse.Namespace | None,
+    world_size: int,
+    previous: list[str] | None,
+) -> None:
+    """What :func:`default_setup` checks before it writes anything: the config
+    (:func:`validate_cfg`; resuming a run of OUTPUT_DIR does not read ``MODEL.WEIGHTS``, which
+    may be gone since), and that a run which does not resume overwrites no other run.
+
+    Args:
+        previous: the files of OUTPUT_DIR that a new run would overwrite
+            (:func:`_previous_run_files`); None where they are not known (a machine other than
+            the first, before launch), which checks neither against them.
+
+    Raises:
+        ConfigError: the config is invalid (the message names the key).
+        FileExistsError: OUTPUT_DIR holds another run's checkpoints and neither ``--resume``
+            nor ``--eval-only`` was given.
+    """
+    checked = cfg
+    if args is not None and args.resume and (previous is None or previous):
+        checked = cfg.clone()
+        checked.defrost()
+        checked.MODEL.WEIGHTS = ""
+    validate_cfg(checked, world_size)
+    resuming = args is not None and (args.resume or args.eval_only)
+    if not resuming and previous:
+        raise FileExistsError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a run ({', '.join(previous[:3])}). Pass "
+            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
+            "overwritten."
+        )
+
+
+def check_before_launch(args: argparse.Namespace, world_size: int, first_machine: bool) -> None:
+    """Check the config and command line of a run of ``world_size`` processes in the process
+    that launches them, before it spawns any: a bad setting is then said once, not once by
+    every rank. The ranks check again in :func:`default_setup`, with their process group (what
+    depends on its backend is checked there only). The warnings of the checks are left to the
+    ranks' logs.
+
+    Args:
+        args: the command line (``config_file``, ``opts``, ``imports``, ``resume``,
+            ``eval_only``).
+        world_size: the processes of the whole run.
+        first_machine: whether this machine runs rank 0, which decides whether OUTPUT_DIR
+            holds a run (other machines may not see it).
+
+    Raises:
+        As :func:`get_user_cfg` and :func:`check_run`.
+    """
+    quiet = logging.NullHandler()
+    fima_logger = logging.getLogger("fima")
+    fima_logger.addHandler(quiet)
+    try:
+        cfg = get_user_cfg(args.config_file, args.opts, args.imports)
+        previous = _previous_run_files(cfg.OUTPUT_DIR) if first_machine else None
+        check_run(cfg, args, world_size, previous)
+    finally:
+        fima_logger.removeHandler(quiet)
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
     ``cfg``. An invalid config leaves nothing on disk.
@@ -270,13 +356,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     previous = comm.broadcast_object(
         _previous_run_files(output_dir) if comm.is_main_process() else None
     )
-    checked = cfg
-    if args is not None and args.resume and previous:
-        # Resuming reads OUTPUT_DIR's checkpoints, not MODEL.WEIGHTS, which may be gone since.
-        checked = cfg.clone()
-        checked.MODEL.WEIGHTS = ""
     try:
-        validate_cfg(checked, comm.get_world_size())
+        check_run(cfg, args, comm.get_world_size(), previous)
     finally:
         fima_logger.removeHandler(held)
     if comm.is_main_process():
@@ -304,13 +385,6 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    resuming = args is not None and (args.resume or args.eval_only)
-    if not resuming and previous:
-        raise FileExistsError(
-            f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(previous[:3])}). Pass "
-            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
-            "overwritten."
-        )
     text = cfg.dump()
     # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
     # an earlier run (an --eval-only of other weights, the final evaluation of the training run
@@ -486,6 +560,17 @@ class DefaultTrainer(SimpleTrainer):
                     self.max_iter,
                 )
             return
+        if resume:
+            # Not an error: a job restarted after preemption passes --resume from its first
+            # start. But a mistyped OUTPUT_DIR would silently start over, so it is said.
+            start = (
+                f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}" if self.cfg.MODEL.WEIGHTS else "scratch"
+            )
+            logger.warning(
+                "--resume: OUTPUT_DIR %s holds no checkpoint; this run starts from %s",
+                self.cfg.OUTPUT_DIR,
+                start,
+            )
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
             self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])

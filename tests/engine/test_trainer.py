@@ -669,3 +669,17 @@ def test_steps_beyond_the_run_are_announced(caplog) -> None:
     caplog.clear()
     schedule((4, 8, 10))  # a step at the very end changes nothing, and is not warned about
     assert "SOLVER.STEPS" not in caplog.text
+
+
+def test_resume_without_a_checkpoint_says_the_run_starts_over(tmp_path, caplog) -> None:
+    """A mistyped OUTPUT_DIR with --resume must not start over silently."""
+    cfg = tiny_cfg(str(tmp_path / "fresh"))
+    cfg.freeze()
+    trainer = DefaultTrainer(cfg)
+    with caplog.at_level("WARNING", logger="fima.engine.defaults"):
+        trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 0
+    assert any(
+        "--resume: OUTPUT_DIR" in r.getMessage() and "starts from scratch" in r.getMessage()
+        for r in caplog.records
+    )

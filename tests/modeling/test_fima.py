@@ -349,6 +349,13 @@ def test_config_errors_name_the_key() -> None:
         "MODEL.PROJECTOR.NAME": ("Projection", "No head named 'Projection'"),
         "MODEL.MOTION_DECODER.NAME": ("Decoder", "No head named 'Decoder'"),
     }
+    # A head of another kind: one line naming the key, not a traceback from the first step.
+    for key, value, message in (
+        ("MODEL.PROJECTOR.NAME", "LinearClassifier", "a classifier head, not a projector head"),
+        ("MODEL.MOTION_DECODER.NAME", "ProjectionHead", "a projector head, not a motion decoder"),
+    ):
+        with pytest.raises(ConfigError, match=f"{key}: {value} is {message}"):
+            validate_cfg(tiny_cfg(**{**FIMA_TINY, key: value}))
     for key, (value, message) in cases.items():
         cfg = tiny_cfg(**{**FIMA_TINY, key: value})
         with pytest.raises(ConfigError, match=f"{key}: .*{message}"):

@@ -158,10 +158,13 @@ def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_
         "3",
     )
     assert result.returncode == 2
+    # Said once, by the launcher before it spawns the processes, not once by each of them.
+    assert result.stderr.count("error:") == 1
     assert "SOLVER.IMS_PER_BATCH: 3 must be divisible by the number of processes (2)" in (
         result.stderr
     )
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "Terminating process" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

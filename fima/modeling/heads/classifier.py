@@ -27,6 +27,8 @@ class LinearClassifier(nn.Module):
     layer to ``MODEL.CLASSIFIER.NUM_CLASSES`` scores. The layer starts at N(0, 0.01) weights and
     zero bias, as in the reference's evaluation code."""
 
+    HEAD_KIND = "classifier"
+
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
         num_classes = cfg.MODEL.CLASSIFIER.NUM_CLASSES

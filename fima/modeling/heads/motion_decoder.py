@@ -111,6 +111,8 @@ class MotionDecoder(nn.Module):
     Nothing is fixed to a grid or a length: ``T'``, ``H`` and ``W`` come from the input.
     """
 
+    HEAD_KIND = "motion decoder"
+
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
         dec = cfg.MODEL.MOTION_DECODER

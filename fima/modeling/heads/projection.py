@@ -18,6 +18,8 @@ class ProjectionHead(nn.Module):
     of a feature map (dense embeddings), :meth:`embed` the globally pooled feature.
     """
 
+    HEAD_KIND = "projector"
+
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
         hidden, out = cfg.MODEL.PROJECTOR.HIDDEN_DIM, cfg.MODEL.PROJECTOR.OUT_DIM

@@ -124,9 +124,10 @@ class MoCo(SSLMethod):
         require_head(
             "MODEL.PROJECTOR.NAME",
             cfg.MODEL.PROJECTOR.NAME,
-            cls.PROJECTOR_METHODS,
-            f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} (ProjectionHead is "
-            "the example)",
+            "projector",
+            methods=cls.PROJECTOR_METHODS,
+            interface=f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} "
+            "(ProjectionHead is the example)",
         )
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]

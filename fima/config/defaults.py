@@ -27,6 +27,10 @@ _C.MODEL.SPLIT_BN_GROUPS = 1
 # True: SyncBatchNorm over all ranks (GPUs only; no shuffle is needed then). Excludes
 # SPLIT_BN_GROUPS > 1.
 _C.MODEL.SYNC_BN = False
+# DistributedDataParallel's find_unused_parameters: True for a model with parameters that some
+# steps leave without a gradient (a backbone's unused classifier, a branch a method skips). Off by
+# default: finding them costs a traversal of the autograd graph every step.
+_C.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
 
 _C.MODEL.BACKBONE = CN()
 # A name in BACKBONE_REGISTRY (I3D, R2Plus1D18, R3D18, Tiny3D, or your own).

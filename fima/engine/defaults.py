@@ -469,7 +469,11 @@ class DefaultTrainer(SimpleTrainer):
         amp, amp_dtype = resolve_amp(cfg.SOLVER.AMP, self.device.type)
         logger.info("Precision: %s", describe_amp(cfg.SOLVER.AMP, self.device.type))
         super().__init__(
-            create_ddp_model(method, self.device),
+            create_ddp_model(
+                method,
+                self.device,
+                find_unused_parameters=cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS,
+            ),
             data_loader,
             optimizer,
             amp=amp,
@@ -510,6 +514,22 @@ class DefaultTrainer(SimpleTrainer):
         return {}
 
     # -- checkpoint state ------------------------------------------------------------------------
+    def run_step(self) -> None:
+        """:meth:`SimpleTrainer.run_step`, with the config key to set when DDP finds parameters
+        that got no gradient (its own message names a constructor argument the user does not
+        call)."""
+        try:
+            super().run_step()
+        except RuntimeError as err:
+            if "find_unused_parameters" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{self.cfg.MODEL.META_ARCHITECTURE}: some parameters got no gradient in the "
+                "last step, which DistributedDataParallel cannot reduce; set "
+                "MODEL.DDP_FIND_UNUSED_PARAMETERS True, or leave unused modules out of the "
+                "model (DDP's own message follows)"
+            ) from err
+
     def rank_state_dict(self) -> dict[str, Any]:
         """What differs between ranks: the RNG states and the BatchNorm running statistics
         (each rank keeps its own; the model's state holds rank 0's). The checkpointer gathers

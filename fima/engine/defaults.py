@@ -138,7 +138,9 @@ def import_user_module(spec: str) -> ModuleType:
     """Import a dotted module name or a ``.py`` file path (``--import``).
 
     A module name is looked up on the Python path, then in the working directory (Python puts
-    a script's folder on the path, not the working directory, where a user's module lies).
+    a script's folder on the path, not the working directory, where a user's module lies). A
+    ``.py`` file may import the modules beside it, as a script run by ``python file.py`` can:
+    its folder is added to the end of the path.
 
     Raises:
         FileNotFoundError: no such ``.py`` file.
@@ -149,6 +151,8 @@ def import_user_module(spec: str) -> ModuleType:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--import {spec}: no such file")
         name = os.path.splitext(os.path.basename(path))[0]
+        # Last, like the working directory below: a sibling never shadows an installed module.
+        _append_to_path(os.path.dirname(path))
         # An explicit loader: Python infers one from a lower-case .py only (not MODULE.PY).
         loader = importlib.machinery.SourceFileLoader(name, path)
         module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
@@ -158,8 +162,8 @@ def import_user_module(spec: str) -> ModuleType:
         module_spec.loader.exec_module(module)
         return module
     # Last, so that a file in the working directory never shadows an installed module.
-    if os.getcwd() not in sys.path and os.curdir not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
+    if os.curdir not in sys.path and "" not in sys.path:
+        _append_to_path(os.getcwd())
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as err:
@@ -169,6 +173,12 @@ def import_user_module(spec: str) -> ModuleType:
             f"--import {spec}: no module named {err.name!r} on the Python path or in the working "
             "directory (give a module name importable from there, or the path of a .py file)"
         ) from None
+
+
+def _append_to_path(folder: str) -> None:
+    """Put ``folder`` at the end of ``sys.path`` unless it is on it already."""
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def get_user_cfg(

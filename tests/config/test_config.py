@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import torch
@@ -339,3 +340,21 @@ def test_key_equals_value_overrides_say_how_to_write_them(overrides: list, messa
     cfg = get_cfg()
     cfg.merge_from_list(["OUTPUT_DIR", "OUTPUT_DIR=b"])  # a value may hold '='
     assert cfg.OUTPUT_DIR == "OUTPUT_DIR=b"
+
+
+def test_an_imported_python_file_imports_the_modules_beside_it(tmp_path, monkeypatch) -> None:
+    # As `python file.py` would: a project's entry file importing its own helpers module.
+    from fima.engine.defaults import get_user_cfg
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    project = tmp_path / "my_project"
+    project.mkdir()
+    (project / "my_project_keys_helper.py").write_text("DEFAULT = 7\n")
+    (project / "entry.py").write_text(
+        "import my_project_keys_helper\n\n\n"
+        "def add_config(cfg):\n    cfg.SIBLING_KEY = my_project_keys_helper.DEFAULT\n"
+    )
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    cfg = get_user_cfg(str(tmp_path / "base.yaml"), [], [str(project / "entry.py")])
+    assert cfg.SIBLING_KEY == 7
+    assert sys.path[-1] == str(project)  # last: a sibling never shadows an installed module

@@ -397,7 +397,16 @@ class Checkpointer(_FvcoreCheckpointer):
             logger.info("No checkpoint given: the model keeps its initialisation")
             return {}
         logger.info("Loading %s", path)
-        checkpoint = self._load_file(path)
+        return self._load_weights(self._load_file(path), path, checkpointables, evaluation)
+
+    def _load_weights(
+        self,
+        checkpoint: dict[str, Any],
+        path: str,
+        checkpointables: list[str] | None,
+        evaluation: bool,
+    ) -> dict[str, Any]:
+        """:meth:`load` of the already read ``checkpoint`` of file ``path``."""
         load_model_state(self.model, checkpoint.pop("model"), path, evaluation=evaluation)
         for key in self.checkpointables if checkpointables is None else checkpointables:
             if key in checkpoint:
@@ -436,16 +445,26 @@ class Checkpointer(_FvcoreCheckpointer):
             logger.info("Removed unfinished writes of an earlier run: %s", ", ".join(removed))
         return removed
 
-    def newest_readable_file(self) -> str | None:
-        """The newest checkpoint file of ``save_dir`` that can be read, falling back past
-        unreadable ones as :meth:`resume` does (each logged); None when there is none.
+    def load_newest(self, *, evaluation: bool = False) -> str | None:
+        """Load the model weights alone from the newest checkpoint file of ``save_dir`` that can
+        be read, falling back past unreadable ones as :meth:`resume` does (each logged), as
+        :meth:`load` with ``checkpointables=[]`` (``--eval-only --resume``). The file is read
+        once.
+
+        Returns:
+            The file loaded, or None when ``save_dir`` holds no checkpoint.
 
         Raises:
             CheckpointReadError: checkpoints exist but none can be read.
+            CheckpointMismatchError: the file does not fit the model.
         """
-        _, path, error = self._newest_readable()
+        checkpoint, path, error = self._newest_readable()
         if error is not None:
             raise CheckpointReadError(error)
+        if checkpoint is None or path is None:
+            return None
+        logger.info("Loading %s, the newest checkpoint of %s", path, self.save_dir)
+        self._load_weights(checkpoint, path, [], evaluation)
         return path
 
     def _newest_readable(self) -> tuple[dict[str, Any] | None, str | None, str | None]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib
 import importlib.machinery
 import importlib.util
@@ -32,6 +31,7 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.evaluation.evaluator import check_evaluator
+from fima.evaluation.results import begin_reports
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -249,8 +249,10 @@ def _preserve_previous_config(path: str, new_text: str) -> None:
     with open(path) as f:
         if f.read() == new_text:
             return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
-    os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
+    # set_aside, not a rename to the name of that second: two configs set aside within one
+    # second would keep only the second.
+    kept = set_aside(path)
+    logger.info("The earlier config of %s is kept in %s", os.path.dirname(path), kept)
 
 
 def _previous_run_files(output_dir: str) -> list[str]:
@@ -333,9 +335,11 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
-    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used. An earlier run's
-    evaluation reports (``OUTPUT_DIR/inference``) are kept as ``inference.<time>``, unless
-    this run resumes the training run that wrote them.
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used; an ``--eval-only``
+    run (``args.eval_only``) saves it later, once its weights are loaded (:func:`save_config`).
+    An earlier run's evaluation reports (``OUTPUT_DIR/inference``) are kept as
+    ``inference.<time>`` when this run writes its first one, unless this run resumes the
+    training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
 
     Raises:
         ConfigError: the config is invalid (the message names the key).
@@ -385,24 +389,32 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    text = cfg.dump()
     # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
     # an earlier run (an --eval-only of other weights, the final evaluation of the training run
-    # that a --eval-only now follows) are kept beside the new ones. A resumed training run's
-    # reports are its own.
-    continuing = args is not None and args.resume and not args.eval_only
-    if comm.is_main_process() and not continuing:
-        kept = set_aside(os.path.join(output_dir, "inference"))
-        if kept is not None:
-            logger.info("The earlier evaluation reports of inference/ are kept in %s", kept)
-    if comm.is_main_process():
-        path = os.path.join(output_dir, "config.yaml")
-        _preserve_previous_config(path, text)
-        atomic_write(path, lambda f: f.write(text), mode="w")
-        logger.info("Full config saved to %s", path)
+    # that a --eval-only now follows) are set aside when this run writes its first report, so
+    # that a run that stops before evaluating moves nothing.
+    eval_only = args is not None and args.eval_only
+    resumed = args is not None and args.resume
+    begin_reports(output_dir, "evaluation" if eval_only else "training", resumed)
+    # An --eval-only run's config is saved once its weights are loaded (save_config), so that
+    # one that cannot start leaves the config.yaml of the run it evaluates in place.
+    if not eval_only:
+        save_config(cfg)
     seed_all_rng(cfg.SEED + rank)
     cfg.freeze()
     return cfg
+
+
+def save_config(cfg: CfgNode) -> str:
+    """Write ``OUTPUT_DIR/config.yaml`` (main process); a differing one of an earlier run is kept
+    as ``config.<time>.yaml``. Returns its path."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if comm.is_main_process():
+        text = cfg.dump()
+        _preserve_previous_config(path, text)
+        atomic_write(path, lambda f: f.write(text), mode="w")
+        logger.info("Full config saved to %s", path)
+    return path
 
 
 def resolve_device(cfg: CfgNode) -> torch.device:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from unittest import mock
 
 import pytest
 import torch
@@ -98,8 +99,15 @@ def test_truncated_newest_falls_back_with_a_warning_naming_it(tmp_path, caplog) 
         extra = _checkpointer(tmp_path).resume()
     assert extra["iteration"] == 1
     assert f"Cannot read checkpoint {newest}" in caplog.text
-    # --eval-only --resume evaluates the same file as resuming would train from.
-    assert _checkpointer(tmp_path).newest_readable_file() == str(tmp_path / "model_0000001.pth")
+    # --eval-only --resume evaluates the same file as resuming would train from, reading it
+    # once (it read the chosen file a second time to load it: twice a large checkpoint).
+    evaluated = nn.Linear(3, 2)
+    with mock.patch("torch.load", wraps=torch.load) as load:
+        chosen = _checkpointer(tmp_path, evaluated).load_newest(evaluation=True)
+    assert chosen == str(tmp_path / "model_0000001.pth")
+    assert [call.args[0] for call in load.call_args_list] == [str(newest), chosen]
+    assert torch.allclose(evaluated.weight, model.weight - 1)
+    assert _checkpointer(tmp_path / "empty").load_newest() is None
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
@@ -110,7 +118,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="None of the checkpoints"):
         checkpointer.resume()
     with pytest.raises(CheckpointReadError, match="None of the checkpoints"):
-        checkpointer.newest_readable_file()
+        checkpointer.load_newest()
 
 
 def test_checkpoint_of_another_model_config_lists_the_mismatched_keys(tmp_path) -> None:

@@ -312,6 +312,22 @@ def test_default_setup_validates_before_it_writes_anything(tmp_path) -> None:
     assert "MODEL.SPLIT_BN_GROUPS is 1 in a single process" in (out / "log.txt").read_text()
 
 
+def test_configs_replaced_within_one_second_are_all_kept(tmp_path) -> None:
+    """config.yaml of an earlier run was renamed to config.<its second>.yaml, replacing one of
+    that second already there: of three runs started within one second, the first's config was
+    lost."""
+    out = tmp_path / "out"
+    stamp = 1_796_000_000
+    for seed in (1, 2, 3):
+        default_setup(
+            tiny_cfg(str(out), SEED=seed), argparse.Namespace(resume=True, eval_only=False)
+        )
+        os.utime(out / "config.yaml", (stamp, stamp))
+    kept = [path.read_text() for path in out.glob("config.*.yaml")]
+    assert sorted(seed for seed in (1, 2) for text in kept if f"SEED: {seed}\n" in text) == [1, 2]
+    assert "SEED: 3" in (out / "config.yaml").read_text()
+
+
 def test_float16_needs_a_gpu_and_is_validated() -> None:
     model = ToyModel()
     with pytest.raises(ValueError, match="float16 mixed precision needs a GPU"):

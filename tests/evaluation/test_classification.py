@@ -159,14 +159,29 @@ def test_an_evaluation_keeps_the_reports_of_the_run_before_it(tmp_path) -> None:
     # Resuming the training run: its reports are its own, and stay where they are.
     default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
     assert report.read_text() == written and not list(out.glob("inference.*"))
-    # --eval-only with other test views: the run's reports are kept beside the new ones.
+    # --eval-only with other test views: the run's reports are kept beside the new ones, once
+    # the evaluation writes its own (not before: an --eval-only that stops early moves nothing).
     evaluation = classifier_cfg(str(out), **{"TEST.NUM_CLIPS": 1})
     evaluation = default_setup(evaluation, argparse.Namespace(resume=False, eval_only=True))
-    (kept,) = out.glob("inference.*")
-    assert (kept / "test" / "classification.json").read_text() == written
-    assert (kept / "test" / "confusion_matrix.png").is_file()
+    assert report.read_text() == written and not list(out.glob("inference.*"))
     model = build_model(evaluation)
     Checkpointer(model, str(out)).load(str(out / "model_final.pth"))
     DefaultTrainer.test(evaluation, model, ClassificationEvaluator(evaluation, "test", "test"))
     assert json.loads(report.read_text())["num_clips"] == 1
+    (kept,) = out.glob("inference.*")
     assert (kept / "test" / "classification.json").read_text() == written
+    assert (kept / "test" / "confusion_matrix.png").is_file()
+    # Resuming the training run after that evaluation: the evaluation's reports are not the
+    # training run's, and are kept when it evaluates (they were overwritten).
+    evaluated = report.read_text()
+    resumed = default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
+    DefaultTrainer.test(resumed, model, ClassificationEvaluator(resumed, "test", "test"))
+    assert json.loads(report.read_text())["num_clips"] == 2
+    kept_evaluation = set(out.glob("inference.*")) - {kept}
+    assert [(k / "test" / "classification.json").read_text() for k in kept_evaluation] == [
+        evaluated
+    ]
+    # Resumed once more: now the reports are the training run's own, rewritten in place.
+    again = default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
+    DefaultTrainer.test(again, model, ClassificationEvaluator(again, "test", "test"))
+    assert len(list(out.glob("inference.*"))) == 2

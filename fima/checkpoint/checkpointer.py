@@ -306,15 +306,22 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Any, mode: str = "wb") -> None:
+def atomic_write(path: str, write: Any, mode: str = "wb", tag: str = "") -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it to ``path``.
 
     Readers see the old file or the complete new one, never a partial file, whenever the
-    process is killed.
+    process is killed; a kill leaves the temp file ``.<name>.[<tag>.]<random>.tmp``.
+
+    Args:
+        path: the file to write.
+        write: called with the open temp file.
+        mode: the temp file's open mode.
+        tag: put in the temp file's name (say, which process writes it).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    prefix = f".{os.path.basename(path)}." + (f"{tag}." if tag else "")
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:

@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -330,6 +331,23 @@ def check_before_launch(args: argparse.Namespace, world_size: int, first_machine
         fima_logger.removeHandler(quiet)
 
 
+def _output_dir_problem(output_dir: str) -> str | None:
+    """Create ``output_dir``; say why it cannot hold a run's files, or None when it can."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return f"OUTPUT_DIR: {output_dir} is a file, not a folder; set OUTPUT_DIR to a folder"
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        # A folder that exists on a read-only file system, or of another user.
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        return (
+            f"OUTPUT_DIR: cannot write to {output_dir} ({err.strerror or err}); set OUTPUT_DIR "
+            "to a folder you can write"
+        )
+    return None
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
     ``cfg``. An invalid config leaves nothing on disk.
@@ -342,7 +360,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
 
     Raises:
-        ConfigError: the config is invalid (the message names the key).
+        ConfigError: the config is invalid (the message names the key), or OUTPUT_DIR cannot
+            be created or written.
         FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
             given (starting over would overwrite them).
     """
@@ -364,9 +383,12 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         check_run(cfg, args, comm.get_world_size(), previous)
     finally:
         fima_logger.removeHandler(held)
-    if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-    comm.synchronize()
+    # Rank 0 creates it; every rank stops with its one line if it cannot.
+    problem = comm.broadcast_object(
+        _output_dir_problem(output_dir) if comm.is_main_process() else None
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     setup_logger(output_dir, distributed_rank=rank, name="fima")
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     for handler in fima_logger.handlers:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import tempfile
 from unittest import mock
 
 import pytest
@@ -310,6 +312,26 @@ def test_default_setup_validates_before_it_writes_anything(tmp_path) -> None:
         default_setup(tiny_cfg(""), args)
     default_setup(tiny_cfg(str(out)), args)  # MoCo in one process, no SPLIT_BN_GROUPS: a warning
     assert "MODEL.SPLIT_BN_GROUPS is 1 in a single process" in (out / "log.txt").read_text()
+
+
+def test_an_output_dir_that_cannot_be_written_is_a_config_error(tmp_path, monkeypatch) -> None:
+    """OUTPUT_DIR that is a file, below a file, or on a read-only file system: tools/train_net.py
+    printed '[Errno 17] File exists' or an OSError traceback from os.makedirs or logging."""
+    args = argparse.Namespace(resume=False, eval_only=False)
+    (tmp_path / "file").write_text("the user's\n")
+    with pytest.raises(ConfigError, match=r"OUTPUT_DIR: .*/file is a file, not a folder"):
+        default_setup(tiny_cfg(str(tmp_path / "file")), args)
+    with pytest.raises(ConfigError, match=r"OUTPUT_DIR: cannot write to .*/file/out \(Not a"):
+        default_setup(tiny_cfg(str(tmp_path / "file" / "out")), args)
+    assert (tmp_path / "file").read_text() == "the user's\n"
+    (tmp_path / "read_only").mkdir()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ConfigError, match=r"cannot write to .*read_only \(Read-only file system"):
+        default_setup(tiny_cfg(str(tmp_path / "read_only")), args)
 
 
 def test_configs_replaced_within_one_second_are_all_kept(tmp_path) -> None:

@@ -20,10 +20,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -61,8 +63,15 @@ class CheckpointReadError(ValueError):
     """A file that cannot be read as a checkpoint; the message names it and says why."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, say); the message names it, says
+    why, and which checkpoint is intact."""
+
+
 # How many keys of each kind a mismatch message shows before it gives their count.
 _SHOWN_KEYS = 5
+# A write that failed with less free space than this left on its disk failed for want of it.
+_FULL_BELOW_BYTES = 1 << 20
 # What a mismatch message suggests, when resuming and for MODEL.WEIGHTS.
 _RESUME_ADVICE = (
     "Was it made with another config? Resume with that config, or give another OUTPUT_DIR"
@@ -330,10 +339,28 @@ def atomic_write(path: str, write: Any, mode: str = "wb", tag: str = "") -> None
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(directory)
-    except BaseException:
+    except BaseException as err:
+        # Asked while the temp file still holds its space.
+        full = isinstance(err, Exception) and _disk_full(err, directory)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from err
         raise
+
+
+def _disk_full(err: BaseException, directory: str) -> bool:
+    """Whether ``err``, raised while writing into ``directory``, comes of a full disk (or quota):
+    torch.save reports a short write as a RuntimeError ('unexpected pos ...'), without errno."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    try:
+        return shutil.disk_usage(directory).free < _FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 class Checkpointer(_FvcoreCheckpointer):
@@ -369,7 +396,19 @@ class Checkpointer(_FvcoreCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_write(path, lambda f: torch.save(data, f))
+        try:
+            atomic_write(path, lambda f: torch.save(data, f))
+        except OSError as err:
+            intact = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            raise CheckpointWriteError(
+                f"Cannot write checkpoint {path}: {err.strerror or err}; "
+                + (
+                    f"the newest checkpoint, {intact}, is intact: make room, then continue with "
+                    "--resume"
+                    if intact
+                    else "there is no earlier checkpoint: make room and start again"
+                )
+            ) from err
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:

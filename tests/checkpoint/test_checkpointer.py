@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 from unittest import mock
 
@@ -16,6 +17,7 @@ from fima.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
     CheckpointReadError,
+    CheckpointWriteError,
     atomic_write,
 )
 from fima.engine.hooks import PeriodicCheckpointer
@@ -171,3 +173,36 @@ def test_periodic_checkpointer_keeps_the_newest_and_the_final(tmp_path) -> None:
     names = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
     assert names == ["model_0000007.pth", "model_0000009.pth", "model_final.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_one_intact(tmp_path, monkeypatch) -> None:
+    """A checkpoint written onto a full disk stopped the run with torch's
+    'RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 404864 vs 404752'
+    (torch.save reports the short write without errno)."""
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.save("model_0000001", iteration=1)
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save = torch.save
+
+    def short_write(obj: object, f) -> None:
+        f.write(b"part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20 vs 8")
+
+    free = {"bytes": 10 << 30}
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=free["bytes"]))
+    # Not for want of space: torch's error as it is.
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        checkpointer.save("model_0000003", iteration=3)
+    free["bytes"] = 4096
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpointer.save("model_0000003", iteration=3)
+    assert str(info.value) == (
+        f"Cannot write checkpoint {tmp_path / 'model_0000003.pth'}: No space left on device; "
+        f"the newest checkpoint, {tmp_path / 'model_0000001.pth'}, is intact: make room, then "
+        "continue with --resume"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _checkpointer(tmp_path).resume()["iteration"] == 1

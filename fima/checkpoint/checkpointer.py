@@ -476,6 +476,15 @@ class Checkpointer(_FvcoreCheckpointer):
         if pointed in ordered:
             ordered.remove(pointed)
             ordered.insert(0, pointed)
+        elif os.path.basename(pointed):  # moved or deleted since: another is taken, or none
+            logger.warning(
+                "last_checkpoint in %s names %s, which is not there; %s",
+                self.save_dir,
+                os.path.basename(pointed),
+                f"taking the newest checkpoint there, {ordered[0]}"
+                if ordered
+                else "there is no checkpoint to continue from",
+            )
         return ordered
 
     def remove_stale_temp_files(self) -> list[str]:

@@ -206,3 +206,23 @@ def test_a_full_disk_names_the_checkpoint_and_the_one_intact(tmp_path, monkeypat
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
     monkeypatch.setattr(torch, "save", real_save)
     assert _checkpointer(tmp_path).resume()["iteration"] == 1
+
+
+def test_a_pointer_to_a_missing_checkpoint_is_warned_about(tmp_path, caplog) -> None:
+    """last_checkpoint naming a checkpoint that was moved or deleted: --resume silently took an
+    older one, or trained from iteration 0 when none was left."""
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.save("model_0000001", iteration=1)
+    checkpointer.save("model_0000003", iteration=3)
+    os.unlink(tmp_path / "model_0000003.pth")
+    with caplog.at_level(logging.WARNING):
+        assert _checkpointer(tmp_path).resume()["iteration"] == 1
+    assert (
+        f"last_checkpoint in {tmp_path} names model_0000003.pth, which is not there; taking the "
+        f"newest checkpoint there, {tmp_path / 'model_0000001.pth'}"
+    ) in caplog.text
+    os.unlink(tmp_path / "model_0000001.pth")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _checkpointer(tmp_path).resume() is None
+    assert "there is no checkpoint to continue from" in caplog.text

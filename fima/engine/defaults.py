@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import importlib
 import importlib.machinery
 import importlib.util
@@ -12,13 +13,14 @@ import inspect
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -331,8 +333,44 @@ def check_before_launch(args: argparse.Namespace, world_size: int, first_machine
         fima_logger.removeHandler(quiet)
 
 
+# The lock files (OUTPUT_DIR/.lock) that this process holds, open for as long as it lives: a
+# second default_setup of the same OUTPUT_DIR in this process (a test, a notebook) keeps it.
+_held_locks: dict[str, TextIO] = {}
+
+
+def _lock_output_dir(output_dir: str) -> str | None:
+    """Hold ``output_dir``'s lock until this process ends, so that two runs started into one
+    OUTPUT_DIR cannot write each other's checkpoints, metrics and reports; say which process
+    holds it, or None once this one does."""
+    key = os.path.realpath(output_dir)
+    if key in _held_locks:
+        return None
+    lock = open(os.path.join(output_dir, ".lock"), "a+")  # noqa: SIM115  (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        return (
+            f"OUTPUT_DIR: {output_dir} is in use by another run ({holder}): wait for it to end, "
+            "or set OUTPUT_DIR to another directory"
+        )
+    except OSError as err:  # a file system without locks: run as before
+        logger.warning("Cannot lock %s (%s): nothing stops a second run there", output_dir, err)
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    _held_locks[key] = lock
+    return None
+
+
 def _output_dir_problem(output_dir: str) -> str | None:
-    """Create ``output_dir``; say why it cannot hold a run's files, or None when it can."""
+    """Create and lock ``output_dir``; say why it cannot hold this run's files, or None when
+    it can."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         return f"OUTPUT_DIR: {output_dir} is a file, not a folder; set OUTPUT_DIR to a folder"
     try:
@@ -345,7 +383,7 @@ def _output_dir_problem(output_dir: str) -> str | None:
             f"OUTPUT_DIR: cannot write to {output_dir} ({err.strerror or err}); set OUTPUT_DIR "
             "to a folder you can write"
         )
-    return None
+    return _lock_output_dir(output_dir)
 
 
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
@@ -360,8 +398,9 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
 
     Raises:
-        ConfigError: the config is invalid (the message names the key), or OUTPUT_DIR cannot
-            be created or written.
+        ConfigError: the config is invalid (the message names the key), OUTPUT_DIR cannot
+            be created or written, or another run uses it (rank 0 holds ``OUTPUT_DIR/.lock``
+            until its process ends).
         FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
             given (starting over would overwrite them).
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -332,6 +333,27 @@ def test_an_output_dir_that_cannot_be_written_is_a_config_error(tmp_path, monkey
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
     with pytest.raises(ConfigError, match=r"cannot write to .*read_only \(Read-only file system"):
         default_setup(tiny_cfg(str(tmp_path / "read_only")), args)
+
+
+def test_a_second_run_into_an_output_dir_in_use_is_refused(tmp_path) -> None:
+    """Two runs started into one OUTPUT_DIR both trained, into the same checkpoint names,
+    metrics.json and inference/: what was left was a mix of the two."""
+    args = argparse.Namespace(resume=False, eval_only=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as other:  # as another process holds it
+        other.write("pid 4242 on elsewhere\n")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(
+            ConfigError, match=r"in use by another run \(pid 4242 on elsewhere\): wait for it"
+        ):
+            default_setup(tiny_cfg(str(out)), args)
+        assert sorted(os.listdir(out)) == [".lock"]
+    # Free again: this process holds it, and may set up the same folder again.
+    default_setup(tiny_cfg(str(out)), args)
+    default_setup(tiny_cfg(str(out)), argparse.Namespace(resume=True, eval_only=False))
+    assert f"pid {os.getpid()} on " in (out / ".lock").read_text()
 
 
 def test_configs_replaced_within_one_second_are_all_kept(tmp_path) -> None:

@@ -565,6 +565,8 @@ class DefaultTrainer(SimpleTrainer):
             data_loader=data_loader,
         )
         self.start_iter = 0
+        # The evaluator of the EvalHook (build_hooks sets it), None when there is none.
+        self.evaluator: Any | None = None
         self.register_hooks(self.build_hooks())
         logger.info(
             "%s: %d iterations (%d per epoch) of %d clips",
@@ -644,6 +646,10 @@ class DefaultTrainer(SimpleTrainer):
                 self.cfg.OUTPUT_DIR,
                 start,
             )
+        # Not resumed: the best weights in OUTPUT_DIR/best, if any, are another run's.
+        selector = getattr(self.evaluator, "selector", None)
+        if selector is not None:
+            selector.start_over()
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
             self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])
@@ -697,7 +703,7 @@ class DefaultTrainer(SimpleTrainer):
         cfg = self.cfg
         tracker: BadVideoTracker | None = getattr(self.data_loader, "tracker", None)
         build_method_hooks = getattr(self.method, "build_hooks", None)
-        evaluator = self.build_evaluator(cfg, self.method)
+        evaluator = self.evaluator = self.build_evaluator(cfg, self.method)
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
         check_evaluator(evaluator, self.method)

@@ -86,6 +86,43 @@ def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp
     assert os.path.isfile(tmp_path / "out" / "inference" / "val" / "classification.json")
 
 
+def test_a_run_started_over_does_not_keep_an_earlier_runs_best_weights(tmp_path) -> None:
+    """A run stopped before its first checkpoint and started again (another learning rate, say)
+    took the earlier run's best/model_best.json as the value to beat: best/model_best.pth kept
+    the earlier run's weights, presented as this run's best, unless this run beat them."""
+    out = tmp_path / "out"
+
+    def train(lr: float) -> None:
+        cfg = classifier_cfg(
+            str(out),
+            **{
+                "DATA.VALIDATION.FRACTION": 0.4,
+                "TEST.EVAL_PERIOD": 2,
+                "TEST.BEST_METRIC": "val/video_top1",
+                "TEST.NUM_CLIPS": 1,
+                "SOLVER.MAX_ITER": 2,
+                "SOLVER.BASE_LR": lr,
+            },
+        )
+        cfg = default_setup(cfg, argparse.Namespace(resume=True, eval_only=False))
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=True)
+        trainer.train()
+
+    train(0.01)
+    first = (out / "best" / "model_best.pth").read_bytes()
+    for name in ("model_0000001.pth", "model_final.pth", "last_checkpoint"):
+        (out / name).unlink()  # as if stopped before its first checkpoint: nothing to resume
+    train(0.5)
+    best = torch.load(out / "best" / "model_best.pth", weights_only=True)
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert best["iteration"] == 2
+    for key, value in final["model"].items():
+        assert torch.equal(best["model"][key], value), key
+    (kept,) = out.glob("best.*")
+    assert (kept / "model_best.pth").read_bytes() == first
+
+
 def test_feature_cache_key_follows_the_test_views() -> None:
     from fima.evaluation.retrieval import feature_cache_key
     from fima.modeling import build_model

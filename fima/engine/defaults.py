@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
+import fcntl
 import importlib
 import importlib.machinery
 import importlib.util
@@ -13,12 +13,14 @@ import inspect
 import logging
 import logging.handlers
 import os
+import socket
 import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -32,6 +34,7 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.evaluation.evaluator import check_evaluator
+from fima.evaluation.results import begin_reports
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
@@ -259,8 +262,10 @@ def _preserve_previous_config(path: str, new_text: str) -> None:
     with open(path) as f:
         if f.read() == new_text:
             return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
-    os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
+    # set_aside, not a rename to the name of that second: two configs set aside within one
+    # second would keep only the second.
+    kept = set_aside(path)
+    logger.info("The earlier config of %s is kept in %s", os.path.dirname(path), kept)
 
 
 def _previous_run_files(output_dir: str) -> list[str]:
@@ -338,17 +343,74 @@ def check_before_launch(args: argparse.Namespace, world_size: int, first_machine
         fima_logger.removeHandler(quiet)
 
 
+# The lock files (OUTPUT_DIR/.lock) that this process holds, open for as long as it lives: a
+# second default_setup of the same OUTPUT_DIR in this process (a test, a notebook) keeps it.
+_held_locks: dict[str, TextIO] = {}
+
+
+def _lock_output_dir(output_dir: str) -> str | None:
+    """Hold ``output_dir``'s lock until this process ends, so that two runs started into one
+    OUTPUT_DIR cannot write each other's checkpoints, metrics and reports; say which process
+    holds it, or None once this one does."""
+    key = os.path.realpath(output_dir)
+    if key in _held_locks:
+        return None
+    lock = open(os.path.join(output_dir, ".lock"), "a+")  # noqa: SIM115  (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        return (
+            f"OUTPUT_DIR: {output_dir} is in use by another run ({holder}): wait for it to end, "
+            "or set OUTPUT_DIR to another directory"
+        )
+    except OSError as err:  # a file system without locks: run as before
+        logger.warning("Cannot lock %s (%s): nothing stops a second run there", output_dir, err)
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    _held_locks[key] = lock
+    return None
+
+
+def _output_dir_problem(output_dir: str) -> str | None:
+    """Create and lock ``output_dir``; say why it cannot hold this run's files, or None when
+    it can."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return f"OUTPUT_DIR: {output_dir} is a file, not a folder; set OUTPUT_DIR to a folder"
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        # A folder that exists on a read-only file system, or of another user.
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        return (
+            f"OUTPUT_DIR: cannot write to {output_dir} ({err.strerror or err}); set OUTPUT_DIR "
+            "to a folder you can write"
+        )
+    return _lock_output_dir(output_dir)
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
     ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
-    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used. An earlier run's
-    evaluation reports (``OUTPUT_DIR/inference``) are kept as ``inference.<time>``, unless
-    this run resumes the training run that wrote them.
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used; an ``--eval-only``
+    run (``args.eval_only``) saves it later, once its weights are loaded (:func:`save_config`).
+    An earlier run's evaluation reports (``OUTPUT_DIR/inference``) are kept as
+    ``inference.<time>`` when this run writes its first one, unless this run resumes the
+    training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
 
     Raises:
-        ConfigError: the config is invalid (the message names the key).
+        ConfigError: the config is invalid (the message names the key), OUTPUT_DIR cannot
+            be created or written, or another run uses it (rank 0 holds ``OUTPUT_DIR/.lock``
+            until its process ends).
         FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
             given (starting over would overwrite them).
     """
@@ -370,9 +432,12 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         check_run(cfg, args, comm.get_world_size(), previous)
     finally:
         fima_logger.removeHandler(held)
-    if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-    comm.synchronize()
+    # Rank 0 creates it; every rank stops with its one line if it cannot.
+    problem = comm.broadcast_object(
+        _output_dir_problem(output_dir) if comm.is_main_process() else None
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     setup_logger(output_dir, distributed_rank=rank, name="fima")
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     for handler in fima_logger.handlers:
@@ -395,24 +460,32 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    text = cfg.dump()
     # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
     # an earlier run (an --eval-only of other weights, the final evaluation of the training run
-    # that a --eval-only now follows) are kept beside the new ones. A resumed training run's
-    # reports are its own.
-    continuing = args is not None and args.resume and not args.eval_only
-    if comm.is_main_process() and not continuing:
-        kept = set_aside(os.path.join(output_dir, "inference"))
-        if kept is not None:
-            logger.info("The earlier evaluation reports of inference/ are kept in %s", kept)
-    if comm.is_main_process():
-        path = os.path.join(output_dir, "config.yaml")
-        _preserve_previous_config(path, text)
-        atomic_write(path, lambda f: f.write(text), mode="w")
-        logger.info("Full config saved to %s", path)
+    # that a --eval-only now follows) are set aside when this run writes its first report, so
+    # that a run that stops before evaluating moves nothing.
+    eval_only = args is not None and args.eval_only
+    resumed = args is not None and args.resume
+    begin_reports(output_dir, "evaluation" if eval_only else "training", resumed)
+    # An --eval-only run's config is saved once its weights are loaded (save_config), so that
+    # one that cannot start leaves the config.yaml of the run it evaluates in place.
+    if not eval_only:
+        save_config(cfg)
     seed_all_rng(cfg.SEED + rank)
     cfg.freeze()
     return cfg
+
+
+def save_config(cfg: CfgNode) -> str:
+    """Write ``OUTPUT_DIR/config.yaml`` (main process); a differing one of an earlier run is kept
+    as ``config.<time>.yaml``. Returns its path."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if comm.is_main_process():
+        text = cfg.dump()
+        _preserve_previous_config(path, text)
+        atomic_write(path, lambda f: f.write(text), mode="w")
+        logger.info("Full config saved to %s", path)
+    return path
 
 
 def resolve_device(cfg: CfgNode) -> torch.device:
@@ -506,6 +579,8 @@ class DefaultTrainer(SimpleTrainer):
             data_loader=data_loader,
         )
         self.start_iter = 0
+        # The evaluator of the EvalHook (build_hooks sets it), None when there is none.
+        self.evaluator: Any | None = None
         self.register_hooks(self.build_hooks())
         logger.info(
             "%s: %d iterations (%d per epoch) of %d clips",
@@ -601,6 +676,10 @@ class DefaultTrainer(SimpleTrainer):
                 self.cfg.OUTPUT_DIR,
                 start,
             )
+        # Not resumed: the best weights in OUTPUT_DIR/best, if any, are another run's.
+        selector = getattr(self.evaluator, "selector", None)
+        if selector is not None:
+            selector.start_over()
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
             self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])
@@ -654,7 +733,7 @@ class DefaultTrainer(SimpleTrainer):
         cfg = self.cfg
         tracker: BadVideoTracker | None = getattr(self.data_loader, "tracker", None)
         build_method_hooks = getattr(self.method, "build_hooks", None)
-        evaluator = self.build_evaluator(cfg, self.method)
+        evaluator = self.evaluator = self.build_evaluator(cfg, self.method)
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
         check_evaluator(evaluator, self.method)

@@ -316,3 +316,25 @@ def test_eval_only_of_a_classifier_without_weights_is_an_error_not_chance(tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "features" / "results.json").is_file()
+
+
+def test_an_eval_only_that_cannot_start_moves_nothing(tmp_path) -> None:
+    """An --eval-only of weights that cannot be loaded stopped with its one-line error, but had
+    already moved the training run's inference/ and config.yaml aside (the run's own reports
+    were no longer where they were, and config.yaml was a config that never ran)."""
+    finetune = os.path.join(ROOT, "configs", "Finetune", "tiny3d_synthetic.yaml")
+    out = tmp_path / "out"
+    common = ["--config-file", finetune, "OUTPUT_DIR", str(out), *TINY, "TEST.NUM_CLIPS", "1"]
+    trained = train_net(*common, "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "2")
+    assert trained.returncode == 0, trained.stderr
+
+    def files() -> dict[str, bytes]:  # but log.txt, which each run appends to, and the lock
+        paths = (p for p in out.rglob("*") if p.is_file() and p.name not in ("log.txt", ".lock"))
+        return {str(path.relative_to(out)): path.read_bytes() for path in paths}
+
+    before = files()
+    assert "inference/test/classification.json" in before
+    weights = tmp_path / "text.pth"
+    weights.write_text("not a checkpoint\n")
+    _one_line_error(train_net("--eval-only", *common, "MODEL.WEIGHTS", str(weights)), str(weights))
+    assert files() == before

@@ -133,7 +133,8 @@ class VideoClassifier(SSLMethod):
         self.augment = VideoAugmentation(cfg)
         self.linear_probe = options.MODE == "linear"
         # Whether evaluation reads the head's scores (retrieval and probes read features only).
-        self.evaluates_head = "classification" in cfg.TEST.EVALUATORS
+        self.evaluators = tuple(cfg.TEST.EVALUATORS)
+        self.evaluates_head = "classification" in self.evaluators
         if self.linear_probe:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -218,13 +219,16 @@ class VideoClassifier(SSLMethod):
     def transfer_weights(
         self, state: Mapping[str, Any], source: str, evaluation: bool = False
     ) -> bool:
-        """Initialise the backbone alone from a checkpoint without a classifier.
+        """Initialise the backbone alone from a checkpoint without a classifier, or from a
+        classifier whose head does not fit when the evaluation reads features alone.
 
         A state without ``backbone.*`` keys (MoCo's or FIMA's ``encoder_q.*``, or a bare
         backbone) goes through :func:`fima.checkpoint.backbone_weights.load_backbone_weights`:
         the backbone keys are mapped, every one must be present and fit, the rest is logged as
-        ignored; the head stays as initialised. Called by
-        :func:`fima.checkpoint.load_model_state`.
+        ignored; the head stays as initialised. So does a classifier checkpoint whose head is
+        not this model's (another number of classes, another head) when ``evaluation`` reads no
+        head scores (retrieval, linear probe, motion sensitivity): what is evaluated is its
+        backbone. Called by :func:`fima.checkpoint.load_model_state`.
 
         Args:
             state: the checkpoint's model state.
@@ -233,14 +237,26 @@ class VideoClassifier(SSLMethod):
 
         Returns:
             False for a classifier checkpoint, which then loads strictly as a whole; True once
-            the backbone is loaded.
+            the backbone alone is loaded.
 
         Raises:
             CheckpointMismatchError: the backbone does not fit, or ``evaluation`` with the
                 classification evaluator, which would score with an untrained head.
         """
         if any(key.startswith(BACKBONE_PREFIXES[1]) for key in state):
-            return False
+            if not evaluation or self.evaluates_head or self._head_fits(state):
+                return False
+            # A classifier fine-tuned on another dataset, whose features are evaluated: its
+            # head is never used, so it need not fit (the backbone still must, strictly).
+            load_backbone_weights(self.backbone, state, source=source)
+            logger.info(
+                "%s: its classifier head does not fit this config's (%d classes), and the "
+                "evaluation (%s) reads backbone features alone: its backbone is evaluated",
+                source,
+                self.num_classes,
+                ", ".join(self.evaluators),
+            )
+            return True
         if evaluation and self.evaluates_head:
             raise CheckpointMismatchError(
                 f"{source} has no classifier head (a pretraining checkpoint or a bare backbone), "
@@ -252,6 +268,14 @@ class VideoClassifier(SSLMethod):
         load_backbone_weights(self.backbone, state, source=source)
         logger.info("The classifier head keeps its initialisation: %s has none", source)
         return True
+
+    def _head_fits(self, state: Mapping[str, Any]) -> bool:
+        """Whether the ``head.*`` entries of a classifier ``state`` are this head's, in shape."""
+        own = self.head.state_dict(prefix="head.")
+        theirs = {k: v for k, v in state.items() if k.startswith("head.")}
+        return set(own) == set(theirs) and all(
+            getattr(theirs[k], "shape", None) == own[k].shape for k in own
+        )
 
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, clips: torch.Tensor, augment: bool = False) -> torch.Tensor:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -54,6 +54,7 @@ from fima.utils.env import (
     threads_per_process,
     user_threads,
 )
+from fima.utils.files import FolderInUseError, lock_folder
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -172,22 +173,21 @@ def run_precision(config_file: str, opts: Sequence[str]) -> str:
     return describe_amp(cfg.SOLVER.AMP, resolve_device(cfg).type)
 
 
-def _lock_output_dir(output_dir: str) -> TextIO:
-    """Hold ``output_dir``'s lock (``.lock``) for this benchmark and the runs it starts.
+def _lock_output_dir(output_dir: str) -> TextIO | None:
+    """Hold ``output_dir``'s lock (``.lock``) for this benchmark and the runs it starts; None on
+    a file system without locks.
 
     Raises:
         RuntimeError: another motion benchmark, or a run that one started, uses the directory.
     """
-    lock = open(os.path.join(output_dir, ".lock"), "w")  # noqa: SIM115  (held until the end)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+        return lock_folder(output_dir)
+    except FolderInUseError as err:
         raise RuntimeError(
-            f"Another motion benchmark, or a run it started, is using {output_dir}: wait for it "
-            "to end (or stop its train_net.py processes), or give another --output-dir"
+            f"Another motion benchmark, or a run it started, is using {output_dir} "
+            f"({err.holder}): wait for it to end (or stop its train_net.py processes), or give "
+            "another --output-dir"
         ) from None
-    return lock
 
 
 def _evaluated_checkpoint_changed(run: _Run) -> bool:
@@ -336,7 +336,7 @@ def run_motion_benchmark(
     os.makedirs(output_dir, exist_ok=True)
     lock = _lock_output_dir(output_dir)
     # Held until the benchmark ends, however it ends (the runs it starts inherit it).
-    with lock:
+    with lock or contextlib.nullcontext():
         log_file = os.path.join(output_dir, "runs.log")
         threads = run_threads(jobs)
         # Checked for all runs before any starts: a folder of another config, a bad override or a

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import importlib
 import importlib.machinery
 import importlib.util
@@ -13,7 +12,6 @@ import inspect
 import logging
 import logging.handlers
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
 from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
-from fima.utils.files import set_aside
+from fima.utils.files import FolderInUseError, lock_folder, set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
 from fima.utils.visualization import check_visualizable
@@ -355,26 +353,15 @@ def _lock_output_dir(output_dir: str) -> str | None:
     key = os.path.realpath(output_dir)
     if key in _held_locks:
         return None
-    lock = open(os.path.join(output_dir, ".lock"), "a+")  # noqa: SIM115  (held until exit)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
+        lock = lock_folder(output_dir)
+    except FolderInUseError as err:
         return (
-            f"OUTPUT_DIR: {output_dir} is in use by another run ({holder}): wait for it to end, "
-            "or set OUTPUT_DIR to another directory"
+            f"OUTPUT_DIR: {output_dir} is in use by another run ({err.holder}): wait for it to "
+            "end, or set OUTPUT_DIR to another directory"
         )
-    except OSError as err:  # a file system without locks: run as before
-        logger.warning("Cannot lock %s (%s): nothing stops a second run there", output_dir, err)
-        lock.close()
-        return None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    lock.flush()
-    _held_locks[key] = lock
+    if lock is not None:
+        _held_locks[key] = lock
     return None
 
 

@@ -27,8 +27,15 @@ from fima.config import CfgNode, ConfigError
 from fima.data.bad_videos import TooManyBadVideosError
 from fima.data.datasets import AnnotationError
 from fima.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from fima.engine.defaults import get_user_cfg, resolve_device, usage_error, usage_errors
-from fima.engine.launch import check_launch_arguments, resolve_backend
+from fima.engine.defaults import (
+    check_before_launch,
+    get_user_cfg,
+    resolve_device,
+    save_config,
+    usage_error,
+    usage_errors,
+)
+from fima.engine.launch import check_launch_arguments, launched_by_torchrun, resolve_backend
 from fima.evaluation import summary_table, write_results
 from fima.evaluation.evaluator import check_evaluator
 from fima.model_zoo import DownloadError
@@ -70,26 +77,27 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     # The splits the evaluation reads, and their labels, before anything is loaded or inferred.
     check_evaluator(evaluator, model)
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
-    newest = checkpointer.newest_readable_file() if args.resume else None
-    if newest is not None:
-        checkpoint = newest
-    else:
+    # With --resume, OUTPUT_DIR's newest checkpoint, loaded as it is found (read once).
+    checkpoint = checkpointer.load_newest(evaluation=True) if args.resume else None
+    if checkpoint is None:
         try:
             checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
         except FileNotFoundError as err:
             fail(str(err))
-    if not checkpoint and getattr(model, "evaluates_head", False):
-        # As for a pretraining checkpoint (VideoClassifier.transfer_weights): a head that was
-        # never trained scores at chance, which is no result.
-        where = " and OUTPUT_DIR holds no checkpoint" if args.resume else ""
-        fail(
-            f"--eval-only: MODEL.WEIGHTS is empty{where}, so the classification evaluator would "
-            "score with a randomly initialised classifier; give a fine-tuned or linear-probed "
-            "checkpoint as MODEL.WEIGHTS (or --resume in its OUTPUT_DIR), or evaluate a random "
-            "backbone's features with a retrieval or linear_probe config (configs/Retrieval, "
-            "TEST.EVALUATORS)"
-        )
-    checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
+        if not checkpoint and getattr(model, "evaluates_head", False):
+            # As for a pretraining checkpoint (VideoClassifier.transfer_weights): a head that
+            # was never trained scores at chance, which is no result.
+            where = " and OUTPUT_DIR holds no checkpoint" if args.resume else ""
+            fail(
+                f"--eval-only: MODEL.WEIGHTS is empty{where}, so the classification evaluator "
+                "would score with a randomly initialised classifier; give a fine-tuned or "
+                "linear-probed checkpoint as MODEL.WEIGHTS (or --resume in its OUTPUT_DIR), or "
+                "evaluate a random backbone's features with a retrieval or linear_probe config "
+                "(configs/Retrieval, TEST.EVALUATORS)"
+            )
+        checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
+    # The evaluation starts: its config replaces the one in OUTPUT_DIR (kept aside).
+    save_config(cfg)
     results = DefaultTrainer.test(cfg, model, evaluator)
     if comm.is_main_process():
         path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint)
@@ -136,6 +144,10 @@ if __name__ == "__main__":
         check_launch_arguments(
             args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, args.dist_timeout
         )
+    if args.num_gpus > 1 and not launched_by_torchrun():
+        # The processes about to be spawned would each say what is wrong with the config.
+        with usage_errors(PROG):
+            check_before_launch(args, args.num_gpus * args.num_machines, args.machine_rank == 0)
     launch(
         main,
         args.num_gpus,

@@ -1,5 +1,8 @@
-"""Benchmarks behind ``tools/benchmark.py``: each task measures one part of fima and reports
-figures (medians where repeated), so that anyone can rerun them on their own machine."""
+"""The benchmarks behind ``tools/benchmark.py`` and the report they share (:class:`Figure`).
+
+Each task measures one part of fima and reports figures (medians where repeated), so that anyone
+can rerun them on their own machine.
+"""
 
 from __future__ import annotations
 
@@ -31,11 +34,21 @@ class Figure:
     target: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The figure's fields by name (for the JSON output)."""
         return asdict(self)
 
 
 def format_figures(title: str, figures: list[Figure], notes: list[str] = ()) -> str:
-    """A plain-text report: the figures grouped by section, then the notes."""
+    """A plain-text report: the figures grouped by section, then the notes.
+
+    Args:
+        title: the first line, underlined.
+        figures: in the order printed; a new section starts where the section changes.
+        notes: lines printed after the figures.
+
+    Returns:
+        The report, without a trailing newline.
+    """
     lines = [title, "=" * len(title)]
     width = max((len(f.name) for f in figures), default=0)
     section = None
@@ -57,7 +70,17 @@ def run_figures_task(
     add_arguments: Callable[[argparse.ArgumentParser], None],
 ) -> list[Figure]:
     """The command line of a task that reports :class:`Figure` s: parse ``argv`` with the task's
-    options and ``--json FILE``, run it, print the report and write the figures as JSON."""
+    options and ``--json FILE``, run it, print the report and write the figures as JSON.
+
+    Args:
+        argv: the task's options.
+        task: its name (``--task``).
+        run: measures, from the parsed options, and returns ``(figures, notes)``.
+        add_arguments: adds the task's options to a parser.
+
+    Returns:
+        The figures.
+    """
     parser = argparse.ArgumentParser(prog=f"tools/benchmark.py --task {task}")
     parser.add_argument("--json", default="", metavar="FILE", help="also write the figures here")
     add_arguments(parser)

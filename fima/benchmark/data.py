@@ -77,7 +77,11 @@ QUICK_COUNTS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """The options of ``--task data``."""
+    """Add the options of ``--task data``.
+
+    Args:
+        parser: the task's parser (or an argument group), extended in place.
+    """
     parser.add_argument(
         "--workdir",
         default="",
@@ -117,7 +121,18 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
 
 def write_video(path: str, num_frames: int, width: int, height: int, gop: int, seed: int) -> str:
     """Encode a textured, panning scene with a moving object as H.264 with a keyframe every
-    ``gop`` frames exactly (B-frames as x264's ``veryfast`` preset uses them)."""
+    ``gop`` frames exactly (B-frames as x264's ``veryfast`` preset uses them).
+
+    Args:
+        path: the MP4 file to write.
+        num_frames: frames, at ``FPS`` frames per second.
+        width, height: the frame size (even).
+        gop: frames between two keyframes.
+        seed: seeds the texture and the noise.
+
+    Returns:
+        ``path``.
+    """
     rng = np.random.default_rng(seed)
     cells = rng.random((height // 16 + 2, (2 * width) // 16 + 2, 3))
     texture = (cells.repeat(16, 0).repeat(16, 1)[:height, : 2 * width] * 200 + 30).astype(np.uint8)
@@ -147,7 +162,14 @@ def _write_job(job: tuple[str, int, int, int, int, int]) -> str:
 
 
 def generate(jobs: list[tuple[str, int, int, int, int, int]]) -> list[str]:
-    """:func:`write_video` for each ``(path, frames, width, height, gop, seed)``, in parallel."""
+    """:func:`write_video` for each job, in parallel processes.
+
+    Args:
+        jobs: ``(path, frames, width, height, gop, seed)`` each; the folders are created.
+
+    Returns:
+        The paths, in the order of ``jobs``.
+    """
     for job in jobs:
         os.makedirs(os.path.dirname(job[0]), exist_ok=True)
     with ProcessPoolExecutor(max_workers=available_cpus()) as pool:
@@ -247,7 +269,14 @@ class _CountingContainer:
 
 
 def frames_decoded(function: Callable[[], Any]) -> int:
-    """How many frames :func:`decode_frames` decodes while ``function`` runs."""
+    """Count the frames :func:`decode_frames` decodes while ``function`` runs.
+
+    Args:
+        function: calls :func:`decode_frames` in this process.
+
+    Returns:
+        Frames decoded, converted or not.
+    """
     counter = [0]
     real_open = decoder._open
     decoder._open = lambda path: _CountingContainer(real_open(path), counter)
@@ -270,6 +299,11 @@ def _keyframe_before(path: str, index: int) -> int:
 
 def reference_decode(path: str, keyframe_ts: int, last: int) -> int:
     """The unavoidable work: open, seek to the keyframe, decode without converting to ``last``.
+
+    Args:
+        path: the video (at ``FPS``).
+        keyframe_ts: the timestamp of the keyframe at or before the window.
+        last: the window's last frame index.
 
     Returns:
         The number of frames decoded.
@@ -326,7 +360,16 @@ def _clip(path: str, indices: list[int], short_side: int, cfg: CfgNode) -> None:
 
 
 def decode_efficiency(videos: dict[str, list[str]], windows: int, seed: int = 0) -> list[Figure]:
-    """Ours against the unavoidable work, per keyframe interval (module doc)."""
+    """Ours against the unavoidable work, per keyframe interval (module doc).
+
+    Args:
+        videos: paths by keyframe interval (``"1 s"``, ``"10 s"``).
+        windows: random windows measured per interval.
+        seed: seeds the window starts.
+
+    Returns:
+        Eight figures per interval, medians over the windows.
+    """
     rng = np.random.default_rng(seed)
     cfg = _crop_cfg()
     reformatter = VideoReformatter()
@@ -379,7 +422,15 @@ def decode_efficiency(videos: dict[str, list[str]], windows: int, seed: int = 0)
 
 
 def conversion(paths_256: list[str], path_hd: str) -> list[Figure]:
-    """Conversion with a reused context, and downscaling an HD source while converting."""
+    """Conversion with a reused context, and downscaling an HD source while converting.
+
+    Args:
+        paths_256: videos at a 256-px short side (the first is measured).
+        path_hd: the HD video.
+
+    Returns:
+        Per-frame conversion times, and a clip's decode + crop from the HD source.
+    """
     with av.open(path_hd) as container:
         height = container.streams.video[0].codec_context.height
     section = f"RGB conversion (per frame) and downscaling a {height}p source while converting"
@@ -399,7 +450,15 @@ def conversion(paths_256: list[str], path_hd: str) -> list[Figure]:
 
 
 def indexing(workdir: str, num_videos: int) -> list[Figure]:
-    """Index ``num_videos`` short videos from their headers, cold and from the cache."""
+    """Index short videos from their headers, cold and from the cache.
+
+    Args:
+        workdir: where the videos, their list and the index caches are written.
+        num_videos: videos to index (copies of 20 generated ones).
+
+    Returns:
+        Seconds of a first start with 1 and 8 threads, and of a second start.
+    """
     section = f"Start-up: indexing {num_videos} short videos from their headers"
     root = os.path.join(workdir, "index")
     pool = generate(
@@ -458,7 +517,18 @@ def _loader_cfg(root: str, output: str, batch_size: int, workers: int) -> CfgNod
 def loader_throughput(
     root: str, output: str, batch_size: int, batches: int, workers: int
 ) -> list[Figure]:
-    """Clips/s of ``build_pretrain_loader`` with MoCo's and FIMA's views, 0 and N workers."""
+    """Clips/s of ``build_pretrain_loader`` with MoCo's and FIMA's views, 0 and N workers.
+
+    Args:
+        root: the ``VideoList`` dataset root (``train.csv``).
+        output: the runs' ``OUTPUT_DIR`` (index cache, bad-video list).
+        batch_size: videos per batch.
+        batches: timed batches per run, after the first.
+        workers: the parallel run's data-loader workers.
+
+    Returns:
+        Clips/s and the peak PSS of each (views, workers) run.
+    """
     section = f"Pretraining loader: 2 windows of {WINDOW} frames per video, crops of 224"
     figures = []
     for views, method in ((("global",), "MoCo views"), (("global", "local"), "FIMA views")):
@@ -489,7 +559,16 @@ def _window_clips(root: str, output: str) -> WindowClips:
 
 
 def decode_only(root: str, output: str, clips: int) -> list[Figure]:
-    """Decode-only time of one clip (one window's global view), as the loader asks for it."""
+    """Decode-only time of one clip (one window's global view), as the loader asks for it.
+
+    Args:
+        root: the ``VideoList`` dataset root.
+        output: the ``OUTPUT_DIR`` of its index cache.
+        clips: clips timed.
+
+    Returns:
+        The median time in ms.
+    """
     section = "Pretraining loader: decode-only time per clip (MoCo view, one thread)"
     samples = _window_clips(root, output)
     rng = np.random.default_rng(1)
@@ -504,14 +583,23 @@ def decode_only(root: str, output: str, clips: int) -> list[Figure]:
 
 
 def memory_growth(root: str, output: str, clips: int) -> list[Figure]:
-    """Resident memory while decoding ``clips`` clips (two per sample) in this process."""
+    """Resident memory while decoding clips (two per sample) in this process.
+
+    Args:
+        root: the ``VideoList`` dataset root.
+        output: the ``OUTPUT_DIR`` of its index cache.
+        clips: clips decoded.
+
+    Returns:
+        RSS after the warm-up, and the growth from there (at the end, and the largest).
+    """
     section = f"Resident memory over {clips} decoded clips (decode + crops, this process)"
     samples = _window_clips(root, output)
     order = np.random.default_rng(2).integers(len(samples.dataset), size=(clips + 1) // 2)
     warmup = max(len(order) // 10, 1)
     readings = []
     for n, index in enumerate(order):
-        samples[int(index), 0, n]
+        samples[int(index), 0, n]  # decoded and cropped, then dropped: only memory counts
         if n + 1 == warmup or (n + 1) % max(len(order) // 20, 1) == 0:
             readings.append(_rss_mb())
     after_warmup = readings[0]
@@ -533,7 +621,14 @@ def _workdir(path: str) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
-    """Generate the videos, run every section, return the figures and notes for the report."""
+    """Generate the videos and run every section.
+
+    Args:
+        args: the parsed options (:func:`add_arguments`); counts left None get the defaults.
+
+    Returns:
+        ``(figures, notes)`` for the report.
+    """
     for dest, count in (QUICK_COUNTS if args.quick else COUNTS).items():
         if getattr(args, dest) is None:  # not given on the command line
             setattr(args, dest, count)
@@ -591,5 +686,12 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], list[str]]:
 
 
 def main(argv: list[str]) -> list[Figure]:
-    """``tools/benchmark.py --task data [options]``."""
+    """``tools/benchmark.py --task data [options]``: run, print the report.
+
+    Args:
+        argv: the task's options.
+
+    Returns:
+        The figures.
+    """
     return run_figures_task(argv, "data", run, add_arguments)

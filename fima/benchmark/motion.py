@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -43,7 +43,7 @@ import torch
 
 from fima.config import CfgNode, get_cfg, validate_cfg
 from fima.data.datasets import AnnotationError, build_dataset
-from fima.engine.defaults import USAGE_ERRORS, resolve_device, usage_errors
+from fima.engine.defaults import USAGE_ERRORS, int_at_least, resolve_device, usage_errors
 from fima.engine.train_loop import describe_amp
 from fima.evaluation.results import sha256_of
 from fima.model_zoo.model_zoo import configs_root
@@ -54,6 +54,7 @@ from fima.utils.env import (
     threads_per_process,
     user_threads,
 )
+from fima.utils.files import FolderInUseError, lock_folder
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -159,27 +160,34 @@ def _expected_config(config_file: str, opts: Sequence[str]) -> str:
 
 def run_precision(config_file: str, opts: Sequence[str]) -> str:
     """What the run ``train_net.py --config-file config_file opts`` computes in on this
-    machine, in words (:func:`~fima.engine.train_loop.describe_amp`)."""
+    machine.
+
+    Args:
+        config_file: the run's config.
+        opts: its ``KEY VALUE`` overrides.
+
+    Returns:
+        In words, as :func:`~fima.engine.train_loop.describe_amp` puts it.
+    """
     cfg = _load_config(config_file, opts)
     return describe_amp(cfg.SOLVER.AMP, resolve_device(cfg).type)
 
 
-def _lock_output_dir(output_dir: str) -> TextIO:
-    """Hold ``output_dir``'s lock (``.lock``) for this benchmark and the runs it starts.
+def _lock_output_dir(output_dir: str) -> TextIO | None:
+    """Hold ``output_dir``'s lock (``.lock``) for this benchmark and the runs it starts; None on
+    a file system without locks.
 
     Raises:
         RuntimeError: another motion benchmark, or a run that one started, uses the directory.
     """
-    lock = open(os.path.join(output_dir, ".lock"), "w")  # noqa: SIM115  (held until the end)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
+        return lock_folder(output_dir)
+    except FolderInUseError as err:
         raise RuntimeError(
-            f"Another motion benchmark, or a run it started, is using {output_dir}: wait for it "
-            "to end (or stop its train_net.py processes), or give another --output-dir"
+            f"Another motion benchmark, or a run it started, is using {output_dir} "
+            f"({err.holder}): wait for it to end (or stop its train_net.py processes), or give "
+            "another --output-dir"
         ) from None
-    return lock
 
 
 def _evaluated_checkpoint_changed(run: _Run) -> bool:
@@ -306,6 +314,13 @@ def run_motion_benchmark(
             per CPU (:func:`~fima.utils.env.processes_per_cpus`), but no more than the plan can
             run at once (an arm's pretraining and evaluation, or a random init, per seed), so
             that a larger CPU gives each run more threads.
+
+    Returns:
+        Every evaluated arm's metrics per seed, with the runs' times and how they ran.
+
+    Raises:
+        ValueError: ``jobs`` below 1.
+        RunFailedError: a run exited with an error.
     """
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
@@ -321,7 +336,7 @@ def run_motion_benchmark(
     os.makedirs(output_dir, exist_ok=True)
     lock = _lock_output_dir(output_dir)
     # Held until the benchmark ends, however it ends (the runs it starts inherit it).
-    with lock:
+    with lock or contextlib.nullcontext():
         log_file = os.path.join(output_dir, "runs.log")
         threads = run_threads(jobs)
         # Checked for all runs before any starts: a folder of another config, a bad override or a
@@ -408,7 +423,16 @@ def _mean_std(values: list[float], signed: bool = False) -> str:
 
 def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str:
     """The results as Markdown: mean ± std over seeds, every seed's values, and the methods
-    compared seed by seed (:func:`paired_differences`) on linear top-1 and R@1."""
+    compared seed by seed (:func:`paired_differences`) on linear top-1 and R@1.
+
+    Args:
+        result: what :func:`run_motion_benchmark` returned.
+        command: the command line, quoted in the report.
+        elapsed: this invocation's wall time in seconds.
+
+    Returns:
+        The report, ending with a newline.
+    """
     lines = [
         "# Motion benchmark",
         "",
@@ -456,6 +480,13 @@ def paired_differences(result: BenchmarkResult, metric: str = "linear_probe/top1
     run): the per-seed differences, their mean ± std, and on how many seeds the first is ahead;
     then on how many seeds the whole claimed order holds. A mean within its std of zero is not
     an ordering that the seeds support, whatever the count of seeds ahead.
+
+    Args:
+        result: the benchmark's metrics.
+        metric: one of :data:`METRICS`.
+
+    Returns:
+        The lines, headed by a title; none when no pair was run.
     """
 
     def seeds_of(*names: str) -> list[int]:
@@ -488,27 +519,33 @@ def paired_differences(result: BenchmarkResult, metric: str = "linear_probe/top1
 
 
 def run_threads(jobs: int) -> int | None:
-    """The ``OMP_NUM_THREADS`` each of ``jobs`` runs at a time gets; None: the environment's,
-    which every run inherits (one run at a time, or the user has set it)."""
+    """The ``OMP_NUM_THREADS`` each run gets.
+
+    Args:
+        jobs: runs at a time.
+
+    Returns:
+        The CPUs' share of each of ``jobs`` runs; None for one run at a time: the
+        environment's, which every run inherits.
+    """
     return threads_per_process(jobs) if jobs > 1 else None
 
 
 def cpu_sharing(jobs: int) -> str:
-    """How ``jobs`` runs at a time share the CPUs (:func:`run_threads`), in words: ``"2 at a
-    time, 1 thread(s) each"``."""
+    """How runs share the CPUs (:func:`run_threads`), for the report.
+
+    Args:
+        jobs: runs at a time.
+
+    Returns:
+        In words, e.g. ``"2 at a time, 1 thread(s) each"``.
+    """
     threads = run_threads(jobs)
     if threads is not None:
         return f"{jobs} at a time, {threads} thread(s) each"
     omp = user_threads()
     each = f"OMP_NUM_THREADS={omp}" if omp is not None else "every CPU"
     return f"{jobs} at a time, {each} each" if jobs > 1 else f"1 at a time, on {each}"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _seed_list(text: str) -> list[int]:
@@ -524,6 +561,7 @@ def _seed_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``--task motion``: options, then ``KEY VALUE`` overrides."""
     parser = argparse.ArgumentParser(
         prog="tools/benchmark.py --task motion",
         description=__doc__.split("\n\n")[0],
@@ -539,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=int_at_least(1),
         default=None,
         help="runs at a time, sharing the CPUs: each gets CPUs / JOBS threads (default: one run "
         "per CPU, or CPUs / OMP_NUM_THREADS runs if that is set, at most 6 per seed). A run on "
@@ -555,7 +593,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> BenchmarkResult:
     """``tools/benchmark.py --task motion [--output-dir D] [--seeds S ...] [KEY VALUE ...]``:
     run the benchmark, print its table and write ``results.md`` and ``results.json`` into the
-    output directory."""
+    output directory.
+
+    Args:
+        argv: the task's options and overrides.
+
+    Returns:
+        The results.
+
+    Raises:
+        SystemExit: 2 on a usage error (bad option, override or data), 1 when a run failed.
+    """
     args = build_parser().parse_args(argv)
     # The runs see the output directory and the overrides from where the user stands.
     args.output_dir = os.path.abspath(args.output_dir)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import math
@@ -45,7 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ DTYPE_CHOICES: dict[str, list[tuple[bool, bool]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``--task train`` (config A's; ``--compare`` is split off first)."""
     parser = argparse.ArgumentParser(
         prog="tools/benchmark.py --task train",
         description=__doc__.split("\n\n")[0],
@@ -153,6 +155,13 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
 
     Steps run on synthetic batches, so the dataset settings are not checked here (the loader
     timing reports a dataset it cannot open).
+
+    Args:
+        config_file: the YAML config.
+        opts: ``KEY VALUE`` overrides.
+
+    Returns:
+        The frozen config; a negative ``SEED`` becomes 0.
     """
     with usage_errors("benchmark.py --task train"):
         cfg = get_cfg()
@@ -173,7 +182,18 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
 
 
 def synthetic_batch(cfg: CfgNode, views: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
-    """A pretraining batch of one process: random uint8 clips and crop boxes (some flipped)."""
+    """A pretraining batch of one process: random uint8 clips and crop boxes (some flipped).
+
+    Args:
+        cfg: the config (batch, accumulation, clip size).
+        views: the method's input views.
+        seed: seeds the batch.
+
+    Returns:
+        ``label`` ``[B]``, ``index`` ``[B]`` and per view ``<view>`` ``[B, 2, 3, T, S, S]``
+        uint8 (``[B, 2, 2, 3, T, S, S]`` for ``local``) with ``<view>_box`` ``[B, 2, 4]``
+        (``[B, 2, 2, 4]``), ``B = IMS_PER_BATCH / ACCUM_STEPS``.
+    """
     gen = torch.Generator().manual_seed(seed)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.ACCUM_STEPS
     clip = (3, cfg.INPUT.NUM_FRAMES, cfg.INPUT.CROP_SIZE, cfg.INPUT.CROP_SIZE)
@@ -223,19 +243,31 @@ class Variant:
 
     @property
     def dtype_name(self) -> str:
+        """What the variant computes in: ``"float32"``, ``"bfloat16"`` or ``"float16"``."""
         return amp_dtype_name(self.cfg.SOLVER.AMP, self.device.type) if self.amp else "float32"
 
     @property
     def peak_name(self) -> str:
-        """The matmul peak this variant's MFU is read against."""
+        """The name of the matmul peak this variant's MFU is read against."""
         return self.dtype_name if self.amp else float32_peak_name(self.device)
 
     @property
     def batch_size(self) -> int:
+        """Videos per step (``SOLVER.IMS_PER_BATCH``)."""
         return self.cfg.SOLVER.IMS_PER_BATCH
 
 
 def build_variant(name: str, cfg: CfgNode) -> Variant:
+    """Build the method, its optimizer, hooks and trainer on a synthetic batch, as training
+    would (BatchNorm converted, the batch pinned on a GPU).
+
+    Args:
+        name: the variant's name in the report.
+        cfg: its config.
+
+    Returns:
+        The variant, ready to step.
+    """
     device = resolve_device(cfg)
     torch.manual_seed(cfg.SEED)
     # BatchNorm as the trainer converts it: split groups cost time (MODEL.SPLIT_BN_GROUPS).
@@ -248,7 +280,7 @@ def build_variant(name: str, cfg: CfgNode) -> Variant:
     optimizer = build_optimizer(cfg, model)
     trainer = SimpleTrainer(
         model,
-        _repeat(batch),
+        itertools.repeat(batch),
         optimizer,
         amp=cfg.SOLVER.AMP.ENABLED,
         amp_dtype=autocast_dtype(cfg.SOLVER.AMP.DTYPE, device.type),
@@ -257,11 +289,6 @@ def build_variant(name: str, cfg: CfgNode) -> Variant:
     trainer.register_hooks(model.build_hooks(cfg))
     trainer.max_iter = 1 << 30
     return Variant(name, cfg, cfg.SOLVER.AMP.ENABLED, device, model, trainer)
-
-
-def _repeat(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    while True:
-        yield batch
 
 
 def _synchronize(device: torch.device) -> None:
@@ -305,6 +332,10 @@ def measure_step_memory(variant: Variant, storage: EventStorage) -> None:
     Not a timed step: on the CPU the freed memory that the process keeps for reuse is first
     returned to the system, so that the resident set at the start is the memory in use and the
     step's high-water mark is its real peak; the step then faults its pages in afresh.
+
+    Args:
+        variant: the variant; its trainer advances one iteration.
+        storage: the run's event storage.
     """
     device = variant.device
     if device.type == "cpu":
@@ -327,7 +358,15 @@ def _elapsed(start: tuple[float, float]) -> tuple[float, float]:
 
 
 def run_step(variant: Variant, storage: EventStorage) -> tuple[float, float]:
-    """One full training step; returns its wall-clock and CPU seconds."""
+    """One full training step with the hooks around it.
+
+    Args:
+        variant: the variant; its trainer advances one iteration.
+        storage: the run's event storage.
+
+    Returns:
+        ``(wall-clock, process CPU)`` seconds of the step.
+    """
     trainer = variant.trainer
     trainer.storage = storage
     torch.backends.cudnn.benchmark = variant.cfg.CUDNN_BENCHMARK
@@ -344,7 +383,15 @@ def run_step(variant: Variant, storage: EventStorage) -> tuple[float, float]:
 
 
 def record_encoder_calls(variant: Variant, storage: EventStorage) -> None:
-    """Run one step with hooks on the encoders and keep the calls it made."""
+    """Run one step with hooks on the encoders and keep the calls it made in ``variant.calls``.
+
+    Args:
+        variant: the variant; its trainer advances one iteration.
+        storage: the run's event storage.
+
+    Raises:
+        RuntimeError: the method has no ``encoder_q`` / ``encoder_k``.
+    """
     calls: list[EncoderCall] = []
     handles = []
     for name in ENCODERS:
@@ -378,8 +425,15 @@ def record_encoder_calls(variant: Variant, storage: EventStorage) -> None:
 
 
 def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
-    """A function that replays the step's encoder calls on random inputs; it returns their
-    wall-clock and CPU seconds."""
+    """Prepare a replay of the step's encoder calls on random inputs.
+
+    Args:
+        variant: the variant, after :func:`record_encoder_calls`.
+
+    Returns:
+        A function that replays the calls (with the query calls' backward) under the step's
+        autocast and returns their ``(wall-clock, process CPU)`` seconds.
+    """
     inputs = {}
     for call in variant.calls:
         if call not in inputs:
@@ -413,7 +467,14 @@ def encoder_replay(variant: Variant) -> Callable[[], tuple[float, float]]:
 
 
 def count_flops(variant: Variant) -> float:
-    """FLOPs of the step's encoder passes (fvcore; query calls x3 for forward + backward)."""
+    """FLOPs of the step's encoder passes (fvcore; query calls x3 for forward + backward).
+
+    Args:
+        variant: the variant, after :func:`record_encoder_calls`.
+
+    Returns:
+        FLOPs (a multiply-add counts two).
+    """
     from fvcore.nn import FlopCountAnalysis
 
     per_clip: dict[tuple[str, tuple[int, ...]], float] = {}
@@ -432,17 +493,32 @@ def count_flops(variant: Variant) -> float:
 
 
 def matmul_as_convolution(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a [M, K] @ b [K, N]`` as a 1x1 convolution: an image ``[1, K, M, 1]`` (channels-last)
-    and a kernel ``[N, K, 1, 1]`` whose ``conv2d`` is ``(a @ b).t()`` as ``[1, N, M, 1]``."""
+    """A matrix product as the inputs of a 1x1 convolution.
+
+    Args:
+        a: ``[M, K]``.
+        b: ``[K, N]``.
+
+    Returns:
+        An image ``[1, K, M, 1]`` (channels-last) and a kernel ``[N, K, 1, 1]`` whose
+        ``conv2d`` is ``(a @ b).t()`` as ``[1, N, M, 1]``.
+    """
     image = a.t().contiguous().view(1, a.shape[1], a.shape[0], 1)
     kernel = b.t().contiguous().view(b.shape[1], b.shape[0], 1, 1)
     return image.contiguous(memory_format=torch.channels_last), kernel
 
 
 def float32_peak_name(device: torch.device) -> str:
-    """The peak that float32 work on ``device`` is read against: ``"tfloat32"`` on a GPU whose
-    float32 convolutions run on TF32 tensor cores (``torch.backends.cudnn.allow_tf32``, on by
-    default; against the plain float32 peak their MFU would pass 100%), else ``"float32"``."""
+    """The peak that float32 work on a device is read against.
+
+    Args:
+        device: where the work runs.
+
+    Returns:
+        ``"tfloat32"`` on a GPU whose float32 convolutions run on TF32 tensor cores
+        (``torch.backends.cudnn.allow_tf32``, on by default; against the plain float32 peak
+        their MFU would pass 100%), else ``"float32"``.
+    """
     if device.type == "cuda" and torch.backends.cudnn.allow_tf32:
         return "tfloat32"
     return "float32"
@@ -456,6 +532,14 @@ def peak_matmul_flops(dtype: torch.dtype | str, device: torch.device, size: int)
     oneDNN computes, and the faster of the two counts: torch.mm goes to MKL, whose float32 GEMM
     takes a generic path on AMD CPUs (183 GFLOP/s against oneDNN's 370 on a 2-core Zen 5), and
     the encoders' convolutions are oneDNN's, so MKL's figure alone put their MFU above 100%.
+
+    Args:
+        dtype: a torch dtype, or ``"tfloat32"``.
+        device: where the product runs.
+        size: the matrices' side.
+
+    Returns:
+        FLOP/s of the best run (``2 * size**3`` FLOPs a product).
     """
     tf32 = dtype == "tfloat32"
     if tf32:
@@ -490,7 +574,16 @@ def _best_matmul_flops(dtype: torch.dtype, device: torch.device, size: int) -> f
 
 
 def time_loader(cfg: CfgNode, iters: int) -> dict[str, Any]:
-    """Seconds per batch of the real training loader alone (after one warm-up batch)."""
+    """Seconds per batch of the real training loader alone (after one warm-up batch).
+
+    Args:
+        cfg: the config whose method builds the loader.
+        iters: batches timed.
+
+    Returns:
+        ``seconds_per_batch`` (median), ``batches``, ``workers`` and ``dataset``; or ``error``
+        when the loader cannot be built.
+    """
     method = SSL_METHOD_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     try:
         loader = method.build_train_loader(cfg)
@@ -561,6 +654,12 @@ def onednn_verbose_lines(function: Callable[[], Any]) -> list[str]:
 
     oneDNN writes to the process's standard output (file descriptor 1), so that descriptor is
     pointed at a temporary file meanwhile and restored after.
+
+    Args:
+        function: runs oneDNN work in this process.
+
+    Returns:
+        The lines printed meanwhile, with their newlines.
     """
     sys.stdout.flush()
     saved = os.dup(1)
@@ -579,7 +678,15 @@ def onednn_verbose_lines(function: Callable[[], Any]) -> list[str]:
 
 def profile_step(variant: Variant, storage: EventStorage) -> str:
     """torch.profiler's operator tables of one step and, on a CPU, oneDNN's primitives of
-    another step by implementation and memory layout (which kernels, in which formats)."""
+    another step by implementation and memory layout (which kernels, in which formats).
+
+    Args:
+        variant: the variant; its trainer advances one or two iterations.
+        storage: the run's event storage.
+
+    Returns:
+        The tables as text.
+    """
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -636,7 +743,17 @@ def _describe_calls(calls: list[EncoderCall]) -> str:
 
 
 def split_compare(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """Split the command line at ``--compare``: A's arguments, and B's config and overrides."""
+    """Split the command line at ``--compare``.
+
+    Args:
+        argv: the task's command line.
+
+    Returns:
+        A's arguments, and B's config and overrides (None without ``--compare``).
+
+    Raises:
+        SystemExit: ``--compare`` without a config file.
+    """
     if "--compare" not in argv:
         return argv, None
     index = argv.index("--compare")
@@ -655,6 +772,15 @@ def variant_configs(
     ``bf16`` keeps a dtype that the config or its overrides name and pins ``"auto"`` to
     bfloat16, so that ``--dtype bf16`` measures bfloat16 on a GPU too; ``amp`` keeps ``"auto"``,
     the dtype a training run there would use.
+
+    Args:
+        label: ``"A"`` or ``"B"``.
+        config_file: the config.
+        opts: its overrides.
+        dtype: the ``--dtype`` choice.
+
+    Returns:
+        ``(name, frozen config)`` per variant.
     """
     variants = []
     for amp, pin_bfloat16 in DTYPE_CHOICES[dtype]:
@@ -669,7 +795,14 @@ def variant_configs(
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    """Run the train benchmark with the command line ``argv``; print and return the results."""
+    """Run the train benchmark; print the results (and write them with ``--output-json``).
+
+    Args:
+        argv: the task's command line.
+
+    Returns:
+        The results, as written to JSON.
+    """
     argv_a, argv_b = split_compare(argv)
     parser = build_parser()
     args = parser.parse_args(argv_a)
@@ -817,7 +950,14 @@ def main(argv: list[str]) -> dict[str, Any]:
 
 
 def format_report(results: dict[str, Any]) -> str:
-    """The results as a plain-text table."""
+    """The results as a plain-text table.
+
+    Args:
+        results: what :func:`main` returns.
+
+    Returns:
+        The report, without a trailing newline.
+    """
     peaks = results["matmul_peak_flops"]
     lines = [
         f"Device {results['device']} ({results['device_name']}), {results['threads']} threads; "

@@ -4,6 +4,7 @@ from fima.checkpoint.checkpointer import (
     Checkpointer,
     CheckpointMismatchError,
     CheckpointReadError,
+    CheckpointWriteError,
     atomic_write,
     load_checkpoint_file,
     load_model_state,
@@ -12,6 +13,7 @@ from fima.checkpoint.checkpointer import (
 __all__ = [
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "CheckpointWriteError",
     "Checkpointer",
     "atomic_write",
     "load_checkpoint_file",

@@ -20,10 +20,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -61,8 +63,15 @@ class CheckpointReadError(ValueError):
     """A file that cannot be read as a checkpoint; the message names it and says why."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, say); the message names it, says
+    why, and which checkpoint is intact."""
+
+
 # How many keys of each kind a mismatch message shows before it gives their count.
 _SHOWN_KEYS = 5
+# A write that failed with less free space than this left on its disk failed for want of it.
+_FULL_BELOW_BYTES = 1 << 20
 # What a mismatch message suggests, when resuming and for MODEL.WEIGHTS.
 _RESUME_ADVICE = (
     "Was it made with another config? Resume with that config, or give another OUTPUT_DIR"
@@ -306,15 +315,22 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Any, mode: str = "wb") -> None:
+def atomic_write(path: str, write: Any, mode: str = "wb", tag: str = "") -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it to ``path``.
 
     Readers see the old file or the complete new one, never a partial file, whenever the
-    process is killed.
+    process is killed; a kill leaves the temp file ``.<name>.[<tag>.]<random>.tmp``.
+
+    Args:
+        path: the file to write.
+        write: called with the open temp file.
+        mode: the temp file's open mode.
+        tag: put in the temp file's name (say, which process writes it).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    prefix = f".{os.path.basename(path)}." + (f"{tag}." if tag else "")
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
@@ -323,10 +339,28 @@ def atomic_write(path: str, write: Any, mode: str = "wb") -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(directory)
-    except BaseException:
+    except BaseException as err:
+        # Asked while the temp file still holds its space.
+        full = isinstance(err, Exception) and _disk_full(err, directory)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from err
         raise
+
+
+def _disk_full(err: BaseException, directory: str) -> bool:
+    """Whether ``err``, raised while writing into ``directory``, comes of a full disk (or quota):
+    torch.save reports a short write as a RuntimeError ('unexpected pos ...'), without errno."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    try:
+        return shutil.disk_usage(directory).free < _FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 class Checkpointer(_FvcoreCheckpointer):
@@ -362,7 +396,19 @@ class Checkpointer(_FvcoreCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_write(path, lambda f: torch.save(data, f))
+        try:
+            atomic_write(path, lambda f: torch.save(data, f))
+        except OSError as err:
+            intact = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            raise CheckpointWriteError(
+                f"Cannot write checkpoint {path}: {err.strerror or err}; "
+                + (
+                    f"the newest checkpoint, {intact}, is intact: make room, then continue with "
+                    "--resume"
+                    if intact
+                    else "there is no earlier checkpoint: make room and start again"
+                )
+            ) from err
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -397,7 +443,16 @@ class Checkpointer(_FvcoreCheckpointer):
             logger.info("No checkpoint given: the model keeps its initialisation")
             return {}
         logger.info("Loading %s", path)
-        checkpoint = self._load_file(path)
+        return self._load_weights(self._load_file(path), path, checkpointables, evaluation)
+
+    def _load_weights(
+        self,
+        checkpoint: dict[str, Any],
+        path: str,
+        checkpointables: list[str] | None,
+        evaluation: bool,
+    ) -> dict[str, Any]:
+        """:meth:`load` of the already read ``checkpoint`` of file ``path``."""
         load_model_state(self.model, checkpoint.pop("model"), path, evaluation=evaluation)
         for key in self.checkpointables if checkpointables is None else checkpointables:
             if key in checkpoint:
@@ -421,6 +476,15 @@ class Checkpointer(_FvcoreCheckpointer):
         if pointed in ordered:
             ordered.remove(pointed)
             ordered.insert(0, pointed)
+        elif os.path.basename(pointed):  # moved or deleted since: another is taken, or none
+            logger.warning(
+                "last_checkpoint in %s names %s, which is not there; %s",
+                self.save_dir,
+                os.path.basename(pointed),
+                f"taking the newest checkpoint there, {ordered[0]}"
+                if ordered
+                else "there is no checkpoint to continue from",
+            )
         return ordered
 
     def remove_stale_temp_files(self) -> list[str]:
@@ -436,16 +500,26 @@ class Checkpointer(_FvcoreCheckpointer):
             logger.info("Removed unfinished writes of an earlier run: %s", ", ".join(removed))
         return removed
 
-    def newest_readable_file(self) -> str | None:
-        """The newest checkpoint file of ``save_dir`` that can be read, falling back past
-        unreadable ones as :meth:`resume` does (each logged); None when there is none.
+    def load_newest(self, *, evaluation: bool = False) -> str | None:
+        """Load the model weights alone from the newest checkpoint file of ``save_dir`` that can
+        be read, falling back past unreadable ones as :meth:`resume` does (each logged), as
+        :meth:`load` with ``checkpointables=[]`` (``--eval-only --resume``). The file is read
+        once.
+
+        Returns:
+            The file loaded, or None when ``save_dir`` holds no checkpoint.
 
         Raises:
             CheckpointReadError: checkpoints exist but none can be read.
+            CheckpointMismatchError: the file does not fit the model.
         """
-        _, path, error = self._newest_readable()
+        checkpoint, path, error = self._newest_readable()
         if error is not None:
             raise CheckpointReadError(error)
+        if checkpoint is None or path is None:
+            return None
+        logger.info("Loading %s, the newest checkpoint of %s", path, self.save_dir)
+        self._load_weights(checkpoint, path, [], evaluation)
         return path
 
     def _newest_readable(self) -> tuple[dict[str, Any] | None, str | None, str | None]:

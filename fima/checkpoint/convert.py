@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,10 +99,19 @@ class ConversionReport:
 
     @property
     def lossy(self) -> bool:
+        """Whether the conversion loses part of the target (missing, unexpected or misshapen
+        keys)."""
         return bool(self.missing or self.unexpected or self.shapes)
 
     def format(self, verbose: bool = False) -> str:
-        """The report as text; ``verbose`` lists every mapped key."""
+        """The report as text.
+
+        Args:
+            verbose: list every mapped key, not only their count.
+
+        Returns:
+            Lines joined by newlines, without a trailing newline.
+        """
         renamed = [(s, t) for t, s in self.mapped.items() if s != t]
         lines = [
             f"Conversion {self.source} -> {self.target} ({self.backbone})",
@@ -129,6 +138,12 @@ class ConversionReport:
 def load_source(path: str) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``).
 
+    Args:
+        path: the checkpoint file.
+
+    Returns:
+        The checkpoint's top-level dict (on the CPU), as :func:`convert_checkpoint` takes it.
+
     Raises:
         FileNotFoundError: there is no such file.
         fima.checkpoint.CheckpointReadError: a ``ValueError`` whose one-line message names the
@@ -139,8 +154,15 @@ def load_source(path: str) -> dict[str, Any]:
 
 
 def reference_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The model state of a checkpoint in the reference code bases' layout (``{"state_dict":
-    {...}, "epoch": ..., ...}``, keys usually under DDP's ``module.``), or None for any other."""
+    """The model state of a checkpoint in the reference code bases' layout.
+
+    Args:
+        checkpoint: a loaded checkpoint.
+
+    Returns:
+        Its ``state_dict`` entry for the layout ``{"state_dict": {...}, "epoch": ..., ...}``
+        (keys usually under DDP's ``module.``), or None for any other layout.
+    """
     state = checkpoint.get("state_dict")
     return state if isinstance(state, Mapping) else None
 
@@ -201,12 +223,18 @@ def _split(
     return backbone, head, dropped, notes
 
 
-def _starts(prefix: str) -> Any:
+def _starts(prefix: str) -> Callable[[str], bool]:
     return lambda key: key.startswith(prefix)
 
 
 def detect_backbone(keys: set[str]) -> str:
-    """The fima backbone whose weights ``keys`` (source names) hold.
+    """The fima backbone whose weights a checkpoint holds, from its key names.
+
+    Args:
+        keys: the source's backbone keys (reference or fima names).
+
+    Returns:
+        ``"I3D"``, ``"R2Plus1D18"`` or ``"R3D18"``.
 
     Raises:
         ValueError: no known layout; pass a config (``--config-file``) naming the backbone.

@@ -27,13 +27,19 @@ _C.MODEL.SPLIT_BN_GROUPS = 1
 # True: SyncBatchNorm over all ranks (GPUs only; no shuffle is needed then). Excludes
 # SPLIT_BN_GROUPS > 1.
 _C.MODEL.SYNC_BN = False
+# DistributedDataParallel's find_unused_parameters: True for a model with parameters that some
+# steps leave without a gradient (a backbone's unused classifier, a branch a method skips). Off by
+# default: finding them costs a traversal of the autograd graph every step.
+_C.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
 
 _C.MODEL.BACKBONE = CN()
 # A name in BACKBONE_REGISTRY (I3D, R2Plus1D18, R3D18, Tiny3D, or your own).
 _C.MODEL.BACKBONE.NAME = "I3D"
 
 _C.MODEL.PROJECTOR = CN()
-# A name in HEAD_REGISTRY. The projector maps backbone features to contrastive embeddings.
+# A name in HEAD_REGISTRY. The projector maps backbone features to L2-normalised contrastive
+# embeddings: MoCo calls its embed(feat [N, C, T, H, W]) -> [N, D], FIMA also its
+# project(x [N, C, H, W]) -> [N, D, H, W] (one embedding per cell), as ProjectionHead does.
 _C.MODEL.PROJECTOR.NAME = "ProjectionHead"
 _C.MODEL.PROJECTOR.HIDDEN_DIM = 1024
 _C.MODEL.PROJECTOR.OUT_DIM = 128

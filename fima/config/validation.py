@@ -248,7 +248,7 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     if (
         cfg.MODEL.WEIGHTS
         and _is_local_path(cfg.MODEL.WEIGHTS)
-        and cfg.MODEL.WEIGHTS.endswith((".pth", ".pt", ".pkl"))
+        and cfg.MODEL.WEIGHTS.lower().endswith((".pth", ".pt", ".pkl"))
     ):
         require(
             os.path.isfile(os.path.expanduser(cfg.MODEL.WEIGHTS)),

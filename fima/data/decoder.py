@@ -1,7 +1,9 @@
 """PyAV decoding of just the frames a clip needs.
 
 Frame ``i`` of a video is the frame whose presentation time is ``i / fps`` after the stream start;
-indices come from the stream's time base, never from decoding everything.
+indices come from the stream's time base, never from decoding everything. AVI stores decoding
+times only: there a frame is shown the stream's reorder delay after the decoding time of the
+packet that made the decoder give it out.
 
 To read a set of frames the decoder plans *passes*: a pass seeks to the keyframe before its first
 frame and decodes through its last one, converting only the frames asked for. Where the container
@@ -48,7 +50,13 @@ class DecodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a container header says about its first video stream."""
+    """What a container header says about its first video stream.
+
+    ``width`` and ``height`` are the stored frame size. A video with a display rotation (a
+    phone's portrait video, stored landscape) has them swapped relative to the upright frames
+    that :func:`decode_frames` returns: the rotation is side data that PyAV only exposes on
+    decoded frames, and probing decodes nothing.
+    """
 
     num_frames: int
     fps: float
@@ -76,46 +84,92 @@ def _open(path: str) -> av.container.InputContainer:
     return container
 
 
-def _header_frames(container: av.container.InputContainer, fps: Fraction) -> int:
-    """The stream's frame count, else its duration times its frame rate (0 if neither)."""
+def _frame_count(container: av.container.InputContainer, fps: Fraction) -> int:
+    """The video stream's frame count, read from the header where it gives the stream's own
+    length (the fewer of its frame count and its duration times its frame rate), else from the
+    timestamp of its last packet (0 if it has none).
+
+    Matroska/WebM and FLV headers record only the whole file's duration: that of its longest
+    stream (audio that runs on after the video) and, in Matroska, counted from time 0 rather
+    than from where the video starts. Counting from it promised frames that are not there (the
+    last frame repeated, or an intact video taken for a truncated one). The video track's own
+    statistics tags, which ffmpeg and mkvmerge write, give its length; the file's duration is
+    used only where the video is its one stream and starts at 0.
+    """
     stream = container.streams.video[0]
     num_frames = int(stream.frames or 0)
+    if stream.duration is not None and stream.time_base is not None:
+        shown = int(round(float(stream.duration * stream.time_base) * float(fps)))
+        # An MP4 cut without re-encoding keeps the frames from the keyframe before the cut,
+        # which its edit list hides: they count as samples, not in the duration.
+        num_frames = min(num_frames, shown) if num_frames > 0 and shown > 0 else num_frames or shown
     if num_frames > 0:
         return num_frames
-    if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / av.time_base
-    else:
-        seconds = 0.0
-    return int(round(seconds * float(fps)))
+    num_frames = _tagged_frames(stream, fps)
+    if num_frames > 0:
+        return num_frames
+    if container.duration is not None and len(container.streams) == 1 and not stream.start_time:
+        return int(round(container.duration / av.time_base * float(fps)))
+    return _demuxed_frames(container)
+
+
+def _tagged_frames(stream: av.video.stream.VideoStream, fps: Fraction) -> int:
+    """The frame count from a Matroska track's statistics tags (0 if it has none).
+
+    mkvmerge writes ``NUMBER_OF_FRAMES``; ffmpeg writes only ``DURATION`` (``HH:MM:SS.nnn``),
+    which is the time the track ends. Tags in a language get it as a suffix (``-eng``).
+    """
+    tags = {key.split("-")[0].upper(): value for key, value in stream.metadata.items()}
+    try:
+        if "NUMBER_OF_FRAMES" in tags:
+            return int(tags["NUMBER_OF_FRAMES"])
+        if "DURATION" in tags:
+            hours, minutes, seconds = tags["DURATION"].split(":")
+            end = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            start = float((stream.start_time or 0) * stream.time_base)
+            return max(int(round((end - start) * float(fps))), 0)
+    except ValueError:
+        pass  # not numbers: not the tags we know
+    return 0
 
 
 def _demuxed_frames(container: av.container.InputContainer) -> int:
     """The frame count from the video packets' timestamps, read without decoding anything.
 
-    For containers whose header records no length, as WebM written live (browsers'
-    MediaRecorder, streaming software) does. A read error ends the count where it happened.
+    Demuxes from the last keyframe before the header's end of the file, which an indexed file
+    (Matroska cues) seeks to directly; from the start where there is no end to seek to (WebM
+    written live, as browsers' MediaRecorder and streaming software do) or nothing comes after
+    it. A read error ends the count where it happened.
     """
     stream = container.streams.video[0]
     clock = _FrameClock(stream)
     last: int | None = None
-    try:
-        for packet in container.demux(stream):
-            timestamp = packet.pts if packet.pts is not None else packet.dts
-            if timestamp is not None and (last is None or timestamp > last):
-                last = timestamp
-    except (av.FFmpegError, OSError):
-        pass
+    has_end = container.duration is not None and container.duration > 0
+    for from_end in (True, False) if has_end else (False,):
+        try:
+            if from_end:
+                end = container.duration / av.time_base
+                container.seek(clock.start_pts + clock.ticks(end), stream=stream, backward=True)
+            elif has_end:
+                container.seek(0)  # back from the end, where nothing came
+            for packet in container.demux(stream):
+                timestamp = packet.pts if packet.pts is not None else packet.dts
+                if timestamp is not None and (last is None or timestamp > last):
+                    last = timestamp
+        except (av.FFmpegError, OSError):
+            pass
+        if last is not None:
+            break
     return 0 if last is None else clock.index_of(last) + 1
 
 
 def probe_video(path: str) -> VideoInfo:
     """Read frame count, frame rate and size from the container header, decoding nothing.
 
-    The count is the stream's frame count where the container records it, else its duration
-    times its frame rate, else (a header without either) the index after the last video
-    packet's timestamp, read by demuxing the file (still decoding nothing).
+    The count is the fewer of the stream's frame count and its duration times its frame rate
+    (frames an MP4's edit list hides are counted, not shown), where the container records them;
+    else (Matroska/WebM, FLV) the video track's statistics tags, or the index after the last
+    video packet's timestamp, read by demuxing from the last keyframe (still decoding nothing).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
@@ -123,7 +177,7 @@ def probe_video(path: str) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
-        num_frames = _header_frames(container, fps) or _demuxed_frames(container)
+        num_frames = _frame_count(container, fps)
         if num_frames <= 0:
             raise DecodeError("neither the header nor the packets give a frame count")
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -133,19 +187,40 @@ def probe_video(path: str) -> VideoInfo:
 
 
 class _FrameClock:
-    """Maps timestamps of the stream's time base to 0-based frame indices and back."""
+    """Maps timestamps of the stream's time base to 0-based frame indices and back.
 
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+    Args:
+        decoding_times: the container stores decoding times only (AVI). Its presentation times
+            are the parser's guesses, which with B-frames are off by the reorder delay (MPEG-4
+            Part 2: frame ``k`` has the time of ``k + 1``) or, for H.264, not even in order. A
+            decoded frame's decoding time is that of the packet that made the decoder output
+            it, which runs the stream's reorder delay (in frames, from the header) behind its
+            presentation; the frames the decoder gives out when flushed, which have no
+            decoding time, follow the one before.
+    """
+
+    def __init__(self, stream: av.video.stream.VideoStream, decoding_times: bool = False) -> None:
         self.fps = _stream_fps(stream)
         self.time_base = stream.time_base
         self.start_pts = stream.start_time or 0
+        self.decoding_times = decoding_times
         self._frames_per_tick = float(self.time_base * self.fps)
+        if decoding_times:
+            self.start_pts += round(stream.codec_context.reorder_depth / self._frames_per_tick)
+
+    @classmethod
+    def of(cls, container: av.container.InputContainer) -> _FrameClock:
+        """The clock of the container's first video stream."""
+        return cls(container.streams.video[0], decoding_times=container.format.name == "avi")
 
     def index_of(self, timestamp: int) -> int:
         return int(round((timestamp - self.start_pts) * self._frames_per_tick))
 
     def index(self, frame: av.VideoFrame) -> int | None:
-        pts = frame.pts if frame.pts is not None else frame.dts
+        if self.decoding_times:
+            pts = frame.dts
+        else:
+            pts = frame.pts if frame.pts is not None else frame.dts
         return None if pts is None else self.index_of(pts)
 
     def pts(self, index: int) -> int:
@@ -318,7 +393,7 @@ def decode_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        clock = _FrameClock(stream)
+        clock = _FrameClock.of(container)
         keyframes = _KeyframeIndex(stream, clock)
         if not keyframes.covers(wanted[-1]):
             keyframes = None
@@ -335,13 +410,14 @@ def decode_frames(
             logger.debug("%s: decoding stopped early (%s); clamping to decoded frames", path, err)
         if tail is None:
             raise DecodeError("no frame could be decoded")
-        promised = _header_frames(container, clock.fps)
-        tolerance = _TRUNCATION_TOLERANCE_SECONDS * float(clock.fps)
-        if wanted[-1] > tail[0] and promised - 1 - tail[0] > tolerance:
-            raise DecodeError(
-                f"truncated: decoding ends at frame {tail[0] + 1} of the {promised} that the "
-                "header promises"
-            )
+        if wanted[-1] > tail[0]:
+            # Only then: without a length in the header, counting reads the file's end.
+            promised = _frame_count(container, clock.fps)
+            if promised - 1 - tail[0] > _TRUNCATION_TOLERANCE_SECONDS * float(clock.fps):
+                raise DecodeError(
+                    f"truncated: decoding ends at frame {tail[0] + 1} of the {promised} that "
+                    "the header promises"
+                )
         if tail[0] not in frames:
             frames[tail[0]] = convert(tail[1])
     return torch.from_numpy(np.stack([_nearest(frames, max(int(i), 0)) for i in indices]))
@@ -390,6 +466,12 @@ def _decode_pass(
         last_frame = None
         for frame in container.decode(stream):
             index = clock.index(frame)
+            if index is None and clock.decoding_times:
+                # Given out when the decoder was flushed at the stream's end: the frame after
+                # the one before, or from the start the first (a video of no more frames than
+                # the reorder delay). After a seek to within that delay of the end, which frame
+                # comes first is unknown (with open GOPs, not the keyframe): an earlier one.
+                index = last_frame[0] + 1 if last_frame is not None else 0 if from_start else None
             if index is None:
                 continue
             if last_frame is None and index > first and not from_start:

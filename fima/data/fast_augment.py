@@ -14,7 +14,8 @@ four times as many clips as it has videos:
   included, as batched matrix products with banded matrices instead of a depthwise convolution
   with one group per image and channel.
 
-Draws use the torch RNG of the input's device.
+Draws use the torch RNG of the input's device, except the order of the colour-jitter steps,
+which is drawn from the CPU generator.
 """
 
 from __future__ import annotations
@@ -35,26 +36,57 @@ def _per_clip(values: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def grayscale(clips: torch.Tensor) -> torch.Tensor:
-    """Luma of ``[N, 3, ...]`` clips: ``[N, 1, ...]``."""
+    """Luma of RGB clips (ITU-R 601 weights).
+
+    Args:
+        clips: ``[N, 3, ...]`` (e.g. ``[N, 3, T, H, W]``).
+
+    Returns:
+        ``[N, 1, ...]``, a new tensor.
+    """
     red, green, blue = clips.unbind(dim=1)
     gray = red * GRAY_WEIGHTS[0]
     return gray.add_(green, alpha=GRAY_WEIGHTS[1]).add_(blue, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def adjust_brightness(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``clamp(x * factor, 0, 1)`` in place; ``factor`` ``[N]``."""
+    """``clamp(x * factor, 0, 1)``, in place.
+
+    Args:
+        clips: ``[N, 3, ...]`` in [0, 1]; overwritten.
+        factor: ``[N]``, one per clip.
+
+    Returns:
+        ``clips`` itself.
+    """
     return clips.mul_(_per_clip(factor, clips.dim())).clamp_(0.0, 1.0)
 
 
 def adjust_contrast(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend each frame with the mean of its luma, in place: ``[N, 3, T, H, W]``, ``factor [N]``."""
+    """Blend each frame with the mean of its luma, clamped to [0, 1], in place.
+
+    Args:
+        clips: ``[N, 3, T, H, W]`` in [0, 1]; overwritten.
+        factor: ``[N]``, one per clip (1 keeps the clip, 0 gives the grey mean).
+
+    Returns:
+        ``clips`` itself.
+    """
     factor = _per_clip(factor, clips.dim())
     mean = grayscale(clips).mean(dim=(-2, -1), keepdim=True)  # per frame, [N, 1, T, 1, 1]
     return clips.mul_(factor).add_(mean * (1.0 - factor)).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the per-pixel luma, in place: ``[N, 3, ...]``, ``factor [N]``."""
+    """Blend with the per-pixel luma, clamped to [0, 1], in place.
+
+    Args:
+        clips: ``[N, 3, ...]`` in [0, 1]; overwritten.
+        factor: ``[N]``, one per clip (1 keeps the clip, 0 gives its luma).
+
+    Returns:
+        ``clips`` itself.
+    """
     factor = _per_clip(factor, clips.dim())
     gray = grayscale(clips).mul_(1.0 - factor)
     return clips.mul_(factor).add_(gray).clamp_(0.0, 1.0)
@@ -198,7 +230,18 @@ class ClipAugmentation(nn.Module):
         self.blur_prob = blur_prob
 
     def sample(self, count: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Parameters for ``count`` clips: which clips each step takes, and its factors."""
+        """Draw the parameters of ``count`` clips.
+
+        Args:
+            count: clips ``N``.
+            device: where the draws are made (its torch RNG); the jitter order is drawn on the
+                CPU.
+
+        Returns:
+            ``grayscale``, ``jitter``, ``blur``: ``[N]`` bool, which clips each step takes;
+            ``factors``: ``[4, N]`` brightness, contrast, saturation factors and hue shift (in
+            turns); ``order``: ``[4]`` the jitter steps' order; ``sigma``: ``[N]`` blur sigmas.
+        """
 
         def uniform(low: float, high: float) -> torch.Tensor:
             return torch.rand(count, device=device) * (high - low) + low
@@ -218,14 +261,17 @@ class ClipAugmentation(nn.Module):
         params: dict[str, torch.Tensor] | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
     ) -> torch.Tensor:
-        """Augment ``[N, 3, T, H, W]`` float clips in [0, 1]; a new tensor of the same shape.
+        """Augment a batch of clips.
 
         Args:
-            clips: the batch (left unchanged).
+            clips: ``[N, 3, T, H, W]`` float in [0, 1] (left unchanged).
             params: from :meth:`sample`; drawn here when None.
             memory_format: the layout of the result (``torch.channels_last_3d`` for encoders
                 that take it: the copy that keeps ``clips`` unchanged also lays them out, one
                 full-size copy instead of two).
+
+        Returns:
+            A new ``[N, 3, T, H, W]`` tensor in ``memory_format``.
         """
         params = params if params is not None else self.sample(clips.shape[0], clips.device)
         out = torch.empty_like(clips, memory_format=memory_format).copy_(clips)

@@ -31,7 +31,9 @@ from fima.utils.progress import progress_bar
 logger = logging.getLogger(__name__)
 
 # 3: headers without a length are demuxed for one (format 2 cached them as errors).
-_INDEX_FORMAT = 3
+# 4: Matroska/WebM/FLV count the video track, not the file's duration, and MP4 does not count
+#    frames its edit list hides (format 3 cached counts that included frames never shown).
+_INDEX_FORMAT = 4
 PROBE_THREADS = 8
 T = TypeVar("T")
 

@@ -28,10 +28,17 @@ from fima.data.fast_augment import ClipAugmentation
 
 
 def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """The ``(height, width)`` a frame is rescaled to so that its short side is ``short_side``.
+    """The size a frame is rescaled to so that its short side is ``short_side``.
 
     Only downscales: a frame whose short side is already at most ``short_side`` (or
     ``short_side <= 0``) keeps its size. The aspect ratio is kept, to the nearest pixel.
+
+    Args:
+        height, width: the frame's size.
+        short_side: the wanted short side; <= 0 for no rescaling.
+
+    Returns:
+        ``(height, width)``, each at least 1.
     """
     short = min(height, width)
     if short_side <= 0 or short <= short_side:
@@ -47,10 +54,19 @@ def random_resized_crop_params(
     ratio: tuple[float, float],
     rng: np.random.Generator,
 ) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop sampling: a region ``(top, left, h, w)`` of the frame.
+    """torchvision's RandomResizedCrop sampling of a region of the frame.
 
     Ten tries at a random area fraction in ``scale`` and aspect ratio in ``ratio`` (log-uniform);
     if none fits, a centre crop with the aspect ratio clamped to ``ratio``.
+
+    Args:
+        height, width: the frame's size.
+        scale: ``(min, max)`` area fraction.
+        ratio: ``(min, max)`` aspect ratio ``w / h``.
+        rng: the sample's generator.
+
+    Returns:
+        ``(top, left, h, w)`` in pixels, inside the frame.
     """
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -74,7 +90,16 @@ def random_resized_crop_params(
 
 
 def crop_box(top: int, left: int, h: int, w: int, height: int, width: int) -> torch.Tensor:
-    """The crop's box ``(x1, y1, x2, y2)`` in the source frame, normalised by ``(W-1, H-1)``."""
+    """The crop's box in the source frame, in the normalised coordinates of RECIPE.md §1.
+
+    Args:
+        top, left, h, w: the crop region in pixels.
+        height, width: the frame's size.
+
+    Returns:
+        ``[4]`` float32 ``(x1, y1, x2, y2)``: the first and last pixel indices of the crop
+        divided by ``(W - 1, H - 1)``.
+    """
     sx, sy = max(width - 1, 1), max(height - 1, 1)
     return torch.tensor(
         [left / sx, top / sy, (left + w - 1) / sx, (top + h - 1) / sy], dtype=torch.float32
@@ -84,9 +109,17 @@ def crop_box(top: int, left: int, h: int, w: int, height: int, width: int) -> to
 def resized_crop(
     frames: torch.Tensor, top: int, left: int, h: int, w: int, size: int
 ) -> torch.Tensor:
-    """Crop ``frames`` ``[T, H, W, 3]`` uint8, resize: ``[3, T, size, size]`` uint8.
+    """Crop a region of every frame and resize it to a square.
 
     Bilinear with antialiasing, computed on uint8 (a channels-last view, torch's fast path).
+
+    Args:
+        frames: ``[T, H, W, 3]`` uint8.
+        top, left, h, w: the region in pixels.
+        size: the output side ``S``.
+
+    Returns:
+        ``[3, T, S, S]`` uint8, contiguous.
     """
     region = frames[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
     if (h, w) != (size, size):
@@ -129,6 +162,7 @@ def spatial_crops(frames: torch.Tensor, cfg: CfgNode, num_crops: int = 1) -> tor
 
     Args:
         frames: ``[T, H, W, 3]`` uint8.
+        cfg: uses ``INPUT.CROP_SIZE`` and ``INPUT.TEST_CROP_FRACTION``.
         num_crops: 1, the centre square; 3, the squares at the start, centre and end of the long
             side, centred across the short side (SlowFast's three-crop test).
 
@@ -152,7 +186,15 @@ def spatial_crops(frames: torch.Tensor, cfg: CfgNode, num_crops: int = 1) -> tor
 
 
 def blur_kernel_size(cfg: CfgNode) -> int:
-    """The odd kernel size nearest ``BLUR_KERNEL_FRACTION * CROP_SIZE``, at least 3."""
+    """The Gaussian blur's kernel side.
+
+    Args:
+        cfg: uses ``INPUT.AUG.BLUR_KERNEL_FRACTION`` and ``INPUT.CROP_SIZE``.
+
+    Returns:
+        ``round(BLUR_KERNEL_FRACTION * CROP_SIZE)``, made odd by adding 1 to an even value, and
+        at least 3.
+    """
     size = int(round(cfg.INPUT.AUG.BLUR_KERNEL_FRACTION * cfg.INPUT.CROP_SIZE))
     return max(size + (1 - size % 2), 3)
 
@@ -162,7 +204,8 @@ class VideoAugmentation(nn.Module):
 
     RandomGrayscale, ColorJitter, GaussianBlur (kornia's maths, the same parameters on every frame
     of a clip), then normalisation with ``INPUT.MEAN`` / ``INPUT.STD``. Draws use the torch
-    RNG of the input's device, so a resumed run continues the same augmentation stream.
+    RNG of the input's device (the CPU's for the order of the jitter steps), which checkpoints
+    save, so a resumed run continues the same augmentation stream.
     """
 
     def __init__(self, cfg: CfgNode) -> None:
@@ -193,19 +236,34 @@ class VideoAugmentation(nn.Module):
         )
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        """Augment and normalise ``clips`` ``[N, 3, T, H, W]`` float in [0, 1]; same shape out,
-        a new tensor in the encoders' layout.
+        """Augment and normalise a batch of clips, in float32 also under autocast (a method
+        calls this inside its forward, which the trainer autocasts).
 
         The augmentation's copy of the clips is laid out for the encoders and normalised in
         place: three fewer full-size allocations per call than augmenting, normalising and
         converting one after the other (for the 24 difference clips of an I3D FIMA step at
         16x112², 58 MB each, whose first writes fault every page in).
+
+        Args:
+            clips: ``[N, 3, T, H, W]`` float in [0, 1] (left unchanged).
+
+        Returns:
+            A new ``[N, 3, T, H, W]`` float32 tensor in the encoders' layout.
         """
-        out = self.augment(clips, memory_format=self.memory_format)
-        return out.sub_(self.mean).div_(self.std)
+        # Autocast would compute some steps (grayscale, blur) in bf16/fp16, which the in-place
+        # writes into the float32 copy refuse; the pixel maths is cheap and wants float32 anyway.
+        with torch.autocast(clips.device.type, enabled=False):
+            out = self.augment(clips, memory_format=self.memory_format)
+            return out.sub_(self.mean).div_(self.std)
 
     def normalize(self, clips: torch.Tensor) -> torch.Tensor:
-        """Only the normalisation (evaluation inputs): ``[N, 3, T, H, W]`` in, same shape out,
-        a new tensor in the encoders' layout."""
+        """Only the normalisation (evaluation inputs).
+
+        Args:
+            clips: ``[N, 3, T, H, W]`` float in [0, 1].
+
+        Returns:
+            A new ``[N, 3, T, H, W]`` tensor in the encoders' layout.
+        """
         out = torch.empty_like(clips, memory_format=self.memory_format)
         return torch.sub(clips, self.mean, out=out).div_(self.std)

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -31,22 +32,45 @@ from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
 from fima.evaluation.evaluator import check_evaluator
+from fima.evaluation.results import begin_reports
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
 from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
 from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
-from fima.utils.files import set_aside
+from fima.utils.files import FolderInUseError, lock_folder, set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
+from fima.utils.visualization import check_visualizable
 
 logger = logging.getLogger(__name__)
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that an option given after the ``KEY VALUE`` overrides, which
+    ``argparse.REMAINDER`` takes for overrides, is said to be misplaced: argparse would call
+    ``--config-file`` missing, or take ``--resume`` for a config key."""
+
+    def parse_known_args(
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        misplaced = [
+            item
+            for item in getattr(namespace, "opts", None) or []
+            if item.split("=")[0] in self._option_string_actions
+        ]
+        if misplaced:
+            self.error(f"options ({' '.join(misplaced)}) must come before the KEY VALUE overrides")
+        if getattr(namespace, "config_file", "") is None:
+            self.error("the following arguments are required: --config-file")
+        return namespace, extras
+
+
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``tools/train_net.py`` (and of projects' entry points)."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         epilog=epilog
         or (
             "Examples:\n"
@@ -57,9 +81,8 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config-file", required=True, metavar="FILE", help="path to a config file"
-    )
+    # Required, but checked by _ArgumentParser: given after the overrides, it is misplaced.
+    parser.add_argument("--config-file", metavar="FILE", help="path to a config file (required)")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -116,26 +139,32 @@ def import_user_module(spec: str) -> ModuleType:
     """Import a dotted module name or a ``.py`` file path (``--import``).
 
     A module name is looked up on the Python path, then in the working directory (Python puts
-    a script's folder on the path, not the working directory, where a user's module lies).
+    a script's folder on the path, not the working directory, where a user's module lies). A
+    ``.py`` file may import the modules beside it, as a script run by ``python file.py`` can:
+    its folder is added to the end of the path.
 
     Raises:
         FileNotFoundError: no such ``.py`` file.
         ValueError: no such module (a module that imports a missing one keeps its own error).
     """
-    if spec.endswith(".py"):
+    if spec.lower().endswith(".py"):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--import {spec}: no such file")
         name = os.path.splitext(os.path.basename(path))[0]
-        module_spec = importlib.util.spec_from_file_location(name, path)
+        # Last, like the working directory below: a sibling never shadows an installed module.
+        _append_to_path(os.path.dirname(path))
+        # An explicit loader: Python infers one from a lower-case .py only (not MODULE.PY).
+        loader = importlib.machinery.SourceFileLoader(name, path)
+        module_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
         assert module_spec is not None and module_spec.loader is not None
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module
     # Last, so that a file in the working directory never shadows an installed module.
-    if os.getcwd() not in sys.path and os.curdir not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
+    if os.curdir not in sys.path and "" not in sys.path:
+        _append_to_path(os.getcwd())
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as err:
@@ -145,6 +174,12 @@ def import_user_module(spec: str) -> ModuleType:
             f"--import {spec}: no module named {err.name!r} on the Python path or in the working "
             "directory (give a module name importable from there, or the path of a .py file)"
         ) from None
+
+
+def _append_to_path(folder: str) -> None:
+    """Put ``folder`` at the end of ``sys.path`` unless it is on it already."""
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def get_user_cfg(
@@ -225,8 +260,10 @@ def _preserve_previous_config(path: str, new_text: str) -> None:
     with open(path) as f:
         if f.read() == new_text:
             return
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y%m%d-%H%M%S")
-    os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
+    # set_aside, not a rename to the name of that second: two configs set aside within one
+    # second would keep only the second.
+    kept = set_aside(path)
+    logger.info("The earlier config of %s is kept in %s", os.path.dirname(path), kept)
 
 
 def _previous_run_files(output_dir: str) -> list[str]:
@@ -241,17 +278,126 @@ def _previous_run_files(output_dir: str) -> list[str]:
     )
 
 
+def check_run(
+    cfg: CfgNode,
+    args: argparse.Namespace | None,
+    world_size: int,
+    previous: list[str] | None,
+) -> None:
+    """What :func:`default_setup` checks before it writes anything: the config
+    (:func:`validate_cfg`; resuming a run of OUTPUT_DIR does not read ``MODEL.WEIGHTS``, which
+    may be gone since), and that a run which does not resume overwrites no other run.
+
+    Args:
+        previous: the files of OUTPUT_DIR that a new run would overwrite
+            (:func:`_previous_run_files`); None where they are not known (a machine other than
+            the first, before launch), which checks neither against them.
+
+    Raises:
+        ConfigError: the config is invalid (the message names the key).
+        FileExistsError: OUTPUT_DIR holds another run's checkpoints and neither ``--resume``
+            nor ``--eval-only`` was given.
+    """
+    checked = cfg
+    if args is not None and args.resume and (previous is None or previous):
+        checked = cfg.clone()
+        checked.defrost()
+        checked.MODEL.WEIGHTS = ""
+    validate_cfg(checked, world_size)
+    resuming = args is not None and (args.resume or args.eval_only)
+    if not resuming and previous:
+        raise FileExistsError(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a run ({', '.join(previous[:3])}). Pass "
+            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
+            "overwritten."
+        )
+
+
+def check_before_launch(args: argparse.Namespace, world_size: int, first_machine: bool) -> None:
+    """Check the config and command line of a run of ``world_size`` processes in the process
+    that launches them, before it spawns any: a bad setting is then said once, not once by
+    every rank. The ranks check again in :func:`default_setup`, with their process group (what
+    depends on its backend is checked there only). The warnings of the checks are left to the
+    ranks' logs.
+
+    Args:
+        args: the command line (``config_file``, ``opts``, ``imports``, ``resume``,
+            ``eval_only``).
+        world_size: the processes of the whole run.
+        first_machine: whether this machine runs rank 0, which decides whether OUTPUT_DIR
+            holds a run (other machines may not see it).
+
+    Raises:
+        As :func:`get_user_cfg` and :func:`check_run`.
+    """
+    quiet = logging.NullHandler()
+    fima_logger = logging.getLogger("fima")
+    fima_logger.addHandler(quiet)
+    try:
+        cfg = get_user_cfg(args.config_file, args.opts, args.imports)
+        previous = _previous_run_files(cfg.OUTPUT_DIR) if first_machine else None
+        check_run(cfg, args, world_size, previous)
+    finally:
+        fima_logger.removeHandler(quiet)
+
+
+# The lock files (OUTPUT_DIR/.lock) that this process holds, open for as long as it lives: a
+# second default_setup of the same OUTPUT_DIR in this process (a test, a notebook) keeps it.
+_held_locks: dict[str, TextIO] = {}
+
+
+def _lock_output_dir(output_dir: str) -> str | None:
+    """Hold ``output_dir``'s lock until this process ends, so that two runs started into one
+    OUTPUT_DIR cannot write each other's checkpoints, metrics and reports; say which process
+    holds it, or None once this one does."""
+    key = os.path.realpath(output_dir)
+    if key in _held_locks:
+        return None
+    try:
+        lock = lock_folder(output_dir)
+    except FolderInUseError as err:
+        return (
+            f"OUTPUT_DIR: {output_dir} is in use by another run ({err.holder}): wait for it to "
+            "end, or set OUTPUT_DIR to another directory"
+        )
+    if lock is not None:
+        _held_locks[key] = lock
+    return None
+
+
+def _output_dir_problem(output_dir: str) -> str | None:
+    """Create and lock ``output_dir``; say why it cannot hold this run's files, or None when
+    it can."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        return f"OUTPUT_DIR: {output_dir} is a file, not a folder; set OUTPUT_DIR to a folder"
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        # A folder that exists on a read-only file system, or of another user.
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        return (
+            f"OUTPUT_DIR: cannot write to {output_dir} ({err.strerror or err}); set OUTPUT_DIR "
+            "to a folder you can write"
+        )
+    return _lock_output_dir(output_dir)
+
+
 def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNode:
     """Prepare a run: seed, validation, then output dir, logging, ``config.yaml``; freezes
     ``cfg``. An invalid config leaves nothing on disk.
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
-    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used. An earlier run's
-    evaluation reports (``OUTPUT_DIR/inference``) are kept as ``inference.<time>``, unless
-    this run resumes the training run that wrote them.
+    ``OUTPUT_DIR/config.yaml`` records the seed that was actually used; an ``--eval-only``
+    run (``args.eval_only``) saves it later, once its weights are loaded (:func:`save_config`).
+    An earlier run's evaluation reports (``OUTPUT_DIR/inference``) are kept as
+    ``inference.<time>`` when this run writes its first one, unless this run resumes the
+    training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
 
     Raises:
-        ConfigError: the config is invalid (the message names the key).
+        ConfigError: the config is invalid (the message names the key), OUTPUT_DIR cannot
+            be created or written, or another run uses it (rank 0 holds ``OUTPUT_DIR/.lock``
+            until its process ends).
         FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
             given (starting over would overwrite them).
     """
@@ -269,18 +415,16 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     previous = comm.broadcast_object(
         _previous_run_files(output_dir) if comm.is_main_process() else None
     )
-    checked = cfg
-    if args is not None and args.resume and previous:
-        # Resuming reads OUTPUT_DIR's checkpoints, not MODEL.WEIGHTS, which may be gone since.
-        checked = cfg.clone()
-        checked.MODEL.WEIGHTS = ""
     try:
-        validate_cfg(checked, comm.get_world_size())
+        check_run(cfg, args, comm.get_world_size(), previous)
     finally:
         fima_logger.removeHandler(held)
-    if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-    comm.synchronize()
+    # Rank 0 creates it; every rank stops with its one line if it cannot.
+    problem = comm.broadcast_object(
+        _output_dir_problem(output_dir) if comm.is_main_process() else None
+    )
+    if problem is not None:
+        raise ConfigError(problem)
     setup_logger(output_dir, distributed_rank=rank, name="fima")
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     for handler in fima_logger.handlers:
@@ -303,31 +447,32 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     if resolve_device(cfg).type == "cpu" and retain_freed_memory():
         logger.info("Freed memory is kept for reuse by this process (glibc: no mmap, no trim)")
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
-    resuming = args is not None and (args.resume or args.eval_only)
-    if not resuming and previous:
-        raise FileExistsError(
-            f"OUTPUT_DIR {output_dir} already holds a run ({', '.join(previous[:3])}). Pass "
-            "--resume to continue it, or set OUTPUT_DIR to another directory; nothing was "
-            "overwritten."
-        )
-    text = cfg.dump()
     # The evaluation reports of OUTPUT_DIR/inference are rewritten by each evaluation; those of
     # an earlier run (an --eval-only of other weights, the final evaluation of the training run
-    # that a --eval-only now follows) are kept beside the new ones. A resumed training run's
-    # reports are its own.
-    continuing = args is not None and args.resume and not args.eval_only
-    if comm.is_main_process() and not continuing:
-        kept = set_aside(os.path.join(output_dir, "inference"))
-        if kept is not None:
-            logger.info("The earlier evaluation reports of inference/ are kept in %s", kept)
-    if comm.is_main_process():
-        path = os.path.join(output_dir, "config.yaml")
-        _preserve_previous_config(path, text)
-        atomic_write(path, lambda f: f.write(text), mode="w")
-        logger.info("Full config saved to %s", path)
+    # that a --eval-only now follows) are set aside when this run writes its first report, so
+    # that a run that stops before evaluating moves nothing.
+    eval_only = args is not None and args.eval_only
+    resumed = args is not None and args.resume
+    begin_reports(output_dir, "evaluation" if eval_only else "training", resumed)
+    # An --eval-only run's config is saved once its weights are loaded (save_config), so that
+    # one that cannot start leaves the config.yaml of the run it evaluates in place.
+    if not eval_only:
+        save_config(cfg)
     seed_all_rng(cfg.SEED + rank)
     cfg.freeze()
     return cfg
+
+
+def save_config(cfg: CfgNode) -> str:
+    """Write ``OUTPUT_DIR/config.yaml`` (main process); a differing one of an earlier run is kept
+    as ``config.<time>.yaml``. Returns its path."""
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if comm.is_main_process():
+        text = cfg.dump()
+        _preserve_previous_config(path, text)
+        atomic_write(path, lambda f: f.write(text), mode="w")
+        logger.info("Full config saved to %s", path)
+    return path
 
 
 def resolve_device(cfg: CfgNode) -> torch.device:
@@ -394,7 +539,11 @@ class DefaultTrainer(SimpleTrainer):
         amp, amp_dtype = resolve_amp(cfg.SOLVER.AMP, self.device.type)
         logger.info("Precision: %s", describe_amp(cfg.SOLVER.AMP, self.device.type))
         super().__init__(
-            create_ddp_model(method, self.device),
+            create_ddp_model(
+                method,
+                self.device,
+                find_unused_parameters=cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS,
+            ),
             data_loader,
             optimizer,
             amp=amp,
@@ -417,6 +566,8 @@ class DefaultTrainer(SimpleTrainer):
             data_loader=data_loader,
         )
         self.start_iter = 0
+        # The evaluator of the EvalHook (build_hooks sets it), None when there is none.
+        self.evaluator: Any | None = None
         self.register_hooks(self.build_hooks())
         logger.info(
             "%s: %d iterations (%d per epoch) of %d clips",
@@ -435,6 +586,22 @@ class DefaultTrainer(SimpleTrainer):
         return {}
 
     # -- checkpoint state ------------------------------------------------------------------------
+    def run_step(self) -> None:
+        """:meth:`SimpleTrainer.run_step`, with the config key to set when DDP finds parameters
+        that got no gradient (its own message names a constructor argument the user does not
+        call)."""
+        try:
+            super().run_step()
+        except RuntimeError as err:
+            if "find_unused_parameters" not in str(err):
+                raise
+            raise RuntimeError(
+                f"{self.cfg.MODEL.META_ARCHITECTURE}: some parameters got no gradient in the "
+                "last step, which DistributedDataParallel cannot reduce; set "
+                "MODEL.DDP_FIND_UNUSED_PARAMETERS True, or leave unused modules out of the "
+                "model (DDP's own message follows)"
+            ) from err
+
     def rank_state_dict(self) -> dict[str, Any]:
         """What differs between ranks: the RNG states and the BatchNorm running statistics
         (each rank keeps its own; the model's state holds rank 0's). The checkpointer gathers
@@ -485,6 +652,21 @@ class DefaultTrainer(SimpleTrainer):
                     self.max_iter,
                 )
             return
+        if resume:
+            # Not an error: a job restarted after preemption passes --resume from its first
+            # start. But a mistyped OUTPUT_DIR would silently start over, so it is said.
+            start = (
+                f"MODEL.WEIGHTS {self.cfg.MODEL.WEIGHTS}" if self.cfg.MODEL.WEIGHTS else "scratch"
+            )
+            logger.warning(
+                "--resume: OUTPUT_DIR %s holds no checkpoint; this run starts from %s",
+                self.cfg.OUTPUT_DIR,
+                start,
+            )
+        # Not resumed: the best weights in OUTPUT_DIR/best, if any, are another run's.
+        selector = getattr(self.evaluator, "selector", None)
+        if selector is not None:
+            selector.start_over()
         if self.cfg.MODEL.WEIGHTS:
             # A path, a URL or a model-zoo name (fima:// files are sha256-verified).
             self.checkpointer.load(resolve_weights(self.cfg.MODEL.WEIGHTS), checkpointables=[])
@@ -538,10 +720,21 @@ class DefaultTrainer(SimpleTrainer):
         cfg = self.cfg
         tracker: BadVideoTracker | None = getattr(self.data_loader, "tracker", None)
         build_method_hooks = getattr(self.method, "build_hooks", None)
-        evaluator = self.build_evaluator(cfg, self.method)
+        evaluator = self.evaluator = self.build_evaluator(cfg, self.method)
         # An evaluation that could not run (its split missing, unlabelled) fails now, not
         # after training: the EvalHook runs at least once, at the end.
         check_evaluator(evaluator, self.method)
+        if evaluator is None and cfg.TEST.KNN.ENABLED:
+            # The kNN monitor is an evaluator (MoCo's): without one it would silently not run.
+            raise ConfigError(
+                f"TEST.KNN.ENABLED: {cfg.MODEL.META_ARCHITECTURE} builds no evaluator "
+                "(build_evaluator), so nothing would run the kNN monitor; give the method a "
+                "build_evaluator that returns fima.evaluation.knn.KNNEvaluator(cfg) and an "
+                "extract_features, or set TEST.KNN.ENABLED False"
+            )
+        if cfg.VIS_PERIOD > 0:
+            # Likewise a method without an encoder to draw, on every rank alike.
+            check_visualizable(self.method)
         return [
             # First, so that a step's time includes every other hook.
             hooks.IterationTimer(),

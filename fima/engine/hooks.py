@@ -48,11 +48,13 @@ class IterationTimer(HookBase):
         self._total_timer = Timer()
 
     def before_train(self) -> None:
+        """Start the total clock, with the step timer paused."""
         self._start_time = time.perf_counter()
         self._total_timer.reset()
         self._total_timer.pause()
 
     def after_train(self) -> None:
+        """Log the time per step (after the warm-up steps) and the time outside steps."""
         total = time.perf_counter() - self._start_time
         hook_time = total - self._total_timer.seconds()
         num_iter = self.trainer.storage.iter + 1 - self.trainer.start_iter - self._warmup_iter
@@ -69,10 +71,12 @@ class IterationTimer(HookBase):
         )
 
     def before_step(self) -> None:
+        """Start timing the step."""
         self._step_timer.reset()
         self._total_timer.resume()
 
     def after_step(self) -> None:
+        """Put the step's ``time`` into the storage, once the warm-up steps are over."""
         iter_done = self.trainer.storage.iter - self.trainer.start_iter + 1
         if iter_done >= self._warmup_iter:
             self.trainer.storage.put_scalar("time", self._step_timer.seconds())
@@ -93,6 +97,7 @@ class LRScheduler(HookBase):
         self.scheduler = scheduler
 
     def after_step(self) -> None:
+        """Record the rate this step used as ``lr``, then step the scheduler."""
         self.trainer.storage.put_scalar(
             "lr", self._optimizer.param_groups[0]["lr"], smoothing_hint=False
         )
@@ -116,11 +121,21 @@ class MomentumSchedule(HookBase):
         self.schedule = schedule
 
     def momentum_at(self, iteration: int, max_iter: int) -> float:
+        """The momentum of one iteration.
+
+        Args:
+            iteration: the iteration, ``0 <= iteration < max_iter``.
+            max_iter: the run's ``SOLVER.MAX_ITER``.
+
+        Returns:
+            ``m`` in ``[base, 1]``.
+        """
         if self.schedule == "constant":
             return self.base
         return 1.0 - (1.0 - self.base) * (math.cos(math.pi * iteration / max_iter) + 1.0) / 2.0
 
     def before_step(self) -> None:
+        """Update the key encoder with this iteration's momentum; record it as ``momentum``."""
         momentum = self.momentum_at(self.trainer.iter, self.trainer.max_iter)
         comm.unwrap_model(self.trainer.model).momentum_update(momentum)
         self.trainer.storage.put_scalar("momentum", momentum, smoothing_hint=False)
@@ -139,6 +154,8 @@ class QueueUpdate(HookBase):
         self._checked = False
 
     def after_step(self) -> None:
+        """Enqueue the step's keys; after the first step, warn about queues that hold an epoch
+        of keys (rank 0)."""
         model = comm.unwrap_model(self.trainer.model)
         model.update_queues()
         if not self._checked:
@@ -156,6 +173,10 @@ def warn_long_queues(model: torch.nn.Module, iters_per_epoch: int) -> None:
     stale copies of itself as negatives. The recipe's instance and motion queues hold 6-14% of
     an epoch's keys (RECIPE.md §7: 2240 keys on UCF101, 65536 on Kinetics-400, 2 or 4 keys per
     video); a config made for a large dataset and run on a small one is how this happens.
+
+    Args:
+        model: the unwrapped model, after its first queue update.
+        iters_per_epoch: optimizer steps per epoch of the training data.
     """
     from fima.modeling.queue import KeyQueue  # engine imports modeling, not the reverse
 
@@ -183,6 +204,11 @@ class NonFiniteLossGuard(HookBase):
     """
 
     def after_backward(self) -> None:
+        """Raise on every rank when any rank's loss is not finite.
+
+        Raises:
+            FloatingPointError: naming the iteration, the bad ranks and their loss terms.
+        """
         losses = self.trainer.loss_dict
         bad = not all(math.isfinite(v) for v in losses.values())
         flag = comm.all_reduce_tensor(
@@ -238,6 +264,7 @@ class PreciseBN(HookBase):
         self._said_nothing_to_do = False
 
     def after_step(self) -> None:
+        """Recompute the statistics every ``period`` iterations and at the last one."""
         next_iter = self.trainer.iter + 1
         periodic = self._period > 0 and next_iter % self._period == 0
         if periodic or next_iter == self.trainer.max_iter:
@@ -273,6 +300,9 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
     """
 
     def before_train(self) -> None:
+        """Adopt the trainer's ``max_iter``; on rank 0, count the periodic checkpoints already
+        in the output directory and keep a finished run's ``model_final`` that a longer run
+        would overwrite."""
         self.max_iter = self.trainer.max_iter
         if not comm.is_main_process():
             return
@@ -298,11 +328,17 @@ class PeriodicCheckpointer(_FvcorePeriodicCheckpointer, HookBase):
                 logger.info("Kept the previous %s as %s", os.path.basename(final), kept)
 
     def after_step(self) -> None:
+        """Save when the schedule says so (:meth:`step`)."""
         self.step(self.trainer.iter)
 
     def step(self, iteration: int, **kwargs: Any) -> None:
         """fvcore's schedule, except that only rank 0 deletes old files, after the new one and
-        its pointer are on disk (fvcore lets every rank delete what the pointer names)."""
+        its pointer are on disk (fvcore lets every rank delete what the pointer names).
+
+        Args:
+            iteration: the iteration just finished.
+            **kwargs: further entries of the checkpoint.
+        """
         iteration = int(iteration)
         state = {"iteration": iteration, **kwargs}
         if (iteration + 1) % self.period == 0:
@@ -345,6 +381,8 @@ class EvalHook(HookBase):
         comm.synchronize()
 
     def after_step(self) -> None:
+        """Evaluate every ``period`` iterations, except after the last one (see
+        :meth:`after_train`)."""
         next_iter = self.trainer.iter + 1
         if (
             self._period > 0
@@ -354,6 +392,7 @@ class EvalHook(HookBase):
             self._do_eval()
 
     def after_train(self) -> None:
+        """Evaluate the final model, unless training failed."""
         if self.trainer.iter >= self.trainer.max_iter and not self.trainer.failed:
             self._do_eval()
 
@@ -370,6 +409,7 @@ class PeriodicWriter(HookBase):
         self._period = period
 
     def before_train(self) -> None:
+        """Start every writer at the run's first iteration."""
         trainer = self.trainer
         # What an earlier run logged from start_iter on is replaced: the steps after its last
         # checkpoint, which this run trains again, or the final records of a finished run that
@@ -382,6 +422,7 @@ class PeriodicWriter(HookBase):
             writer.start(start, keep_final)
 
     def after_step(self) -> None:
+        """Write every ``period`` iterations and at the last one."""
         if (
             self.trainer.iter + 1
         ) % self._period == 0 or self.trainer.iter == self.trainer.max_iter - 1:
@@ -389,6 +430,7 @@ class PeriodicWriter(HookBase):
                 writer.write()
 
     def after_train(self) -> None:
+        """Write what the storage received since the last write, then close the writers."""
         for writer in self._writers:
             writer.write()
             writer.close()
@@ -403,11 +445,13 @@ class BadVideoReport(HookBase):
         self._period = period
 
     def after_step(self) -> None:
+        """Report every ``period`` iterations."""
         if (self.trainer.iter + 1) % self._period == 0:
             self._report()
 
     def after_train(self) -> None:
-        self._report()  # no collective: safe after a failure too
+        """Report at the end, also after a failure (no collective)."""
+        self._report()
 
     def _report(self) -> None:
         self.tracker.write()
@@ -433,11 +477,13 @@ class VisualizationHook(HookBase):
         self._clips: list[tuple[str, torch.Tensor]] = []
 
     def before_train(self) -> None:
+        """Decode the clips to draw, once."""
         from fima.utils.visualization import dataset_clips
 
         self._clips = dataset_clips(self.cfg, self.cfg.DATA.TRAIN_SPLIT, self._num_clips)
 
     def after_step(self) -> None:
+        """Draw every ``period`` iterations and after the last one."""
         next_iter = self.trainer.iter + 1
         if self._clips and (next_iter % self._period == 0 or next_iter == self.trainer.max_iter):
             self._draw()

@@ -44,26 +44,34 @@ class HookBase:
     trainer: Any = None
 
     def before_train(self) -> None:
-        pass
+        """Called once before the first iteration."""
 
     def after_train(self) -> None:
-        pass
+        """Called once after the last iteration, or after training stopped on an exception."""
 
     def before_step(self) -> None:
-        pass
+        """Called before each iteration, with ``trainer.iter`` already set to it."""
 
     def after_backward(self) -> None:
-        pass
+        """Called after the backward pass of an iteration, before the optimizer step."""
 
     def after_step(self) -> None:
-        pass
+        """Called after each iteration's optimizer step."""
 
     def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint; only hooks that return a non-empty dict are saved."""
+        """State to checkpoint; only hooks that return a non-empty dict are saved.
+
+        Returns:
+            A picklable dict, saved under the hook's class name.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`state_dict` returned.
+
+        Args:
+            state: the dict saved for this hook's class.
+        """
 
 
 class TrainerBase:
@@ -89,7 +97,11 @@ class TrainerBase:
         self._resumed_history: dict[str, list[list[float]]] = {}
 
     def register_hooks(self, hooks: Iterable[HookBase | None]) -> None:
-        """Append hooks (None entries are skipped); they run in registration order."""
+        """Append hooks; they run in registration order.
+
+        Args:
+            hooks: hooks to append; None entries are skipped.
+        """
         for hook in hooks:
             if hook is None:
                 continue
@@ -99,9 +111,19 @@ class TrainerBase:
 
     @property
     def hooks(self) -> list[HookBase]:
+        """The registered hooks, in the order they run (a copy)."""
         return list(self._hooks)
 
     def train(self, start_iter: int, max_iter: int) -> None:
+        """Run iterations ``start_iter .. max_iter - 1`` with the hooks around them.
+
+        Args:
+            start_iter: the first iteration (that of a resumed checkpoint, or 0).
+            max_iter: one past the last iteration.
+
+        Raises:
+            BaseException: whatever a step or a hook raised, after ``after_train`` has run.
+        """
         logger.info("Starting training from iteration %d of %d", start_iter, max_iter)
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
@@ -126,31 +148,43 @@ class TrainerBase:
                 self.after_train()
 
     def before_train(self) -> None:
+        """Run every hook's ``before_train``."""
         for hook in self._hooks:
             hook.before_train()
 
     def after_train(self) -> None:
+        """Run every hook's ``after_train``, with the storage at the last iteration."""
         self.storage.iter = self.iter
         for hook in self._hooks:
             hook.after_train()
 
     def before_step(self) -> None:
+        """Run every hook's ``before_step``, with the storage at this iteration."""
         self.storage.iter = self.iter
         for hook in self._hooks:
             hook.before_step()
 
     def after_backward(self) -> None:
+        """Run every hook's ``after_backward`` (subclasses call it from :meth:`run_step`)."""
         for hook in self._hooks:
             hook.after_backward()
 
     def after_step(self) -> None:
+        """Run every hook's ``after_step``."""
         for hook in self._hooks:
             hook.after_step()
 
     def run_step(self) -> None:
+        """One iteration; subclasses implement it."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
+        """The trainer's state for a checkpoint.
+
+        Returns:
+            ``iteration``, the non-empty ``hooks`` states by class name and, once training has
+            started, the ``history`` of the smoothed scalars.
+        """
         hooks = {}
         for hook in self._hooks:
             state = hook.state_dict()
@@ -165,6 +199,12 @@ class TrainerBase:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; a hook state without its hook is skipped
+        with a warning.
+
+        Args:
+            state: a trainer state from a checkpoint.
+        """
         self.iter = state["iteration"]
         self._resumed_history = state.get("history", {})
         for name, hook_state in state.get("hooks", {}).items():
@@ -187,6 +227,13 @@ def autocast_dtype(name: str, device_type: str) -> torch.dtype:
     lease"). float16 is also the only half precision of GPUs before Ampere; on a CPU, fima's
     float16 is refused (its gradient scaler is CUDA-only) and bfloat16 is native with AMX or
     AVX512-BF16.
+
+    Args:
+        name: ``"auto"``, ``"bfloat16"`` or ``"float16"``.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float16``.
     """
     if name == "auto":
         name = "float16" if device_type == "cuda" else "bfloat16"
@@ -194,7 +241,15 @@ def autocast_dtype(name: str, device_type: str) -> torch.dtype:
 
 
 def amp_dtype_name(amp: CfgNode, device_type: str) -> str:
-    """``SOLVER.AMP.DTYPE`` as it resolves on ``device_type``: ``"bfloat16"`` or ``"float16"``."""
+    """``SOLVER.AMP.DTYPE`` as it resolves on ``device_type``.
+
+    Args:
+        amp: the ``SOLVER.AMP`` section.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        ``"bfloat16"`` or ``"float16"``.
+    """
     return str(autocast_dtype(amp.DTYPE, device_type)).removeprefix("torch.")
 
 
@@ -204,6 +259,13 @@ def native_autocast(device_type: str, dtype: torch.dtype) -> bool:
     A CPU without AVX512-BF16 or AMX (oneDNN's bfloat16 check) emulates bfloat16 convolutions
     and matmuls: a Tiny3D training step ran 4-7x slower than in float32 on a 2-core AMD EPYC
     (Zen 3). float16 autocast exists only on GPUs here (``SimpleTrainer`` rejects it on a CPU).
+
+    Args:
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        dtype: the autocast dtype.
+
+    Returns:
+        True where it is native (always on device types other than CPU and CUDA).
     """
     if device_type == "cpu":
         return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -216,11 +278,18 @@ _warned_emulated: set[tuple[str, torch.dtype]] = set()
 
 
 def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
-    """``SOLVER.AMP`` as it applies on ``device_type``: ``(enabled, dtype)``.
+    """``SOLVER.AMP`` as it applies on ``device_type``.
 
     Off, with one warning per process, where ``AMP.DTYPE`` would be emulated
     (:func:`native_autocast`): mixed precision is there to make steps faster, and the float32
     run computes the same losses.
+
+    Args:
+        amp: the ``SOLVER.AMP`` section.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        ``(enabled, dtype)``: whether autocast runs, and the dtype ``AMP.DTYPE`` names.
     """
     dtype = autocast_dtype(amp.DTYPE, device_type)
     if not amp.ENABLED or native_autocast(device_type, dtype):
@@ -238,9 +307,17 @@ def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
 
 def describe_amp(amp: CfgNode, device_type: str) -> str:
     """What a run with ``SOLVER.AMP`` computes in on ``device_type`` (:func:`resolve_amp`), for
-    a report: ``"bfloat16 autocast"``, ``"float32"``, or ``"float32 (bfloat16 would be
-    emulated on this cpu)"``. Runs in either precision from one seed follow different
-    trajectories, so their figures differ within the seed noise."""
+    a report. Runs in either precision from one seed follow different trajectories, so their
+    figures differ within the seed noise.
+
+    Args:
+        amp: the ``SOLVER.AMP`` section.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        ``"bfloat16 autocast"``, ``"float32"``, or ``"float32 (bfloat16 would be emulated on
+        this cpu)"`` (float16 alike).
+    """
     enabled, _ = resolve_amp(amp, device_type)
     name = amp_dtype_name(amp, device_type)
     if enabled:
@@ -302,7 +379,11 @@ class SimpleTrainer(TrainerBase):
 
     def autocast(self) -> torch.autocast:
         """The forward's mixed precision: also for extra passes over the model (precise
-        BatchNorm, the train benchmark's encoder replay), so that they compute as a step does."""
+        BatchNorm, the train benchmark's encoder replay), so that they compute as a step does.
+
+        Returns:
+            A fresh ``torch.autocast`` context, disabled when mixed precision is off.
+        """
         return torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp)
 
     @property
@@ -313,6 +394,8 @@ class SimpleTrainer(TrainerBase):
         return self._data_loader_iter_obj
 
     def run_step(self) -> None:
+        """One optimizer step over ``accum_steps`` micro-batches; the mean losses go to
+        ``loss_dict`` and, averaged over ranks, to the event storage (a collective)."""
         assert self.model.training, "SimpleTrainer: the model was switched to eval mode"
         self.optimizer.zero_grad(set_to_none=True)
         data_time = 0.0
@@ -349,6 +432,11 @@ class SimpleTrainer(TrainerBase):
         storage.put_scalars(**metrics)
 
     def state_dict(self) -> dict[str, Any]:
+        """:meth:`TrainerBase.state_dict` with the optimizer's (and its type) and the scaler's.
+
+        Returns:
+            The trainer's state for a checkpoint.
+        """
         state = super().state_dict()
         state["optimizer"] = self.optimizer.state_dict()
         state["optimizer_type"] = type(self.optimizer).__name__
@@ -361,6 +449,9 @@ class SimpleTrainer(TrainerBase):
         The optimizer's hyperparameters (weight decay, momentum, betas, ...) stay those this
         trainer's optimizer was built with, from the config; where they differ from the
         checkpoint's, a warning names them. The learning rate is the scheduler's business.
+
+        Args:
+            state: a trainer state from a checkpoint (:meth:`state_dict`).
 
         Raises:
             ValueError: the checkpoint was trained with another optimizer type.

@@ -24,6 +24,7 @@ from torch import nn
 from fima.checkpoint import atomic_write
 from fima.config.config import CfgNode
 from fima.evaluation.inference import VideoOutputs, infer_videos, log_bad_videos
+from fima.evaluation.results import reports_dir
 from fima.evaluation.visualization import render_confusion_matrix
 from fima.utils import comm
 from fima.utils.events import get_event_storage, has_event_storage
@@ -100,7 +101,6 @@ class ClassificationEvaluator:
         self.cfg = cfg
         self.split = split
         self.prefix = prefix
-        self.output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", prefix)
         self._loader = None
         self._class_names: list[str] = []
 
@@ -177,10 +177,11 @@ class ClassificationEvaluator:
                 for index, path, reason in videos.bad
             ],
         }
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, "classification.json")
+        output_dir = os.path.join(reports_dir(self.cfg.OUTPUT_DIR), self.prefix)
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "classification.json")
         atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
-        image = os.path.join(self.output_dir, "confusion_matrix.png")
+        image = os.path.join(output_dir, "confusion_matrix.png")
         picture = render_confusion_matrix(
             confusion, names, image, title=f"{self.split}: video top-1 {metrics['video_top1']:.1f}%"
         )

@@ -24,6 +24,7 @@ from torch import nn
 from fima.checkpoint import atomic_write
 from fima.utils import comm
 from fima.utils.events import get_event_storage, has_event_storage
+from fima.utils.files import set_aside
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +47,28 @@ class BestModelSelector:
     classifier checkpoint: ``--eval-only MODEL.WEIGHTS .../model_best.pth`` evaluates it) and
     ``model_best.json`` the same without weights. It sits in a folder of its own so that
     ``--resume``, which looks at the ``.pth`` files of OUTPUT_DIR, never mistakes it for the run's
-    state. A resumed run continues from the best value on disk.
+    state. A resumed run continues from the best value on disk; a run that starts over
+    (:meth:`start_over`) keeps an earlier run's ``best/`` as ``best.<time>`` when it saves its own.
     """
 
     def __init__(self, metric: str, output_dir: str) -> None:
         self.metric = metric
         self.directory = os.path.join(output_dir, "best")
         self.best: float | None = None
+        self._set_aside = False
         summary = os.path.join(self.directory, "model_best.json")
         if os.path.isfile(summary):
             with open(summary) as f:
                 previous = json.load(f)
             if previous.get("metric") == metric:
                 self.best = float(previous["value"])
+
+    def start_over(self) -> None:
+        """Forget the best value on disk: this run did not resume the run that saved it (a run
+        stopped before its first checkpoint, started again), so its weights are not this run's
+        to keep or to beat. They are kept aside at this run's first save."""
+        self.best = None
+        self._set_aside = True
 
     def update(self, results: dict[str, float], model: nn.Module, iteration: int) -> bool:
         """Save ``model`` if ``results[metric]`` beats the best so far; return whether it did.
@@ -76,6 +86,11 @@ class BestModelSelector:
             return False
         self.best = value
         if comm.is_main_process():
+            if self._set_aside:
+                kept = set_aside(self.directory)
+                if kept is not None:
+                    logger.info("The best weights of an earlier run are kept in %s", kept)
+                self._set_aside = False
             os.makedirs(self.directory, exist_ok=True)
             summary = {"metric": self.metric, "value": value, "iteration": iteration}
             payload = {"model": model.state_dict(), **summary}

@@ -38,6 +38,7 @@ from fima.checkpoint import atomic_write
 from fima.config.config import CfgNode
 from fima.evaluation.inference import infer_videos, log_bad_videos
 from fima.evaluation.linear_probe import probe_accuracy
+from fima.evaluation.results import reports_dir
 from fima.evaluation.retrieval import recall_at_k
 from fima.utils import comm
 
@@ -145,8 +146,7 @@ class MotionSensitivityEvaluator:
         else:
             logger.info("Motion sensitivity: unlabelled videos, so no static_top1")
         if comm.is_main_process():
-            path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "motion_sensitivity.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            path = os.path.join(reports_dir(self.cfg.OUTPUT_DIR), "motion_sensitivity.json")
             report = {
                 "metrics": results,
                 "split": test_split,

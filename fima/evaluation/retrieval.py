@@ -33,6 +33,7 @@ from fima.evaluation.inference import (
     model_device,
     video_features,
 )
+from fima.evaluation.results import reports_dir
 from fima.utils import comm
 
 logger = logging.getLogger(__name__)
@@ -255,7 +256,6 @@ class RetrievalEvaluator:
                     for i, p, r in videos.bad
                 ],
             }
-            path = os.path.join(self.cfg.OUTPUT_DIR, "inference", "retrieval.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            path = os.path.join(reports_dir(self.cfg.OUTPUT_DIR), "retrieval.json")
             atomic_write(path, lambda f: json.dump(report, f, indent=1), mode="w")
         return results

@@ -6,15 +6,23 @@ check out (:func:`fima.checkpoint.atomic_write`), so the cache never holds a par
 file, whatever happens during the download. A cached model-zoo file is verified again before
 every use; one that no longer matches is deleted and fetched anew. A plain URL, whose sha256 is
 unknown, is downloaded once (:func:`download_cached`).
+
+A killed download leaves its temporary file, named after the host and process that wrote it;
+the next download of that file removes those of processes that are gone
+(:func:`remove_stale_downloads`), never one that another process is still writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
 import math
 import os
+import re
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -27,6 +35,14 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
+# A temporary file not written for this long is a stale one whoever wrote it (another machine
+# sharing the cache, an older fima whose temporary names say no process): a live download
+# writes at least every timeout.
+STALE_AFTER_S = 24 * 3600.0
+# What atomic_write(tag=_writer_tag()) names a download's temporary file: the name, "dl",
+# the host, the pid, mkstemp's random part.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.dl-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.\w+\.tmp$")
+_UNTAGGED_TEMP = re.compile(r"^\.(?P<name>.+)\.\w+\.tmp$")
 
 
 class DownloadError(OSError):
@@ -61,6 +77,64 @@ def download_timeout() -> float:
             f"FIMA_DOWNLOAD_TIMEOUT must be a finite number of seconds > 0, got {value!r}"
         )
     return timeout
+
+
+def _host() -> str:
+    """This host as processes sharing its pids see it: the host name and, on Linux, the pid
+    namespace (containers that share a host name do not see each other's processes)."""
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        host += "-ns" + os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    return re.sub(r"[^A-Za-z0-9-]", "-", host)
+
+
+def _writer_tag() -> str:
+    """What a download's temporary file is tagged with: host and pid (see :data:`_TEMP`)."""
+    return f"dl-{_host()}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_downloads(path: str, stale_after: float = STALE_AFTER_S) -> list[str]:
+    """Remove the temporary files that killed downloads of ``path`` left beside it: those of a
+    process of this host that is gone, and any not written for ``stale_after`` seconds. A
+    download in progress (this process's, another live process's, or recent on another host)
+    is left alone.
+
+    Returns:
+        The paths removed.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    host, removed = _host(), []
+    for entry in entries:
+        match = _TEMP.match(entry) or _UNTAGGED_TEMP.match(entry)
+        if match is None or match.group("name") != name:
+            continue
+        # The process that wrote it, where this host can tell whether it still runs.
+        pid = int(match.group("pid")) if match.re is _TEMP and match["host"] == host else None
+        temp = os.path.join(directory, entry)
+        try:
+            gone = pid is not None and pid != os.getpid() and not _pid_alive(pid)
+            if gone or time.time() - os.path.getmtime(temp) > stale_after:
+                os.unlink(temp)
+                removed.append(temp)
+        except OSError:  # removed meanwhile by another process cleaning up
+            continue
+    if removed:
+        logger.info("Removed what killed downloads of %s left: %s", path, ", ".join(removed))
+    return removed
 
 
 def file_sha256(path: str) -> str:
@@ -232,9 +306,10 @@ def _fetch(
 
     def fetch() -> None:
         logger.info("Downloading %s to %s", url, path)
+        remove_stale_downloads(path, max(STALE_AFTER_S, 2 * timeout))
         try:
             # w+b: the check reads the complete temporary file before it is renamed into place.
-            atomic_write(path, write, mode="w+b")
+            atomic_write(path, write, mode="w+b", tag=_writer_tag())
         except DownloadError:
             raise
         except OSError as err:  # the cache, not the server: no folder, no permission, no space

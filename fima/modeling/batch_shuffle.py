@@ -57,7 +57,18 @@ class SplitBatchNorm(_BatchNorm):
             raise ValueError(f"expected at least 2-D input [N, C, ...], got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Normalise ``input`` ``[N, C, ...]``; the output has its shape and memory format."""
+        """Normalise each of the ``num_splits`` groups of the batch with its own statistics.
+
+        Args:
+            input: ``[N, C, ...]`` (e.g. ``[N, C, T, H, W]``); ``num_splits`` divides ``N`` in
+                training mode.
+
+        Returns:
+            The normalised input, with its shape and memory format.
+
+        Raises:
+            ValueError: ``N`` does not split into ``num_splits`` equal groups.
+        """
         self._check_input_dim(input)
         groups = self.num_splits
         batch_stats = self.training or self.running_mean is None
@@ -89,6 +100,7 @@ class SplitBatchNorm(_BatchNorm):
         return output
 
     def extra_repr(self) -> str:
+        """BatchNorm's description with ``num_splits``."""
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
@@ -215,7 +227,15 @@ def device_major(x: torch.Tensor, windows: int, groups: int) -> torch.Tensor:
 
 
 def window_major(x: torch.Tensor, windows: int, groups: int) -> torch.Tensor:
-    """The inverse of :func:`device_major`: ``[W * B, ...]`` back in window-major order."""
+    """The inverse of :func:`device_major`.
+
+    Args:
+        x: ``[W * B, ...]`` in device-major order.
+        windows: ``W``; groups: ``G``, the emulated devices (as given to :func:`device_major`).
+
+    Returns:
+        ``[W * B, ...]`` in window-major order, in ``x``'s memory format.
+    """
     return _swap_blocks(x, groups, windows)
 
 
@@ -244,7 +264,15 @@ def convert_batchnorm(model: nn.Module, *, split_groups: int = 1, sync: bool = F
 
 def convert_batchnorm_for(cfg: CfgNode, model: nn.Module) -> nn.Module:
     """:func:`convert_batchnorm` as ``MODEL.SPLIT_BN_GROUPS`` and ``MODEL.SYNC_BN`` say
-    (SyncBatchNorm only with more than one process: alone it has nothing to synchronise)."""
+    (SyncBatchNorm only with more than one process: alone it has nothing to synchronise).
+
+    Args:
+        cfg: the finished config.
+        model: any module.
+
+    Returns:
+        As :func:`convert_batchnorm`.
+    """
     return convert_batchnorm(
         model,
         split_groups=cfg.MODEL.SPLIT_BN_GROUPS,
@@ -278,7 +306,14 @@ def _convert_split(module: nn.Module, groups: int) -> nn.Module:
 
 
 def split_bn_groups(module: nn.Module) -> int:
-    """The number of emulated BatchNorm groups of ``module`` (1 without SplitBatchNorm)."""
+    """The number of emulated BatchNorm groups of a module.
+
+    Args:
+        module: any module.
+
+    Returns:
+        The largest ``num_splits`` of its :class:`SplitBatchNorm` layers; 1 without any.
+    """
     return max((m.num_splits for m in module.modules() if isinstance(m, SplitBatchNorm)), default=1)
 
 
@@ -346,4 +381,12 @@ class ShuffleBN(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`shuffled_forward` of the wrapped module.
+
+        Args:
+            x: this rank's batch ``[N, ...]`` (e.g. clips ``[N, 3, T, H, W]``).
+
+        Returns:
+            The module's output ``[N, ...]`` in the order of ``x``.
+        """
         return shuffled_forward(self.module, x)

@@ -40,7 +40,14 @@ def info_nce(
 
 
 def top1_accuracy(logits: torch.Tensor) -> torch.Tensor:
-    """Share of rows whose positive (column 0) has the largest logit, as a 0-d tensor."""
+    """Share of rows whose positive (column 0) has the largest logit.
+
+    Args:
+        logits: ``[N, 1 + M]``, positive first (as :func:`info_nce` returns them).
+
+    Returns:
+        A 0-d float32 tensor in [0, 1].
+    """
     return (logits.argmax(dim=1) == 0).float().mean()
 
 
@@ -69,7 +76,15 @@ def grid_cell_centres(box: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def bin_diagonal(box: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """``sqrt(((x2 - x1) / W)^2 + ((y2 - y1) / H)^2)`` per box: ``[B, 4]`` -> ``[B]`` float32."""
+    """The diagonal of one grid cell in source-frame coordinates (RECIPE.md §6 "Dense").
+
+    Args:
+        box: ``[B, 4]`` crop boxes ``(x1, y1, x2, y2)``, normalised to the source frame.
+        grid: ``(H, W)`` of the feature grid.
+
+    Returns:
+        ``[B]`` float32, ``sqrt(((x2 - x1) / W)^2 + ((y2 - y1) / H)^2)``.
+    """
     height, width = grid
     box = box.float()
     return torch.hypot((box[:, 2] - box[:, 0]) / width, (box[:, 3] - box[:, 1]) / height)

@@ -30,7 +30,11 @@ class KeyQueue(nn.Module):
         self.last_enqueued = 0
 
     def forward(self) -> torch.Tensor:
-        """The queued keys ``[size, dim]`` (the buffer itself: enqueue only after backward)."""
+        """The queued keys.
+
+        Returns:
+            ``[size, dim]``, the buffer itself: enqueue only after backward.
+        """
         return self.keys
 
     def _slots(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +46,11 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Append ``keys`` ``[N, dim]`` from every rank (N equal on all ranks)."""
+        """Append the keys of every rank (a collective: every rank calls it).
+
+        Args:
+            keys: ``[N, dim]`` L2-normalised, ``N`` equal on all ranks.
+        """
         n_total = keys.shape[0] * comm.get_world_size()
         positions, keys = self._slots(keys)
         self.keys[positions] = keys
@@ -51,11 +59,20 @@ class KeyQueue(nn.Module):
 
     @torch.no_grad()
     def peek_enqueued(self, keys: torch.Tensor) -> torch.Tensor:
-        """What :meth:`forward` would return after ``enqueue(keys)``, leaving the queue as is."""
+        """What :meth:`forward` would return after ``enqueue(keys)``, leaving the queue as is
+        (a collective, like :meth:`enqueue`).
+
+        Args:
+            keys: ``[N, dim]``, ``N`` equal on all ranks.
+
+        Returns:
+            ``[size, dim]``, a new tensor.
+        """
         positions, keys = self._slots(keys)
         result = self.keys.clone()
         result[positions] = keys
         return result
 
     def extra_repr(self) -> str:
+        """``size=..., dim=...`` for the module's printout."""
         return f"size={self.size}, dim={self.keys.shape[1]}"

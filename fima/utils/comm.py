@@ -18,40 +18,70 @@ _CPU_PROCESS_GROUP: dist.ProcessGroup | None = None
 
 
 def is_distributed() -> bool:
-    """Whether a default process group exists (and so collectives are real)."""
+    """Whether a default process group exists (and so collectives are real).
+
+    Returns:
+        True under an initialised ``torch.distributed``.
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def backend() -> str:
-    """The default process group's backend ("nccl", "gloo"); needs a process group."""
+    """The default process group's backend; needs a process group.
+
+    Returns:
+        ``"nccl"``, ``"gloo"``, ...
+    """
     return str(dist.get_backend())
 
 
 def uses_gpu() -> bool:
-    """Whether this process computes on a GPU under ``MODEL.DEVICE auto``: one is visible and
-    the processes are not joined by gloo (``--dist-backend gloo`` runs them on the CPU)."""
+    """Whether this process computes on a GPU under ``MODEL.DEVICE auto``.
+
+    Returns:
+        True when a GPU is visible and the processes are not joined by gloo
+        (``--dist-backend gloo`` runs them on the CPU).
+    """
     if not torch.cuda.is_available():
         return False
     return not (is_distributed() and get_world_size() > 1 and backend() == "gloo")
 
 
 def get_world_size() -> int:
+    """Number of processes of the job.
+
+    Returns:
+        The default group's size; 1 without a process group.
+    """
     return dist.get_world_size() if is_distributed() else 1
 
 
 def get_rank() -> int:
+    """Rank of this process in the job.
+
+    Returns:
+        The rank in the default group; 0 without a process group.
+    """
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_local_rank() -> int:
-    """Rank of this process within its machine (0 without a process group)."""
+    """Rank of this process within its machine.
+
+    Returns:
+        The rank in the machine's group; 0 without a process group.
+    """
     if not is_distributed() or _LOCAL_PROCESS_GROUP is None:
         return 0
     return dist.get_rank(group=_LOCAL_PROCESS_GROUP)
 
 
 def get_local_size() -> int:
-    """Number of processes on this machine (1 without a process group)."""
+    """Number of processes on this machine.
+
+    Returns:
+        The machine group's size; 1 without a process group.
+    """
     if not is_distributed() or _LOCAL_PROCESS_GROUP is None:
         return 1
     return dist.get_world_size(group=_LOCAL_PROCESS_GROUP)
@@ -60,16 +90,23 @@ def get_local_size() -> int:
 def set_process_groups(
     local: dist.ProcessGroup | None, cpu: dist.ProcessGroup | None = None
 ) -> None:
-    """Record the group of the processes on this machine and, when the default backend is not
-    gloo, a gloo group for collectives on Python objects; called by ``fima.engine.launch``, which
-    creates them with the job's timeout. ``(None, None)`` forgets them (after the default group
-    is destroyed)."""
+    """Record the process groups that ``fima.engine.launch`` creates with the job's timeout.
+
+    Args:
+        local: the group of the processes on this machine.
+        cpu: when the default backend is not gloo, a gloo group for collectives on Python
+            objects. ``(None, None)`` forgets both (after the default group is destroyed).
+    """
     global _LOCAL_PROCESS_GROUP, _CPU_PROCESS_GROUP
     _LOCAL_PROCESS_GROUP, _CPU_PROCESS_GROUP = local, cpu
 
 
 def is_main_process() -> bool:
-    """Rank 0 is the only process that writes files."""
+    """Whether this is rank 0, the only process that writes files.
+
+    Returns:
+        True on rank 0 (and without a process group).
+    """
     return get_rank() == 0
 
 
@@ -94,14 +131,25 @@ def _cpu_group() -> dist.ProcessGroup:
 
 
 def collective_device() -> torch.device:
-    """The device that the default backend reduces on: the current GPU for NCCL, else the CPU."""
+    """The device that the default backend reduces on.
+
+    Returns:
+        The current GPU for NCCL, else the CPU.
+    """
     if is_distributed() and backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
 def all_gather_object(data: Any) -> list[Any]:
-    """Gather a picklable object from every rank, in rank order."""
+    """Gather a picklable object from every rank (a collective).
+
+    Args:
+        data: this rank's object.
+
+    Returns:
+        Every rank's object, in rank order; ``[data]`` in one process.
+    """
     if get_world_size() == 1:
         return [data]
     out: list[Any] = [None] * get_world_size()
@@ -110,7 +158,15 @@ def all_gather_object(data: Any) -> list[Any]:
 
 
 def broadcast_object(data: Any, src: int = 0) -> Any:
-    """Return rank ``src``'s object on every rank."""
+    """Share rank ``src``'s object with every rank (a collective).
+
+    Args:
+        data: the object on rank ``src``; ignored elsewhere.
+        src: the rank whose object is shared.
+
+    Returns:
+        Rank ``src``'s object; ``data`` in one process.
+    """
     if get_world_size() == 1:
         return data
     box = [data]
@@ -137,8 +193,15 @@ def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """In-place broadcast of rank ``src``'s ``tensor`` (on :func:`collective_device`); a no-op
-    in one process."""
+    """In-place broadcast of rank ``src``'s tensor; a no-op in one process.
+
+    Args:
+        tensor: the same shape and dtype on every rank, on :func:`collective_device`.
+        src: the rank whose values are shared.
+
+    Returns:
+        ``tensor`` itself, holding rank ``src``'s values.
+    """
     if get_world_size() > 1:
         dist.broadcast(tensor, src=src)
     return tensor
@@ -168,7 +231,15 @@ def all_to_all_tensor(
 
 
 def all_reduce_tensor(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce (``"sum"``, ``"max"``, ``"min"``); a no-op in one process."""
+    """In-place all-reduce; a no-op in one process.
+
+    Args:
+        tensor: the same shape and dtype on every rank, on :func:`collective_device`.
+        op: ``"sum"``, ``"max"`` or ``"min"``.
+
+    Returns:
+        ``tensor`` itself, holding the reduction.
+    """
     if get_world_size() > 1:
         ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
         dist.all_reduce(tensor, op=ops[op])
@@ -176,7 +247,14 @@ def all_reduce_tensor(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 
 
 def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
-    """Average a dict of floats over ranks; every rank gets the result."""
+    """Average a dict of floats over ranks (a collective); every rank gets the result.
+
+    Args:
+        values: the same keys on every rank.
+
+    Returns:
+        A new dict of the means.
+    """
     if get_world_size() == 1 or not values:
         return dict(values)
     keys = sorted(values)
@@ -189,7 +267,14 @@ def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    """The module inside a data-parallel wrapper.
+
+    Args:
+        model: a model, wrapped in ``DistributedDataParallel`` / ``DataParallel`` or not.
+
+    Returns:
+        The wrapped module, or ``model`` itself.
+    """
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         return model.module
     return model

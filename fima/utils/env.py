@@ -7,6 +7,7 @@ import contextlib
 import os
 import platform
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,9 @@ import torch
 
 def cache_root() -> str:
     """fima's cache folder (generated datasets, downloads): ``$FIMA_CACHE``, default
-    ``~/.cache/fima``."""
-    return os.path.expanduser(os.environ.get("FIMA_CACHE", os.path.join("~", ".cache", "fima")))
+    ``~/.cache/fima`` (also where it is set but empty, ``FIMA_CACHE=``, which would otherwise
+    put the cache in whatever folder a run starts from)."""
+    return os.path.expanduser(os.environ.get("FIMA_CACHE") or os.path.join("~", ".cache", "fima"))
 
 
 def available_cpus() -> int:
@@ -74,10 +76,14 @@ def describe_cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def user_threads() -> int | None:
-    """The threads ``OMP_NUM_THREADS`` asks for, or None when it is unset or not a positive
-    integer (empty, ``abc``), which OpenMP and PyTorch ignore, using every CPU."""
-    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+    """The threads ``OMP_NUM_THREADS`` asks for, as OpenMP (and so PyTorch) reads it: a positive
+    integer, or a list of them for nested levels (``4,2``), whose first is the threads of the
+    outer level, which PyTorch's operators use. None when it is unset or invalid (empty,
+    ``abc``, ``0``, ``4,``), which OpenMP ignores, using every CPU."""
+    levels = os.environ.get("OMP_NUM_THREADS", "").split(",")
+    if not all(re.fullmatch(r"\s*\+?\d+\s*", level) and int(level) > 0 for level in levels):
+        return None
+    return int(levels[0])
 
 
 def threads_per_process(processes: int) -> int | None:

@@ -21,6 +21,8 @@ from fvcore.common.history_buffer import HistoryBuffer
 
 from fima.utils.files import set_aside
 
+logger = logging.getLogger(__name__)
+
 _CURRENT_STORAGE_STACK: list[EventStorage] = []
 # Iterations over which the writers take the median of a smoothed scalar (losses, times).
 SMOOTHING_WINDOW = 20
@@ -28,6 +30,9 @@ SMOOTHING_WINDOW = 20
 
 def get_event_storage() -> EventStorage:
     """The storage of the innermost ``with EventStorage():`` block.
+
+    Returns:
+        That storage.
 
     Raises:
         RuntimeError: outside any such block (for example a model called outside training).
@@ -38,7 +43,11 @@ def get_event_storage() -> EventStorage:
 
 
 def has_event_storage() -> bool:
-    """Whether a storage is active, so that models can put metrics only when someone listens."""
+    """Whether a storage is active, so that models can put metrics only when someone listens.
+
+    Returns:
+        True inside a ``with EventStorage():`` block.
+    """
     return bool(_CURRENT_STORAGE_STACK)
 
 
@@ -71,20 +80,43 @@ class EventStorage:
             raise ValueError(f"Scalar {name!r} was put with different smoothing hints")
 
     def put_scalars(self, *, smoothing_hint: bool = True, **values: float | torch.Tensor) -> None:
+        """:meth:`put_scalar` for several scalars with the same smoothing hint.
+
+        Args:
+            smoothing_hint: as for :meth:`put_scalar`.
+            **values: metric name to a float or a 0-d tensor.
+        """
         for name, value in values.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint)
 
     def put_image(self, name: str, image: torch.Tensor) -> None:
-        """Queue an image ``[3, H, W]`` in [0, 1] for the TensorBoard writer."""
+        """Queue an image for the TensorBoard writer, at the current iteration.
+
+        Args:
+            name: the image's tag, e.g. ``"vis/0_clip"``.
+            image: ``[3, H, W]`` float in [0, 1]; kept detached, on the CPU.
+        """
         self._images.append((name, image.detach().cpu(), self._iter))
 
     def pop_images(self) -> list[tuple[str, torch.Tensor, int]]:
+        """Take the queued images, emptying the queue.
+
+        Returns:
+            ``(name, image [3, H, W], iteration)`` in the order they were put.
+        """
         images, self._images = self._images, []
         return images
 
     def recent_history(self, length: int = SMOOTHING_WINDOW) -> dict[str, list[list[float]]]:
-        """The last ``length`` ``[value, iteration]`` pairs of every smoothed scalar: what a
-        checkpoint keeps so that a resumed run's medians are those of an uninterrupted one."""
+        """What a checkpoint keeps so that a resumed run's medians are those of an
+        uninterrupted one.
+
+        Args:
+            length: pairs kept per scalar.
+
+        Returns:
+            The last ``length`` ``[value, iteration]`` pairs of every smoothed scalar, by name.
+        """
         return {
             name: [[value, itr] for value, itr in self._history[name].values()[-length:]]
             for name, smoothed in self._smoothing_hints.items()
@@ -93,27 +125,50 @@ class EventStorage:
 
     def restore_history(self, history: dict[str, list[list[float]]]) -> None:
         """Put back what :meth:`recent_history` returned, before this storage's first scalar,
-        into the histories only: the writers do not write these values again."""
+        into the histories only: the writers do not write these values again.
+
+        Args:
+            history: ``[value, iteration]`` pairs by scalar name.
+        """
         for name, pairs in history.items():
             for value, itr in pairs:
                 self._history[name].update(float(value), int(itr))
 
     def history(self, name: str) -> HistoryBuffer:
+        """The values of one scalar.
+
+        Args:
+            name: the scalar's name.
+
+        Returns:
+            Its fvcore ``HistoryBuffer`` (values with their iterations).
+
+        Raises:
+            KeyError: no value was put under ``name``.
+        """
         if name not in self._history:
             raise KeyError(f"No history metric available for {name!r}")
         return self._history[name]
 
     def histories(self) -> dict[str, HistoryBuffer]:
+        """Every scalar's ``HistoryBuffer``, by name (a new dict)."""
         return dict(self._history)
 
     def latest(self) -> dict[str, tuple[float, int]]:
-        """Latest ``(value, iteration)`` of every scalar."""
+        """Latest ``(value, iteration)`` of every scalar, by name (a new dict)."""
         return dict(self._latest_scalars)
 
     def latest_with_smoothing_hint(
         self, window_size: int = SMOOTHING_WINDOW
     ) -> dict[str, tuple[float, int]]:
-        """Latest scalars, the smoothed ones replaced by their median over ``window_size``."""
+        """Latest scalars, the smoothed ones replaced by their median.
+
+        Args:
+            window_size: iterations the median is taken over.
+
+        Returns:
+            ``(value, iteration)`` of every scalar, by name.
+        """
         result = {}
         for name, (value, itr) in self._latest_scalars.items():
             if self._smoothing_hints[name]:
@@ -123,6 +178,7 @@ class EventStorage:
 
     @property
     def iter(self) -> int:
+        """The current iteration, which new scalars and images are recorded at."""
         return self._iter
 
     @iter.setter
@@ -147,15 +203,20 @@ class EventWriter:
         for iterations from ``purge_from`` on, which this run records again (the iterations a
         resumed run trains again), so that no iteration appears twice.
 
-        ``keep_final``: this run continues a finished run from its final checkpoint, and that
-        run's records after training, at ``purge_from`` too (the first record there), are kept;
-        what a continuation stopped before its first checkpoint wrote there is not."""
+        Args:
+            purge_from: the run's first iteration.
+            keep_final: this run continues a finished run from its final checkpoint, and that
+                run's records after training, at ``purge_from`` too (the first record there),
+                are kept; what a continuation stopped before its first checkpoint wrote there
+                is not.
+        """
 
     def write(self) -> None:
+        """Write what the current storage holds that this writer has not written yet."""
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        """Release the writer's files; called once, after the last write."""
 
 
 class JSONWriter(EventWriter):
@@ -174,13 +235,14 @@ class JSONWriter(EventWriter):
         self._last_written = -1
 
     def start(self, purge_from: int, keep_final: bool = False) -> None:
+        """Drop the records from ``purge_from`` on, or, from iteration 0, set the file aside."""
         if not os.path.isfile(self._path) or os.path.getsize(self._path) == 0:
             return
         if purge_from > 0:
             self._drop_records_from(purge_from, keep_final)
             return
         kept = set_aside(self._path)
-        logging.getLogger(__name__).info(
+        logger.info(
             "This run starts from iteration 0: the records of an earlier run in %s are kept as %s",
             self._path,
             kept,
@@ -201,7 +263,7 @@ class JSONWriter(EventWriter):
         if len(kept) == len(lines):
             return
         atomic_write(self._path, lambda f: f.writelines(f"{line}\n" for line in kept), mode="w")
-        logging.getLogger(__name__).info(
+        logger.info(
             "%s: removed %d records of iterations from %d on, which this run records again",
             self._path,
             len(lines) - len(kept),
@@ -209,13 +271,12 @@ class JSONWriter(EventWriter):
         )
 
     def write(self) -> None:
+        """Append a line per iteration with new scalars, and sync the file to disk."""
         if self._file is None:
             self._file = open(self._path, "a")  # noqa: SIM115  (kept open for the whole run)
-        storage = get_event_storage()
         by_iter: dict[int, dict[str, Any]] = defaultdict(dict)
-        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
-            if itr > self._last_written:
-                by_iter[itr][name] = value
+        for name, (value, itr) in _scalars_after(self._last_written, self._window_size).items():
+            by_iter[itr][name] = value
         for itr in sorted(by_iter):
             self._file.write(json.dumps({"iteration": itr, **by_iter[itr]}, sort_keys=True) + "\n")
         if by_iter:
@@ -224,8 +285,16 @@ class JSONWriter(EventWriter):
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
+        """Close the file."""
         if self._file is not None:
             self._file.close()
+
+
+def _scalars_after(last_written: int, window_size: int) -> dict[str, tuple[float, int]]:
+    """The current storage's latest scalars (smoothed as hinted) recorded after iteration
+    ``last_written``: what a writer has not written yet."""
+    scalars = get_event_storage().latest_with_smoothing_hint(window_size)
+    return {name: (value, itr) for name, (value, itr) in scalars.items() if itr > last_written}
 
 
 def _record_iteration(line: str) -> float:
@@ -253,6 +322,8 @@ class TensorboardWriter(EventWriter):
         self._last_written = -1
 
     def start(self, purge_from: int, keep_final: bool = False) -> None:
+        """Open the event file, hiding earlier files' events from ``purge_from`` on (after it,
+        with ``keep_final``)."""
         # From 0 too: what a run that stopped before its first checkpoint wrote is hidden. The
         # purge cannot tell a finished run's final records from a stopped continuation's step at
         # the same iteration: the final records are kept, with that step.
@@ -266,19 +337,19 @@ class TensorboardWriter(EventWriter):
         return self._writer
 
     def write(self) -> None:
+        """Add the new scalars and the queued images, and flush."""
         self._open()
-        storage = get_event_storage()
         newest = self._last_written
-        for name, (value, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
-            if itr > self._last_written:
-                self._writer.add_scalar(name, value, itr)
-                newest = max(newest, itr)
+        for name, (value, itr) in _scalars_after(self._last_written, self._window_size).items():
+            self._writer.add_scalar(name, value, itr)
+            newest = max(newest, itr)
         self._last_written = newest
-        for name, image, itr in storage.pop_images():
+        for name, image, itr in get_event_storage().pop_images():
             self._writer.add_image(name, image, itr)
         self._writer.flush()
 
     def close(self) -> None:
+        """Close the event file."""
         if self._writer is not None:
             self._writer.close()
 
@@ -287,7 +358,7 @@ class CommonMetricPrinter(EventWriter):
     """Log iteration, ETA, losses, timings, learning rate and memory to the console."""
 
     def __init__(self, max_iter: int, window_size: int = SMOOTHING_WINDOW) -> None:
-        self._logger = logging.getLogger("fima.utils.events")
+        self._logger = logger
         self._max_iter = max_iter
         self._window_size = window_size
         self._last_write: tuple[int, float] | None = None
@@ -309,6 +380,7 @@ class CommonMetricPrinter(EventWriter):
         return str(datetime.timedelta(seconds=int(seconds)))
 
     def write(self) -> None:
+        """Log one line about the last step whose losses were put, once per step."""
         storage = get_event_storage()
         # The line is about the last step whose losses were put: a run that stopped inside a
         # step (an exception, the non-finite loss guard) has storage.iter at that unfinished

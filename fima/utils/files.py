@@ -1,9 +1,15 @@
-"""Keeping an earlier record beside the one about to replace it."""
+"""Keeping an earlier record beside the one about to replace it; locking a folder for one run."""
 
 from __future__ import annotations
 
 import datetime
+import fcntl
+import logging
 import os
+import socket
+from typing import TextIO
+
+logger = logging.getLogger(__name__)
 
 
 def _written_at(path: str) -> float:
@@ -37,3 +43,43 @@ def set_aside(path: str) -> str | None:
         target = f"{stem}.{stamp}-{n}{ext}"
     os.rename(path, target)
     return target
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the folder's lock; ``holder`` says which (``pid N on HOST``)."""
+
+    def __init__(self, folder: str, holder: str) -> None:
+        super().__init__(f"{folder} is in use by another process ({holder})")
+        self.folder = folder
+        self.holder = holder
+
+
+def lock_folder(folder: str) -> TextIO | None:
+    """Take ``folder/.lock`` (an exclusive ``flock``) for this process, writing its pid and host
+    there for the message of whoever finds it taken. The lock lasts while the returned file is
+    open (closing it, or the process ending however it ends, frees it).
+
+    Returns:
+        The open lock file, or None on a file system without locks (warned about: nothing then
+        stops a second process).
+
+    Raises:
+        FolderInUseError: another process holds it.
+    """
+    lock = open(os.path.join(folder, ".lock"), "a+")  # noqa: SIM115  (held by the caller)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise FolderInUseError(folder, holder) from None
+    except OSError as err:
+        logger.warning("Cannot lock %s (%s): nothing stops a second run there", folder, err)
+        lock.close()
+        return None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    return lock

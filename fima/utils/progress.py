@@ -25,6 +25,9 @@ def progress_bar(
         desc: the label.
         total: the number of steps (or bytes with ``unit="B", unit_scale=True``), if known.
         kwargs: further tqdm options.
+
+    Returns:
+        The bar (disabled where it would not show).
     """
     quiet = not (comm.is_main_process() and sys.stderr.isatty())
     kwargs.setdefault("leave", False)

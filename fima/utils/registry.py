@@ -16,6 +16,17 @@ class Registry(_FvcoreRegistry):
     """
 
     def get(self, name: str) -> Any:
+        """The object registered as ``name``.
+
+        Args:
+            name: the registered name (the class's or function's ``__name__``).
+
+        Returns:
+            The registered class or function.
+
+        Raises:
+            KeyError: nothing is registered as ``name``; the message lists what is.
+        """
         if name not in self:
             known = ", ".join(sorted(self.names())) or "(none)"
             raise KeyError(
@@ -26,4 +37,5 @@ class Registry(_FvcoreRegistry):
         return super().get(name)
 
     def names(self) -> list[str]:
+        """The registered names, in registration order."""
         return [name for name, _ in self]

@@ -64,7 +64,11 @@ DIFFERENCE_GAIN = 4.0
 
 
 def add_visualization_config(cfg: CfgNode) -> None:
-    """``VIS_PERIOD`` and ``VIS_NUM_CLIPS``: training-time image summaries."""
+    """Add ``VIS_PERIOD`` and ``VIS_NUM_CLIPS``: training-time image summaries.
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     # Every VIS_PERIOD iterations (and after the last one) the grids of VIS_NUM_CLIPS fixed
     # training clips go to TensorBoard (rank 0). 0 turns them off. A drawing costs a few encoder
     # forwards of VIS_NUM_CLIPS clips and CPU rendering (its seconds are logged as vis_time): on
@@ -76,7 +80,14 @@ def add_visualization_config(cfg: CfgNode) -> None:
 
 # -- drawing helpers shared with the confusion matrix ----------------------------------------------
 def font(size: int = 13) -> ImageFont.ImageFont:
-    """Pillow's built-in font at ``size`` (the fixed bitmap font on Pillow < 10.1)."""
+    """Pillow's built-in font.
+
+    Args:
+        size: in pixels; ignored on Pillow < 10.1.
+
+    Returns:
+        The font at ``size``, or the fixed bitmap font on Pillow < 10.1.
+    """
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: only the fixed-size bitmap font
@@ -84,13 +95,27 @@ def font(size: int = 13) -> ImageFont.ImageFont:
 
 
 def text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
-    """``(width, height)`` of ``text`` drawn with ``font``."""
+    """The size of a text's bounding box.
+
+    Args:
+        draw: any drawing context (only measures).
+        text: the text.
+        font: the font it is drawn with.
+
+    Returns:
+        ``(width, height)`` in pixels.
+    """
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
 
 
 def save_png(image: Image.Image, path: str) -> None:
-    """Write ``image`` to ``path`` as PNG atomically (a temp file renamed), creating the folder."""
+    """Write an image as PNG atomically (a temp file renamed), creating the folder.
+
+    Args:
+        image: the image.
+        path: the PNG file to write.
+    """
     from fima.checkpoint import atomic_write  # checkpoint imports utils
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -98,19 +123,40 @@ def save_png(image: Image.Image, path: str) -> None:
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` float in [0, 1] -> an RGB image."""
+    """Convert a CPU tensor to an RGB image.
+
+    Args:
+        image: ``[3, H, W]`` float in [0, 1] (clamped).
+
+    Returns:
+        An ``H x W`` RGB image.
+    """
     array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(np.ascontiguousarray(array))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB image -> ``[3, H, W]`` float in [0, 1] (what TensorBoard's ``add_image`` takes)."""
+    """Convert an image to what TensorBoard's ``add_image`` takes.
+
+    Args:
+        image: any Pillow image (converted to RGB).
+
+    Returns:
+        ``[3, H, W]`` float32 in [0, 1].
+    """
     return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255
 
 
 # -- maps ------------------------------------------------------------------------------------------
 def colormap(values: torch.Tensor) -> torch.Tensor:
-    """Colours of ``values`` in [0, 1] through the 'jet' lookup table: ``[...]`` -> ``[..., 3]``."""
+    """Colours of values through the 'jet' lookup table.
+
+    Args:
+        values: ``[...]`` in [0, 1] (clamped).
+
+    Returns:
+        ``[..., 3]`` float32 RGB in [0, 1], on ``values``' device.
+    """
     index = values.clamp(0, 1).mul(len(JET) - 1).round().long()
     return JET.to(values.device)[index]
 
@@ -167,6 +213,9 @@ def compute_maps(
         cfg: ``INPUT.MEAN``, ``INPUT.STD``, ``MODEL.FIMA.DIFF_WRAP_FIRST_FRAME``.
         mask_encoder: the encoder whose RGB and difference feature maps give the foreground
             mask (FIMA's key encoder); None: no mask.
+
+    Returns:
+        One :class:`ClipMaps` per clip, on the CPU.
     """
     device = next(iter(encoder.parameters())).device
     x = clips.to(device).float().div_(255)
@@ -197,6 +246,15 @@ def feature_encoders(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     MoCo and its subclasses: the query encoder (the one that is transferred); FIMA and its
     subclasses also draw the foreground mask, from the key encoder as in training. A classifier:
     its backbone.
+
+    Args:
+        model: the unwrapped training method.
+
+    Returns:
+        ``(encoder, mask_encoder or None)``.
+
+    Raises:
+        TypeError: the model has no ``encoder_q`` or ``backbone``.
     """
     from fima.modeling.ssl.fima import FIMA
 
@@ -209,6 +267,25 @@ def feature_encoders(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     raise TypeError(f"{type(model).__name__} has no 'encoder_q' or 'backbone' to visualise")
 
 
+def check_visualizable(model: nn.Module) -> None:
+    """Start-up check of ``VIS_PERIOD > 0``: ``model`` has an encoder to draw
+    (:func:`feature_encoders`), so that a method of one's own without one fails before it
+    trains, not at the first drawing, ``VIS_PERIOD`` iterations in.
+
+    Raises:
+        ConfigError: naming ``VIS_PERIOD`` and what to do.
+    """
+    from fima.config import ConfigError
+
+    try:
+        feature_encoders(model)
+    except TypeError as err:
+        raise ConfigError(
+            f"VIS_PERIOD: {err}; name the method's backbone module 'encoder_q' or 'backbone' "
+            "(what the pictures, and the transfer of its checkpoints, read), or set VIS_PERIOD 0"
+        ) from None
+
+
 # -- drawing ---------------------------------------------------------------------------------------
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """``[N, C, H, W]`` -> ``[N, C, size, size]`` (bilinear)."""
@@ -219,19 +296,42 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def stretch_difference(difference: torch.Tensor) -> torch.Tensor:
     """A difference clip's deviation from 0.5 amplified ``DIFFERENCE_GAIN`` times (clipped): a
-    fixed gain, so that a still clip stays grey rather than showing amplified noise."""
+    fixed gain, so that a still clip stays grey rather than showing amplified noise.
+
+    Args:
+        difference: ``[T, 3, H, W]`` in [0, 1], 0.5 meaning no change.
+
+    Returns:
+        A new tensor of the same shape in [0, 1].
+    """
     return (0.5 + DIFFERENCE_GAIN * (difference - 0.5)).clamp_(0, 1)
 
 
 def heat_overlay(frames: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    """Frames ``[T, 3, H, W]`` blended with the colour map of ``heat`` ``[T, H, W]``."""
+    """Frames blended with the colour map of a heat map.
+
+    Args:
+        frames: ``[T, 3, H, W]`` in [0, 1].
+        heat: ``[T, H, W]`` in [0, 1].
+
+    Returns:
+        ``[T, 3, H, W]`` in [0, 1].
+    """
     colours = colormap(heat).permute(0, 3, 1, 2)
     return (1 - HEAT_ALPHA) * frames + HEAT_ALPHA * colours
 
 
 def mask_overlay(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Frames ``[T, 3, H, W]`` with the cells of ``mask`` ``[H', W']`` kept and outlined, the
-    other cells darkened."""
+    """Frames with the foreground cells of a grid mask kept and outlined, the other cells
+    darkened.
+
+    Args:
+        frames: ``[T, 3, H, W]`` in [0, 1], on the CPU.
+        mask: ``[H', W']`` bool, stretched over the frame.
+
+    Returns:
+        ``[T, 3, H, W]`` in [0, 1].
+    """
     height, width = frames.shape[-2:]
     rows = torch.arange(height) * mask.shape[0] // height
     cols = torch.arange(width) * mask.shape[1] // width
@@ -250,7 +350,16 @@ def mask_overlay(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def grid_rows(maps: ClipMaps, columns: int, cell: int) -> list[tuple[str, torch.Tensor]]:
-    """The labelled rows of a grid, each ``[columns, 3, cell, cell]``."""
+    """The labelled rows of a grid.
+
+    Args:
+        maps: one clip's maps (:func:`compute_maps`).
+        columns: the most frames shown, sampled uniformly over the clip.
+        cell: the side of a tile in pixels.
+
+    Returns:
+        ``(label, tiles [F, 3, cell, cell])`` per row, ``F = min(columns, T)`` frames.
+    """
     frames_total = maps.frames.shape[0]
     take = np.unique(np.linspace(0, frames_total - 1, min(columns, frames_total)).round())
     take = torch.as_tensor(take, dtype=torch.long)
@@ -309,7 +418,15 @@ def render_grid(maps: ClipMaps, title: str = "", columns: int = 8, cell: int = 9
 
 
 def side_by_side(images: list[Image.Image], gap: int = 16) -> Image.Image:
-    """Images next to each other, top-aligned, on white."""
+    """Images next to each other, top-aligned, on white.
+
+    Args:
+        images: at least one image.
+        gap: pixels between two images.
+
+    Returns:
+        A new RGB image.
+    """
     width = sum(im.width for im in images) + gap * (len(images) - 1)
     height = max(im.height for im in images)
     canvas = Image.new("RGB", (width, height), "white")
@@ -322,7 +439,14 @@ def side_by_side(images: list[Image.Image], gap: int = 16) -> Image.Image:
 
 # -- clips -----------------------------------------------------------------------------------------
 def load_clip(path: str, cfg: CfgNode) -> torch.Tensor:
-    """The middle test clip of a video, as evaluation sees it: ``[3, T, S, S]`` uint8.
+    """The middle test clip of a video, as evaluation sees it.
+
+    Args:
+        path: the video file.
+        cfg: uses ``INPUT.NUM_FRAMES``, ``SAMPLING_RATE``, ``TEST_SHORT_SIDE``, the crop keys.
+
+    Returns:
+        ``[3, T, S, S]`` uint8 (the centre crop).
 
     Raises:
         DecodeError: the video cannot be read.
@@ -338,6 +462,11 @@ def dataset_clips(cfg: CfgNode, split: str, count: int) -> list[tuple[str, torch
 
     Deterministic and independent of any RNG or loader, so that drawing them changes nothing
     in a training run. A video that cannot be decoded is skipped (logged) for the next one.
+
+    Args:
+        cfg: the finished config.
+        split: the dataset split.
+        count: clips wanted.
 
     Returns:
         ``(video path, clip [3, T, S, S] uint8)`` pairs, at most ``count``.
@@ -364,9 +493,17 @@ def dataset_clips(cfg: CfgNode, split: str, count: int) -> list[tuple[str, torch
 
 # -- checkpoints -----------------------------------------------------------------------------------
 def is_fima_state(state: dict[str, torch.Tensor], cfg: CfgNode) -> bool:
-    """Whether a checkpoint's model ``state`` is FIMA's (it holds the motion decoder); for a
-    checkpoint without a pretraining method's layout (a bare or classifier backbone), whether
-    ``cfg`` is a FIMA config."""
+    """Whether a checkpoint's model state is FIMA's.
+
+    Args:
+        state: the checkpoint's model state.
+        cfg: the config, consulted for a checkpoint without a pretraining method's layout (a
+            bare or classifier backbone).
+
+    Returns:
+        With ``encoder_q.*`` keys, whether the state holds the motion decoder; otherwise
+        whether ``cfg``'s method is FIMA or a subclass.
+    """
     from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
     from fima.modeling.ssl.fima import FIMA
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+from unittest import mock
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from fima.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
     CheckpointReadError,
+    CheckpointWriteError,
     atomic_write,
 )
 from fima.engine.hooks import PeriodicCheckpointer
@@ -98,8 +101,15 @@ def test_truncated_newest_falls_back_with_a_warning_naming_it(tmp_path, caplog) 
         extra = _checkpointer(tmp_path).resume()
     assert extra["iteration"] == 1
     assert f"Cannot read checkpoint {newest}" in caplog.text
-    # --eval-only --resume evaluates the same file as resuming would train from.
-    assert _checkpointer(tmp_path).newest_readable_file() == str(tmp_path / "model_0000001.pth")
+    # --eval-only --resume evaluates the same file as resuming would train from, reading it
+    # once (it read the chosen file a second time to load it: twice a large checkpoint).
+    evaluated = nn.Linear(3, 2)
+    with mock.patch("torch.load", wraps=torch.load) as load:
+        chosen = _checkpointer(tmp_path, evaluated).load_newest(evaluation=True)
+    assert chosen == str(tmp_path / "model_0000001.pth")
+    assert [call.args[0] for call in load.call_args_list] == [str(newest), chosen]
+    assert torch.allclose(evaluated.weight, model.weight - 1)
+    assert _checkpointer(tmp_path / "empty").load_newest() is None
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
@@ -110,7 +120,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="None of the checkpoints"):
         checkpointer.resume()
     with pytest.raises(CheckpointReadError, match="None of the checkpoints"):
-        checkpointer.newest_readable_file()
+        checkpointer.load_newest()
 
 
 def test_checkpoint_of_another_model_config_lists_the_mismatched_keys(tmp_path) -> None:
@@ -163,3 +173,56 @@ def test_periodic_checkpointer_keeps_the_newest_and_the_final(tmp_path) -> None:
     names = sorted(f for f in os.listdir(tmp_path) if f.endswith(".pth"))
     assert names == ["model_0000007.pth", "model_0000009.pth", "model_final.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+
+def test_a_full_disk_names_the_checkpoint_and_the_one_intact(tmp_path, monkeypatch) -> None:
+    """A checkpoint written onto a full disk stopped the run with torch's
+    'RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 404864 vs 404752'
+    (torch.save reports the short write without errno)."""
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.save("model_0000001", iteration=1)
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_save = torch.save
+
+    def short_write(obj: object, f) -> None:
+        f.write(b"part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20 vs 8")
+
+    free = {"bytes": 10 << 30}
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=free["bytes"]))
+    # Not for want of space: torch's error as it is.
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        checkpointer.save("model_0000003", iteration=3)
+    free["bytes"] = 4096
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpointer.save("model_0000003", iteration=3)
+    assert str(info.value) == (
+        f"Cannot write checkpoint {tmp_path / 'model_0000003.pth'}: No space left on device; "
+        f"the newest checkpoint, {tmp_path / 'model_0000001.pth'}, is intact: make room, then "
+        "continue with --resume"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == written
+    monkeypatch.setattr(torch, "save", real_save)
+    assert _checkpointer(tmp_path).resume()["iteration"] == 1
+
+
+def test_a_pointer_to_a_missing_checkpoint_is_warned_about(tmp_path, caplog) -> None:
+    """last_checkpoint naming a checkpoint that was moved or deleted: --resume silently took an
+    older one, or trained from iteration 0 when none was left."""
+    checkpointer = _checkpointer(tmp_path)
+    checkpointer.save("model_0000001", iteration=1)
+    checkpointer.save("model_0000003", iteration=3)
+    os.unlink(tmp_path / "model_0000003.pth")
+    with caplog.at_level(logging.WARNING):
+        assert _checkpointer(tmp_path).resume()["iteration"] == 1
+    assert (
+        f"last_checkpoint in {tmp_path} names model_0000003.pth, which is not there; taking the "
+        f"newest checkpoint there, {tmp_path / 'model_0000001.pth'}"
+    ) in caplog.text
+    os.unlink(tmp_path / "model_0000001.pth")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _checkpointer(tmp_path).resume() is None
+    assert "there is no checkpoint to continue from" in caplog.text

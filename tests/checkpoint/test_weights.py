@@ -113,6 +113,37 @@ def test_eval_only_of_a_classifier_needs_its_head_from_the_checkpoint(tmp_path) 
     assert torch.equal(retrieval.backbone.stem[0].weight, moco_state["encoder_q.stem.0.weight"])
 
 
+def test_features_of_a_classifier_of_another_dataset_are_evaluated_with_its_backbone(
+    tmp_path, caplog
+) -> None:
+    """--eval-only retrieval of a classifier fine-tuned on a dataset of another class count
+    stopped on the head's shape, which retrieval never reads; its backbone is evaluated now."""
+    path = _save(tmp_path, "ucf.pth", _model(**{"MODEL.CLASSIFIER.NUM_CLASSES": 5}))
+    saved = torch.load(path, weights_only=True)["model"]
+    retrieval = _model(**{"TEST.EVALUATORS": ("retrieval",)})
+    fima_logger = logging.getLogger("fima")
+    fima_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="fima"):
+            Checkpointer(retrieval).load(path, checkpointables=[], evaluation=True)
+    finally:
+        fima_logger.removeHandler(caplog.handler)
+    for key, value in retrieval.backbone.state_dict().items():
+        assert torch.equal(value, saved[f"backbone.{key}"]), key
+    assert "classifier head does not fit this config's (3 classes)" in caplog.text
+    # Its backbone must still fit, strictly.
+    with pytest.raises(CheckpointMismatchError, match="shape: stage"):
+        Checkpointer(_model(**{"TEST.EVALUATORS": ("retrieval",), **OTHER_WIDTHS})).load(
+            path, checkpointables=[], evaluation=True
+        )
+    # Where the head's scores are evaluated, or the head is trained on, the head must fit.
+    for model, evaluation in ((_model(), True), (_model(), False)):
+        before = _copy(model)
+        with pytest.raises(CheckpointMismatchError, match=r"head.fc.bias: checkpoint \(5,\)"):
+            Checkpointer(model).load(path, checkpointables=[], evaluation=evaluation)
+        assert _unchanged(model, before)
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import torch
@@ -223,9 +224,10 @@ def test_missing_paths_fail(tmp_path) -> None:
     cfg = tiny_cfg(**{"DATA.DATASET": "UCF101", "DATA.ROOT": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="DATA.ROOT: directory .*nowhere.* does not exist"):
         validate_cfg(cfg)
-    cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(tmp_path / "missing.pth")})
-    with pytest.raises(ConfigError, match="MODEL.WEIGHTS"):
-        validate_cfg(cfg)
+    for name in ("missing.pth", "MISSING.PTH"):
+        cfg = tiny_cfg(**{"MODEL.WEIGHTS": str(tmp_path / name)})
+        with pytest.raises(ConfigError, match=f"MODEL.WEIGHTS: file .*{name}.* does not exist"):
+            validate_cfg(cfg)
 
 
 @pytest.mark.parametrize("dataset", ["UCF101", "HMDB51", "Kinetics400"])
@@ -247,3 +249,112 @@ def test_unknown_registry_name_lists_known_ones() -> None:
     cfg = tiny_cfg(**{"MODEL.BACKBONE.NAME": "ResNeXt"})
     with pytest.raises(KeyError, match="Registered: .*I3D.*R2Plus1D18"):
         validate_cfg(cfg)
+
+
+def test_a_missing_base_names_the_file_that_refers_to_it(tmp_path) -> None:
+    (tmp_path / "child.yaml").write_text('_BASE_: "middle.yaml"\n')
+    (tmp_path / "middle.yaml").write_text('_BASE_: "gone.yaml"\n')
+    with pytest.raises(FileNotFoundError, match=r"gone\.yaml \(the _BASE_ of .*middle\.yaml\)"):
+        get_cfg().merge_from_file(str(tmp_path / "child.yaml"))
+
+
+def test_a_base_cycle_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "self.yaml").write_text('_BASE_: "self.yaml"\n')
+    with pytest.raises(ValueError, match=r"_BASE_ chain includes it again: .*self\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "self.yaml"))
+    (tmp_path / "a.yaml").write_text('_BASE_: "b.yaml"\n')
+    (tmp_path / "b.yaml").write_text('_BASE_: ["a.yaml"]\n')
+    with pytest.raises(ValueError, match=r"a\.yaml -> .*b\.yaml -> .*a\.yaml$"):
+        get_cfg().merge_from_file(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("base", "child", "message"),
+    [
+        ("SOLVER: [\n", "", r"base\.yaml, line 2, column 1 \(the _BASE_ of .*child\.yaml\): "),
+        ("_BASE_: 3\n", "", r"base\.yaml: _BASE_ must be a config file path or a list of them"),
+        ("SOLVER: 3\n", "", r"SOLVER is a section of keys \(ACCUM_STEPS, .*\), not a value"),
+        ("OUTPUT_DIR: out\n", "OUTPUT_DIR:\n  X: 1\n", r"child\.yaml: OUTPUT_DIR is a value"),
+    ],
+)
+def test_a_malformed_base_fails_in_one_line(tmp_path, base: str, child: str, message) -> None:
+    (tmp_path / "base.yaml").write_text(base)
+    (tmp_path / "child.yaml").write_text(f'_BASE_: "base.yaml"\n{child}')
+    with pytest.raises(ValueError, match=message) as err:
+        get_cfg().merge_from_file(str(tmp_path / "child.yaml"))
+    assert "\n" not in str(err.value)
+
+
+def test_a_directory_or_binary_file_as_config_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ValueError, match="is a directory, not a YAML file"):
+        get_cfg().merge_from_file(str(tmp_path))
+    (tmp_path / "model.pth").write_bytes(b"\x80\x02\xff\xfe")
+    with pytest.raises(ValueError, match=r"Cannot read config .*model\.pth: 'utf-8' codec"):
+        get_cfg().merge_from_file(str(tmp_path / "model.pth"))
+
+
+def test_a_value_for_a_section_on_the_command_line_names_the_section() -> None:
+    with pytest.raises(ValueError, match=r"^SOLVER is a section of keys .* e\.g\. SOLVER\.ACC"):
+        get_cfg().merge_from_list(["SOLVER", "3"])
+
+
+def test_text_keys_take_text_that_reads_as_a_number(tmp_path) -> None:
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", "2024", "DATA.TEST_SPLIT", "1"])
+    assert cfg.OUTPUT_DIR == "2024" and cfg.DATA.TEST_SPLIT == "1"
+    (tmp_path / "a.yaml").write_text('OUTPUT_DIR: "2024"\nMODEL:\n  WEIGHTS: "1e3"\n')
+    cfg.merge_from_file(str(tmp_path / "a.yaml"))
+    assert (cfg.OUTPUT_DIR, cfg.MODEL.WEIGHTS) == ("2024", "1e3")
+    # Text that Python reads as text is still unquoted, as yacs does.
+    cfg.merge_from_list(["OUTPUT_DIR", "'my runs'"])
+    assert cfg.OUTPUT_DIR == "my runs"
+
+
+def test_a_key_without_a_value_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("SOLVER:\n  BASE_LR:\n")
+    with pytest.raises(ValueError, match=r"SOLVER\.BASE_LR has no value .* float.*a\.yaml"):
+        get_cfg().merge_from_file(str(tmp_path / "a.yaml"))
+    with pytest.raises(ValueError, match=r"MODEL\.WEIGHTS has no value"):
+        get_cfg().merge_from_list(["MODEL.WEIGHTS", "None"])
+
+
+def test_import_takes_a_python_file_whatever_the_case_of_its_extension(tmp_path) -> None:
+    from fima.engine.defaults import get_user_cfg
+
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    (tmp_path / "My_Keys.PY").write_text("def add_config(cfg):\n    cfg.MY_KEY = 3\n")
+    cfg = get_user_cfg(str(tmp_path / "base.yaml"), ["MY_KEY", "4"], [str(tmp_path / "My_Keys.PY")])
+    assert cfg.MY_KEY == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["SOLVER.BASE_LR=0.1"], "SOLVER.BASE_LR=0.1: .* separated by a space: SOLVER.BASE_LR 0.1"),
+        (["SOLVER.BASE_LR=0.1", "OUTPUT_DIR=x"], "separated by a space: SOLVER.BASE_LR 0.1$"),
+    ],
+)
+def test_key_equals_value_overrides_say_how_to_write_them(overrides: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        get_cfg().merge_from_list(overrides)
+    cfg = get_cfg()
+    cfg.merge_from_list(["OUTPUT_DIR", "OUTPUT_DIR=b"])  # a value may hold '='
+    assert cfg.OUTPUT_DIR == "OUTPUT_DIR=b"
+
+
+def test_an_imported_python_file_imports_the_modules_beside_it(tmp_path, monkeypatch) -> None:
+    # As `python file.py` would: a project's entry file importing its own helpers module.
+    from fima.engine.defaults import get_user_cfg
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    project = tmp_path / "my_project"
+    project.mkdir()
+    (project / "my_project_keys_helper.py").write_text("DEFAULT = 7\n")
+    (project / "entry.py").write_text(
+        "import my_project_keys_helper\n\n\n"
+        "def add_config(cfg):\n    cfg.SIBLING_KEY = my_project_keys_helper.DEFAULT\n"
+    )
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.5\n")
+    cfg = get_user_cfg(str(tmp_path / "base.yaml"), [], [str(project / "entry.py")])
+    assert cfg.SIBLING_KEY == 7
+    assert sys.path[-1] == str(project)  # last: a sibling never shadows an installed module

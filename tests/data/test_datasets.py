@@ -136,6 +136,47 @@ def test_video_list_slowfast_csv_and_named_columns(
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("text", "second"),
+    [
+        ("path,label\nx/1.mp4,2\nmy videos/2.mp4,0\n", "my videos/2.mp4"),
+        ("x/1.mp4 2\nmy videos/2.mp4 0\n", "my videos/2.mp4"),
+    ],
+)
+def test_video_list_csv_extension_in_any_case(tmp_path, text: str, second: str) -> None:
+    """A list exported as TRAIN.CSV is read as CSV (or SlowFast's lines), as train.csv is."""
+    (tmp_path / "TRAIN.CSV").write_text(text)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TRAIN": str(tmp_path / "TRAIN.CSV")})
+    train = build_dataset(cfg, "train")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
+        ("x/1.mp4", 2), (second, 0),
+    ]  # fmt: skip
+
+
+def test_video_list_files_are_those_of_the_train_and_test_splits_whatever_their_names(
+    tmp_path,
+) -> None:
+    (tmp_path / "mine.txt").write_text("a.mp4 0\nb.mp4 1\n")
+    (tmp_path / "held_out.txt").write_text("c.mp4 0\nd.mp4 1\ne.mp4 2\n")
+    # A val.csv beside them is not what the config names.
+    (tmp_path / "val.csv").write_text("f.mp4,0\n")
+    lists = {"DATA.VIDEO_LIST.TRAIN": str(tmp_path / "mine.txt"),
+             "DATA.VIDEO_LIST.TEST": str(tmp_path / "held_out.txt")}  # fmt: skip
+    cfg = _cfg("VideoList", str(tmp_path), **lists, **{"DATA.TRAIN_SPLIT": "pretrain",
+                                                      "DATA.TEST_SPLIT": "val"})  # fmt: skip
+    train, test = build_dataset(cfg, "pretrain"), build_dataset(cfg, "val")
+    assert [os.path.basename(r.path) for r in train] == ["a.mp4", "b.mp4"]
+    assert [os.path.basename(r.path) for r in test] == ["c.mp4", "d.mp4", "e.mp4"]
+    assert train.class_names == test.class_names == ["0", "1", "2"]
+    # One split for training and evaluation: one list, not two.
+    cfg = _cfg("VideoList", "", **lists, **{"DATA.TEST_SPLIT": "train"})
+    with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: .*both 'train'"):
+        validate_cfg(cfg)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": lists["DATA.VIDEO_LIST.TEST"],
+                                   "DATA.TRAIN_SPLIT": "test"})  # fmt: skip
+    assert len(build_dataset(cfg, "test")) == 3
+
+
 def _touch(root, *relatives: str) -> None:
     for relative in relatives:
         path = root / relative
@@ -244,6 +285,9 @@ def test_missing_list_files_state_the_layout(tmp_path) -> None:
         build_dataset(_cfg("VideoList", str(tmp_path)), "test")
     cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TEST": str(tmp_path / "none.csv")})
     with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TEST: list file .*none.csv"):
+        validate_cfg(cfg)
+    cfg = _cfg("VideoList", "", **{"DATA.VIDEO_LIST.TRAIN": str(tmp_path)})
+    with pytest.raises(ConfigError, match="DATA.VIDEO_LIST.TRAIN: .* is a folder: name a list"):
         validate_cfg(cfg)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -170,26 +171,40 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(video: str, tmp_p
     np.testing.assert_array_equal(frames.numpy(), there[np.minimum(indices, len(there) - 1)])
 
 
-def test_mpeg4_avi_with_b_frames_decodes_every_window(tmp_path) -> None:
-    """Xvid/DivX-style AVIs with B-frames: the AVI demuxer refuses seeks before timestamp 0
-    (EPERM), where the decoder steps back to when a seek overshoots; such a video once came out
-    as a bad video ('decoding failed: [Errno 1] Operation not permitted')."""
+@pytest.mark.parametrize(
+    ("codec", "options"),
+    [
+        ("mpeg4", {"bf": "2"}),  # Xvid/DivX style
+        ("libx264", {}),  # B-frames (pyramid)
+        ("libx264", {"x264-params": "open-gop=1"}),  # leading B-frames before a keyframe
+        ("libx264", {"bf": "0"}),
+    ],
+    ids=["mpeg4-bframes", "h264-bframes", "h264-open-gop", "h264"],
+)
+def test_avi_with_b_frames_is_frame_exact(tmp_path, codec: str, options: dict[str, str]) -> None:
+    """AVI stores decoding times only; the presentation times the parser guesses were used as
+    if they were real. With MPEG-4 Part 2 B-frames (Xvid/DivX) they start at 1, so index k gave
+    frame k - 1 (0 twice, the last never); for H.264 they are not even in order, so frames came
+    out shuffled. Before that, such AVIs failed with 'Operation not permitted' (seeks before
+    timestamp 0, which the AVI demuxer refuses, as a step back from an overshot seek does)."""
+    # 61 frames: the last packet is a keyframe (every 12th), whose frames the decoder gives out
+    # only when flushed, without a decoding time.
     path = write_test_video(
-        str(tmp_path / "xvid.avi"), num_frames=60, codec="mpeg4", gop=12, options={"bf": "2"}
+        str(tmp_path / "v.avi"), num_frames=61, codec=codec, gop=12, options=options
     )
-    # Frame i is the frame shown i / fps after the stream start (B-frame reordering delays the
-    # first one by a frame here); an index without its own frame takes the one before it.
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        shown = {
-            int(frame.pts - (stream.start_time or 0)): frame.reformat(format="rgb24").to_ndarray()
-            for frame in container.decode(stream)
-        }
-    first = min(shown)
-    expected = np.stack([shown[max([t for t in shown if t <= i] or [first])] for i in range(60)])
-    for start in (0, 5, 7, 20, 40):
-        indices = list(range(start, min(start + 16, 60)))
-        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), expected[indices])
+    reference = full_decode(path)
+    assert len(reference) == 61
+    windows = [list(range(start, min(start + 16, 61))) for start in (0, 5, 7, 11, 20, 40, 45)]
+    spread = [list(range(start, start + 32, 2)) for start in (0, 1, 13, 27)]
+    for indices in [*windows, *spread, [58], [59], [60], [23], [50, 3, 20, 20, 7], [*range(61)]]:
+        np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])
+    # Fewer frames than the reorder delay: all of them come out when the decoder is flushed.
+    short = write_test_video(
+        str(tmp_path / "short.avi"), num_frames=2, codec=codec, gop=12, options=options
+    )
+    np.testing.assert_array_equal(
+        decode_frames(short, [0, 1, 5]).numpy(), full_decode(short)[[0, 1, 1]]
+    )
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])
@@ -268,3 +283,80 @@ def test_indices_in_a_gap_of_variable_frame_rate_take_the_frame_before_it(tmp_pa
         indices = [i for i in range(start, start + 16, 2) if i in unique]
         expected = [next(img for index, img in reversed(shown) if index <= i) for i in indices]
         np.testing.assert_array_equal(decode_frames(path, indices).numpy(), np.stack(expected))
+
+
+def _write_with_audio(path: str, codec: str, audio: str, start: int, audio_seconds: float) -> str:
+    """24 video frames from frame ``start`` on, then ``audio_seconds`` of silence in a second
+    stream (written after the video, as a recording's audio that runs on)."""
+    with av.open(path, "w") as container:
+        video = container.add_stream(codec, rate=25)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = container.add_stream(audio, rate=48000)
+        for i in range(24):
+            image = np.full((32, 32, 3), 40, dtype=np.uint8)
+            image[:, i : i + 4] = 220
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = start + i, Fraction(1, 25)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        for i in range(int(audio_seconds * 50)):
+            samples = av.AudioFrame.from_ndarray(
+                np.zeros((1, 960), np.float32), format="fltp", layout="mono"
+            )
+            samples.sample_rate, samples.pts = 48000, i * 960
+            for packet in sound.encode(samples):
+                container.mux(packet)
+        for packet in sound.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "audio", "start", "audio_seconds"),
+    [
+        ("long_audio.mkv", "libx264", "aac", 0, 3.0),
+        ("long_audio.webm", "libvpx", "libopus", 0, 3.0),
+        ("long_audio.flv", "libx264", "aac", 0, 3.0),
+        ("late_video.mkv", "libx264", "aac", 50, 0.5),
+    ],
+)
+def test_matroska_and_flv_count_the_video_not_the_file(
+    tmp_path, name: str, codec: str, audio: str, start: int, audio_seconds: float
+) -> None:
+    """Matroska/WebM and FLV headers give only the file's duration: its longest stream's, and
+    in Matroska from time 0, not from where the video starts. A recording whose audio runs on
+    (or whose video starts late) had frames counted that are not there: windows showed the last
+    frame repeated, and past a second more the intact video was a bad video ('truncated')."""
+    path = _write_with_audio(str(tmp_path / name), codec, audio, start, audio_seconds)
+    reference = full_decode(path)
+    assert len(reference) == 24
+    assert probe_video(path).num_frames == 24
+    indices = list(range(8, 24))
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])
+
+
+def test_an_mp4_cut_between_keyframes_counts_the_frames_it_shows(tmp_path) -> None:
+    """Cutting without re-encoding (``ffmpeg -ss 1.4 -c copy``) keeps the frames from the
+    keyframe before the cut and writes an edit list that hides them. The header's frame count
+    includes the hidden frames: windows near the end repeated the last frame, and with more
+    than a second hidden, decoding raised 'truncated' and the intact clip was a bad video."""
+    source = write_test_video(str(tmp_path / "full.mp4"), num_frames=60, size=(32, 32), gop=50)
+    path = str(tmp_path / "cut.mp4")
+    with av.open(source) as src, av.open(path, "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        hidden = 35 * int(1 / (25 * src.streams.video[0].time_base))  # 1.4 s after the keyframe
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.pts, packet.dts, packet.stream = (
+                    packet.pts - hidden,
+                    packet.dts - hidden,
+                    stream,
+                )
+                dst.mux(packet)
+    reference = full_decode(path)
+    np.testing.assert_array_equal(reference[0], full_decode(source)[35])  # the edit list works
+    assert probe_video(path).num_frames == len(reference) == 25
+    indices = list(range(9, 25))
+    np.testing.assert_array_equal(decode_frames(path, indices).numpy(), reference[indices])

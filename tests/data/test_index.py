@@ -95,18 +95,29 @@ def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes, content: str) 
     assert json.loads(cache.read_text())["format"] == index_module._INDEX_FORMAT
 
 
-def test_a_cache_of_the_previous_format_is_reprobed(tmp_path, counted_probes) -> None:
-    """Format 2 cached a header without a length as an error; those videos (WebM recorded
-    live) are read now, so such an entry must not outlive an upgrade while the file is as it was."""
+@pytest.mark.parametrize(
+    ("old_format", "cached"),
+    [
+        (2, {"error": "the header gives no frame count"}),
+        (3, {"info": [76, 25.0, 64, 48]}),
+    ],
+)
+def test_a_cache_of_a_previous_format_is_reprobed(
+    tmp_path, counted_probes, old_format: int, cached: dict
+) -> None:
+    """Format 2 cached a header without a length as an error (WebM recorded live, read now);
+    format 3 counted frames that Matroska's file duration or an MP4's edit list promise but
+    never show. Such entries must not outlive an upgrade while the file is as it was."""
     make_video_list(str(tmp_path), ["a"], 2, {})
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     dataset = build_dataset(cfg, "train")
     cache = tmp_path / "cache.json"
     video = dataset[0].path
-    entry = {"key": index_module._file_key(video), "error": "the header gives no frame count"}
-    cache.write_text(json.dumps({"format": 2, "videos": {video: entry}}))
+    entry = {"key": index_module._file_key(video), **cached}
+    cache.write_text(json.dumps({"format": old_format, "videos": {video: entry}}))
     infos, bad = build_index(dataset, str(cache))
     assert all(infos) and not bad and video in counted_probes
+    assert infos[0].num_frames != 76
 
 
 def test_a_full_disk_does_not_stop_the_start(tmp_path, monkeypatch, caplog) -> None:

@@ -156,3 +156,26 @@ def test_augmentation_writes_the_encoders_layout(channels_last: bool) -> None:
     assert normalised.is_contiguous(memory_format=layout)
     torch.testing.assert_close(normalised, (clips - aug.mean) / aug.std)
     assert aug(clips).is_contiguous(memory_format=layout)
+
+
+def test_augmentation_runs_in_float32_under_the_trainers_autocast() -> None:
+    # A method of one's own calls VideoAugmentation inside its forward, which the trainer runs
+    # under bf16 autocast: the augmentation must come out as without autocast (float32, the
+    # same draws), not fail on bf16 intermediates.
+    cfg = tiny_cfg(
+        **{
+            "INPUT.AUG.GRAYSCALE_PROB": 1.0,
+            "INPUT.AUG.COLOR_JITTER_PROB": 1.0,
+            "INPUT.AUG.BLUR_PROB": 1.0,
+        }
+    )
+    aug = VideoAugmentation(cfg)
+    clips = torch.rand(4, 3, 4, 16, 16)
+    torch.manual_seed(0)
+    expected = aug(clips)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = aug(clips)
+        normalised = aug.normalize(clips)
+    assert out.dtype == normalised.dtype == torch.float32
+    torch.testing.assert_close(out, expected)

@@ -112,6 +112,7 @@ def test_two_processes_hold_identical_queues_and_weights_and_write_one_set_of_fi
     events = [f for f in files if f.startswith("events.out.tfevents")]
     assert len(events) == 1
     assert [f for f in files if f not in events] == [
+        ".lock",
         "config.yaml",
         "last_checkpoint",
         "log.txt",

@@ -92,6 +92,23 @@ def test_the_command_line_names_the_backend() -> None:
         parser.parse_args([*config, "--dist-backend", "mpi"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # argparse.REMAINDER took --config-file for an override and called it missing.
+        (["SOLVER.BASE_LR", "0.1", "--config-file", "c.yaml"], "options (--config-file) must"),
+        (["--resume", "SEED", "-1", "--config-file=c.yaml"], "options (--config-file=c.yaml) "),
+        (["SOLVER.BASE_LR", "0.1"], "the following arguments are required: --config-file"),
+    ],
+)
+def test_options_after_the_overrides_are_misplaced_not_missing(capsys, argv, message) -> None:
+    with pytest.raises(SystemExit):
+        default_argument_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+    args = default_argument_parser().parse_args(["--config-file", "c.yaml", "SEED", "-1"])
+    assert args.config_file == "c.yaml" and args.opts == ["SEED", "-1"]
+
+
 def _fake_process_group(monkeypatch, backend: str) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

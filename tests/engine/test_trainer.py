@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import tempfile
 from unittest import mock
 
 import pytest
@@ -310,6 +313,63 @@ def test_default_setup_validates_before_it_writes_anything(tmp_path) -> None:
         default_setup(tiny_cfg(""), args)
     default_setup(tiny_cfg(str(out)), args)  # MoCo in one process, no SPLIT_BN_GROUPS: a warning
     assert "MODEL.SPLIT_BN_GROUPS is 1 in a single process" in (out / "log.txt").read_text()
+
+
+def test_an_output_dir_that_cannot_be_written_is_a_config_error(tmp_path, monkeypatch) -> None:
+    """OUTPUT_DIR that is a file, below a file, or on a read-only file system: tools/train_net.py
+    printed '[Errno 17] File exists' or an OSError traceback from os.makedirs or logging."""
+    args = argparse.Namespace(resume=False, eval_only=False)
+    (tmp_path / "file").write_text("the user's\n")
+    with pytest.raises(ConfigError, match=r"OUTPUT_DIR: .*/file is a file, not a folder"):
+        default_setup(tiny_cfg(str(tmp_path / "file")), args)
+    with pytest.raises(ConfigError, match=r"OUTPUT_DIR: cannot write to .*/file/out \(Not a"):
+        default_setup(tiny_cfg(str(tmp_path / "file" / "out")), args)
+    assert (tmp_path / "file").read_text() == "the user's\n"
+    (tmp_path / "read_only").mkdir()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ConfigError, match=r"cannot write to .*read_only \(Read-only file system"):
+        default_setup(tiny_cfg(str(tmp_path / "read_only")), args)
+
+
+def test_a_second_run_into_an_output_dir_in_use_is_refused(tmp_path) -> None:
+    """Two runs started into one OUTPUT_DIR both trained, into the same checkpoint names,
+    metrics.json and inference/: what was left was a mix of the two."""
+    args = argparse.Namespace(resume=False, eval_only=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as other:  # as another process holds it
+        other.write("pid 4242 on elsewhere\n")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(
+            ConfigError, match=r"in use by another run \(pid 4242 on elsewhere\): wait for it"
+        ):
+            default_setup(tiny_cfg(str(out)), args)
+        assert sorted(os.listdir(out)) == [".lock"]
+    # Free again: this process holds it, and may set up the same folder again.
+    default_setup(tiny_cfg(str(out)), args)
+    default_setup(tiny_cfg(str(out)), argparse.Namespace(resume=True, eval_only=False))
+    assert f"pid {os.getpid()} on " in (out / ".lock").read_text()
+
+
+def test_configs_replaced_within_one_second_are_all_kept(tmp_path) -> None:
+    """config.yaml of an earlier run was renamed to config.<its second>.yaml, replacing one of
+    that second already there: of three runs started within one second, the first's config was
+    lost."""
+    out = tmp_path / "out"
+    stamp = 1_796_000_000
+    for seed in (1, 2, 3):
+        default_setup(
+            tiny_cfg(str(out), SEED=seed), argparse.Namespace(resume=True, eval_only=False)
+        )
+        os.utime(out / "config.yaml", (stamp, stamp))
+    kept = [path.read_text() for path in out.glob("config.*.yaml")]
+    assert sorted(seed for seed in (1, 2) for text in kept if f"SEED: {seed}\n" in text) == [1, 2]
+    assert "SEED: 3" in (out / "config.yaml").read_text()
 
 
 def test_float16_needs_a_gpu_and_is_validated() -> None:
@@ -690,3 +750,17 @@ def test_steps_beyond_the_run_are_announced(caplog) -> None:
     caplog.clear()
     schedule((4, 8, 10))  # a step at the very end changes nothing, and is not warned about
     assert "SOLVER.STEPS" not in caplog.text
+
+
+def test_resume_without_a_checkpoint_says_the_run_starts_over(tmp_path, caplog) -> None:
+    """A mistyped OUTPUT_DIR with --resume must not start over silently."""
+    cfg = tiny_cfg(str(tmp_path / "fresh"))
+    cfg.freeze()
+    trainer = DefaultTrainer(cfg)
+    with caplog.at_level("WARNING", logger="fima.engine.defaults"):
+        trainer.resume_or_load(resume=True)
+    assert trainer.start_iter == 0
+    assert any(
+        "--resume: OUTPUT_DIR" in r.getMessage() and "starts from scratch" in r.getMessage()
+        for r in caplog.records
+    )

@@ -126,6 +126,43 @@ def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp
     assert os.path.isfile(tmp_path / "out" / "inference" / "val" / "classification.json")
 
 
+def test_a_run_started_over_does_not_keep_an_earlier_runs_best_weights(tmp_path) -> None:
+    """A run stopped before its first checkpoint and started again (another learning rate, say)
+    took the earlier run's best/model_best.json as the value to beat: best/model_best.pth kept
+    the earlier run's weights, presented as this run's best, unless this run beat them."""
+    out = tmp_path / "out"
+
+    def train(lr: float) -> None:
+        cfg = classifier_cfg(
+            str(out),
+            **{
+                "DATA.VALIDATION.FRACTION": 0.4,
+                "TEST.EVAL_PERIOD": 2,
+                "TEST.BEST_METRIC": "val/video_top1",
+                "TEST.NUM_CLIPS": 1,
+                "SOLVER.MAX_ITER": 2,
+                "SOLVER.BASE_LR": lr,
+            },
+        )
+        cfg = default_setup(cfg, argparse.Namespace(resume=True, eval_only=False))
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=True)
+        trainer.train()
+
+    train(0.01)
+    first = (out / "best" / "model_best.pth").read_bytes()
+    for name in ("model_0000001.pth", "model_final.pth", "last_checkpoint"):
+        (out / name).unlink()  # as if stopped before its first checkpoint: nothing to resume
+    train(0.5)
+    best = torch.load(out / "best" / "model_best.pth", weights_only=True)
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert best["iteration"] == 2
+    for key, value in final["model"].items():
+        assert torch.equal(best["model"][key], value), key
+    (kept,) = out.glob("best.*")
+    assert (kept / "model_best.pth").read_bytes() == first
+
+
 def test_feature_cache_key_follows_the_test_views() -> None:
     from fima.evaluation.retrieval import feature_cache_key
     from fima.modeling import build_model
@@ -199,14 +236,29 @@ def test_an_evaluation_keeps_the_reports_of_the_run_before_it(tmp_path) -> None:
     # Resuming the training run: its reports are its own, and stay where they are.
     default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
     assert report.read_text() == written and not list(out.glob("inference.*"))
-    # --eval-only with other test views: the run's reports are kept beside the new ones.
+    # --eval-only with other test views: the run's reports are kept beside the new ones, once
+    # the evaluation writes its own (not before: an --eval-only that stops early moves nothing).
     evaluation = classifier_cfg(str(out), **{"TEST.NUM_CLIPS": 1})
     evaluation = default_setup(evaluation, argparse.Namespace(resume=False, eval_only=True))
-    (kept,) = out.glob("inference.*")
-    assert (kept / "test" / "classification.json").read_text() == written
-    assert (kept / "test" / "confusion_matrix.png").is_file()
+    assert report.read_text() == written and not list(out.glob("inference.*"))
     model = build_model(evaluation)
     Checkpointer(model, str(out)).load(str(out / "model_final.pth"))
     DefaultTrainer.test(evaluation, model, ClassificationEvaluator(evaluation, "test", "test"))
     assert json.loads(report.read_text())["num_clips"] == 1
+    (kept,) = out.glob("inference.*")
     assert (kept / "test" / "classification.json").read_text() == written
+    assert (kept / "test" / "confusion_matrix.png").is_file()
+    # Resuming the training run after that evaluation: the evaluation's reports are not the
+    # training run's, and are kept when it evaluates (they were overwritten).
+    evaluated = report.read_text()
+    resumed = default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
+    DefaultTrainer.test(resumed, model, ClassificationEvaluator(resumed, "test", "test"))
+    assert json.loads(report.read_text())["num_clips"] == 2
+    kept_evaluation = set(out.glob("inference.*")) - {kept}
+    assert [(k / "test" / "classification.json").read_text() for k in kept_evaluation] == [
+        evaluated
+    ]
+    # Resumed once more: now the reports are the training run's own, rewritten in place.
+    again = default_setup(cfg.clone(), argparse.Namespace(resume=True, eval_only=False))
+    DefaultTrainer.test(again, model, ClassificationEvaluator(again, "test", "test"))
+    assert len(list(out.glob("inference.*"))) == 2

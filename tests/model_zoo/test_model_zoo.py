@@ -8,6 +8,8 @@ import io
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,11 +21,13 @@ import torch
 
 from fima import model_zoo
 from fima.checkpoint.backbone_weights import resolve_weights, weights_problem
+from fima.model_zoo import download
 from fima.model_zoo import model_zoo as zoo_module
 from fima.modeling import build_model
 
 CONFIG = "Quickstart/moco_synthetic.yaml"
 FILE = "Quickstart/moco_synthetic/model_final.pth"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -430,3 +434,55 @@ def test_missing_local_path_containing_scheme_separator_is_a_missing_file(name: 
     problem = weights_problem(name)
     assert problem is not None and "neither an existing file" in problem
     assert "does not fetch" not in problem
+
+
+def test_what_a_killed_download_left_is_removed_but_not_a_live_download(
+    server, checkpoint, tmp_path
+) -> None:
+    """A download killed with SIGKILL (the OOM killer, a job's time limit) left its hidden
+    temporary file in the cache for good; the next download of that file now removes those of
+    processes that are gone, and leaves alone those that another process may still write."""
+    _, body = checkpoint
+    sha = publish(server, body)
+    server.mode = "hang"
+    target = tmp_path / "cache" / "model_zoo" / FILE
+    fetch = f"download_verified({server.url + '/' + FILE!r}, {str(target)!r}, {sha!r})"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", f"from fima.model_zoo.download import *; {fetch}"], cwd=ROOT
+    )
+    deadline = time.monotonic() + 60
+    while not (target.parent.is_dir() and list(target.parent.iterdir())):
+        assert time.monotonic() < deadline and killed.poll() is None
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    (left,) = target.parent.iterdir()
+    assert left.name.startswith(".model_final.pth.") and left.name.endswith(".tmp")
+    server.mode = "normal"
+    resolve_weights(f"fima://{FILE}")
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    # What is removed and what is not: a live process's (another rank's) temporary file stays.
+    host, day = download._host(), 24 * 3600
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = {
+            f".model_final.pth.dl-{host}-{live.pid}.a1.tmp": 0,  # another live process's
+            f".model_final.pth.dl-{host}-{os.getpid()}.a2.tmp": 0,  # this process's
+            ".model_final.pth.dl-elsewhere-1.a3.tmp": 0,  # another host's, recent
+            ".model_final.pth.a4.tmp": 0,  # an older fima's, recent
+            f".other.pth.dl-{host}-{killed.pid}.a5.tmp": 0,  # another file's
+        }
+        removed = {
+            f".model_final.pth.dl-{host}-{killed.pid}.b1.tmp": 0,  # a process that is gone
+            ".model_final.pth.dl-elsewhere-1.b2.tmp": 2 * day,  # not written for two days
+            ".model_final.pth.b3.tmp": 2 * day,
+        }
+        for name, age in {**kept, **removed}.items():
+            (target.parent / name).write_bytes(b"partial")
+            os.utime(target.parent / name, (time.time() - age, time.time() - age))
+        gone = download.remove_stale_downloads(str(target))
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(gone) == sorted(str(target.parent / name) for name in removed)
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([*kept, target.name])

@@ -86,6 +86,12 @@ def test_fine_tuning_trains_the_backbone_and_its_statistics() -> None:
         ("MODEL.CLASSIFIER.MODE", "frozen", "MODEL.CLASSIFIER.MODE: must be one of"),
         ("MODEL.CLASSIFIER.DROPOUT", 1.0, "MODEL.CLASSIFIER.DROPOUT: must be in"),
         ("MODEL.CLASSIFIER.HEAD", "Linear", "MODEL.CLASSIFIER.HEAD: No head named 'Linear'"),
+        # A head of another kind would fail only at the first training step.
+        (
+            "MODEL.CLASSIFIER.HEAD",
+            "ProjectionHead",
+            "MODEL.CLASSIFIER.HEAD: ProjectionHead is a projector head, not a classifier head",
+        ),
         ("TEST.EVALUATORS", ("detection",), "TEST.EVALUATORS: must name"),
         ("TEST.BEST_METRIC", "test/video_top1", "selecting on the test split is not allowed"),
     ],

@@ -6,10 +6,11 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 from fima.config import ConfigError, validate_cfg
 from fima.engine.train_loop import native_autocast
-from fima.modeling import build_model
+from fima.modeling import HEAD_REGISTRY, build_model
 from fima.modeling.losses import dense_contrastive_loss, info_nce
 from fima.modeling.motion import foreground_grid_mask
 from fima.modeling.ssl.fima import FIMA, _feature_map_shape
@@ -263,7 +264,8 @@ def test_bf16_autocast_runs_encoders_in_bf16_and_losses_in_fp32() -> None:
 
 @pytest.mark.parametrize(
     ("backbone", "frames", "crop"),
-    [("I3D", 16, 32), ("R2Plus1D18", 16, 32), ("R3D18", 16, 32), ("Tiny3D", 8, 32),
+    # I3D (space /32) at 48 px: a 2x2 grid; at 32 px its one cell has no foreground.
+    [("I3D", 16, 48), ("R2Plus1D18", 16, 32), ("R3D18", 16, 32), ("Tiny3D", 8, 32),
      ("Tiny3D", 16, 48), ("TwoLayer3D", 8, 16)],
 )  # fmt: skip
 def test_every_backbone_trains_with_fima(backbone: str, frames: int, crop: int) -> None:
@@ -310,6 +312,30 @@ def test_slices_that_do_not_split_into_halves_are_rejected_at_start_up(
     with pytest.raises(ConfigError, match=f"INPUT.NUM_FRAMES: .*T'={slices} temporal slices"):
         validate_cfg(cfg)
     cfg.MODEL.FIMA.LOCAL_WEIGHT = 0.0  # the dense term alone handles any T'
+    if crop // 16 >= 2:  # Tiny3D's spatial stride is 16
+        validate_cfg(cfg)
+    else:  # but not a grid of one cell (test_a_one_cell_grid_is_rejected_with_the_dense_term)
+        with pytest.raises(ConfigError, match="INPUT.CROP_SIZE: .*1x1 feature grid"):
+            validate_cfg(cfg)
+
+
+@pytest.mark.parametrize("local_weight", [1.0, 0.0])
+def test_a_one_cell_grid_is_rejected_with_the_dense_term(local_weight: float) -> None:
+    """16-pixel crops give Tiny3D (space /16) one cell, whose foreground mask (the cells above
+    the median) is empty: the dense loss would be 0 at every step."""
+    cfg = tiny_cfg(**{**FIMA_TINY, "INPUT.CROP_SIZE": 16, "MODEL.FIMA.LOCAL_WEIGHT": local_weight})
+    with pytest.raises(ConfigError, match="INPUT.CROP_SIZE: 16-pixel crops give Tiny3D a 1x1"):
+        validate_cfg(cfg)
+    # What the check prevents: one cell is never foreground, so no cell has a positive.
+    cell = torch.rand(2, 4, 2, 1, 1)
+    assert not foreground_grid_mask(cell, cell).any()
+    # A backbone that cannot run on the meta device is checked at the first step instead.
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="^FIMA: the backbone gives a 1x1 feature grid"):
+        build_model(cfg)(_batch(cfg))
+    cfg.MODEL.FIMA.DENSE_WEIGHT = 0.0  # the other terms are fine on one cell
+    validate_cfg(cfg)
+    cfg.MODEL.FIMA.DENSE_WEIGHT, cfg.INPUT.CROP_SIZE = 1.0, 32  # and 2x2 cells are enough
     validate_cfg(cfg)
 
 
@@ -324,6 +350,13 @@ def test_config_errors_name_the_key() -> None:
         "MODEL.PROJECTOR.NAME": ("Projection", "No head named 'Projection'"),
         "MODEL.MOTION_DECODER.NAME": ("Decoder", "No head named 'Decoder'"),
     }
+    # A head of another kind: one line naming the key, not a traceback from the first step.
+    for key, value, message in (
+        ("MODEL.PROJECTOR.NAME", "LinearClassifier", "a classifier head, not a projector head"),
+        ("MODEL.MOTION_DECODER.NAME", "ProjectionHead", "a projector head, not a motion decoder"),
+    ):
+        with pytest.raises(ConfigError, match=f"{key}: {value} is {message}"):
+            validate_cfg(tiny_cfg(**{**FIMA_TINY, key: value}))
     for key, (value, message) in cases.items():
         cfg = tiny_cfg(**{**FIMA_TINY, key: value})
         with pytest.raises(ConfigError, match=f"{key}: .*{message}"):
@@ -334,6 +367,36 @@ def test_config_errors_name_the_key() -> None:
     )
     with pytest.raises(ConfigError, match="MODEL.FIMA.DIFF_WRAP_FIRST_FRAME: False makes"):
         validate_cfg(cfg)
+
+
+def test_a_projector_of_ones_own_must_have_what_the_method_calls() -> None:
+    """A head named by MODEL.PROJECTOR.NAME is called through embed() (MoCo) and project()
+    (FIMA): one without them is a start-up error, not an AttributeError at the first step."""
+
+    @HEAD_REGISTRY.register()
+    class _ForwardOnly(nn.Module):
+        def __init__(self, cfg, in_channels: int) -> None:
+            super().__init__()
+
+    @HEAD_REGISTRY.register()
+    class _EmbedOnly(_ForwardOnly):
+        def embed(self, feat: torch.Tensor) -> torch.Tensor:
+            return feat.mean(dim=(2, 3, 4))
+
+    try:
+        moco = tiny_cfg(**{"MODEL.PROJECTOR.NAME": "_ForwardOnly"})
+        with pytest.raises(
+            ConfigError, match=r"^MODEL.PROJECTOR.NAME: _ForwardOnly has no embed\(\); MoCo"
+        ):
+            validate_cfg(moco)
+        moco.MODEL.PROJECTOR.NAME = "_EmbedOnly"
+        validate_cfg(moco)  # all that MoCo calls
+        fima = tiny_cfg(**{**FIMA_TINY, "MODEL.PROJECTOR.NAME": "_EmbedOnly"})
+        with pytest.raises(ConfigError, match=r"_EmbedOnly has no project\(\); FIMA calls"):
+            validate_cfg(fima)
+    finally:
+        HEAD_REGISTRY._obj_map.pop("_ForwardOnly")
+        HEAD_REGISTRY._obj_map.pop("_EmbedOnly")
 
 
 def test_dropping_the_wrapped_difference_frame() -> None:

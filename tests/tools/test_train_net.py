@@ -158,10 +158,13 @@ def test_bad_config_on_two_processes_exits_with_the_message_not_a_traceback(tmp_
         "3",
     )
     assert result.returncode == 2
+    # Said once, by the launcher before it spawns the processes, not once by each of them.
+    assert result.stderr.count("error:") == 1
     assert "SOLVER.IMS_PER_BATCH: 3 must be divisible by the number of processes (2)" in (
         result.stderr
     )
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "Terminating process" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -313,3 +316,25 @@ def test_eval_only_of_a_classifier_without_weights_is_an_error_not_chance(tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "features" / "results.json").is_file()
+
+
+def test_an_eval_only_that_cannot_start_moves_nothing(tmp_path) -> None:
+    """An --eval-only of weights that cannot be loaded stopped with its one-line error, but had
+    already moved the training run's inference/ and config.yaml aside (the run's own reports
+    were no longer where they were, and config.yaml was a config that never ran)."""
+    finetune = os.path.join(ROOT, "configs", "Finetune", "tiny3d_synthetic.yaml")
+    out = tmp_path / "out"
+    common = ["--config-file", finetune, "OUTPUT_DIR", str(out), *TINY, "TEST.NUM_CLIPS", "1"]
+    trained = train_net(*common, "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "2")
+    assert trained.returncode == 0, trained.stderr
+
+    def files() -> dict[str, bytes]:  # but log.txt, which each run appends to, and the lock
+        paths = (p for p in out.rglob("*") if p.is_file() and p.name not in ("log.txt", ".lock"))
+        return {str(path.relative_to(out)): path.read_bytes() for path in paths}
+
+    before = files()
+    assert "inference/test/classification.json" in before
+    weights = tmp_path / "text.pth"
+    weights.write_text("not a checkpoint\n")
+    _one_line_error(train_net("--eval-only", *common, "MODEL.WEIGHTS", str(weights)), str(weights))
+    assert files() == before

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fima.utils.env import (
+    cache_root,
     describe_cpu_model,
     describe_cpus,
     get_rng_state,
@@ -19,6 +20,7 @@ from fima.utils.env import (
     processes_per_cpus,
     set_rng_state,
     threads_per_process,
+    user_threads,
 )
 
 
@@ -61,15 +63,19 @@ def test_threads_per_process_splits_the_cpus_and_yields_to_omp_num_threads(monke
     assert threads_per_process(4) is None
     # An empty or invalid value, which OpenMP ignores (every CPU), is not the user's choice:
     # with `OMP_NUM_THREADS= python ...` two runs at a time each took every CPU.
-    for ignored in ("", "0", "many"):
+    for ignored in ("", "0", "many", "2,", "2,0", "2,x"):
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
         assert threads_per_process(2) == 3, ignored
+    # OpenMP's list for nested levels: the first is the outer level's, which torch uses.
+    for nested in ("2,1", " 2 , 4 "):
+        monkeypatch.setenv("OMP_NUM_THREADS", nested)
+        assert threads_per_process(2) is None and user_threads() == 2, nested
 
 
 def test_processes_per_cpus_fills_the_cpus_with_the_users_thread_count(monkeypatch) -> None:
     _six_cpus(monkeypatch)
     assert processes_per_cpus() == 6
-    for threads, processes in (("2", 3), ("4", 1), ("12", 1), ("0", 6), ("many", 6)):
+    for threads, processes in (("2", 3), ("4", 1), ("12", 1), ("0", 6), ("many", 6), ("2,4", 3)):
         monkeypatch.setenv("OMP_NUM_THREADS", threads)
         assert processes_per_cpus() == processes, threads
 
@@ -108,3 +114,10 @@ def test_describe_cpu_model_names_the_model_and_its_bf16_extensions(tmp_path) ->
     assert describe_cpu_model(str(tmp_path / "missing")) == (
         platform.processor() or platform.machine() or "unknown CPU"
     )
+
+
+def test_an_empty_fima_cache_is_the_default_cache(monkeypatch) -> None:
+    monkeypatch.setenv("FIMA_CACHE", "")
+    assert cache_root() == os.path.expanduser(os.path.join("~", ".cache", "fima"))
+    monkeypatch.setenv("FIMA_CACHE", "/data/cache")
+    assert cache_root() == "/data/cache"

@@ -1,10 +1,10 @@
 """VideoList: any videos, listed one per line as ``path label``, or in class folders (see
 DATASETS.md).
 
-A list is a CSV file (``.csv``: ``path,label``, quoting as usual; or, without commas, SlowFast's
-``path label``) or a text file of whitespace-separated ``path label`` (paths without spaces), with
-an optional header line naming the columns. Every line of a file has a label or none does (an
-unlabelled list, for pretraining; labels are then -1).
+A list is a CSV file (``.csv``, in any case: ``path,label``, quoting as usual; or, without
+commas, SlowFast's ``path label``) or a text file of whitespace-separated ``path label`` (paths
+without spaces), with an optional header line naming the columns. Every line of a file has a
+label or none does (an unlabelled list, for pretraining; labels are then -1).
 
 A split without a list file may be a folder ``DATA.ROOT/<split>/``: ``<class>/<video>`` (videos
 anywhere below a class folder), or only videos directly in it (unlabelled). Files whose extension
@@ -40,8 +40,8 @@ from fima.data.datasets.build import (
 logger = logging.getLogger(__name__)
 
 LAYOUT = (
-    "expected list files DATA.VIDEO_LIST.TRAIN / TEST, or DATA.ROOT/<split>.csv or "
-    "DATA.ROOT/<split>.txt, of 'path label' lines, or class folders "
+    "expected list files DATA.VIDEO_LIST.TRAIN / TEST (of DATA.TRAIN_SPLIT / TEST_SPLIT), or "
+    "DATA.ROOT/<split>.csv or DATA.ROOT/<split>.txt, of 'path label' lines, or class folders "
     "DATA.ROOT/<split>/<class>/<video>; see DATASETS.md"
 )
 # Column names a list's first line may carry instead of a video (compared in lower case).
@@ -57,14 +57,25 @@ VIDEO_EXTENSIONS = (
 def add_video_list_config(cfg: CfgNode) -> None:
     """``DATA.VIDEO_LIST``: the list files of the VideoList dataset."""
     cfg.DATA.VIDEO_LIST = CN()
-    # The list of each split. Empty: DATA.ROOT/<split>.csv, else DATA.ROOT/<split>.txt.
+    # The list of the training split (whatever DATA.TRAIN_SPLIT names it) and of the evaluation
+    # split (DATA.TEST_SPLIT: test, val, ...). Empty: DATA.ROOT/<split>.csv, else .txt.
     cfg.DATA.VIDEO_LIST.TRAIN = ""
     cfg.DATA.VIDEO_LIST.TEST = ""
 
 
+def configured_list(cfg: CfgNode, split: str) -> str:
+    """The list file that ``DATA.VIDEO_LIST`` gives ``split``, as written, or ``""``:
+    ``TRAIN`` is the list of ``DATA.TRAIN_SPLIT``, ``TEST`` that of ``DATA.TEST_SPLIT`` (also
+    when they are not named ``train`` and ``test``); a split that both name takes the one set."""
+    lists = cfg.DATA.VIDEO_LIST
+    return (split == cfg.DATA.TRAIN_SPLIT and lists.TRAIN) or (
+        split == cfg.DATA.TEST_SPLIT and lists.TEST
+    )
+
+
 def list_file(cfg: CfgNode, split: str) -> str | None:
     """The list file of ``split``, or None if there is none."""
-    configured = cfg.DATA.VIDEO_LIST.get(split.upper(), "")
+    configured = configured_list(cfg, split)
     if configured:
         path = os.path.expanduser(configured)
         return path if os.path.isfile(path) else None
@@ -132,11 +143,13 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     ):
         text_lines = text_lines[1:]
     # The format is told from the lines after the first, which may be a header of other names.
-    if path.endswith(".csv") and not _space_separated(text_lines[1:] or text_lines):
+    # The extension in any case: a list exported as LIST.CSV is a CSV file all the same.
+    is_csv = path.lower().endswith(".csv")
+    if is_csv and not _space_separated(text_lines[1:] or text_lines):
         expected = "'path,label' (or 'path')"
         lines = [(number, _csv_fields(path, number, line, expected)) for number, line in text_lines]
     else:
-        split = (lambda line: line.rsplit(maxsplit=1)) if path.endswith(".csv") else str.split
+        split = (lambda line: line.rsplit(maxsplit=1)) if is_csv else str.split
         lines = [(number, split(line)) for number, line in text_lines]
         expected = "'path label' (or 'path'), separated by whitespace; use a .csv for paths "
         expected += "with spaces"
@@ -237,13 +250,28 @@ class VideoList(VideoDataset):
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
         from fima.config.validation import require
 
+        lists = cfg.DATA.VIDEO_LIST
         for key in ("TRAIN", "TEST"):
-            path = cfg.DATA.VIDEO_LIST[key]
+            path = lists[key]
             require(
                 not path or os.path.isfile(os.path.expanduser(path)),
                 f"DATA.VIDEO_LIST.{key}",
-                f"list file {path!r} does not exist",
+                f"{path!r} is a folder: name a list file, or put the split's class folders in "
+                "DATA.ROOT/<split>/ and leave this key empty"
+                if os.path.isdir(os.path.expanduser(path))
+                else f"list file {path!r} does not exist",
             )
+        # Training and evaluation read one split: one list file, not two.
+        require(
+            cfg.DATA.TRAIN_SPLIT != cfg.DATA.TEST_SPLIT
+            or not (lists.TRAIN and lists.TEST)
+            or os.path.realpath(os.path.expanduser(lists.TRAIN))
+            == os.path.realpath(os.path.expanduser(lists.TEST)),
+            "DATA.VIDEO_LIST.TEST",
+            f"{lists.TEST!r}, but DATA.TEST_SPLIT and DATA.TRAIN_SPLIT are both "
+            f"{cfg.DATA.TEST_SPLIT!r}, whose list is DATA.VIDEO_LIST.TRAIN {lists.TRAIN!r}: "
+            "give the split one list, or name the splits differently",
+        )
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         list_path = list_file(cfg, split)

@@ -17,6 +17,12 @@ An entry is called as ``cls(cfg)`` and returns a :class:`Backbone` (any ``nn.Mod
 ``out_channels: int`` attribute works) whose ``forward(x)`` maps a clip batch ``[B, 3, T, H, W]`` to
 its last feature map ``[B, C, T', H', W']`` with ``C == out_channels``. Heads size themselves from
 ``out_channels``, so any registered backbone works with every SSL method without touching them.
+
+Optional classmethods, which start-up validation (:func:`fima.config.validate_cfg`) calls where
+an entry has them: ``output_strides(cfg) -> (temporal_stride, spatial_stride)`` (subclasses of
+:class:`Backbone` have it), against which ``INPUT.NUM_FRAMES`` and ``INPUT.CROP_SIZE`` are
+checked; ``validate_config(cfg, world_size)``, the checks of the backbone's own keys, raising
+``ConfigError``.
 """
 
 
@@ -35,12 +41,26 @@ class Backbone(nn.Module):
 
     @classmethod
     def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:
-        """``(temporal_stride, spatial_stride)`` of this backbone under ``cfg``, without building
-        it (start-up validation checks the input size against them)."""
+        """The strides of this backbone under ``cfg``, without building it (start-up validation
+        checks the input size against them).
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            ``(temporal_stride, spatial_stride)``.
+        """
         return cls.temporal_stride, cls.spatial_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Map ``x`` ``[B, 3, T, H, W]`` to the last feature map ``[B, C, T', H', W']``."""
+        """Compute the last feature map of a clip batch.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clips.
+
+        Returns:
+            ``[B, C, T', H', W']`` with ``C == out_channels``.
+        """
         raise NotImplementedError
 
 
@@ -50,6 +70,12 @@ def build_backbone(cfg: CfgNode) -> nn.Module:
     Its plain ``nn.Conv3d`` layers pad time explicitly where a CPU's bfloat16 weight gradient
     would otherwise be wrong (:mod:`fima.modeling.backbone.temporal_padding`; the same maths and
     state dict), so every registered backbone trains correctly under bfloat16 autocast.
+
+    Args:
+        cfg: the finished config.
+
+    Returns:
+        The backbone, on the CPU, with an integer ``out_channels``.
 
     Raises:
         KeyError: no backbone of that name is registered (the message lists the known ones).

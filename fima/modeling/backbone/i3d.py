@@ -28,6 +28,14 @@ class MaxPool3d(nn.MaxPool3d):
     runs ``max_pool3d`` in float32: two conversions of the whole activation per pool."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pool in the input's dtype.
+
+        Args:
+            x: ``[B, C, T, H, W]``.
+
+        Returns:
+            ``[B, C, T', H', W']`` as ``nn.MaxPool3d`` sizes it, in ``x``'s dtype.
+        """
         if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
             return super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
@@ -48,6 +56,9 @@ def tf_same_padding(
         kernel, stride: ``(t, h, w)`` of the layer.
         size: ``(T, H, W)`` of the input; None means sides that the stride divides, for which the
             padding does not depend on the size (``max(k - s, 0)``).
+
+    Returns:
+        Six ints, ``(w0, w1, h0, h1, t0, t1)``: the leading and trailing padding of each side.
     """
     size = size or (0, 0, 0)
     pads: list[int] = []
@@ -67,6 +78,8 @@ class _SamePadding(nn.Module):
         self.static = tf_same_padding(kernel, stride)
 
     def extra(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, C, T, H, W]``, padded further where its size needs more than the static
+        padding (the padded tensor, or ``x`` itself when it needs nothing)."""
         if all(s == 1 for s in self.stride):
             return x
         pads = tf_same_padding(self.kernel, self.stride, tuple(x.shape[-3:]))
@@ -95,6 +108,15 @@ class Unit3D(_SamePadding):
         self.bn = nn.BatchNorm3d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolve, normalise and rectify.
+
+        Args:
+            x: ``[B, in_channels, T, H, W]``.
+
+        Returns:
+            ``[B, out_channels, ceil(T / st), ceil(H / sh), ceil(W / sw)]`` for stride
+            ``(st, sh, sw)``.
+        """
         x = self.extra(x)
         if self.pad is not None:
             x = self.pad(x)
@@ -116,6 +138,15 @@ class SamePool3d(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pool with 'SAME' padding.
+
+        Args:
+            x: ``[B, C, T, H, W]``, values >= 0.
+
+        Returns:
+            ``[B, C, ceil(T / st), ceil(H / sh), ceil(W / sw)]`` for stride ``(st, sh, sw)``, in
+            ``x``'s dtype.
+        """
         pads = tf_same_padding(self.kernel, self.stride, tuple(x.shape[-3:]))
         padding = (pads[4], pads[2], pads[0])  # the leading side of (t, h, w)
         if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device
@@ -142,6 +173,14 @@ class InceptionBlock(nn.Module):
         self.out_channels = w0 + w1b + w2b + w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the four branches and concatenate them on channels.
+
+        Args:
+            x: ``[B, in_channels, T, H, W]``.
+
+        Returns:
+            ``[B, out_channels, T, H, W]``.
+        """
         return torch.cat(
             [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))],
             dim=1,
@@ -185,6 +224,14 @@ class I3D(Backbone):
         self._layers = [n for n, _ in self.named_children()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute ``Mixed_5c``'s feature map.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clips.
+
+        Returns:
+            ``[B, 1024, ceil(T / 8), ceil(H / 32), ceil(W / 32)]``.
+        """
         for name in self._layers:
             x = getattr(self, name)(x)
         return x

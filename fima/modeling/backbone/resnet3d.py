@@ -18,13 +18,31 @@ ConvBuilder = Callable[[int, int, int, Stride3d], nn.Module]
 
 
 def conv3d_simple(in_planes: int, out_planes: int, mid_planes: int, stride: Stride3d) -> nn.Module:
-    """A full 3x3x3 convolution (``mid_planes`` unused: kept for a common builder signature)."""
+    """A full 3x3x3 convolution, the :data:`ConvBuilder` of R3D-18 and Tiny3D.
+
+    Args:
+        in_planes, out_planes: input and output channels.
+        mid_planes: unused, kept for the common builder signature.
+        stride: ``(t, h, w)`` stride.
+
+    Returns:
+        A bias-free ``nn.Conv3d`` with padding 1 (each side ``n`` becomes ``ceil(n / stride)``).
+    """
     del mid_planes
     return nn.Conv3d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 def conv2plus1d(in_planes: int, out_planes: int, mid_planes: int, stride: Stride3d) -> nn.Module:
-    """A 1x3x3 spatial then 3x1x1 temporal convolution with BN+ReLU between them."""
+    """A 1x3x3 spatial then 3x1x1 temporal convolution with BN+ReLU between them.
+
+    Args:
+        in_planes, out_planes: input and output channels.
+        mid_planes: channels between the spatial and the temporal convolution.
+        stride: ``(t, h, w)`` stride; the spatial convolution takes ``h, w``, the temporal ``t``.
+
+    Returns:
+        An ``nn.Sequential`` (each side ``n`` becomes ``ceil(n / stride)``).
+    """
     t_stride, h_stride, w_stride = stride
     return nn.Sequential(
         nn.Conv3d(
@@ -49,7 +67,11 @@ def conv2plus1d(in_planes: int, out_planes: int, mid_planes: int, stride: Stride
 
 
 def init_conv_bn(module: nn.Module) -> None:
-    """Kaiming-normal convolutions and identity BatchNorm, as torchvision's video ResNets."""
+    """Kaiming-normal convolutions and identity BatchNorm, as torchvision's video ResNets.
+
+    Args:
+        module: initialised in place, every ``nn.Conv3d`` and ``nn.BatchNorm3d`` below it.
+    """
     for sub in module.modules():
         if isinstance(sub, nn.Conv3d):
             nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
@@ -83,6 +105,15 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two convolutions plus the (downsampled) input.
+
+        Args:
+            x: ``[B, in_planes, T, H, W]``.
+
+        Returns:
+            ``[B, planes, ceil(T / st), ceil(H / sh), ceil(W / sw)]`` for stride
+            ``(st, sh, sw)``.
+        """
         residual = x if self.downsample is None else self.downsample(x)
         return self.relu(self.conv2(self.conv1(x)) + residual)
 
@@ -108,6 +139,14 @@ class VideoResNet18(Backbone):
         init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute ``layer4``'s feature map.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clips.
+
+        Returns:
+            ``[B, 512, ceil(T / 8), ceil(H / 16), ceil(W / 16)]``.
+        """
         x = self.stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 

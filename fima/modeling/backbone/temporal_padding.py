@@ -54,6 +54,9 @@ def pad_time_explicitly(module: nn.Module) -> int:
     place (parameters, buffers and state-dict keys unchanged); subclasses of ``nn.Conv3d`` are
     left as they are, since they may compute something else.
 
+    Args:
+        module: any module; changed in place.
+
     Returns:
         How many convolutions were turned.
     """

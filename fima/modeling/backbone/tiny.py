@@ -14,7 +14,11 @@ from fima.modeling.backbone.resnet3d import BasicBlock, conv3d_simple, init_conv
 
 
 def add_tiny3d_config(cfg: CfgNode) -> None:
-    """``MODEL.TINY3D``: stage widths and strides of :class:`Tiny3D`."""
+    """Add ``MODEL.TINY3D``: stage widths and strides of :class:`Tiny3D`.
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.TINY3D = CN()
     # Channels of the stem and of each stage; the last is out_channels.
     cfg.MODEL.TINY3D.WIDTHS = (16, 32, 64, 128)
@@ -58,8 +62,15 @@ class Tiny3D(Backbone):
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """One width and one positive stride of each kind per stage; raises ``ConfigError``
-        naming the key."""
+        """Check one width and one positive stride of each kind per stage.
+
+        Args:
+            cfg: the finished config.
+            world_size: processes of the run (unused: the backbone does not depend on it).
+
+        Raises:
+            ConfigError: naming the ``MODEL.TINY3D`` key that is wrong.
+        """
         from fima.config.validation import require
 
         tiny = cfg.MODEL.TINY3D
@@ -79,10 +90,27 @@ class Tiny3D(Backbone):
 
     @classmethod
     def output_strides(cls, cfg: CfgNode) -> tuple[int, int]:
+        """The products of ``MODEL.TINY3D``'s strides.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            ``(temporal_stride, spatial_stride)``.
+        """
         return (
             math.prod(cfg.MODEL.TINY3D.TEMPORAL_STRIDES),
             math.prod(cfg.MODEL.TINY3D.SPATIAL_STRIDES),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute the last stage's feature map.
+
+        Args:
+            x: ``[B, 3, T, H, W]`` normalised clips.
+
+        Returns:
+            ``[B, WIDTHS[-1], T', H', W']``, each side ``n`` divided by the product of its
+            strides, rounded up (``ceil(T / 4)``, ``ceil(H / 16)`` with the defaults).
+        """
         return self.stages(self.stem(x))

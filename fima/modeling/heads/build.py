@@ -13,24 +13,76 @@ Registry of heads: projection heads, the motion decoder, classifiers.
 
 An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the backbone's
 ``out_channels``, and returns an ``nn.Module``. A head reads its sizes from its own config section.
+
+A head may say which config key it serves with a class attribute ``HEAD_KIND`` (one of
+:data:`HEAD_KINDS`: ``"projector"`` for ``MODEL.PROJECTOR.NAME``, ``"motion decoder"`` for
+``MODEL.MOTION_DECODER.NAME``, ``"classifier"`` for ``MODEL.CLASSIFIER.HEAD``); a key naming a head
+of another kind is then refused at start-up. A head without ``HEAD_KIND`` is taken on trust.
 """
+
+# The kinds of head, each with the config key that names one and a head of that kind fima ships.
+HEAD_KINDS = {
+    "projector": ("MODEL.PROJECTOR.NAME", "ProjectionHead"),
+    "motion decoder": ("MODEL.MOTION_DECODER.NAME", "MotionDecoder"),
+    "classifier": ("MODEL.CLASSIFIER.HEAD", "LinearClassifier"),
+}
 
 
 def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
-    """Build the head registered as ``name`` for a backbone with ``in_channels`` channels."""
+    """Build the head registered as ``name`` for a backbone with ``in_channels`` channels.
+
+    Args:
+        name: a name in ``HEAD_REGISTRY`` (the value of a config key such as
+            ``MODEL.PROJECTOR.NAME``).
+        cfg: the finished config; the head reads its own section.
+        in_channels: the backbone's ``out_channels``.
+
+    Returns:
+        The head.
+
+    Raises:
+        KeyError: no head of that name is registered (the message lists the known ones).
+    """
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
 
 
-def require_head(key: str, name: str) -> None:
-    """Start-up check of a config key that names a head: a misspelt or unimported head is a
-    one-line ``ConfigError`` naming ``key``, not a traceback from the model build.
+def require_head(
+    key: str,
+    name: str,
+    kind: str | None = None,
+    methods: tuple[str, ...] = (),
+    interface: str = "",
+) -> None:
+    """Start-up check of a config key that names a head: a misspelt or unimported head, one that
+    declares another ``HEAD_KIND`` than ``kind`` (a projection head as the classifier), or one
+    of one's own without the methods its user calls besides ``forward``, is a one-line
+    ``ConfigError`` naming ``key``, not a traceback from the model build or the first step.
+
+    Args:
+        key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
+        name: its value, the head's registered name.
+        kind: the kind of head ``key`` takes (a key of :data:`HEAD_KINDS`); None checks none.
+        methods: what the caller calls on the head besides ``forward``.
+        interface: what those methods must do, for the message.
 
     Raises:
-        ConfigError: ``name`` is not registered (the message lists the known heads).
+        ConfigError: ``name`` is not registered (the message lists the known heads), is a head
+            of another kind, or its class lacks one of ``methods``.
     """
     from fima.config.validation import ConfigError
 
     try:
-        HEAD_REGISTRY.get(name)
+        head = HEAD_REGISTRY.get(name)
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
+    declared = getattr(head, "HEAD_KIND", None)
+    if kind is not None and declared is not None and declared != kind:
+        raise ConfigError(
+            f"{key}: {name} is a {declared} head, not a {kind} head; name a {kind} head, "
+            f"e.g. {HEAD_KINDS[kind][1]}"
+        )
+    missing = [method for method in methods if not callable(getattr(head, method, None))]
+    if missing:
+        raise ConfigError(
+            f"{key}: {name} has no {' or '.join(f'{m}()' for m in missing)}; {interface}"
+        )

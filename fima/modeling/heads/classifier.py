@@ -10,7 +10,14 @@ from fima.modeling.heads.build import HEAD_REGISTRY
 
 
 def global_pool(feat: torch.Tensor) -> torch.Tensor:
-    """Average a feature map ``[N, C, T, H, W]`` over time and space: ``[N, C]``."""
+    """Average a feature map over time and space.
+
+    Args:
+        feat: ``[N, C, T, H, W]``.
+
+    Returns:
+        ``[N, C]`` in ``feat``'s dtype.
+    """
     return feat.mean(dim=(2, 3, 4))
 
 
@@ -19,6 +26,8 @@ class LinearClassifier(nn.Module):
     """Pool the backbone's last feature map, dropout ``MODEL.CLASSIFIER.DROPOUT``, then a linear
     layer to ``MODEL.CLASSIFIER.NUM_CLASSES`` scores. The layer starts at N(0, 0.01) weights and
     zero bias, as in the reference's evaluation code."""
+
+    HEAD_KIND = "classifier"
 
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
@@ -31,5 +40,12 @@ class LinearClassifier(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """Scores ``[N, NUM_CLASSES]`` (float32) of a feature map ``[N, C, T, H, W]``."""
+        """Score a backbone feature map.
+
+        Args:
+            feat: ``[N, C, T, H, W]``.
+
+        Returns:
+            ``[N, NUM_CLASSES]`` float32 scores (logits).
+        """
         return self.fc(self.dropout(global_pool(feat))).float()

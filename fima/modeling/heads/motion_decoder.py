@@ -13,7 +13,11 @@ from fima.modeling.heads.build import HEAD_REGISTRY
 
 
 def add_motion_decoder_config(cfg: CfgNode) -> None:
-    """``MODEL.MOTION_DECODER``: the sizes of :class:`MotionDecoder` (RECIPE.md §3)."""
+    """Add ``MODEL.MOTION_DECODER``: the sizes of :class:`MotionDecoder` (RECIPE.md §3).
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.MOTION_DECODER = CN()
     # A name in HEAD_REGISTRY, called as cls(cfg, backbone out_channels).
     cfg.MODEL.MOTION_DECODER.NAME = "MotionDecoder"
@@ -28,9 +32,17 @@ def add_motion_decoder_config(cfg: CfgNode) -> None:
 
 
 def sine_position_encoding(length: int, dim: int, device: torch.device) -> torch.Tensor:
-    """The transformer's 1-D sine encoding ``[length, dim]`` (float32).
+    """The transformer's 1-D sine encoding.
 
     ``PE[p, 2i] = sin(p / 10000^(2i/dim))`` and ``PE[p, 2i+1] = cos(p / 10000^(2i/dim))``.
+
+    Args:
+        length: positions ``p``.
+        dim: channels; an odd ``dim`` ends with a sine channel.
+        device: where the encoding is made.
+
+    Returns:
+        ``[length, dim]`` float32.
     """
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     frequency = torch.exp(
@@ -68,7 +80,15 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, target: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """``target`` ``[N, L, dim]`` attends to ``memory`` ``[N, S, dim]``; same shape out."""
+        """Let ``target`` attend to ``memory``.
+
+        Args:
+            target: ``[N, L, dim]`` tokens being decoded.
+            memory: ``[N, S, dim]`` tokens they attend to (keys and values).
+
+        Returns:
+            ``[N, L, dim]``, the updated target tokens.
+        """
         if self.self_attn is not None:
             x = self.norm_self(target)
             target = target + self.dropout(self.self_attn(x, x, x, need_weights=False)[0])
@@ -91,6 +111,8 @@ class MotionDecoder(nn.Module):
     Nothing is fixed to a grid or a length: ``T'``, ``H`` and ``W`` come from the input.
     """
 
+    HEAD_KIND = "motion decoder"
+
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
         dec = cfg.MODEL.MOTION_DECODER
@@ -105,7 +127,14 @@ class MotionDecoder(nn.Module):
         self.output_proj = nn.Linear(dec.DIM, in_channels)
 
     def tokens(self, feat: torch.Tensor) -> torch.Tensor:
-        """``[N, C, T', H, W]`` -> position-encoded tokens ``[N * T', H * W, DIM]``."""
+        """Turn each temporal slice of a feature map into position-encoded tokens.
+
+        Args:
+            feat: ``[N, C, T', H, W]``.
+
+        Returns:
+            ``[N * T', H * W, DIM]``, slice-major (row ``n * T' + t``), cells in row-major order.
+        """
         # Channels last is free for a channels_last_3d feature map.
         tokens = self.input_proj(feat.permute(0, 2, 3, 4, 1)).flatten(0, 1).flatten(1, 2)
         encoding = sine_position_encoding(tokens.shape[1], self.dim, feat.device)

@@ -18,6 +18,8 @@ class ProjectionHead(nn.Module):
     of a feature map (dense embeddings), :meth:`embed` the globally pooled feature.
     """
 
+    HEAD_KIND = "projector"
+
     def __init__(self, cfg: CfgNode, in_channels: int) -> None:
         super().__init__()
         hidden, out = cfg.MODEL.PROJECTOR.HIDDEN_DIM, cfg.MODEL.PROJECTOR.OUT_DIM
@@ -27,13 +29,34 @@ class ProjectionHead(nn.Module):
         self.out_dim = out
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Project ``[N, C, H, W]`` to L2-normalised ``[N, OUT, H, W]`` (float32)."""
+        """Project every position of a 2-D feature map.
+
+        Args:
+            x: ``[N, C, H, W]``.
+
+        Returns:
+            ``[N, OUT, H, W]`` float32, L2-normalised over ``OUT``.
+        """
         return F.normalize(self.fc2(self.relu(self.fc1(x))).float(), dim=1)
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """Dense embeddings of a feature map ``[N, C, T, H, W]``: ``[N, OUT, H, W]``."""
+        """Dense embeddings: the time-averaged feature map, projected per cell.
+
+        Args:
+            feat: ``[N, C, T, H, W]``.
+
+        Returns:
+            ``[N, OUT, H, W]`` float32, L2-normalised over ``OUT``.
+        """
         return self.project(feat.mean(dim=2))
 
     def embed(self, feat: torch.Tensor) -> torch.Tensor:
-        """Global embedding of a feature map ``[N, C, T, H, W]``: ``[N, OUT]``."""
+        """Global embedding: the feature map averaged over time and space, projected.
+
+        Args:
+            feat: ``[N, C, T, H, W]``.
+
+        Returns:
+            ``[N, OUT]`` float32, L2-normalised.
+        """
         return self.project(feat.mean(dim=(2, 3, 4))[:, :, None, None]).flatten(1)

@@ -36,7 +36,11 @@ MODES = ("finetune", "linear")
 
 
 def add_classifier_config(cfg: CfgNode) -> None:
-    """``MODEL.CLASSIFIER``: the head and what trains."""
+    """Add ``MODEL.CLASSIFIER``: the head and what trains.
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.CLASSIFIER = CN()
     # A name in HEAD_REGISTRY, called as cls(cfg, backbone.out_channels).
     cfg.MODEL.CLASSIFIER.HEAD = "LinearClassifier"
@@ -50,7 +54,14 @@ def add_classifier_config(cfg: CfgNode) -> None:
 
 
 def num_classes_of(cfg: CfgNode) -> int:
-    """``MODEL.CLASSIFIER.NUM_CLASSES``, or the number of classes of the training split if 0."""
+    """The number of classes the head scores.
+
+    Args:
+        cfg: the finished config.
+
+    Returns:
+        ``MODEL.CLASSIFIER.NUM_CLASSES``, or the number of classes of the training split if 0.
+    """
     if cfg.MODEL.CLASSIFIER.NUM_CLASSES > 0:
         return int(cfg.MODEL.CLASSIFIER.NUM_CLASSES)
     from fima.data.datasets import build_dataset
@@ -60,6 +71,14 @@ def num_classes_of(cfg: CfgNode) -> int:
 
 def check_labels(cfg: CfgNode, split: str, num_classes: int) -> list[str]:
     """The class names of ``split``, after checking its labels fit a ``num_classes``-way head.
+
+    Args:
+        cfg: the finished config.
+        split: the dataset split (``DATA.TRAIN_SPLIT``, ...).
+        num_classes: the head's classes.
+
+    Returns:
+        The split's class names, in label order.
 
     Raises:
         ConfigError: the split has unlabelled videos or another number of classes.
@@ -114,21 +133,30 @@ class VideoClassifier(SSLMethod):
         self.augment = VideoAugmentation(cfg)
         self.linear_probe = options.MODE == "linear"
         # Whether evaluation reads the head's scores (retrieval and probes read features only).
-        self.evaluates_head = "classification" in cfg.TEST.EVALUATORS
+        self.evaluators = tuple(cfg.TEST.EVALUATORS)
+        self.evaluates_head = "classification" in self.evaluators
         if self.linear_probe:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """``MODEL.CLASSIFIER``, ``MODEL.WEIGHTS``, the evaluators and the validation split."""
+        """Check ``MODEL.CLASSIFIER``, ``MODEL.WEIGHTS``, the evaluators and the validation split.
+
+        Args:
+            cfg: the finished config.
+            world_size: processes of the run (unused).
+
+        Raises:
+            ConfigError: naming the key that is wrong.
+        """
         from fima.config.validation import require
         from fima.data.datasets.validation import validate_validation_config
         from fima.evaluation.config import validate_classifier_evaluation
 
         options = cfg.MODEL.CLASSIFIER
         require(options.MODE in MODES, "MODEL.CLASSIFIER.MODE", f"must be one of {MODES}")
-        require_head("MODEL.CLASSIFIER.HEAD", options.HEAD)
+        require_head("MODEL.CLASSIFIER.HEAD", options.HEAD, "classifier")
         require(0.0 <= options.DROPOUT < 1.0, "MODEL.CLASSIFIER.DROPOUT", "must be in [0, 1)")
         require(
             options.NUM_CLASSES == 0 or options.NUM_CLASSES >= 2,
@@ -144,7 +172,17 @@ class VideoClassifier(SSLMethod):
     # -- what the trainer asks of a method ------------------------------------------------------
     @classmethod
     def build_train_loader(cls, cfg: CfgNode) -> Any:
-        """One random window per video per epoch (``fima.data.build_train_loader``)."""
+        """One random window per video per epoch, after checking the labels fit the head.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            An endless iterable of batch dicts (``fima.data.build_train_loader``).
+
+        Raises:
+            ConfigError: the training split's labels do not fit the head.
+        """
         from fima.data import build_train_loader
 
         check_labels(cfg, cfg.DATA.TRAIN_SPLIT, num_classes_of(cfg))
@@ -152,13 +190,27 @@ class VideoClassifier(SSLMethod):
 
     def build_evaluator(self, cfg: CfgNode) -> Any:
         """Classification (test split, and the validation split when carved) and/or retrieval,
-        as ``TEST.EVALUATORS`` says; best-model selection when ``TEST.BEST_METRIC`` is set."""
+        as ``TEST.EVALUATORS`` says; best-model selection when ``TEST.BEST_METRIC`` is set.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            The evaluator (``fima.evaluation.build_classifier_evaluator``).
+        """
         from fima.evaluation import build_classifier_evaluator
 
         return build_classifier_evaluator(cfg)
 
     def train(self, mode: bool = True) -> VideoClassifier:
-        """Set training mode; a linear probe's backbone stays in eval mode."""
+        """Set training mode; a linear probe's backbone stays in eval mode.
+
+        Args:
+            mode: True for training, False for evaluation.
+
+        Returns:
+            ``self``.
+        """
         super().train(mode)
         if self.linear_probe:
             self.backbone.eval()
@@ -167,13 +219,16 @@ class VideoClassifier(SSLMethod):
     def transfer_weights(
         self, state: Mapping[str, Any], source: str, evaluation: bool = False
     ) -> bool:
-        """Initialise the backbone alone from a checkpoint without a classifier.
+        """Initialise the backbone alone from a checkpoint without a classifier, or from a
+        classifier whose head does not fit when the evaluation reads features alone.
 
         A state without ``backbone.*`` keys (MoCo's or FIMA's ``encoder_q.*``, or a bare
         backbone) goes through :func:`fima.checkpoint.backbone_weights.load_backbone_weights`:
         the backbone keys are mapped, every one must be present and fit, the rest is logged as
-        ignored; the head stays as initialised. Called by
-        :func:`fima.checkpoint.load_model_state`.
+        ignored; the head stays as initialised. So does a classifier checkpoint whose head is
+        not this model's (another number of classes, another head) when ``evaluation`` reads no
+        head scores (retrieval, linear probe, motion sensitivity): what is evaluated is its
+        backbone. Called by :func:`fima.checkpoint.load_model_state`.
 
         Args:
             state: the checkpoint's model state.
@@ -182,14 +237,26 @@ class VideoClassifier(SSLMethod):
 
         Returns:
             False for a classifier checkpoint, which then loads strictly as a whole; True once
-            the backbone is loaded.
+            the backbone alone is loaded.
 
         Raises:
             CheckpointMismatchError: the backbone does not fit, or ``evaluation`` with the
                 classification evaluator, which would score with an untrained head.
         """
         if any(key.startswith(BACKBONE_PREFIXES[1]) for key in state):
-            return False
+            if not evaluation or self.evaluates_head or self._head_fits(state):
+                return False
+            # A classifier fine-tuned on another dataset, whose features are evaluated: its
+            # head is never used, so it need not fit (the backbone still must, strictly).
+            load_backbone_weights(self.backbone, state, source=source)
+            logger.info(
+                "%s: its classifier head does not fit this config's (%d classes), and the "
+                "evaluation (%s) reads backbone features alone: its backbone is evaluated",
+                source,
+                self.num_classes,
+                ", ".join(self.evaluators),
+            )
+            return True
         if evaluation and self.evaluates_head:
             raise CheckpointMismatchError(
                 f"{source} has no classifier head (a pretraining checkpoint or a bare backbone), "
@@ -202,37 +269,74 @@ class VideoClassifier(SSLMethod):
         logger.info("The classifier head keeps its initialisation: %s has none", source)
         return True
 
+    def _head_fits(self, state: Mapping[str, Any]) -> bool:
+        """Whether the ``head.*`` entries of a classifier ``state`` are this head's, in shape."""
+        own = self.head.state_dict(prefix="head.")
+        theirs = {k: v for k, v in state.items() if k.startswith("head.")}
+        return set(own) == set(theirs) and all(
+            getattr(theirs[k], "shape", None) == own[k].shape for k in own
+        )
+
     # -- forward ----------------------------------------------------------------------------------
     def encode(self, clips: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        """The backbone's feature map ``[N, C, T', H', W']`` of uint8 clips ``[N, 3, T, S, S]``.
+        """The backbone's feature map of uint8 clips.
 
-        With ``augment`` the device augmentation runs before normalisation (training).
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+            augment: run the device augmentation before normalisation (training).
+
+        Returns:
+            ``[N, C, T', H', W']``.
         """
         x = clips.to(self.device, non_blocking=True).float().div_(255)
-        with torch.autocast(x.device.type, enabled=False):
-            x = self.augment(x) if augment else self.augment.normalize(x)
+        x = self.augment(x) if augment else self.augment.normalize(x)
         if self.linear_probe:
             with torch.no_grad():
                 return self.backbone(x)
         return self.backbone(x)
 
     def clip_scores(self, clips: torch.Tensor) -> torch.Tensor:
-        """Class scores ``[N, NUM_CLASSES]`` (float32) of uint8 clips ``[N, 3, T, S, S]``."""
+        """Class scores of uint8 clips, without augmentation.
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[N, NUM_CLASSES]`` float32.
+        """
         return self.head(self.encode(clips))
 
     def feature_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state that :meth:`extract_features` reads: the backbone's (``backbone.*``), so
-        that the retrieval feature cache is not keyed on the head."""
+        """The state that :meth:`extract_features` reads, so that the retrieval feature cache is
+        not keyed on the head.
+
+        Returns:
+            The backbone's state dict, keys prefixed ``backbone.``.
+        """
         return self.backbone.state_dict(prefix="backbone.")
 
     @torch.no_grad()
     def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """L2-normalised pooled backbone features ``[N, C]`` of uint8 clips ``[N, 3, T, S, S]``
-        (retrieval and kNN evaluators)."""
+        """Pooled backbone features, without augmentation (retrieval and kNN evaluators).
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[N, C]`` float32, L2-normalised.
+        """
         return F.normalize(global_pool(self.encode(clips)).float(), dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        """``{"loss_cls": 0-d}`` in training; clip scores ``[B, K, NUM_CLASSES]`` in eval mode."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | torch.Tensor:
+        """The classification loss in training mode, the clip scores in eval mode.
+
+        Args:
+            batch: ``global`` ``[B, K, 3, T, S, S]`` uint8 (``K = 1`` in training) and, in
+                training, ``label`` ``[B]`` int64.
+
+        Returns:
+            Training: ``{"loss_cls": 0-d float32}``. Eval: ``[B, K, NUM_CLASSES]`` float32.
+        """
         clips = batch["global"]
         windows = clips.shape[1]
         if not self.training:

@@ -33,7 +33,11 @@ KEY_PASSES = ("modality", "kind", "view")
 
 
 def add_fima_config(cfg: CfgNode) -> None:
-    """``MODEL.FIMA``: FIMA's losses, queues and key passes (RECIPE.md §2-§7)."""
+    """Add ``MODEL.FIMA``: FIMA's losses, queues and key passes (RECIPE.md §2-§7).
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.FIMA = CN()
     # L = L_inst + DENSE_WEIGHT * L_dense + LOCAL_WEIGHT * L_local. A weight of 0 leaves its term
     # out altogether, with the key passes only it needs (the paper's ablations).
@@ -94,6 +98,18 @@ def _slice_layout_problem(length: int) -> str | None:
     return None
 
 
+def _grid_problem(height: int, width: int) -> str | None:
+    """Why a feature grid of ``height x width`` cells cannot give the dense term anything."""
+    if height * width < 2:
+        return (
+            f"a {height}x{width} feature grid; the dense term's foreground mask (the cells above "
+            "the median, RECIPE.md §5) of a single cell is empty, so loss_dense would be 0 "
+            "throughout: raise INPUT.CROP_SIZE (the grid is the crop divided by the backbone's "
+            "spatial stride) or set MODEL.FIMA.DENSE_WEIGHT 0"
+        )
+    return None
+
+
 @SSL_METHOD_REGISTRY.register()
 class FIMA(MoCo):
     """Fine-grained motion alignment (RECIPE.md): MoCo's instance branch plus two motion terms.
@@ -120,6 +136,9 @@ class FIMA(MoCo):
     local term is on) ``local`` ``[B, 2, 2, 3, T, S, S]`` uint8.
     """
 
+    # The dense keys and the decoder's outputs are projected per cell.
+    PROJECTOR_METHODS = ("embed", "project")
+
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__(cfg)
         fima = cfg.MODEL.FIMA
@@ -145,12 +164,28 @@ class FIMA(MoCo):
 
     @classmethod
     def input_views(cls, cfg: CfgNode) -> tuple[str, ...]:
-        """The global views, and the local views when the local term is on."""
+        """The views FIMA's training batches need.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            ``("global", "local")``, or ``("global",)`` when ``MODEL.FIMA.LOCAL_WEIGHT`` is 0.
+        """
         return ("global", "local") if cfg.MODEL.FIMA.LOCAL_WEIGHT else ("global",)
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """MoCo's checks, then FIMA's; raises ``ConfigError`` naming the key."""
+        """MoCo's checks, then FIMA's (weights, queues, decoder, and the backbone's feature map
+        for ``INPUT.NUM_FRAMES``, found on the meta device).
+
+        Args:
+            cfg: the finished config.
+            world_size: processes of the run.
+
+        Raises:
+            ConfigError: naming the key that is wrong.
+        """
         from fima.config.validation import require
 
         super().validate_config(cfg, world_size)
@@ -171,7 +206,7 @@ class FIMA(MoCo):
             "MODEL.MOTION_DECODER.DIM",
             f"must be a positive multiple of NUM_HEADS ({dec.NUM_HEADS}), got {dec.DIM}",
         )
-        require_head("MODEL.MOTION_DECODER.NAME", dec.NAME)
+        require_head("MODEL.MOTION_DECODER.NAME", dec.NAME, "motion decoder")
         require(dec.NUM_LAYERS >= 1, "MODEL.MOTION_DECODER.NUM_LAYERS", "must be >= 1")
         require(dec.FFN_DIM >= 1, "MODEL.MOTION_DECODER.FFN_DIM", "must be >= 1")
         require(0 <= dec.DROPOUT < 1, "MODEL.MOTION_DECODER.DROPOUT", "must be in [0, 1)")
@@ -208,6 +243,13 @@ class FIMA(MoCo):
                 f"{diff_shape} differs from the RGB clips' {rgb_shape}; keep it True or change "
                 "INPUT.NUM_FRAMES",
             )
+        if fima.DENSE_WEIGHT:
+            problem = _grid_problem(*rgb_shape[1:])
+            require(
+                problem is None,
+                "INPUT.CROP_SIZE",
+                f"{cfg.INPUT.CROP_SIZE}-pixel crops give {cfg.MODEL.BACKBONE.NAME} {problem}",
+            )
         if fima.DENSE_WEIGHT and fima.DENSE_QUEUE_SIZE:
             length, height, width = rgb_shape
             keys_per_step = 2 * batch * length * height * width
@@ -221,7 +263,12 @@ class FIMA(MoCo):
 
     # -- key passes -------------------------------------------------------------------------------
     def difference_views(self) -> tuple[str, ...]:
-        """The views whose frame differences this configuration encodes."""
+        """The views whose frame differences this configuration encodes.
+
+        Returns:
+            A subsequence of ``("global", "local1", "local2")``: ``global`` with the dense
+            term, the local halves with the local term.
+        """
         return tuple(
             view
             for view in DIFF_VIEWS
@@ -233,11 +280,18 @@ class FIMA(MoCo):
     ) -> torch.Tensor:
         """Augmented frame differences ``[V, W, B, 3, T, S, S]`` of :meth:`difference_views`.
 
+        The clips are gathered in uint8 and converted to float once.
+
         Args:
             global_clips: ``[B, W, 3, T, S, S]`` uint8 global views.
             local_clips: ``[B, W, 2, 3, T, S, S]`` uint8 local views (None without local term).
 
-        The clips are gathered in uint8 and converted to float once.
+        Returns:
+            ``[V, W, B, 3, T, S, S]`` float32, normalised, ``V = len(difference_views())``;
+            ``T - 1`` frames with ``MODEL.FIMA.DIFF_WRAP_FIRST_FRAME False``.
+
+        Raises:
+            KeyError: the local term is on and ``local_clips`` is None.
         """
         parts = []
         for view in self.difference_views():
@@ -257,16 +311,30 @@ class FIMA(MoCo):
 
     @torch.no_grad()
     def encode_rgb_keys(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Key-encoder feature maps ``[2B, C, T', H', W']`` of the RGB clips (window-major):
-        one call, or one per window with ``KEY_PASSES "view"``."""
+        """Key-encoder feature maps of the RGB clips: one call, or one per window with
+        ``KEY_PASSES "view"``.
+
+        Args:
+            rgb: ``[2B, 3, T, S, S]`` augmented clips, window-major.
+
+        Returns:
+            ``[2B, C, T', H', W']`` in the same order.
+        """
         if self.key_passes == "view":
             return torch.cat([self.encode_keys(part, windows=1) for part in rgb.chunk(2)])
         return self.encode_keys(rgb, windows=1)
 
     @torch.no_grad()
     def encode_differences(self, diffs: torch.Tensor) -> torch.Tensor:
-        """Key-encoder feature maps ``[V, W, B, C, T', H', W']`` of ``[V, W, B, ...]`` clips,
-        grouped into calls as ``KEY_PASSES`` says."""
+        """Key-encoder feature maps of difference clips, grouped into calls as ``KEY_PASSES``
+        says.
+
+        Args:
+            diffs: ``[V, W, B, 3, T, S, S]`` (:meth:`difference_clips`).
+
+        Returns:
+            ``[V, W, B, C, T', H', W']``.
+        """
         views, windows, batch = diffs.shape[:3]
         clips = diffs.flatten(0, 2)
         if self.key_passes == "view":
@@ -285,7 +353,19 @@ class FIMA(MoCo):
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Losses ``loss_inst``, ``loss_dense``, ``loss_local`` for a pretraining batch."""
+        """The losses of a pretraining batch.
+
+        Args:
+            batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8, ``global_box`` ``[B, 2, 4]`` and,
+                with the local term, ``local`` ``[B, 2, 2, 3, T, S, S]`` uint8.
+
+        Returns:
+            0-d float32 losses: ``loss_inst``, and ``loss_dense`` and ``loss_local`` (already
+            weighted) for the terms whose weight is not 0.
+
+        Raises:
+            ValueError: the local term is on and the feature map's ``T'`` is odd or below 2.
+        """
         global_clips = batch["global"].to(self.device, non_blocking=True)
         rgb = self.augment_clips(self.prepare_clips(global_clips))
         feat_q = self.encode(self.encoder_q, rgb)  # [2B, C, T', H, W]
@@ -296,10 +376,15 @@ class FIMA(MoCo):
         losses = {"loss_inst": self.instance_loss(q, k)}
         if not (self.dense_weight or self.local_weight):
             return losses
+        # What start-up validation checks, for a backbone that cannot run on the meta device.
         if self.local_weight:
             problem = _slice_layout_problem(feat_q.shape[2])
             if problem is not None:
                 raise ValueError(f"FIMA: {problem}")
+        if self.dense_weight:
+            problem = _grid_problem(*feat_q.shape[3:])
+            if problem is not None:
+                raise ValueError(f"FIMA: the backbone gives {problem}")
         local_clips = batch.get("local")
         if local_clips is not None:
             local_clips = local_clips.to(self.device, non_blocking=True)
@@ -364,6 +449,10 @@ class FIMA(MoCo):
             diff_feat: ``[2, B, C, T', H, W]`` key-encoder features of the global-view
                 differences.
             boxes: ``[B, 2, 4]`` crop boxes of the global views.
+
+        Returns:
+            The unweighted loss, 0-d float32; the dense keys are stashed for the dense queue,
+            if there is one.
         """
         windows, batch, length, cells, _ = pred.shape
         grid = tuple(diff_feat.shape[-2:])
@@ -417,6 +506,9 @@ class FIMA(MoCo):
             pred: ``[2, B, T', D]`` CLS predictions (:meth:`predict_motion`).
             local_feat: ``[2 halves, 2 windows, B, C, T'', H', W']`` key-encoder features of the
                 local differences.
+
+        Returns:
+            The unweighted loss, 0-d float32.
         """
         windows, batch, length, _ = pred.shape
         with torch.no_grad():

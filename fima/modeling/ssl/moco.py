@@ -27,7 +27,11 @@ logger = logging.getLogger(__name__)
 
 
 def add_moco_config(cfg: CfgNode) -> None:
-    """``MODEL.MOCO``: the instance branch shared by MoCo and FIMA."""
+    """Add ``MODEL.MOCO``: the instance branch shared by MoCo and FIMA.
+
+    Args:
+        cfg: the config to extend, in place.
+    """
     cfg.MODEL.MOCO = CN()
     # Global queue length (RECIPE.md §7: 65536 for Kinetics-400, 2240 for UCF101). Any size works.
     cfg.MODEL.MOCO.QUEUE_SIZE = 65536
@@ -45,6 +49,13 @@ def add_moco_config(cfg: CfgNode) -> None:
     cfg.MODEL.MOCO.FUSE_WINDOWS = True
 
 
+# What MoCo and FIMA call on the head that MODEL.PROJECTOR.NAME names, besides its forward.
+PROJECTOR_INTERFACE = (
+    "embed(feat [N, C, T, H, W]) -> [N, D], the L2-normalised global embedding; FIMA also "
+    "project(x [N, C, H, W]) -> [N, D, H, W], normalised per cell"
+)
+
+
 @SSL_METHOD_REGISTRY.register()
 class MoCo(SSLMethod):
     """MoCo baseline (RECIPE.md §3, §6 "Instance", §7).
@@ -57,6 +68,9 @@ class MoCo(SSLMethod):
 
     Batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8 (windows m and n). Losses: ``loss_inst``.
     """
+
+    # What it calls on its projector (PROJECTOR_INTERFACE), checked at start-up.
+    PROJECTOR_METHODS: tuple[str, ...] = ("embed",)
 
     def __init__(self, cfg: CfgNode) -> None:
         super().__init__()
@@ -80,7 +94,15 @@ class MoCo(SSLMethod):
 
     @classmethod
     def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
-        """The instance branch's settings; raises ``ConfigError`` naming the key."""
+        """Check the instance branch's settings (queue, momentum, projector, kNN monitor).
+
+        Args:
+            cfg: the finished config.
+            world_size: processes of the run (one process without split-BN gets a warning).
+
+        Raises:
+            ConfigError: naming the key that is wrong.
+        """
         from fima.config.validation import require
         from fima.evaluation.config import validate_knn_config
 
@@ -99,7 +121,14 @@ class MoCo(SSLMethod):
             f"must be 'constant' or 'cosine', got {moco.MOMENTUM_SCHEDULE!r}",
         )
         require(moco.TEMPERATURE > 0, "MODEL.MOCO.TEMPERATURE", "must be positive")
-        require_head("MODEL.PROJECTOR.NAME", cfg.MODEL.PROJECTOR.NAME)
+        require_head(
+            "MODEL.PROJECTOR.NAME",
+            cfg.MODEL.PROJECTOR.NAME,
+            "projector",
+            methods=cls.PROJECTOR_METHODS,
+            interface=f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} "
+            "(ProjectionHead is the example)",
+        )
         for key in ("HIDDEN_DIM", "OUT_DIM"):
             value = cfg.MODEL.PROJECTOR[key]
             require(value >= 1, f"MODEL.PROJECTOR.{key}", f"must be positive, got {value}")
@@ -116,7 +145,14 @@ class MoCo(SSLMethod):
 
     # -- hooks' entry points -----------------------------------------------------------------
     def build_hooks(self, cfg: CfgNode) -> list[Any]:
-        """Momentum update before each step, queue update after it."""
+        """Momentum update before each step, queue update after it.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            ``[MomentumSchedule, QueueUpdate]``.
+        """
         from fima.engine.hooks import MomentumSchedule, QueueUpdate  # engine imports modeling
 
         return [
@@ -125,7 +161,14 @@ class MoCo(SSLMethod):
         ]
 
     def build_evaluator(self, cfg: CfgNode) -> Any | None:
-        """The online weighted-kNN monitor when ``TEST.KNN.ENABLED`` (else no evaluator)."""
+        """The online weighted-kNN monitor.
+
+        Args:
+            cfg: the finished config.
+
+        Returns:
+            A ``KNNEvaluator`` when ``TEST.KNN.ENABLED``, else None.
+        """
         if not cfg.TEST.KNN.ENABLED:
             return None
         from fima.evaluation.knn import KNNEvaluator
@@ -134,14 +177,24 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def extract_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """L2-normalised pooled query-encoder features ``[N, C]`` of uint8 clips
-        ``[N, 3, T, S, S]``, without augmentation (the kNN monitor and retrieval)."""
+        """Pooled query-encoder features, without augmentation (the kNN monitor and retrieval).
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[N, C]`` float32, L2-normalised.
+        """
         x = self.augment.normalize(self.prepare_clips(clips[:, None]))
         return F.normalize(self.encoder_q(x).float().mean(dim=(2, 3, 4)), dim=1)
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:
-        """``theta_k <- m * theta_k + (1 - m) * theta_q`` for every key-side parameter."""
+        """``theta_k <- m * theta_k + (1 - m) * theta_q`` for every key-side parameter.
+
+        Args:
+            momentum: ``m`` in [0, 1).
+        """
         for online, target in (
             (self.encoder_q, self.encoder_k),
             (self.projector_q, self.projector_k),
@@ -159,29 +212,59 @@ class MoCo(SSLMethod):
         self._pending_keys.clear()
 
     def stash_keys(self, queue_name: str, keys: torch.Tensor) -> None:
-        """Keep ``keys`` for ``update_queues`` (only in training: evaluation must not enqueue)."""
+        """Keep ``keys`` for :meth:`update_queues` (only in training: evaluation must not
+        enqueue).
+
+        Args:
+            queue_name: the attribute holding the :class:`~fima.modeling.queue.KeyQueue`.
+            keys: ``[N, D]`` L2-normalised keys.
+        """
         if self.training:
             self._pending_keys[queue_name].append(keys.detach())
 
     # -- forward -------------------------------------------------------------------------------
     def prepare_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, W, 3, T, S, S]`` -> window-major ``[W*B, 3, T, S, S]`` float in [0, 1]."""
+        """Move a batch's clips to the device, window-major, as floats.
+
+        Args:
+            clips: ``[B, W, 3, T, S, S]`` uint8.
+
+        Returns:
+            ``[W*B, 3, T, S, S]`` float32 in [0, 1], window ``w``'s clips at ``w * B``.
+        """
         clips = clips.to(self.device, non_blocking=True)
         return clips.transpose(0, 1).flatten(0, 1).float().div_(255)
 
     def augment_clips(self, clips: torch.Tensor) -> torch.Tensor:
-        """Device augmentation + normalisation in float32, laid out for the encoders."""
-        with torch.autocast(clips.device.type, enabled=False):
-            return self.augment(clips)
+        """Device augmentation and normalisation in float32 (also under the trainer's
+        autocast), laid out for the encoders.
+
+        Args:
+            clips: ``[N, 3, T, S, S]`` float in [0, 1].
+
+        Returns:
+            ``[N, 3, T, S, S]`` float32, normalised (``channels_last_3d`` with
+            ``MODEL.CHANNELS_LAST``).
+        """
+        return self.augment(clips)
 
     def encode(
         self, encoder: nn.Module, clips: torch.Tensor, windows: int = 2, by_device: bool = True
     ) -> torch.Tensor:
-        """Run ``encoder`` on ``[W*B, 3, T, S, S]`` in one call, or per window if not fused.
+        """Run ``encoder`` on all windows in one call, or per window if not fused.
 
         With ``MODEL.SPLIT_BN_GROUPS`` G > 1 and ``by_device``, a fused call sees its clips
         device by device (:func:`~fima.modeling.batch_shuffle.device_major`), so that each
         emulated device's BatchNorm group holds both windows of its videos, as under DDP.
+
+        Args:
+            encoder: maps ``[N, 3, T, S, S]`` to ``[N, C, T', H', W']``.
+            clips: ``[W*B, 3, T, S, S]`` window-major.
+            windows: ``W``.
+            by_device: lay a fused call out device by device (False: as it is).
+
+        Returns:
+            ``[W*B, C, T', H', W']`` window-major.
         """
         if not (self.fuse_windows or windows == 1):
             return torch.cat([encoder(part) for part in clips.chunk(windows)])
@@ -192,11 +275,18 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def encode_keys(self, clips: torch.Tensor, windows: int = 2) -> torch.Tensor:
-        """The key encoder's feature maps ``[N, C, T', H', W']`` (no gradient).
+        """The key encoder's feature maps (no gradient).
 
         Every encoder call shuffles its clips between BatchNorm groups and back (shuffle-BN
         across ranks, or across ``MODEL.SPLIT_BN_GROUPS`` in one process; see
         :mod:`fima.modeling.batch_shuffle`), so every rank must make the same key passes.
+
+        Args:
+            clips: ``[W*B, 3, T, S, S]`` window-major, augmented and normalised.
+            windows: ``W``.
+
+        Returns:
+            ``[W*B, C, T', H', W']`` in the order of ``clips``.
         """
         # The shuffle draws the BatchNorm groups at random: no device-major layout first.
         return self.encode(ShuffleBN(self.encoder_k), clips, windows, by_device=False)
@@ -226,7 +316,14 @@ class MoCo(SSLMethod):
         return (loss_mn + loss_nm) / 2
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``{"loss_inst": 0-d}`` for a batch with ``global`` ``[B, 2, 3, T, S, S]`` uint8."""
+        """The instance loss of a pretraining batch.
+
+        Args:
+            batch: ``global`` ``[B, 2, 3, T, S, S]`` uint8 (windows m and n).
+
+        Returns:
+            ``{"loss_inst": 0-d float32}``.
+        """
         rgb = self.augment_clips(self.prepare_clips(batch["global"]))
         q = self.projector_q.embed(self.encode(self.encoder_q, rgb))
         with torch.no_grad():

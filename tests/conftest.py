@@ -20,6 +20,11 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # Every test session generates its synthetic videos into a private cache, never the user's.
 _CACHE = tempfile.mkdtemp(prefix="fima-test-cache-")
 os.environ["FIMA_CACHE"] = _CACHE
+# The suite checks fima's defaults, whatever the user's shell sets for their own downloads (a
+# FIMA_DOWNLOAD_TIMEOUT that is not a number failed every download test); the tests that need
+# a value set it themselves.
+for _name in ("FIMA_DOWNLOAD_TIMEOUT", "FIMA_MODEL_ZOO_URL"):
+    os.environ.pop(_name, None)
 torch.set_num_threads(min(torch.get_num_threads(), 2))
 
 

@@ -99,6 +99,38 @@ def test_a_video_that_fails_to_decode_is_replaced_in_training(tmp_path) -> None:
     assert sample["label"] == dataset[int(sample["index"])].label
 
 
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_decode_that_fails_once_is_retried_before_the_video_is_given_up(
+    tmp_path, monkeypatch, retries: int
+) -> None:
+    """DATA.DECODE_RETRIES more tries (a read that fails once on a network disk) before a
+    video is replaced in training or left out of testing, and listed as bad."""
+    cfg = _dataset_cfg(tmp_path, "VideoList", **{"DATA.DECODE_RETRIES": retries})
+    dataset = build_dataset(cfg, "train")
+    infos, _ = load_index(cfg, dataset)
+    good = next(i for i, r in enumerate(dataset) if "bad_" not in r.path)
+    decode = build_module.decode_frames
+    failed = []
+
+    def fails_once(path: str, *args: object, **kwargs: object) -> torch.Tensor:
+        if path == dataset[good].path and path not in failed:
+            failed.append(path)
+            raise DecodeError("decoding failed: [Errno 5] Input/output error")
+        return decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "decode_frames", fails_once)
+    sample = WindowClips(dataset, infos, cfg, ("global",), num_windows=2, seed=0)[good, 0, 0]
+    failed.clear()
+    test_sample = build_module.TestClips(dataset, infos, cfg)[good]
+    listed = [(dataset[good].path, "decoding failed: [Errno 5] Input/output error")]
+    if retries:
+        assert int(sample["index"]) == good and sample["bad_videos"] == []
+        assert bool(test_sample["valid"]) and test_sample["bad_videos"] == []
+    else:
+        assert int(sample["index"]) != good and sample["bad_videos"] == listed
+        assert not bool(test_sample["valid"]) and test_sample["bad_videos"] == listed
+
+
 def test_too_many_bad_videos_stop_the_run_with_the_list_written(tmp_path) -> None:
     cfg = _dataset_cfg(tmp_path, "UCF101", **{"DATA.MAX_BAD_FRACTION": 0.1})
     with pytest.raises(TooManyBadVideosError, match=r"DATA.MAX_BAD_FRACTION=0.1.*bad_videos.txt"):
@@ -144,6 +176,17 @@ def test_tracker_merges_into_the_file_and_counts(tmp_path) -> None:
     np.testing.assert_equal(
         sorted(os.listdir(tmp_path)), [".bad_videos.txt.lock", "bad_videos.txt"]
     )
+
+
+def test_a_share_of_bad_videos_equal_to_the_limit_is_tolerated() -> None:
+    """DATA.MAX_BAD_FRACTION is the largest tolerated share: at it the run goes on, above it
+    it stops."""
+    tracker = BadVideoTracker(0.5, None, min_seen=4)
+    tracker.record(4, [("/a.mp4", "cannot open"), ("/b.mp4", "cannot open")])
+    tracker.check()  # 2 of 4
+    tracker.record(1, [("/c.mp4", "cannot open")])
+    with pytest.raises(TooManyBadVideosError, match="3 of 5 videos read were bad"):
+        tracker.check()
 
 
 def test_a_split_without_one_usable_video_is_named_at_start_up(tmp_path) -> None:

@@ -65,6 +65,12 @@ def test_loader_resumed_with_other_accumulation_continues_the_data_order(tmp_pat
     assert resumed.state_dict()["clips"] == 4 * 2 + 4  # 4 micro-batches of 2, then one of 4
 
 
+def _epoch_keys(sampler: TrainingBatchSampler, batches: int) -> list[tuple[int, int, int]]:
+    """The sample keys ``(video, epoch, position)`` of a sampler's first ``batches`` batches."""
+    iterator = iter(sampler)
+    return [key for _ in range(batches) for key in next(iterator)]
+
+
 def test_sampler_epochs_are_permutations_and_ranks_are_disjoint() -> None:
     indices = np.arange(23)
     samplers = [TrainingBatchSampler(indices, 3, seed=5, rank=r, world_size=2) for r in range(2)]
@@ -76,6 +82,11 @@ def test_sampler_epochs_are_permutations_and_ranks_are_disjoint() -> None:
         assert {e for _, e, _ in epoch0} == {0}
         seen.extend(idx for idx, _, _ in epoch0)
     assert len(seen) == len(set(seen)) == 18
+    # Each sample's key holds its position in the epoch, which seeds its random draws: the two
+    # ranks' samples are, key for key, those of one process taking batches of 6, so no two
+    # samples share a random stream and the draws do not depend on the number of processes.
+    both = {key for sampler in samplers for key in _epoch_keys(sampler, 3)}
+    assert both == set(_epoch_keys(TrainingBatchSampler(indices, 6, seed=5), 3))
     first = [k[0] for k in next(iter(TrainingBatchSampler(indices, 3, seed=5)))]
     other = [k[0] for k in next(iter(TrainingBatchSampler(indices, 3, seed=5, start_iter=7)))]
     assert first != other

@@ -32,6 +32,28 @@ def test_random_crop_params_stay_inside_and_respect_scale() -> None:
         assert h * w >= 0.2 * 96 * 128 * 0.9
 
 
+def test_random_crop_params_fall_back_to_a_centre_crop_in_the_ratio_range() -> None:
+    """No area fraction in ``scale`` fits (as torchvision): the centre crop, its aspect ratio
+    clamped to ``ratio``."""
+    rng = np.random.default_rng(0)
+    # A frame 4:1, wider than 4/3: full height, 4/3 of it wide, centred.
+    assert random_resized_crop_params(100, 400, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (
+        0,
+        133,
+        100,
+        133,
+    )
+    # A frame 1:4, taller than 3/4: full width, 4/3 of it high.
+    assert random_resized_crop_params(400, 100, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (
+        133,
+        0,
+        133,
+        100,
+    )
+    # Within the range: the whole frame.
+    assert random_resized_crop_params(90, 100, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (0, 0, 90, 100)
+
+
 def test_flip_swaps_x1_and_x2_and_mirrors_pixels() -> None:
     cfg = tiny_cfg(
         **{
@@ -99,6 +121,30 @@ def test_reference_blur_sigma_is_fixed_per_model() -> None:
     aug = VideoAugmentation(cfg)
     low, high = aug.augment.blur_sigma  # the range sigma is drawn from
     assert float(low) == float(high)
+    # Drawn from SEED: a resumed run (a model built again) blurs with the same sigma.
+    assert VideoAugmentation(cfg).augment.blur_sigma == (low, high)
+    other = VideoAugmentation(tiny_cfg(**{"INPUT.AUG.BLUR_SIGMA_PER_CLIP": False, "SEED": 1}))
+    assert other.augment.blur_sigma != (low, high)
+
+
+@pytest.mark.parametrize("grayscale_prob", [0.0, 1.0])
+def test_grayscale_probability_comes_from_the_config(grayscale_prob: float) -> None:
+    cfg = tiny_cfg(
+        **{
+            "INPUT.AUG.GRAYSCALE_PROB": grayscale_prob,
+            "INPUT.AUG.COLOR_JITTER_PROB": 0.0,
+            "INPUT.AUG.BLUR_PROB": 0.0,
+        }
+    )
+    aug = VideoAugmentation(cfg)
+    clips = torch.rand(4, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    rgb = aug(clips) * aug.std + aug.mean  # undo the normalisation
+    gray = torch.isclose(rgb[:, 0], rgb[:, 1], atol=1e-5) & torch.isclose(
+        rgb[:, 1], rgb[:, 2], atol=1e-5
+    )
+    assert bool(gray.all()) == (grayscale_prob == 1.0)
+    if grayscale_prob == 0.0:
+        torch.testing.assert_close(rgb, clips)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])

@@ -166,8 +166,11 @@ def test_nan_on_one_rank_stops_both_at_that_iteration(first) -> None:
 
 
 def test_killing_one_of_two_processes_stops_the_other(tmp_path) -> None:
+    """The launcher notices the dead rank and stops the other one itself: with a collective
+    timeout far longer than the run may take to exit, the survivor cannot be the one that
+    gives up (it would report a timeout, after 10 minutes)."""
     test_dir = str(tmp_path)
-    launcher = (*TWO, "--dist-timeout", "20")
+    launcher = (*TWO, "--dist-timeout", "600")
     run = train_net(
         test_dir,
         *train_net_args(str(tmp_path / "out"), launcher=launcher),
@@ -176,10 +179,9 @@ def test_killing_one_of_two_processes_stops_the_other(tmp_path) -> None:
     )
     (pid,) = run.wait_paused(ranks=(1,))
     os.kill(pid, 9)
-    start = time.monotonic()
-    assert run.wait(timeout=60) != 0
-    assert time.monotonic() - start < 20
+    assert run.wait(timeout=120) != 0
     assert "terminated with signal SIGKILL" in run.output
+    assert "Timed out" not in run.output, run.output
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung"])
@@ -187,8 +189,10 @@ def test_a_rank_on_another_machine_that_dies_or_hangs_does_not_hang_the_other(
     fault: str, tmp_path
 ) -> None:
     """Machine 1's only rank stops at iteration 2 and is killed, or stays stopped (a hang);
-    machine 0 must exit with an error within the collective timeout either way."""
-    timeout = 10
+    machine 0 must exit with an error either way: at once for a dead peer (its connection
+    closes; the collective timeout is set far longer than the run may take to exit), when the
+    collective timeout expires for a hung one."""
+    timeout = 600 if fault == "killed" else 10
     test_dir, out = str(tmp_path), str(tmp_path / "out")
     url = f"tcp://127.0.0.1:{free_port()}"
 
@@ -203,15 +207,12 @@ def test_a_rank_on_another_machine_that_dies_or_hangs_does_not_hang_the_other(
     victim = machine(1, FIMA_TEST_PAUSE_AT="2")
     try:
         victim.wait_paused(ranks=(1,))
-        start = time.monotonic()
         if fault == "killed":
             victim.kill()
-        assert survivor.wait(timeout=timeout + 60) != 0
-        elapsed = time.monotonic() - start
+        assert survivor.wait(timeout=120) != 0
     finally:
         victim.kill()
-    # A dead peer is noticed at once (its connection closes); a hung one when the timeout expires.
-    assert elapsed < (timeout if fault == "killed" else timeout + 15), survivor.output
+    # What machine 0 reports says which of the two it noticed.
     expected = (
         r"Connection (closed|reset) by peer"
         if fault == "killed"

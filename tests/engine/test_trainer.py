@@ -706,6 +706,27 @@ def test_precise_bn_keeps_resume_exact(tmp_path) -> None:
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
 
 
+def test_an_epoch_schedule_holds_the_rate_within_each_epoch() -> None:
+    """SCHEDULE_UNIT epoch (the default, as in the reference): the cosine moves at epoch
+    boundaries only; SCHEDULE_UNIT iter moves it every iteration."""
+
+    def rates(unit: str) -> list[float]:
+        cfg = tiny_cfg(**{"SOLVER.LR_SCHEDULER": "cosine", "SOLVER.SCHEDULE_UNIT": unit})
+        optimizer = torch.optim.SGD(LinearModel().parameters(), lr=0.1)
+        scheduler = build_lr_scheduler(cfg, optimizer, max_iter=12, iters_per_epoch=3)
+        seen = []
+        for _ in range(12):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    cosine = CosineParamScheduler(1.0, 0.0)
+    expected = [0.1 * cosine(3 * (i // 3) / 12) for i in range(12)]
+    assert rates("epoch") == pytest.approx(expected, abs=1e-12)
+    assert rates("iter") == pytest.approx([0.1 * cosine(i / 12) for i in range(12)], abs=1e-12)
+
+
 def test_steps_beyond_the_run_are_announced(caplog) -> None:
     """A fine-tuning run shortened to 10 epochs kept the protocol's steps at 12 and 24: the
     rate stayed at BASE_LR to the end and nothing said so."""

@@ -8,6 +8,7 @@ import os
 import shutil
 from unittest import mock
 
+import pytest
 import torch
 from PIL import Image
 
@@ -16,6 +17,7 @@ from fima.data.datasets import build_dataset
 from fima.data.datasets.synthetic import synthetic_root
 from fima.engine import DefaultTrainer, default_setup
 from fima.evaluation import ClassificationEvaluator, LinearProbeEvaluator, RetrievalEvaluator
+from fima.evaluation.inference import video_features
 from fima.modeling import build_model
 from fima.utils.events import EventStorage
 from tests.evaluation.helpers import classifier_cfg
@@ -53,6 +55,44 @@ def test_undecodable_videos_are_listed_and_excluded(tmp_path) -> None:
     retrieval = RetrievalEvaluator(cfg).evaluate(model)
     assert probe["linear_probe/bad_videos"] == 1 == retrieval["retrieval/bad_videos"]
     assert retrieval["retrieval/num_queries"] == 2
+
+
+class _FixedClipScores(torch.nn.Module):
+    """Scores every video's first clip ``[1, 0, 0.55]`` and its second ``[0, 0.8, 0.55]``: the
+    mean says class 2, the maximum or the first clip class 0, the second clip class 1."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # where the evaluator finds the device
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        videos, clips = batch["global"].shape[:2]
+        assert clips == 2
+        return torch.tensor([[1.0, 0.0, 0.55], [0.0, 0.8, 0.55]]).expand(videos, 2, 3)
+
+
+def test_a_video_is_scored_by_the_mean_of_its_clips_scores(tmp_path) -> None:
+    cfg = classifier_cfg(
+        str(tmp_path / "out"), **{"TEST.NUM_CLIPS": 2, "TEST.NUM_SPATIAL_CROPS": 1}
+    )
+    results = ClassificationEvaluator(cfg, "test", "test").evaluate(_FixedClipScores())
+    report_file = tmp_path / "out" / "inference" / "test" / "classification.json"
+    report = json.loads(report_file.read_text())
+    assert [v["prediction"] for v in report["videos"]] == [2, 2, 2]
+    assert sorted(v["label"] for v in report["videos"]) == [0, 1, 2]
+    assert results["test/video_top1"] == pytest.approx(100 / 3)
+    # Clip by clip: class 0, then class 1, each right for one video of three.
+    assert results["test/clip_top1"] == pytest.approx(100 / 3)
+
+
+def test_a_videos_feature_is_the_mean_of_its_clips_features() -> None:
+    model = mock.Mock()
+    model.extract_features.side_effect = lambda clips: clips.flatten(1)[:, :4].float()
+    clips = torch.arange(2 * 3 * 8, dtype=torch.uint8).view(2, 3, 8)  # [videos, clips, ...]
+    features = video_features(model)(clips)["feature"]
+    torch.testing.assert_close(features, clips[..., :4].float().mean(dim=1))
 
 
 def test_validation_split_selects_the_best_weights_and_test_reports_the_last(tmp_path) -> None:

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fima.evaluation import classification_metrics, recall_at_k, weighted_knn_predict
@@ -85,15 +86,40 @@ def test_recall_at_k_counts_a_hit_in_the_top_k() -> None:
     assert recalls[10] == 100.0  # k larger than the bank: every class is within reach
 
 
+def test_recall_centres_each_set_on_its_own_mean() -> None:
+    """FAME's protocol: the queries minus their mean, the bank minus its own. Here the two sets
+    sit at different offsets, which hide the classes until each is removed."""
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(4, 8, generator=gen)
+    bank_labels, query_labels = torch.arange(24) % 4, torch.arange(12) % 4
+    bank = centres[bank_labels] + 0.8 * torch.randn(24, 8, generator=gen) + 3.0
+    queries = centres[query_labels] + 0.8 * torch.randn(12, 8, generator=gen) - 2.0
+    topk = (1, 2, 5)
+    centred = recall_at_k(queries, query_labels, bank, bank_labels, topk)
+    by_hand = recall_at_k(
+        queries - queries.mean(dim=0), query_labels, bank - bank.mean(dim=0), bank_labels, topk,
+        center=False,
+    )  # fmt: skip
+    assert centred == by_hand
+    assert centred != recall_at_k(queries, query_labels, bank, bank_labels, topk, center=False)
+
+
 def test_weighted_knn_votes_by_similarity() -> None:
     bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.1, 1.0]])
     labels = torch.tensor([0, 1, 1, 1])
-    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=2, temperature=0.1)
-    # The two nearest are bank 0 (class 0, closer) and bank 1 (class 1): class 0 wins.
+    query = torch.tensor([[1.0, 0.1]])
+    cosine = F.normalize(bank, dim=1) @ F.normalize(query, dim=1)[0]  # [4]
+    votes = weighted_knn_predict(query, bank, labels, 2, k=2, temperature=0.1)
+    # The two nearest are bank 0 (class 0, closer) and bank 1 (class 1): class 0 wins, each
+    # voting exp(cosine / temperature); banks 2 and 3 are not among the k.
     assert votes.argmax(dim=1).item() == 0
-    votes = weighted_knn_predict(torch.tensor([[1.0, 0.1]]), bank, labels, 2, k=4, temperature=10)
-    # With a flat weighting the three class-1 neighbours outvote the single class-0 one.
+    torch.testing.assert_close(votes[0], (cosine[:2] / 0.1).exp())
+    votes = weighted_knn_predict(query, bank, labels, 2, k=4, temperature=10)
+    # With a flat weighting the three class-1 neighbours outvote the single class-0 one ...
     assert votes.argmax(dim=1).item() == 1
+    # ... unless k leaves them out.
+    votes = weighted_knn_predict(query, bank, labels, 2, k=1, temperature=10)
+    assert votes.argmax(dim=1).item() == 0 and votes[0, 1].item() == 0.0
 
 
 def test_confusion_matrix_png(tmp_path) -> None:

@@ -177,12 +177,13 @@ def test_kind_key_passes_keep_each_kind_in_one_call_with_a_term_off(
 
 
 def test_loss_weights_scale_terms_and_zero_drops_them() -> None:
-    cfg, model = _model(**NO_AUGMENTATION, **{"MODEL.FIMA.DENSE_WEIGHT": 0.5})
+    weights = {"MODEL.FIMA.DENSE_WEIGHT": 0.5, "MODEL.FIMA.LOCAL_WEIGHT": 0.25}
+    cfg, model = _model(**NO_AUGMENTATION, **weights)
     batch = _batch(cfg)
     losses = _deterministic(model)(batch)
-    torch.testing.assert_close(
-        losses["loss_dense"], 0.5 * naive_losses(model, batch)["loss_dense"], rtol=1e-4, atol=1e-5
-    )
+    naive = naive_losses(model, batch)
+    for term, weight in (("loss_dense", 0.5), ("loss_local", 0.25)):
+        torch.testing.assert_close(losses[term], weight * naive[term], rtol=1e-4, atol=1e-5)
     cfg, model = _model(**{"MODEL.FIMA.LOCAL_WEIGHT": 0.0})
     assert FIMA.input_views(cfg) == ("global",) and model.motion_queue is None
     calls = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fima.engine.hooks import MomentumSchedule
@@ -60,16 +61,32 @@ def test_reference_enqueue_between_terms_changes_second_term() -> None:
 
 
 def test_momentum_update() -> None:
+    """Every key-side parameter, the projector's too, moves towards its query-side twin."""
     cfg, model = _model()
+    pairs = [(model.encoder_q, model.encoder_k), (model.projector_q, model.projector_k)]
     with torch.no_grad():
-        for p in model.encoder_q.parameters():
-            p.add_(1.0)
-    before = [p.clone() for p in model.encoder_k.parameters()]
+        for online, _ in pairs:
+            for p in online.parameters():
+                p.add_(1.0)
+    before = [[p.clone() for p in target.parameters()] for _, target in pairs]
     model.momentum_update(0.9)
-    for k_before, q, k_after in zip(
-        before, model.encoder_q.parameters(), model.encoder_k.parameters()
-    ):
-        torch.testing.assert_close(k_after, 0.9 * k_before + 0.1 * q)
+    for (online, target), target_before in zip(pairs, before, strict=True):
+        after = list(target.parameters())
+        assert len(after) == len(target_before) > 0
+        for k_before, q, k_after in zip(target_before, online.parameters(), after, strict=True):
+            torch.testing.assert_close(k_after, 0.9 * k_before + 0.1 * q)
+
+
+def test_a_forward_in_evaluation_enqueues_nothing() -> None:
+    cfg, model = _model()
+    queue = model.queue().clone()
+    with torch.no_grad():
+        model.eval()(random_batch(cfg))
+    model.update_queues()
+    assert torch.equal(model.queue(), queue) and int(model.queue.ptr) == 0
+    model.train()(random_batch(cfg))  # the same forward in training does
+    model.update_queues()
+    assert int(model.queue.ptr) == 8
 
 
 def test_cosine_momentum_schedule_rises_to_one() -> None:
@@ -77,6 +94,8 @@ def test_cosine_momentum_schedule_rises_to_one() -> None:
     assert schedule.momentum_at(0, 100) == 0.99
     assert abs(schedule.momentum_at(100, 100) - 1.0) < 1e-12
     assert schedule.momentum_at(30, 100) < schedule.momentum_at(60, 100)
+    # A cosine, not any rise: a quarter of the way, 1 - (1 - 0.99) * (cos(pi / 4) + 1) / 2.
+    assert schedule.momentum_at(25, 100) == pytest.approx(0.99146447, abs=1e-8)
 
 
 def test_unfused_windows_run_the_encoder_per_window() -> None:

@@ -373,11 +373,20 @@ class EvalHook(HookBase):
     def _do_eval(self) -> None:
         with preserved_rng():
             results = self._func() or {}
+        scalars: dict[str, float] = {}
         for name, value in results.items():
-            if not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"Evaluation result {name}={value!r} is not a finite number")
-            self.trainer.storage.put_scalar(name, value, smoothing_hint=False)
-        self.latest = dict(results)
+            # An evaluator of one's own may give a 0-d tensor or a numpy scalar.
+            try:
+                scalars[name] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"Evaluation result {name}={value!r} is not a number: an evaluator returns "
+                    "a flat {name: float} dict"
+                ) from None
+            if not math.isfinite(scalars[name]):
+                raise ValueError(f"Evaluation result {name}={value!r} is not finite")
+            self.trainer.storage.put_scalar(name, scalars[name], smoothing_hint=False)
+        self.latest = scalars
         comm.synchronize()
 
     def after_step(self) -> None:

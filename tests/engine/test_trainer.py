@@ -11,6 +11,7 @@ import os
 import tempfile
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from fvcore.common.param_scheduler import CosineParamScheduler
@@ -764,3 +765,26 @@ def test_resume_without_a_checkpoint_says_the_run_starts_over(tmp_path, caplog) 
         "--resume: OUTPUT_DIR" in r.getMessage() and "starts from scratch" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "recorded", "error"),
+    [
+        (torch.tensor(0.5), 0.5, None),  # a custom evaluator's 0-d tensor
+        (np.float32(0.25), 0.25, None),
+        ({"top1": 1.0}, None, "is not a number: an evaluator returns a flat"),
+        (float("nan"), None, "is not finite"),
+    ],
+)
+def test_evaluation_results_are_numbers(value, recorded, error) -> None:
+    model = ToyModel()
+    trainer = SimpleTrainer(model, endless(), torch.optim.SGD(model.parameters(), lr=0.1))
+    hook = EvalHook(0, lambda: {"score": value})
+    trainer.register_hooks([hook])
+    if error is not None:
+        with pytest.raises(ValueError, match=error):
+            trainer.train(0, 1)
+        return
+    trainer.train(0, 1)
+    assert hook.latest == {"score": recorded} and type(hook.latest["score"]) is float
+    assert trainer.storage.history("score").latest() == recorded

@@ -31,7 +31,7 @@ from fima.data.bad_videos import BadVideoTracker
 from fima.engine import hooks
 from fima.engine.solver import build_lr_scheduler, build_optimizer, max_iterations
 from fima.engine.train_loop import SimpleTrainer, describe_amp, resolve_amp
-from fima.evaluation.evaluator import check_evaluator
+from fima.evaluation.evaluator import as_metrics, check_evaluator
 from fima.evaluation.results import begin_reports
 from fima.modeling import build_model
 from fima.modeling.batch_shuffle import convert_batchnorm_for
@@ -786,7 +786,7 @@ class DefaultTrainer(SimpleTrainer):
         was_training = model.training
         model.eval()
         try:
-            results = evaluator.evaluate(comm.unwrap_model(model))
+            results = as_metrics(evaluator.evaluate(comm.unwrap_model(model)), finite=False)
         finally:
             model.train(was_training)
         logger.info("Evaluation took %.1f s: %s", time.perf_counter() - start, results)

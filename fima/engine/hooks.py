@@ -24,6 +24,7 @@ from fvcore.common.timer import Timer
 from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
 from fima.engine.train_loop import HookBase
+from fima.evaluation.evaluator import as_metrics
 from fima.utils import comm
 from fima.utils.env import preserved_rng
 from fima.utils.events import EventWriter
@@ -373,19 +374,9 @@ class EvalHook(HookBase):
     def _do_eval(self) -> None:
         with preserved_rng():
             results = self._func() or {}
-        scalars: dict[str, float] = {}
-        for name, value in results.items():
-            # An evaluator of one's own may give a 0-d tensor or a numpy scalar.
-            try:
-                scalars[name] = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"Evaluation result {name}={value!r} is not a number: an evaluator returns "
-                    "a flat {name: float} dict"
-                ) from None
-            if not math.isfinite(scalars[name]):
-                raise ValueError(f"Evaluation result {name}={value!r} is not finite")
-            self.trainer.storage.put_scalar(name, scalars[name], smoothing_hint=False)
+        scalars = as_metrics(results)
+        for name, value in scalars.items():
+            self.trainer.storage.put_scalar(name, value, smoothing_hint=False)
         self.latest = scalars
         comm.synchronize()
 

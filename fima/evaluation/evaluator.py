@@ -33,6 +33,33 @@ class Evaluator(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]: ...
 
 
+def as_metrics(results: dict[str, Any], finite: bool = True) -> dict[str, float]:
+    """An evaluator's results as the flat ``{name: float}`` the writers, the best-model selector
+    and ``results.json`` take: what ``float()`` takes (an evaluator of one's own may give 0-d
+    tensors or numpy scalars).
+
+    Args:
+        results: what ``evaluate(model)`` returned.
+        finite: refuse NaN and infinities (during training, where the storage and the best-model
+            selection would take them; ``--eval-only`` reports them as they are).
+
+    Raises:
+        ValueError: a result that is not a number (a nested dict, say), or not finite.
+    """
+    metrics: dict[str, float] = {}
+    for name, value in results.items():
+        try:
+            metrics[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Evaluation result {name}={value!r} is not a number: an evaluator returns a "
+                "flat {name: float} dict"
+            ) from None
+        if finite and not math.isfinite(metrics[name]):
+            raise ValueError(f"Evaluation result {name}={value!r} is not finite")
+    return metrics
+
+
 def check_evaluator(evaluator: Any, model: nn.Module) -> None:
     """Run ``evaluator.check(model)`` where the evaluator has one (see the module doc)."""
     check = getattr(evaluator, "check", None)

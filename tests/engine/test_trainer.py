@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import tempfile
 from unittest import mock
@@ -788,3 +789,13 @@ def test_evaluation_results_are_numbers(value, recorded, error) -> None:
     trainer.train(0, 1)
     assert hook.latest == {"score": recorded} and type(hook.latest["score"]) is float
     assert trainer.storage.history("score").latest() == recorded
+
+
+def test_eval_only_reports_an_evaluators_tensors_as_floats_and_nan_as_it_is() -> None:
+    class TensorEvaluator:
+        def evaluate(self, model):
+            return {"top1": torch.tensor(0.5), "empty_class": float("nan")}
+
+    results = DefaultTrainer.test(tiny_cfg(), ToyModel(), TensorEvaluator())
+    assert type(results["top1"]) is float and results["top1"] == 0.5
+    assert math.isnan(results["empty_class"])

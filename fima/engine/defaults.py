@@ -52,10 +52,21 @@ class _ArgumentParser(argparse.ArgumentParser):
     ``argparse.REMAINDER`` takes for overrides, is said to be misplaced: argparse would call
     ``--config-file`` missing, or take ``--resume`` for a config key."""
 
+    _deferred: list[argparse.Action] = []
+
     def parse_known_args(
         self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+        # Required options (--config-file) are checked here, after the misplaced ones: argparse
+        # would call one given after the overrides missing.
+        self._deferred = [a for a in self._actions if a.required and a.option_strings]
+        for action in self._deferred:
+            action.required = False
+        try:
+            namespace, extras = super().parse_known_args(args, namespace)
+        finally:
+            for action in self._deferred:
+                action.required = True
         misplaced = [
             item
             for item in getattr(namespace, "opts", None) or []
@@ -63,9 +74,35 @@ class _ArgumentParser(argparse.ArgumentParser):
         ]
         if misplaced:
             self.error(f"options ({' '.join(misplaced)}) must come before the KEY VALUE overrides")
-        if getattr(namespace, "config_file", "") is None:
-            self.error("the following arguments are required: --config-file")
+        missing = [
+            action.option_strings[0]
+            for action in self._deferred
+            if getattr(namespace, action.dest, None) is None
+        ]
+        if missing:
+            self.error(f"the following arguments are required: {', '.join(missing)}")
         return namespace, extras
+
+    @contextlib.contextmanager
+    def _required_shown(self) -> Iterator[None]:
+        """The usage and help (``--help`` prints them while parsing) show required options as
+        required, without brackets."""
+        relaxed = [action for action in self._deferred if not action.required]
+        for action in relaxed:
+            action.required = True
+        try:
+            yield
+        finally:
+            for action in relaxed:
+                action.required = False
+
+    def format_usage(self) -> str:
+        with self._required_shown():
+            return super().format_usage()
+
+    def format_help(self) -> str:
+        with self._required_shown():
+            return super().format_help()
 
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
@@ -81,8 +118,9 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    # Required, but checked by _ArgumentParser: given after the overrides, it is misplaced.
-    parser.add_argument("--config-file", metavar="FILE", help="path to a config file (required)")
+    parser.add_argument(
+        "--config-file", required=True, metavar="FILE", help="path to a config file"
+    )
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -139,3 +139,15 @@ def test_cpu_device_under_nccl_is_a_config_error(monkeypatch) -> None:
     cfg.MODEL.DEVICE = "cuda"
     with pytest.raises(ConfigError, match="MODEL.DEVICE: cuda.*joined by gloo"):
         validate_cfg(cfg, world_size=2)
+
+
+def test_usage_shows_the_config_file_as_required(capsys) -> None:
+    # Checked after parsing (so that a misplaced one is not called missing), but still shown as
+    # required, in --help as in the usage line of an error.
+    parser = default_argument_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    assert "[-h] --config-file FILE [--resume]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["SEED", "1"])
+    assert "[-h] --config-file FILE [--resume]" in capsys.readouterr().err

@@ -23,17 +23,19 @@ def import_project(folder: str, package: str) -> ModuleType:
     return importlib.import_module(package)
 
 
-def run_project(
-    folder: str, config: str, output_dir: str, *opts: str
+def run_tiny(
+    script: str, config_file: str, output_dir: str, *opts: str, flags: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    """``python projects/<folder>/train_net.py`` on one of its configs, shrunk to the tests'
-    tiny synthetic set and a few iterations (``TINY``), run from another directory."""
+    """``python <script> [flags] --config-file <config_file>``, shrunk to the tests' tiny
+    synthetic set and two iterations (``TINY``), then ``opts`` (``KEY VALUE`` overrides), run
+    from ``output_dir``'s parent."""
     return subprocess.run(
         [
             sys.executable,
-            os.path.join(PROJECTS, folder, "train_net.py"),
+            script,
+            *flags,
             "--config-file",
-            os.path.join(PROJECTS, folder, "configs", config),
+            config_file,
             "OUTPUT_DIR",
             output_dir,
             *TINY,
@@ -45,7 +47,18 @@ def run_project(
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ},
+    )
+
+
+def run_project(
+    folder: str, config: str, output_dir: str, *opts: str
+) -> subprocess.CompletedProcess:
+    """``python projects/<folder>/train_net.py`` on one of its configs (:func:`run_tiny`)."""
+    return run_tiny(
+        os.path.join(PROJECTS, folder, "train_net.py"),
+        os.path.join(PROJECTS, folder, "configs", config),
+        output_dir,
+        *opts,
     )
 
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 
 from fima.data import build_dataset
 from tests.conftest import tiny_cfg
-from tests.engine.procs import TINY
-from tests.projects.common import ROOT, read_metrics
+from tests.projects.common import ROOT, read_metrics, run_tiny
 
 USER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_extension.py")
 
@@ -26,32 +24,13 @@ def train_twin(
     user's ``TwinSiam`` method and ``ClassFolders`` dataset (the tests' synthetic videos),
     shrunk to the tests' size and two iterations; then ``opts`` (``KEY VALUE`` overrides)."""
     videos = os.path.join(build_dataset(tiny_cfg(), "train").root, "UCF-101")
-    return subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "train_net.py"),
-            "--import",
-            USER_MODULE,
-            "--config-file",
-            os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
-            *flags,
-            *TINY,
-            "MODEL.META_ARCHITECTURE",
-            "TwinSiam",
-            "DATA.DATASET",
-            "ClassFolders",
-            "DATA.ROOT",
-            videos,
-            "OUTPUT_DIR",
-            output_dir,
-            "SOLVER.MAX_ITER",
-            "2",
-            *opts,
-        ],
-        cwd=os.path.dirname(output_dir),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return run_tiny(
+        os.path.join(ROOT, "tools", "train_net.py"),
+        os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+        output_dir,
+        *("MODEL.META_ARCHITECTURE", "TwinSiam", "DATA.DATASET", "ClassFolders"),
+        *("DATA.ROOT", videos, *opts),
+        flags=("--import", USER_MODULE, *flags),
     )
 
 

@@ -2,7 +2,7 @@
 """Pictures of what checkpoints look at in videos: one PNG grid per video.
 
     python tools/visualize.py --config-file configs/Quickstart/fima_synthetic.yaml \
-        MODEL.WEIGHTS output/quickstart_fima/model_final.pth --input VIDEO_OR_DIR --output vis/
+        --input VIDEO_OR_DIR --output vis/ MODEL.WEIGHTS output/quickstart_fima/model_final.pth
     python tools/visualize.py --config-file configs/Quickstart/fima_synthetic.yaml \
         --compare output/quickstart_moco/model_final.pth output/quickstart_fima/model_final.pth \
         --input VIDEO_OR_DIR --output vis/
@@ -26,6 +26,7 @@ from fima.checkpoint.backbone_weights import weights_problem
 from fima.config.validation import validate_cfg_without_data
 from fima.data.decoder import DecodeError
 from fima.engine.defaults import (
+    OptionsFirstArgumentParser,
     add_import_argument,
     get_user_cfg,
     int_at_least,
@@ -52,7 +53,7 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OptionsFirstArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -55,7 +55,12 @@ from torch import nn
 
 from fima.config import CfgNode, get_cfg
 from fima.config.validation import require, validate_cfg_without_data
-from fima.engine.defaults import int_at_least, resolve_device, usage_errors
+from fima.engine.defaults import (
+    OptionsFirstArgumentParser,
+    int_at_least,
+    resolve_device,
+    usage_errors,
+)
 from fima.engine.solver import build_optimizer
 from fima.engine.train_loop import (
     SimpleTrainer,
@@ -97,7 +102,7 @@ DTYPE_CHOICES: dict[str, list[tuple[bool, bool]]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``--task train`` (config A's; ``--compare`` is split off first)."""
-    parser = argparse.ArgumentParser(
+    parser = OptionsFirstArgumentParser(
         prog="tools/benchmark.py --task train",
         description=__doc__.split("\n\n")[0],
         epilog=(

@@ -47,10 +47,12 @@ from fima.utils.visualization import check_visualizable
 logger = logging.getLogger(__name__)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class OptionsFirstArgumentParser(argparse.ArgumentParser):
     """argparse, except that an option given after the ``KEY VALUE`` overrides, which
     ``argparse.REMAINDER`` takes for overrides, is said to be misplaced: argparse would call
-    ``--config-file`` missing, or take ``--resume`` for a config key."""
+    ``--config-file`` missing, or take ``--resume`` for a config key. Every tool whose command
+    line ends in overrides (``train_net.py``, ``visualize.py``, ``benchmark.py --task train``)
+    parses with it, so they all say so alike."""
 
     _deferred: list[argparse.Action] = []
 
@@ -107,7 +109,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
     """The command line of ``tools/train_net.py`` (and of projects' entry points)."""
-    parser = _ArgumentParser(
+    parser = OptionsFirstArgumentParser(
         epilog=epilog
         or (
             "Examples:\n"

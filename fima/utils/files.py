@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import socket
+import weakref
 from typing import TextIO
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,27 @@ class FolderInUseError(RuntimeError):
         self.holder = holder
 
 
+# The lock files of lock_folder that this process holds. A flock belongs to the open file, which
+# a forked child (a DataLoader worker) shares: the child would keep the folder locked after this
+# process is killed, until it noticed and exited too, so a forked child closes its copies (the
+# lock stays with this process; closing a copy does not unlock it).
+_held: weakref.WeakSet[TextIO] = weakref.WeakSet()
+
+
+def _close_held_in_child() -> None:
+    for lock in list(_held):
+        lock.close()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def lock_folder(folder: str) -> TextIO | None:
     """Take ``folder/.lock`` (an exclusive ``flock``) for this process, writing its pid and host
     there for the message of whoever finds it taken. The lock lasts while the returned file is
-    open (closing it, or the process ending however it ends, frees it).
+    open (closing it, or the process ending however it ends, frees it); processes forked from
+    this one do not hold it.
 
     Returns:
         The open lock file, or None on a file system without locks (warned about: nothing then
@@ -82,4 +100,5 @@ def lock_folder(folder: str) -> TextIO | None:
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
+    _held.add(lock)
     return lock

@@ -267,3 +267,13 @@ def test_bad_arguments_are_usage_errors(capsys, args: list[str], message: str) -
         main(["--config-file", _config("moco_synthetic.yaml"), *args])
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_config_file_after_the_overrides_is_said_to_be_misplaced(capsys) -> None:
+    """Not 'the following arguments are required: --config-file', as train_net.py says."""
+    with pytest.raises(SystemExit) as stop:
+        main(["SOLVER.BASE_LR", "0.1", "--config-file", _config("moco_synthetic.yaml")])
+    assert stop.value.code == 2
+    assert "options (--config-file) must come before the KEY VALUE overrides" in (
+        capsys.readouterr().err
+    )

@@ -171,3 +171,26 @@ def test_a_backbone_of_an_imported_module_is_drawn(tmp_path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert os.listdir(tmp_path / "vis") == ["a.png"]
+
+
+def test_options_after_the_overrides_are_said_to_be_misplaced(setup, tmp_path, capsys) -> None:
+    """--input/--output after MODEL.WEIGHTS were called missing ('the following arguments are
+    required: --input, --output'), as tools/train_net.py once called --config-file."""
+    config, weights, videos = setup
+    argv = ["--config-file", config, "MODEL.WEIGHTS", weights["moco"]]
+    with pytest.raises(SystemExit) as stop:
+        visualize.main([*argv, "--input", videos, "--output", str(tmp_path / "vis")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "options (--input --output) must come before the KEY VALUE overrides" in err, err
+    assert not (tmp_path / "vis").exists()
+
+
+def test_the_commands_of_the_help_parse() -> None:
+    """The examples that --help prints run as written (options before the overrides)."""
+    commands = visualize.__doc__.split("\n\n")[1].replace("\\\n", " ").splitlines()
+    assert len(commands) == 2, commands
+    for command in commands:
+        argv = command.split()[2:]  # after "python tools/visualize.py"
+        args = visualize.parse_args(argv)
+        assert args.input == "VIDEO_OR_DIR" and args.output == "vis/", command

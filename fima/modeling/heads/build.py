@@ -14,17 +14,17 @@ Registry of heads: projection heads, the motion decoder, classifiers.
 An entry is called as ``cls(cfg, in_channels)``, where ``in_channels`` is the backbone's
 ``out_channels``, and returns an ``nn.Module``. A head reads its sizes from its own config section.
 
-A head may say which config key it serves with a class attribute ``HEAD_KIND`` (one of
-:data:`HEAD_KINDS`: ``"projector"`` for ``MODEL.PROJECTOR.NAME``, ``"motion decoder"`` for
+A head may say which config key it serves with a class attribute ``HEAD_KIND``
+(:data:`HEAD_KINDS`: ``"projector"`` for ``MODEL.PROJECTOR.NAME``, ``"motion decoder"`` for
 ``MODEL.MOTION_DECODER.NAME``, ``"classifier"`` for ``MODEL.CLASSIFIER.HEAD``); a key naming a head
 of another kind is then refused at start-up. A head without ``HEAD_KIND`` is taken on trust.
 """
 
-# The kinds of head, each with the config key that names one and a head of that kind fima ships.
+# The config keys that name a head: the kind of head each takes, and a head of that kind fima ships.
 HEAD_KINDS = {
-    "projector": ("MODEL.PROJECTOR.NAME", "ProjectionHead"),
-    "motion decoder": ("MODEL.MOTION_DECODER.NAME", "MotionDecoder"),
-    "classifier": ("MODEL.CLASSIFIER.HEAD", "LinearClassifier"),
+    "MODEL.PROJECTOR.NAME": ("projector", "ProjectionHead"),
+    "MODEL.MOTION_DECODER.NAME": ("motion decoder", "MotionDecoder"),
+    "MODEL.CLASSIFIER.HEAD": ("classifier", "LinearClassifier"),
 }
 
 
@@ -46,22 +46,16 @@ def build_head(name: str, cfg: CfgNode, in_channels: int) -> nn.Module:
     return HEAD_REGISTRY.get(name)(cfg, in_channels)
 
 
-def require_head(
-    key: str,
-    name: str,
-    kind: str | None = None,
-    methods: tuple[str, ...] = (),
-    interface: str = "",
-) -> None:
+def require_head(key: str, name: str, methods: tuple[str, ...] = (), interface: str = "") -> None:
     """Start-up check of a config key that names a head: a misspelt or unimported head, one that
-    declares another ``HEAD_KIND`` than ``kind`` (a projection head as the classifier), or one
+    declares another ``HEAD_KIND`` than ``key`` takes (a projection head as the classifier), or one
     of one's own without the methods its user calls besides ``forward``, is a one-line
     ``ConfigError`` naming ``key``, not a traceback from the model build or the first step.
 
     Args:
-        key: the config key, for the message (``MODEL.PROJECTOR.NAME``).
+        key: the config key (``MODEL.PROJECTOR.NAME``): the message names it, and a key of
+            :data:`HEAD_KINDS` takes heads of its kind.
         name: its value, the head's registered name.
-        kind: the kind of head ``key`` takes (a key of :data:`HEAD_KINDS`); None checks none.
         methods: what the caller calls on the head besides ``forward``.
         interface: what those methods must do, for the message.
 
@@ -76,10 +70,11 @@ def require_head(
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
     declared = getattr(head, "HEAD_KIND", None)
-    if kind is not None and declared is not None and declared != kind:
+    kind, example = HEAD_KINDS.get(key, (declared, ""))
+    if declared is not None and declared != kind:
         raise ConfigError(
             f"{key}: {name} is a {declared} head, not a {kind} head; name a {kind} head, "
-            f"e.g. {HEAD_KINDS[kind][1]}"
+            f"e.g. {example}"
         )
     missing = [method for method in methods if not callable(getattr(head, method, None))]
     if missing:

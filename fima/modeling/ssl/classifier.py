@@ -156,7 +156,7 @@ class VideoClassifier(SSLMethod):
 
         options = cfg.MODEL.CLASSIFIER
         require(options.MODE in MODES, "MODEL.CLASSIFIER.MODE", f"must be one of {MODES}")
-        require_head("MODEL.CLASSIFIER.HEAD", options.HEAD, "classifier")
+        require_head("MODEL.CLASSIFIER.HEAD", options.HEAD)
         require(0.0 <= options.DROPOUT < 1.0, "MODEL.CLASSIFIER.DROPOUT", "must be in [0, 1)")
         require(
             options.NUM_CLASSES == 0 or options.NUM_CLASSES >= 2,

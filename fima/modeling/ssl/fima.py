@@ -206,7 +206,7 @@ class FIMA(MoCo):
             "MODEL.MOTION_DECODER.DIM",
             f"must be a positive multiple of NUM_HEADS ({dec.NUM_HEADS}), got {dec.DIM}",
         )
-        require_head("MODEL.MOTION_DECODER.NAME", dec.NAME, "motion decoder")
+        require_head("MODEL.MOTION_DECODER.NAME", dec.NAME)
         require(dec.NUM_LAYERS >= 1, "MODEL.MOTION_DECODER.NUM_LAYERS", "must be >= 1")
         require(dec.FFN_DIM >= 1, "MODEL.MOTION_DECODER.FFN_DIM", "must be >= 1")
         require(0 <= dec.DROPOUT < 1, "MODEL.MOTION_DECODER.DROPOUT", "must be in [0, 1)")

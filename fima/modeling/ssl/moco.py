@@ -124,7 +124,6 @@ class MoCo(SSLMethod):
         require_head(
             "MODEL.PROJECTOR.NAME",
             cfg.MODEL.PROJECTOR.NAME,
-            "projector",
             methods=cls.PROJECTOR_METHODS,
             interface=f"{cls.__name__} calls on its projector {PROJECTOR_INTERFACE} "
             "(ProjectionHead is the example)",

@@ -708,20 +708,27 @@ def test_precise_bn_keeps_resume_exact(tmp_path) -> None:
         assert torch.equal(tensor, resumed.method.state_dict()[name]), name
 
 
+def scheduled_rates(cfg, max_iter: int, iters_per_epoch: int) -> list[float]:
+    """The learning rate of each of ``max_iter`` iterations under ``cfg``'s schedule (base 0.1)."""
+    optimizer = torch.optim.SGD(LinearModel().parameters(), lr=0.1)
+    scheduler = build_lr_scheduler(
+        cfg, optimizer, max_iter=max_iter, iters_per_epoch=iters_per_epoch
+    )
+    rates = []
+    for _ in range(max_iter):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
 def test_an_epoch_schedule_holds_the_rate_within_each_epoch() -> None:
     """SCHEDULE_UNIT epoch (the default, as in the reference): the cosine moves at epoch
     boundaries only; SCHEDULE_UNIT iter moves it every iteration."""
 
     def rates(unit: str) -> list[float]:
         cfg = tiny_cfg(**{"SOLVER.LR_SCHEDULER": "cosine", "SOLVER.SCHEDULE_UNIT": unit})
-        optimizer = torch.optim.SGD(LinearModel().parameters(), lr=0.1)
-        scheduler = build_lr_scheduler(cfg, optimizer, max_iter=12, iters_per_epoch=3)
-        seen = []
-        for _ in range(12):
-            seen.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return seen
+        return scheduled_rates(cfg, max_iter=12, iters_per_epoch=3)
 
     cosine = CosineParamScheduler(1.0, 0.0)
     expected = [0.1 * cosine(3 * (i // 3) / 12) for i in range(12)]
@@ -735,14 +742,7 @@ def test_steps_beyond_the_run_are_announced(caplog) -> None:
 
     def schedule(steps: tuple[int, ...]) -> list[float]:
         cfg = tiny_cfg(**{"SOLVER.LR_SCHEDULER": "step", "SOLVER.STEPS": steps})
-        optimizer = torch.optim.SGD(LinearModel().parameters(), lr=0.1)
-        scheduler = build_lr_scheduler(cfg, optimizer, max_iter=30, iters_per_epoch=3)
-        rates = []
-        for _ in range(30):
-            rates.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            scheduler.step()
-        return rates
+        return scheduled_rates(cfg, max_iter=30, iters_per_epoch=3)
 
     rates = schedule((4, 12, 24))
     assert rates[11] == pytest.approx(0.1) and rates[12] == pytest.approx(0.01)

@@ -27,16 +27,27 @@ def write_audio_only(path: str) -> str:
     with av.open(path, "w") as container:
         stream = container.add_stream("aac", rate=16000)
         stream.layout = "mono"
-        for i in range(8):
-            frame = av.AudioFrame.from_ndarray(
-                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        mux_silence(container, stream, frames=8, samples_per_frame=1024)
     return path
+
+
+def mux_silence(
+    container: av.container.OutputContainer,
+    stream: av.audio.stream.AudioStream,
+    frames: int,
+    samples_per_frame: int,
+) -> None:
+    """Encode ``frames`` frames of mono silence into the audio ``stream`` (at its rate) and mux
+    them, then flush the encoder."""
+    for i in range(frames):
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, samples_per_frame), np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate, frame.pts = stream.rate, i * samples_per_frame
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def write_faststart(source: str, path: str) -> str:

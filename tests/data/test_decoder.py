@@ -17,7 +17,7 @@ from fima.data import decoder
 from fima.data.decoder import DecodeError, decode_frames, plan_passes, probe_video
 from fima.data.transforms import short_side_size
 from tests.conftest import write_test_video
-from tests.data.layouts import write_bad
+from tests.data.layouts import mux_silence, write_bad
 
 
 def full_decode(path: str) -> np.ndarray:
@@ -301,15 +301,7 @@ def _write_with_audio(path: str, codec: str, audio: str, start: int, audio_secon
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
-        for i in range(int(audio_seconds * 50)):
-            samples = av.AudioFrame.from_ndarray(
-                np.zeros((1, 960), np.float32), format="fltp", layout="mono"
-            )
-            samples.sample_rate, samples.pts = 48000, i * 960
-            for packet in sound.encode(samples):
-                container.mux(packet)
-        for packet in sound.encode():
-            container.mux(packet)
+        mux_silence(container, sound, frames=int(audio_seconds * 50), samples_per_frame=960)
     return path
 
 

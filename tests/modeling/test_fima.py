@@ -223,6 +223,23 @@ def test_gradients_reach_query_side_from_each_loss(self_attention: bool) -> None
             assert all(p.grad is None for p in part.parameters())
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_gradients_keep_the_strides_of_their_parameters(channels_last: bool) -> None:
+    # DistributedDataParallel builds its buckets with each parameter's strides and warns, once
+    # per rank and step copying, when a gradient comes back with others: the projector's 1x1
+    # convolutions on channels-last maps gave their weights channels-last gradients.
+    cfg, model = _model(**{"MODEL.CHANNELS_LAST": channels_last})
+    torch.manual_seed(1)
+    sum(model(_batch(cfg)).values()).backward()
+    strides = {
+        name: (param.stride(), param.grad.stride())
+        for name, param in model.named_parameters()
+        if param.grad is not None
+    }
+    assert any(name.startswith("projector_q.") for name in strides)
+    assert {name: pair for name, pair in strides.items() if pair[0] != pair[1]} == {}
+
+
 @pytest.mark.parametrize("dense_queue", [0, 100])
 def test_queues_hold_exactly_the_last_keys(dense_queue: int) -> None:
     # 8 local keys per step into 20 slots and 64 dense keys into 100: both wrap unevenly.

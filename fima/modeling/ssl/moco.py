@@ -79,6 +79,11 @@ class MoCo(SSLMethod):
         self.projector_q = build_head(cfg.MODEL.PROJECTOR.NAME, cfg, self.encoder_q.out_channels)
         if cfg.MODEL.CHANNELS_LAST:
             self.encoder_q.to(memory_format=torch.channels_last_3d)
+        # A projector's 1x1 convolutions see channels-last maps (FIMA's decoder outputs, and the
+        # encoder's with CHANNELS_LAST), whose weight gradients come back with channels-last
+        # strides; weights of the same strides (the same memory, the kernels being 1x1) spare
+        # DistributedDataParallel a stride mismatch with its buckets, and its warning.
+        self.projector_q.to(memory_format=torch.channels_last)
         self.encoder_k = copy.deepcopy(self.encoder_q)
         self.projector_k = copy.deepcopy(self.projector_q)
         for param in (*self.encoder_k.parameters(), *self.projector_k.parameters()):

@@ -186,8 +186,14 @@ def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:
         [sys.executable, script, "--task", "train", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "--compare" in result.stdout
-    result = subprocess.run([sys.executable, script], capture_output=True, text=True)
-    assert result.returncode == 2 and "--task" in result.stdout
+    result = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(f"\n  {task} " in result.stdout for task in ("data", "motion", "train"))
+    result = subprocess.run(
+        [sys.executable, script, "--iters", "3"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and not result.stdout
+    assert "--task is required: one of data, motion, train" in result.stderr
 
 
 def test_onednn_primitives_are_summed_by_implementation_and_layout() -> None:

@@ -71,6 +71,15 @@ TRAIN_NET = next((path for path in _TRAIN_NETS if os.path.isfile(path)), _TRAIN_
 BENCHMARK_CONFIGS = str(configs_root() / "Benchmark")
 PROG = "benchmark.py --task motion"
 METRICS = ("linear_probe/top1", "retrieval/R@1", "retrieval/R@5")
+# What each evaluation's motion_sensitivity evaluator adds (configs/Benchmark/eval_motion.yaml):
+# what the appearance alone tells about the class, and how blind a feature is to the motion. They
+# say why an arm lands where it does, and whether the data keep the class out of the appearance,
+# as the benchmark needs, on any dataset it is run on.
+DIAGNOSTICS = ("motion_sensitivity/static_top1", "motion_sensitivity/frozen_similarity")
+# The static top-1 of these arms tests the data: a supervised arm learns what little a frame tells.
+DATA_CHECK_EXCLUDES = ("Supervised (labels)",)
+# Standard errors above chance at which the data check says the appearance tells the class.
+LEAK_STANDARD_ERRORS = 4.0
 METRIC_NAMES = {
     "linear_probe/top1": "linear probe top-1",
     "retrieval/R@1": "R@1",
@@ -116,6 +125,9 @@ class BenchmarkResult:
     cpu_sharing: str = ""
     # What the pretraining runs computed in (run_precision): "bfloat16 autocast", "float32".
     precision: str = ""
+    # The test split's classes and videos: chance, and the noise of a top-1 around it.
+    num_classes: int = 0
+    num_test_videos: int = 0
 
 
 def _slug(name: str) -> str:
@@ -412,13 +424,72 @@ def run_motion_benchmark(
             for name in (RANDOM, *(arm.name for arm in arms)):
                 with open(os.path.join(evaluations[name, seed], "results.json")) as f:
                     metrics = json.load(f)["metrics"]
-                result.metrics.setdefault(name, {})[seed] = {m: float(metrics[m]) for m in METRICS}
+                result.metrics.setdefault(name, {})[seed] = {
+                    m: float(metrics[m]) for m in METRICS + DIAGNOSTICS if m in metrics
+                }
+                result.num_test_videos = int(metrics["retrieval/num_queries"])
+        eval_cfg = _load_config(plan[-1][2][-1].config_file, opts)
+        result.num_classes = build_dataset(eval_cfg, eval_cfg.DATA.TEST_SPLIT).num_classes
         return result
 
 
-def _mean_std(values: list[float], signed: bool = False) -> str:
-    mean = f"{statistics.mean(values):{'+' if signed else ''}.1f}"
-    return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.1f}"
+def _mean_std(values: list[float], signed: bool = False, digits: int = 1) -> str:
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _has_diagnostics(result: BenchmarkResult) -> bool:
+    """Whether every evaluation reported :data:`DIAGNOSTICS` (not with TEST.EVALUATORS
+    overridden without ``motion_sensitivity``)."""
+    return bool(result.metrics) and all(
+        metric in values
+        for per_seed in result.metrics.values()
+        for values in per_seed.values()
+        for metric in DIAGNOSTICS
+    )
+
+
+def data_check(result: BenchmarkResult) -> list[str]:
+    """Markdown lines on whether the appearance alone tells the class: the static top-1 of the
+    label-free arms and the random init, against chance.
+
+    The benchmark needs data whose class is only in the motion; a static top-1 more than
+    :data:`LEAK_STANDARD_ERRORS` binomial standard errors above chance (at the test split's size)
+    says the data leak the class through the appearance, and any arm's linear probe may be
+    reading that instead of motion.
+
+    Args:
+        result: the benchmark's metrics, with :data:`DIAGNOSTICS`, ``num_classes`` and
+            ``num_test_videos``.
+
+    Returns:
+        The lines; none without the diagnostics or the class count.
+    """
+    if not _has_diagnostics(result) or result.num_classes < 2 or result.num_test_videos < 1:
+        return []
+    values = [
+        per_seed[seed]["motion_sensitivity/static_top1"]
+        for name, per_seed in result.metrics.items()
+        if name not in DATA_CHECK_EXCLUDES
+        for seed in per_seed
+    ]
+    chance = 1.0 / result.num_classes
+    error = 100.0 * (chance * (1.0 - chance) / result.num_test_videos) ** 0.5
+    limit = 100.0 * chance + LEAK_STANDARD_ERRORS * error
+    line = (
+        f"- Data check: the appearance alone (static top-1, label-free arms and random init, "
+        f"every seed) tells {min(values):.1f}-{max(values):.1f}%, chance {100.0 * chance:.1f}% "
+        f"(standard error {error:.1f} at {result.num_test_videos} test videos): "
+    )
+    if max(values) > limit:
+        line += (
+            f"**above {limit:.1f}, so the appearance tells part of the class**, and a linear "
+            "probe may be reading it instead of motion; the benchmark needs data whose class is "
+            "only in the motion"
+        )
+    else:
+        line += "the class is in the motion, not in the appearance"
+    return [line]
 
 
 def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str:
@@ -448,13 +519,30 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
         f"- Machine: {describe_cpu_model()}, {describe_cpus()}, torch {torch.__version__}",
         *([f"- Precision: {result.precision}"] if result.precision else []),
         "",
-        "| Method | Linear probe top-1 (%) | R@1 (%) | R@5 (%) | seeds |",
-        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    diagnosed = _has_diagnostics(result)
+    extra = " Static top-1 (%) | Frozen similarity |" if diagnosed else ""
+    lines += [
+        f"| Method | Linear probe top-1 (%) | R@1 (%) | R@5 (%) |{extra} seeds |",
+        "| --- |" + " ---: |" * (4 + 2 * diagnosed),
     ]
     for name, per_seed in result.metrics.items():
         seeds = sorted(per_seed)
         columns = [_mean_std([per_seed[s][m] for s in seeds]) for m in METRICS]
+        if diagnosed:
+            static, frozen = ([per_seed[s][m] for s in seeds] for m in DIAGNOSTICS)
+            columns += [_mean_std(static), _mean_std(frozen, digits=3)]
         lines.append(f"| {name} | {' | '.join(columns)} | {len(seeds)} |")
+    if diagnosed:
+        lines += [
+            "",
+            "- Static top-1: the linear probe fit and scored on clips whose every frame is the "
+            "middle one, what the appearance alone tells about the class. Frozen similarity: "
+            "the cosine similarity of a clip's feature and the feature of the same clip without "
+            "its motion (centred; 1 is blind to the motion). From the `motion_sensitivity` "
+            "evaluator (fima/evaluation/motion_sensitivity.py).",
+            *data_check(result),
+        ]
     lines += ["", "Per seed (linear probe top-1 / R@1):", ""]
     for name, per_seed in result.metrics.items():
         values = ", ".join(

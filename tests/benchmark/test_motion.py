@@ -14,13 +14,16 @@ import pytest
 from fima.benchmark.motion import (
     ARMS,
     BENCHMARK_CONFIGS,
+    DIAGNOSTICS,
     METRICS,
     RANDOM,
     Arm,
     BenchmarkResult,
     RunFailedError,
     cpu_sharing,
+    data_check,
     main,
+    markdown_table,
     paired_differences,
     run_motion_benchmark,
     run_precision,
@@ -43,7 +46,7 @@ TINY_RUN = [
     "MODEL.MOTION_DECODER.FFN_DIM", "16", "INPUT.NUM_FRAMES", "8", "INPUT.CROP_SIZE", "32",
     "DATA.NUM_WORKERS", "0",
     "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "3",
-    "TEST.NUM_CLIPS", "1", "TEST.IMS_PER_BATCH", "4",
+    "TEST.NUM_CLIPS", "2", "TEST.IMS_PER_BATCH", "4",
 ]  # fmt: skip
 TINY = TINY_RUN + [
     "DATA.SYNTHETIC.CLASSES", "('SlideHorizontal','SlideUp','Circle')",
@@ -53,13 +56,16 @@ TINY = TINY_RUN + [
 
 
 def assert_metrics_in_range(result, names: list[str]) -> None:
-    """Every name has every metric for seed 0, finite and in [0, 100]."""
+    """Every name has every metric and diagnostic for seed 0, finite and in range ([0, 100],
+    a cosine similarity in [-1, 1])."""
     assert sorted(result.metrics) == sorted(names)
     for name in names:
         values = result.metrics[name][0]
-        assert set(values) == set(METRICS)
+        assert set(values) == set(METRICS + DIAGNOSTICS)
         for metric, value in values.items():
-            assert math.isfinite(value) and 0.0 <= value <= 100.0, (name, metric, value)
+            low = -1.0 if metric.endswith("similarity") else 0.0
+            high = 1.0 if metric.endswith("similarity") else 100.0
+            assert math.isfinite(value) and low <= value <= high, (name, metric, value)
 
 
 @pytest.mark.slow
@@ -72,6 +78,9 @@ def test_tiny_motion_benchmark_reports_every_arm(tmp_path, capsys) -> None:
     for name in names:
         assert f"| {name} |" in table
     assert "tools/benchmark.py --task motion" in table
+    assert "| Static top-1 (%) | Frozen similarity | seeds |" in table
+    # 3 classes, 2 test videos each (TINY): chance and the test split's size are the data's.
+    assert "chance 33.3% (standard error 19.2 at 6 test videos)" in table
     assert "Paired by seed (linear probe top-1, first - second, points):" in table
     assert "Paired by seed (R@1, first - second, points):" in table
     assert table.count("- FIMA > MoCo > Random init: on ") == 2
@@ -292,6 +301,46 @@ def test_paired_differences_say_per_seed_which_method_is_ahead() -> None:
     assert not any("w/o local" in line for line in lines)
     # Seed 0 has MoCo below the random init: the claimed order holds on seeds 1 and 2 only.
     assert lines[-1] == "- FIMA > MoCo > Random init: on 2 of 3 seeds"
+
+
+def _diagnosed(static: dict[str, list[float]], num_classes: int = 5, videos: int = 500):
+    result = _result({name: [30.0] * len(values) for name, values in static.items()})
+    for name, values in static.items():
+        for seed, value in enumerate(values):
+            result.metrics[name][seed].update(
+                {DIAGNOSTICS[0]: value, DIAGNOSTICS[1]: 0.9 - 0.1 * seed}
+            )
+    result.num_classes, result.num_test_videos = num_classes, videos
+    return result
+
+
+def test_the_table_shows_the_diagnostics_when_every_evaluation_has_them() -> None:
+    result = _diagnosed({RANDOM: [21.0, 23.0], "MoCo": [22.0, 20.0]})
+    table = markdown_table(result, "python tools/benchmark.py --task motion", 60.0)
+    assert "| Method | Linear probe top-1 (%) | R@1 (%) | R@5 (%) | Static top-1 (%) |" in table
+    assert "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" in table
+    assert "| MoCo | 30.0 ± 0.0 | 0.0 ± 0.0 | 0.0 ± 0.0 | 21.0 ± 1.4 | 0.850 ± 0.071 | 2 |" in table
+    # An evaluation without them (TEST.EVALUATORS overridden): the columns are left out.
+    del result.metrics["MoCo"][1][DIAGNOSTICS[0]]
+    table = markdown_table(result, "python tools/benchmark.py --task motion", 60.0)
+    assert "Static top-1" not in table and "Data check" not in table
+    assert "| --- | ---: | ---: | ---: | ---: |\n" in table
+
+
+def test_the_data_check_says_when_the_appearance_tells_the_class() -> None:
+    # 5 classes, 500 test videos: chance 20%, standard error 1.8, so the limit is 27.2.
+    (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.0, 20.0]}))
+    assert "tells 20.0-27.0%, chance 20.0% (standard error 1.8 at 500 test videos)" in line
+    assert line.endswith("the class is in the motion, not in the appearance")
+    (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.5, 20.0]}))
+    assert "**above 27.2, so the appearance tells part of the class**" in line
+    # The supervised arm learns what a frame tells: it does not test the data.
+    clean = {RANDOM: [21.0], "MoCo": [22.0], "Supervised (labels)": [45.0]}
+    assert data_check(_diagnosed(clean))[0].endswith("not in the appearance")
+    # Fewer test videos, more noise: the same figure is within it.
+    (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.5, 20.0]}, videos=100))
+    assert line.endswith("not in the appearance")
+    assert data_check(_result({RANDOM: [21.0]})) == []
 
 
 def test_paired_differences_use_the_seeds_both_methods_have() -> None:

@@ -331,15 +331,15 @@ def test_the_data_check_says_when_the_appearance_tells_the_class() -> None:
     # 5 classes, 500 test videos: chance 20%, standard error 1.8, so the limit is 27.2.
     (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.0, 20.0]}))
     assert "tells 20.0-27.0%, chance 20.0% (standard error 1.8 at 500 test videos)" in line
-    assert line.endswith("the class is in the motion, not in the appearance")
+    assert line.endswith("no feature reads the class from the appearance")
     (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.5, 20.0]}))
     assert "**above 27.2, so the appearance tells part of the class**" in line
     # The supervised arm learns what a frame tells: it does not test the data.
     clean = {RANDOM: [21.0], "MoCo": [22.0], "Supervised (labels)": [45.0]}
-    assert data_check(_diagnosed(clean))[0].endswith("not in the appearance")
+    assert data_check(_diagnosed(clean))[0].endswith("from the appearance")
     # Fewer test videos, more noise: the same figure is within it.
     (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.5, 20.0]}, videos=100))
-    assert line.endswith("not in the appearance")
+    assert line.endswith("from the appearance")
     assert data_check(_result({RANDOM: [21.0]})) == []
 
 

@@ -24,6 +24,7 @@ it started lives, so that a second benchmark cannot train into the same folders.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -128,8 +129,8 @@ class BenchmarkResult:
     cpu_sharing: str = ""
     # What the pretraining runs computed in (run_precision): "bfloat16 autocast", "float32".
     precision: str = ""
-    # The test split's classes and videos: chance, and the noise of a top-1 around it.
-    num_classes: int = 0
+    # The test split's chance top-1 (chance_top1) and its size: the noise of a top-1 around it.
+    chance: float = 0.0
     num_test_videos: int = 0
 
 
@@ -432,8 +433,24 @@ def run_motion_benchmark(
                 }
                 result.num_test_videos = int(metrics["retrieval/num_queries"])
         eval_cfg = _load_config(plan[-1][2][-1].config_file, opts)
-        result.num_classes = build_dataset(eval_cfg, eval_cfg.DATA.TEST_SPLIT).num_classes
+        test_split = build_dataset(eval_cfg, eval_cfg.DATA.TEST_SPLIT)
+        result.chance = chance_top1([record.label for record in test_split])
         return result
+
+
+def chance_top1(labels: Sequence[int]) -> float:
+    """The top-1 that features without information about the class reach: the share of the
+    most frequent class among ``labels`` (``1 / classes`` on a balanced split), as a fraction.
+
+    Args:
+        labels: the test videos' labels.
+
+    Returns:
+        A fraction in ``(0, 1]``; 0 for no labels.
+    """
+    if not labels:
+        return 0.0
+    return max(collections.Counter(labels).values()) / len(labels)
 
 
 def _mean_std(values: list[float], signed: bool = False, digits: int = 1) -> str:
@@ -457,18 +474,19 @@ def data_check(result: BenchmarkResult) -> list[str]:
     label-free arms and the random init, against chance.
 
     The benchmark needs data whose class is only in the motion; a static top-1 more than
-    :data:`LEAK_STANDARD_ERRORS` binomial standard errors above chance (at the test split's size)
+    :data:`LEAK_STANDARD_ERRORS` binomial standard errors above chance (:func:`chance_top1`, at
+    the test split's size)
     says the data leak the class through the appearance, and any arm's linear probe may be
     reading that instead of motion.
 
     Args:
-        result: the benchmark's metrics, with :data:`DIAGNOSTICS`, ``num_classes`` and
+        result: the benchmark's metrics, with :data:`DIAGNOSTICS`, ``chance`` and
             ``num_test_videos``.
 
     Returns:
-        The lines; none without the diagnostics or the class count.
+        The lines; none without the diagnostics or the chance level.
     """
-    if not _has_diagnostics(result) or result.num_classes < 2 or result.num_test_videos < 1:
+    if not _has_diagnostics(result) or not 0 < result.chance < 1 or result.num_test_videos < 1:
         return []
     values = [
         per_seed[seed]["motion_sensitivity/static_top1"]
@@ -476,7 +494,7 @@ def data_check(result: BenchmarkResult) -> list[str]:
         if name not in DATA_CHECK_EXCLUDES
         for seed in per_seed
     ]
-    chance = 1.0 / result.num_classes
+    chance = result.chance
     error = 100.0 * (chance * (1.0 - chance) / result.num_test_videos) ** 0.5
     limit = 100.0 * chance + LEAK_STANDARD_ERRORS * error
     line = (

@@ -20,6 +20,7 @@ from fima.benchmark.motion import (
     Arm,
     BenchmarkResult,
     RunFailedError,
+    chance_top1,
     cpu_sharing,
     data_check,
     main,
@@ -310,7 +311,7 @@ def _diagnosed(static: dict[str, list[float]], num_classes: int = 5, videos: int
             result.metrics[name][seed].update(
                 {DIAGNOSTICS[0]: value, DIAGNOSTICS[1]: 0.9 - 0.1 * seed}
             )
-    result.num_classes, result.num_test_videos = num_classes, videos
+    result.chance, result.num_test_videos = 1 / num_classes, videos
     return result
 
 
@@ -341,6 +342,14 @@ def test_the_data_check_says_when_the_appearance_tells_the_class() -> None:
     (line,) = data_check(_diagnosed({RANDOM: [21.0, 23.0], "MoCo": [27.5, 20.0]}, videos=100))
     assert line.endswith("from the appearance")
     assert data_check(_result({RANDOM: [21.0]})) == []
+
+
+def test_chance_is_the_most_frequent_class_share() -> None:
+    # Features that tell nothing reach the majority class's share, not 1 / classes, on a test
+    # split of unequal classes: the data check must not call that a leak.
+    assert chance_top1([0, 1, 2, 3, 4] * 10) == pytest.approx(0.2)
+    assert chance_top1([0] * 6 + [1] * 2 + [2] * 2) == pytest.approx(0.6)
+    assert chance_top1([]) == 0.0
 
 
 def test_paired_differences_use_the_seeds_both_methods_have() -> None:

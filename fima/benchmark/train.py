@@ -685,6 +685,10 @@ def profile_step(variant: Variant, storage: EventStorage) -> str:
     """torch.profiler's operator tables of one step and, on a CPU, oneDNN's primitives of
     another step by implementation and memory layout (which kernels, in which formats).
 
+    The profiled step is followed by a plain one, and the header gives both times, so that a
+    reader sees what the profiler (recording every operator and its shapes) added, and a step
+    that a noisy machine slowed down.
+
     Args:
         variant: the variant; its trainer advances one or two iterations.
         storage: the run's event storage.
@@ -698,12 +702,14 @@ def profile_step(variant: Variant, storage: EventStorage) -> str:
     if variant.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities, record_shapes=True) as prof:
-        run_step(variant, storage)
+        profiled = run_step(variant, storage)[0]
+    plain = run_step(variant, storage)[0]
     sort = "self_device_time_total" if variant.device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
     by_shape = prof.key_averages(group_by_input_shape=True)
     text = (
-        f"-- {variant.name}: top operators\n{averages.table(sort_by=sort, row_limit=20)}\n"
+        f"-- {variant.name}: top operators of one profiled step ({profiled:.3f} s; the next "
+        f"step, unprofiled, {plain:.3f} s)\n{averages.table(sort_by=sort, row_limit=20)}\n"
         f"-- {variant.name}: top operators by input shape\n"
         f"{by_shape.table(sort_by=sort, row_limit=15)}"
     )

@@ -474,10 +474,9 @@ def data_check(result: BenchmarkResult) -> list[str]:
     label-free arms and the random init, against chance.
 
     The benchmark needs data whose class is only in the motion; a static top-1 more than
-    :data:`LEAK_STANDARD_ERRORS` binomial standard errors above chance (:func:`chance_top1`, at
-    the test split's size)
-    says the data leak the class through the appearance, and any arm's linear probe may be
-    reading that instead of motion.
+    :data:`LEAK_STANDARD_ERRORS` binomial standard errors (at the test split's size) above
+    chance (:func:`chance_top1`) says the data leak the class through the appearance, and any
+    arm's linear probe may be reading that instead of motion.
 
     Args:
         result: the benchmark's metrics, with :data:`DIAGNOSTICS`, ``chance`` and

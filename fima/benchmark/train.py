@@ -690,7 +690,7 @@ def profile_step(variant: Variant, storage: EventStorage) -> str:
     that a noisy machine slowed down.
 
     Args:
-        variant: the variant; its trainer advances one or two iterations.
+        variant: the variant; its trainer advances two iterations (three with oneDNN's table).
         storage: the run's event storage.
 
     Returns:

@@ -168,7 +168,7 @@ def test_the_profiled_step_runs_with_the_memory_a_training_process_keeps(
         ]
     )  # fmt: skip
     assert events == ["profile", "return freed memory"]
-    # The profiled step's time beside a plain step's: the profiler's overhead is in its table.
+    # The profiled step's time beside the next, plain step's: a slowed-down profile shows.
     assert re.search(
         r"top operators of one profiled step \(\d+\.\d{3} s; the next step, unprofiled, "
         r"\d+\.\d{3} s",

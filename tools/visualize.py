@@ -17,6 +17,7 @@ the backbone and the input (``INPUT.NUM_FRAMES``, ``SAMPLING_RATE``, ``CROP_SIZE
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -101,10 +102,37 @@ def find_videos(path: str) -> list[str]:
     )
 
 
-def output_name(video: str, root: str) -> str:
-    """The PNG name of a video: its path relative to ``--input`` with ``/`` as ``__``."""
+def output_name(video: str, root: str, keep_extension: bool = False) -> str:
+    """The PNG name of a video: its path relative to ``--input`` with ``/`` as ``__``, without
+    its extension unless ``keep_extension`` (``clip.avi.png``)."""
     relative = os.path.relpath(video, root) if os.path.isdir(root) else os.path.basename(video)
-    return os.path.splitext(relative)[0].replace(os.sep, "__") + ".png"
+    if not keep_extension:
+        relative = os.path.splitext(relative)[0]
+    return relative.replace(os.sep, "__") + ".png"
+
+
+def output_names(videos: list[str], root: str) -> list[str]:
+    """One PNG name per video, each different: videos that differ only in their extension
+    (``clip.avi``, ``clip.mp4``) keep it in their names.
+
+    Raises:
+        ValueError: two videos would still share a name (``a/b__c.avi`` and ``a__b/c.avi``).
+    """
+    names = [output_name(video, root) for video in videos]
+    counts = collections.Counter(names)
+    names = [
+        output_name(video, root, keep_extension=counts[name] > 1)
+        for video, name in zip(videos, names)
+    ]
+    first_video: dict[str, str] = {}
+    for video, name in zip(videos, names):
+        if name in first_video:
+            raise ValueError(
+                f"{first_video[name]} and {video} would both be drawn to {name}; rename one, "
+                "or draw them into separate --output folders"
+            )
+        first_video[name] = video
+    return names
 
 
 def output_problem(folder: str) -> str | None:
@@ -154,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     problem = output_problem(args.output)
     if problem is not None:
         usage_error(PROG, problem)
-    targets = [os.path.join(args.output, output_name(v, args.input)) for v in videos]
+    try:
+        targets = [os.path.join(args.output, name) for name in output_names(videos, args.input)]
+    except ValueError as err:
+        usage_error(PROG, str(err))
     existing = [t for t in targets if os.path.exists(t)]
     if existing and not args.overwrite:
         usage_error(

@@ -77,6 +77,28 @@ def test_single_checkpoints_and_compare_write_one_png_per_video(setup, tmp_path)
     assert visualize.main([*again, "--overwrite", "MODEL.WEIGHTS", weights["fima"]]) == 0
 
 
+def test_videos_that_differ_in_their_extension_get_pictures_of_their_own(tmp_path) -> None:
+    root = str(tmp_path)
+    videos = [os.path.join(root, n) for n in ("clip.avi", "clip.mp4", "other.mp4")]
+    videos.append(os.path.join(root, "sub", "clip.avi"))
+    names = visualize.output_names(videos, root)
+    assert names == ["clip.avi.png", "clip.mp4.png", "other.png", "sub__clip.png"]
+
+
+def test_videos_whose_pictures_would_collide_are_refused(setup, tmp_path, capsys) -> None:
+    config, weights, _ = setup
+    videos = tmp_path / "videos"
+    for name in ("a/b__c.mp4", "a__b/c.mp4"):
+        (videos / os.path.dirname(name)).mkdir(parents=True)
+        write_test_video(str(videos / name))
+    args = ["--config-file", config, "--input", str(videos), "--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        visualize.main([*args, "MODEL.WEIGHTS", weights["fima"]])
+    assert stop.value.code == 2
+    assert "would both be drawn to a__b__c.mp4.png" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_unreadable_videos_are_skipped_and_counted(setup, tmp_path) -> None:
     config, weights, _ = setup
     broken = tmp_path / "broken.mp4"

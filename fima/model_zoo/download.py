@@ -238,7 +238,7 @@ def download_verified(url: str, path: str, sha256: str, timeout: float | None = 
             actual,
             url,
         )
-        os.unlink(path)
+        _discard_cached(path, url)
     return _fetch(url, path, sha256, timeout)
 
 
@@ -281,8 +281,25 @@ def download_cached(
         logger.warning(
             "Cached %s is not usable (%s): deleting it and downloading %s again", path, problem, url
         )
-        os.unlink(path)
+        _discard_cached(path, url)
     return _fetch(url, path, None, timeout, check)
+
+
+def _discard_cached(path: str, url: str) -> None:
+    """Delete a cached file that is not ``url``'s content, so that it can be downloaded again.
+
+    Raises:
+        DownloadError: the cache does not let it be deleted (read-only, no permission).
+    """
+    try:
+        os.unlink(path)
+    except FileNotFoundError:  # another process replaced it meanwhile
+        pass
+    except OSError as err:
+        raise DownloadError(
+            f"Cannot replace the bad cached copy {path} of {url}: {err.strerror or err}; delete "
+            "it, or point FIMA_CACHE (the folder downloads are kept in) to a writable folder"
+        ) from err
 
 
 def _fetch(

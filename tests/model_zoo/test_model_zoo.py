@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import io
@@ -393,6 +394,27 @@ def test_cache_that_cannot_be_written_is_a_download_error(server, tmp_path, monk
     monkeypatch.setenv("FIMA_CACHE", str(blocker))
     with pytest.raises(model_zoo.DownloadError, match="Cannot write the download of .*FIMA_CACHE"):
         resolve_weights(f"{server.url}/weights/model.pth")
+
+
+def test_bad_cached_file_in_a_read_only_cache_is_a_download_error(
+    server, checkpoint, tmp_path, monkeypatch
+) -> None:
+    # os.unlink's OSError (EROFS) ended train_net.py and model_zoo.get in a traceback.
+    _, body = checkpoint
+    publish(server, body)
+    path = resolve_weights(f"fima://{FILE}")
+    Path(path).write_bytes(b"<html>not it</html>")
+
+    def read_only(name: str) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+
+    monkeypatch.setattr(download.os, "unlink", read_only)
+    with pytest.raises(
+        model_zoo.DownloadError, match="Cannot replace the bad cached copy .*FIMA_CACHE"
+    ):
+        resolve_weights(f"fima://{FILE}")
+    assert Path(path).read_bytes() == b"<html>not it</html>"
+    assert len(server.requests) == 1
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])

@@ -72,6 +72,30 @@ def test_a_root_of_other_files_is_refused_at_start_up(tmp_path) -> None:
     validate_cfg(tiny_cfg(**{"DATA.ROOT": str(tmp_path / "new")}))
 
 
+def test_a_cache_that_cannot_be_written_is_refused_at_start_up(tmp_path, monkeypatch) -> None:
+    # A read-only FIMA_CACHE ended the run in os.makedirs's OSError traceback.
+    blocker = tmp_path / "cache_file"
+    blocker.write_text("")
+    monkeypatch.setenv("FIMA_CACHE", str(blocker / "cache"))
+    with pytest.raises(ConfigError, match=r"generated into .* is a file; set FIMA_CACHE"):
+        validate_cfg(tiny_cfg())
+    read_only = str(tmp_path / "read_only")
+    os.mkdir(read_only)
+    monkeypatch.setenv("FIMA_CACHE", read_only)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: p != read_only and real_access(p, mode))
+    with pytest.raises(ConfigError, match=r"but .*read_only cannot be written; set FIMA_CACHE"):
+        validate_cfg(tiny_cfg())
+    with pytest.raises(ConfigError, match=r"cannot be written; set DATA.ROOT to a folder"):
+        validate_cfg(tiny_cfg(**{"DATA.ROOT": os.path.join(read_only, "mine")}))
+    # A complete dataset is read, never written: a read-only cache that holds it is fine.
+    monkeypatch.undo()
+    cfg = tiny_cfg(**{"DATA.ROOT": str(tmp_path / "done")})
+    build_dataset(cfg, "train")
+    monkeypatch.setattr(os, "access", lambda p, mode: False)
+    validate_cfg(cfg)
+
+
 def test_appearance_does_not_depend_on_the_class() -> None:
     cfg = tiny_cfg(**{"DATA.SYNTHETIC.NOISE": 0.0})
     videos = {

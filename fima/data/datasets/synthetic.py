@@ -397,6 +397,23 @@ def _require_usable_root(root: str, settings: dict) -> None:
         )
 
 
+def _generation_problem(root: str) -> str | None:
+    """Why the dataset cannot be generated into ``root``, or None: it is complete there, or the
+    nearest existing folder above it can be written (not read-only, not another user's)."""
+    if os.path.isfile(os.path.join(root, "settings.json")):
+        return None
+    existing = os.path.dirname(root)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    reason = "cannot be written" if os.path.isdir(existing) else "is a file"
+    return (
+        f"the SyntheticMotion dataset is generated into {root} on first use, but {existing} "
+        f"{reason}"
+    )
+
+
 def _require_same_settings(done_marker: str, settings: dict) -> None:
     """Fail if the dataset at ``done_marker``'s folder was generated with other settings (a
     ``DATA.ROOT`` reused with other ``DATA.SYNTHETIC`` values), rather than read other videos."""
@@ -465,11 +482,16 @@ class SyntheticMotion(VideoDataset):
             raise ConfigError(str(err)) from None
         # A DATA.ROOT that holds another dataset is refused here, before the run writes
         # anything, rather than from inside the data loader's construction.
+        root = synthetic_root(cfg)
         if cfg.DATA.ROOT:
             try:
-                _require_usable_root(synthetic_root(cfg), settings)
+                _require_usable_root(root, settings)
             except FileExistsError as err:
                 raise ConfigError(f"DATA.ROOT: {err}") from None
+        problem = _generation_problem(root)
+        if problem is not None:
+            where = "DATA.ROOT" if cfg.DATA.ROOT else "FIMA_CACHE (the folder fima caches in)"
+            raise ConfigError(f"{problem}; set {where} to a folder you can write")
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = synthetic_root(cfg)

@@ -158,6 +158,23 @@ def _from_payload(payload: dict) -> VideoOutputs:
     )
 
 
+def _read_cached_features(path: str) -> VideoOutputs | None:
+    """The features cached in ``path``, or None when there are none or they cannot be read (a
+    file cut short by a full disk, or damaged): those are computed again and replace it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return _from_payload(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # torch.load's errors for a damaged file are of many kinds
+        logger.warning(
+            "Cannot read the cached features %s (%s: %s): computing them again",
+            path,
+            type(err).__name__,
+            err,
+        )
+        return None
+
+
 class RetrievalEvaluator:
     """R@k of test videos querying training videos with ``model.extract_features`` (all ranks).
 
@@ -188,15 +205,13 @@ class RetrievalEvaluator:
         if self.cache:
             key = feature_cache_key(self.cfg, model, split)
             path = os.path.join(self.cache_dir, f"{split}-{key}.pt")
-            # Rank 0 decides and shares, so ranks without the output dir agree with it.
-            if comm.broadcast_object(os.path.isfile(path) if comm.is_main_process() else None):
-                payload = comm.broadcast_object(
-                    torch.load(path, map_location="cpu", weights_only=True)
-                    if comm.is_main_process()
-                    else None
-                )
+            # Rank 0 reads and shares, so ranks without the output dir agree with it.
+            cached = comm.broadcast_object(
+                _read_cached_features(path) if comm.is_main_process() else None
+            )
+            if cached is not None:
                 logger.info("Retrieval features of the %s split read from %s", split, path)
-                return _from_payload(payload)
+                return cached
         if split not in self._loaders:
             self._loaders[split] = build_test_loader(self.cfg, split)
         videos = infer_videos(

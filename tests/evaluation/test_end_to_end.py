@@ -124,3 +124,12 @@ def test_pretrain_then_linear_probe_retrieval_and_eval_only(tmp_path) -> None:
         assert -1.0 <= sensitivity["motion_sensitivity/frozen_similarity"] <= 1.0
         assert sensitivity["motion_sensitivity/num_videos"] == 3
         assert (retrieval / "inference" / "motion_sensitivity.json").is_file()
+        if not init:
+            # A cache file cut short (a full disk, a copy) is computed again and replaced,
+            # with a warning that names it; it stopped every later evaluation.
+            damaged = retrieval / "features" / cached[0]
+            damaged.write_bytes(damaged.read_bytes()[:500])
+            assert train_net(*args)["retrieval/R@1"] == first["retrieval/R@1"]
+            log = (retrieval / "log.txt").read_text()
+            assert f"Cannot read the cached features {damaged}" in log
+            assert torch.load(damaged, weights_only=True)["features"].shape[0] == 3  # test videos

@@ -159,7 +159,13 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
-        raise CheckpointReadError(f"Cannot read checkpoint {path}: {err.strerror or err}") from err
+        # torch.load raises EINVAL for some files cut short (where a record's data would be).
+        reason = (
+            "it is truncated or corrupt (torch.load: Invalid argument); copy it again"
+            if err.errno == errno.EINVAL
+            else err.strerror or str(err)
+        )
+        raise CheckpointReadError(f"Cannot read checkpoint {path}: {reason}") from err
     except Exception as err:
         raise CheckpointReadError(
             f"Cannot read checkpoint {path}: {_unreadable_reason(err)}"

@@ -3,6 +3,7 @@ files that cannot be read named with a one-line reason."""
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import pytest
@@ -150,6 +151,7 @@ def test_features_of_a_classifier_of_another_dataset_are_evaluated_with_its_back
         (b"hello, I am a text file\n", "not a file written by torch.save"),
         (b"", "empty or ends early"),
         ("truncated", "truncated or corrupt"),
+        ("truncated where torch.load says Invalid argument", "truncated or corrupt"),
         ("directory", "it is a directory"),
         ([1, 2, 3], "holds a list, not a checkpoint dict"),
     ],
@@ -159,6 +161,20 @@ def test_unreadable_weights_are_named_with_a_reason(tmp_path, content, reason) -
     if content == "truncated":
         torch.save({"model": _model().state_dict()}, path)
         path.write_bytes(path.read_bytes()[:1000])
+    elif isinstance(content, str) and content.startswith("truncated where"):
+        torch.save({"model": _model().state_dict()}, path)
+        whole = path.read_bytes()
+        for cut in range(1000, len(whole), 997):  # torch raises OSError(EINVAL) for some cuts
+            path.write_bytes(whole[:cut])
+            try:
+                torch.load(path, weights_only=True)
+            except OSError as err:
+                assert err.errno == errno.EINVAL
+                break
+            except RuntimeError:
+                pass
+        else:
+            pytest.fail("no cut of the file made torch.load raise OSError")
     elif content == "directory":
         path.mkdir()
     elif isinstance(content, bytes):

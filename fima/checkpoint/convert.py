@@ -290,6 +290,19 @@ def _check_against(
     return out
 
 
+def _source_hint(checkpoint: Mapping[str, Any], source: str) -> str:
+    """What to try when nothing of ``checkpoint`` fits as read for ``source``."""
+    if source not in REFERENCE_SOURCES and reference_state(checkpoint) is not None:
+        return (
+            "it is in the reference code's layout ({'state_dict': ...}): convert it with --from "
+            + " / ".join(REFERENCE_SOURCES)
+        )
+    return (
+        f"check --from (one of {', '.join(SOURCES)}), and give --config-file with the config "
+        "whose MODEL.BACKBONE the checkpoint holds"
+    )
+
+
 def convert_checkpoint(
     checkpoint: Mapping[str, Any],
     source: str,
@@ -330,6 +343,13 @@ def convert_checkpoint(
     renamed = {_rename(k, source): (k, v) for k, v in backbone_state.items()}
     prefix = "backbone." if target == "classifier" else ""
     out = _check_against(backbone, renamed, prefix, report)
+    if not report.mapped:
+        # Written with --allow-lossy, it would hold nothing but BatchNorm counters.
+        raise ValueError(
+            f"None of the {source} checkpoint's {len(renamed)} backbone tensors fits "
+            f"{cfg.MODEL.BACKBONE.NAME} (its keys: {', '.join(sorted(backbone_state)[:3])}, ...); "
+            + _source_hint(checkpoint, source)
+        )
     head_keys = {f"head.{k}": (k, v) for k, v in head_state.items()}
     if target == "backbone":
         for key in head_state:

@@ -190,6 +190,30 @@ def test_missing_or_misshapen_backbone_keys_are_refused(tmp_path, i3d_state, cap
     assert "mixed_4c.b2b.conv.weight" not in written and "conv_1a.conv.weight" in written
 
 
+def test_a_checkpoint_read_as_the_wrong_source_is_refused_with_the_right_one(
+    tmp_path, i3d_state, capsys
+) -> None:
+    # A reference checkpoint read --from fima mapped nothing: a 600-line report without a
+    # hint, and with --allow-lossy a file of BatchNorm counters alone.
+    checkpoint = reference_pretraining(i3d_state)
+    output = tmp_path / "out.pth"
+    args = ("--from", "fima", "--to", "backbone", "--output", str(output))
+    for extra in ((), ("--allow-lossy",)):
+        assert run_tool(tmp_path, checkpoint, *args, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "None of the fima checkpoint's" in err
+        assert (
+            "reference code's layout ({'state_dict': ...}): convert it with --from fima-reference"
+            in err
+        )
+        assert not output.exists()
+    fima_state = {"model": {f"backbone.{k}": v for k, v in R3D18().state_dict().items()}}
+    with pytest.raises(ValueError, match=r"fits I3D .*; check --from \(one of fima-reference"):
+        convert_checkpoint(
+            fima_state, "fima", "backbone", tiny_cfg(**{"MODEL.BACKBONE.NAME": "I3D"})
+        )
+
+
 def test_unknown_backbone_keys_are_refused(i3d_state) -> None:
     checkpoint = reference_finetuned(i3d_state)
     checkpoint["state_dict"]["module.mixed_6a.branch_0.conv3d.weight"] = torch.zeros(1)

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fima.checkpoint import atomic_write
 from fima.config import CfgNode, get_cfg
 from fima.config.validation import require, validate_cfg_without_data
 from fima.engine.defaults import (
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     parser.add_argument("--output-json", default="", metavar="FILE", help="write results here")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output-json file"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of A")
     return parser
 
@@ -763,14 +767,14 @@ def split_compare(argv: list[str]) -> tuple[list[str], list[str] | None]:
         A's arguments, and B's config and overrides (None without ``--compare``).
 
     Raises:
-        SystemExit: ``--compare`` without a config file.
+        ValueError: ``--compare`` without a config file.
     """
     if "--compare" not in argv:
         return argv, None
     index = argv.index("--compare")
     rest = argv[index + 1 :]
     if not rest:
-        raise SystemExit("--compare needs a config file, then optional KEY VALUE overrides")
+        raise ValueError("--compare needs a config file, then optional KEY VALUE overrides")
     return argv[:index], rest
 
 
@@ -814,12 +818,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     Returns:
         The results, as written to JSON.
     """
-    argv_a, argv_b = split_compare(argv)
     parser = build_parser()
+    try:
+        argv_a, argv_b = split_compare(argv)
+    except ValueError as err:
+        parser.error(str(err))
     args = parser.parse_args(argv_a)
     folder = os.path.dirname(os.path.abspath(args.output_json)) if args.output_json else ""
     if folder and not os.path.isdir(folder):
         parser.error(f"--output-json: folder {folder} does not exist")
+    if args.output_json and os.path.exists(args.output_json) and not args.overwrite:
+        parser.error(f"--output-json: {args.output_json} exists; pass --overwrite to replace it")
     setup_logger(name="fima")
     specs: list[tuple[str, str, list[str]]] = [("A", args.config_file, list(args.opts))]
     if argv_b is not None:
@@ -955,8 +964,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for text in profiles:
         print(text)
     if args.output_json:
-        with open(args.output_json, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write(args.output_json, lambda f: json.dump(results, f, indent=2), mode="w")
     return results
 
 

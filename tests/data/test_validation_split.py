@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import pytest
@@ -38,6 +39,16 @@ def test_groups_never_straddle_and_every_class_is_held_out() -> None:
         per_class[record.label].add(record.group)
     assert all(len(per_class[label]) == 2 for label in range(3))  # round(0.3 * 7) groups each
     assert val.class_names == full.class_names
+
+
+def test_the_carve_is_logged_once(caplog) -> None:
+    # It was logged at every build of either part: 8 times in one fine-tuning run.
+    cfg = tiny_cfg(**{"DATA.VALIDATION.FRACTION": 0.25, "DATA.VALIDATION.SEED": 11})
+    full = _ucf_like(groups_per_class=5)
+    with caplog.at_level(logging.INFO, logger="fima"):
+        for split in ("val", "train", "val", "train"):
+            carve_validation_split(cfg, split, full)
+    assert sum("Validation split carved" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_the_draw_is_seeded() -> None:

@@ -85,6 +85,9 @@ def held_out_groups(groups: list[str], labels: list[int], fraction: float, seed:
     return held
 
 
+_announced_carves: set[tuple] = set()
+
+
 def carve_validation_split(cfg: CfgNode, split: str, train: VideoDataset) -> VideoDataset:
     """The ``"val"`` part (``split == "val"``) or the remaining training part of ``train``.
 
@@ -101,16 +104,20 @@ def carve_validation_split(cfg: CfgNode, split: str, train: VideoDataset) -> Vid
     )
     want_val = split == VALIDATION_SPLIT
     records = [r for r, g in zip(train.records, groups) if (g in held) == want_val]
-    logger.info(
-        "Validation split carved from %s/%s by group: %d groups, %d videos held out as %r; "
-        "%d videos remain for training",
-        train.name,
-        train.split,
-        len(held),
-        len(train) - sum(g not in held for g in groups),
-        VALIDATION_SPLIT,
-        sum(g not in held for g in groups),
-    )
+    remaining = sum(g not in held for g in groups)
+    carve = (train.name, train.root, train.split, len(train), len(held), remaining)
+    if carve not in _announced_carves:  # said once, not at every build of either part
+        _announced_carves.add(carve)
+        logger.info(
+            "Validation split carved from %s/%s by group: %d groups, %d videos held out as %r; "
+            "%d videos remain for training",
+            train.name,
+            train.split,
+            len(held),
+            len(train) - remaining,
+            VALIDATION_SPLIT,
+            remaining,
+        )
     return VideoDataset(
         records,
         train.class_names,

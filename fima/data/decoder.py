@@ -71,13 +71,19 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(rate)
 
 
+def _reason(err: Exception) -> str:
+    """FFmpeg's or the OS's words for ``err``, without its errno (FFmpeg's are tags such as
+    1094995529) or the path, which the caller records beside the reason."""
+    return getattr(err, "strerror", None) or str(err)
+
+
 def _open(path: str) -> av.container.InputContainer:
     try:
         container = av.open(path, metadata_errors="ignore")
     except FileNotFoundError:
         raise DecodeError("file not found") from None
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise DecodeError(f"cannot open: {err}") from None
+        raise DecodeError(f"cannot open: {_reason(err)}") from None
     if not container.streams.video:
         container.close()
         raise DecodeError("no video stream")
@@ -406,7 +412,7 @@ def decode_frames(
                     tail = reached
         except (av.FFmpegError, OSError) as err:
             if tail is None:
-                raise DecodeError(f"decoding failed: {err}") from None
+                raise DecodeError(f"decoding failed: {_reason(err)}") from None
             logger.debug("%s: decoding stopped early (%s); clamping to decoded frames", path, err)
         if tail is None:
             raise DecodeError("no frame could be decoded")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 from typing import NoReturn
 
 import torch
@@ -79,6 +80,7 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR)
     # With --resume, OUTPUT_DIR's newest checkpoint, loaded as it is found (read once).
     checkpoint = checkpointer.load_newest(evaluation=True) if args.resume else None
+    source = ""  # the URL or model-zoo name that checkpoint was downloaded from
     if checkpoint is None:
         try:
             checkpoint = resolve_weights(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else ""
@@ -96,14 +98,16 @@ def evaluate(cfg: CfgNode, args: argparse.Namespace) -> dict[str, float]:
                 "(configs/Retrieval, TEST.EVALUATORS)"
             )
         checkpointer.load(checkpoint, checkpointables=[], evaluation=True)
+        if checkpoint and checkpoint != os.path.expanduser(cfg.MODEL.WEIGHTS):
+            source = cfg.MODEL.WEIGHTS  # resolve_weights downloaded it
     # The evaluation starts: its config replaces the one in OUTPUT_DIR (kept aside).
     save_config(cfg)
     results = DefaultTrainer.test(cfg, model, evaluator)
     if comm.is_main_process():
-        path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint)
+        path = write_results(cfg.OUTPUT_DIR, results, args.config_file, checkpoint, source)
         logger.info(
             "Evaluation of %s:\n%s\nWritten to %s",
-            checkpoint or "a randomly initialised model",
+            f"{source} ({checkpoint})" if source else checkpoint or "a randomly initialised model",
             summary_table(results),
             path,
         )

@@ -86,9 +86,14 @@ def summary_table(metrics: Mapping[str, float]) -> str:
 
 
 def write_results(
-    output_dir: str, metrics: Mapping[str, float], config_file: str, checkpoint: str
+    output_dir: str,
+    metrics: Mapping[str, float],
+    config_file: str,
+    checkpoint: str,
+    checkpoint_source: str = "",
 ) -> str:
-    """Write ``results.json``: config path, checkpoint path and sha256, metrics, timestamp.
+    """Write ``results.json``: config path, checkpoint path and sha256 (and the URL or model-zoo
+    name it was downloaded from), metrics, timestamp.
 
     A ``results.json`` already there (another checkpoint's evaluation) is kept as
     ``results.<its time>.json`` (:func:`fima.utils.files.set_aside`).
@@ -98,6 +103,8 @@ def write_results(
         metrics: the flat evaluation results.
         config_file: the config file the run was given ("" if none).
         checkpoint: the weights evaluated ("" for a randomly initialised model).
+        checkpoint_source: the ``MODEL.WEIGHTS`` that ``checkpoint`` was downloaded from (a URL
+            or ``fima://`` name), recorded as ``checkpoint_source``; "" for a local file.
 
     Returns:
         The path written.
@@ -108,6 +115,7 @@ def write_results(
         "config_file": os.path.abspath(config_file) if config_file else "",
         "checkpoint": os.path.abspath(checkpoint) if checkpoint else "",
         "checkpoint_sha256": sha256_of(checkpoint) if checkpoint else None,
+        **({"checkpoint_source": checkpoint_source} if checkpoint_source else {}),
         "metrics": dict(sorted(metrics.items())),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import http.server
 import io
+import json
 import os
 import socket
 import struct
@@ -509,3 +510,24 @@ def test_what_a_killed_download_left_is_removed_but_not_a_live_download(
         live.wait()
     assert sorted(gone) == sorted(str(target.parent / name) for name in removed)
     assert sorted(p.name for p in target.parent.iterdir()) == sorted([*kept, target.name])
+
+
+def test_eval_only_records_the_url_its_weights_came_from(server, tmp_path) -> None:
+    # results.json named the cache file alone, which says nothing of where it came from.
+    from fima.engine.defaults import get_user_cfg
+    from tests.evaluation.helpers import TINY_OPTS
+    from tests.evaluation.test_end_to_end import config, train_net
+
+    retrieval = config("Retrieval", "tiny3d_synthetic.yaml")
+    state = build_model(get_user_cfg(retrieval, TINY_OPTS, [])).state_dict()
+    server.files["weights/model.pth"] = saved({"model": state})
+    url = f"{server.url}/weights/model.pth"
+    out = tmp_path / "eval"
+    args = ["--config-file", retrieval, "--eval-only", "OUTPUT_DIR", str(out), *TINY_OPTS]
+    train_net(*args, "MODEL.WEIGHTS", url)
+    record = json.loads((out / "results.json").read_text())
+    assert record["checkpoint_source"] == url
+    assert record["checkpoint"] == zoo_module.url_cache_path(url)
+    # A local file is its own source.
+    train_net(*args, "MODEL.WEIGHTS", record["checkpoint"])
+    assert "checkpoint_source" not in json.loads((out / "results.json").read_text())

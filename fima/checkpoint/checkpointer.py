@@ -557,8 +557,8 @@ class Checkpointer(_FvcoreCheckpointer):
 
         Raises:
             CheckpointMismatchError: the newest readable checkpoint does not fit the model.
-            RuntimeError: checkpoints exist but none can be read, or a rank cannot read the
-                file rank 0 chose (``OUTPUT_DIR`` must be shared by all machines).
+            CheckpointReadError: checkpoints exist but none can be read, or a rank cannot read
+                the file rank 0 chose (``OUTPUT_DIR`` must be shared by all machines).
         """
         checkpoint: dict[str, Any] | None = None
         path = error = None
@@ -567,7 +567,7 @@ class Checkpointer(_FvcoreCheckpointer):
             checkpoint, path, error = self._newest_readable()
         path, error = comm.broadcast_object((path, error))
         if error is not None:
-            raise RuntimeError(error)
+            raise CheckpointReadError(error)
         if path is None:
             return None
         if checkpoint is None:
@@ -577,7 +577,7 @@ class Checkpointer(_FvcoreCheckpointer):
                 error = f"rank {comm.get_rank()} cannot read {path} ({err})"
         errors = [e for e in comm.all_gather_object(error) if e]
         if errors:
-            raise RuntimeError(
+            raise CheckpointReadError(
                 "; ".join(errors) + ". Every rank resumes from the checkpoint that rank 0 "
                 "chose: OUTPUT_DIR must be on a file system that all machines share."
             )

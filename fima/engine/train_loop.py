@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fima.config.validation import ConfigError
 from fima.utils import comm
 from fima.utils.events import EventStorage, get_event_storage
 
@@ -454,11 +455,11 @@ class SimpleTrainer(TrainerBase):
             state: a trainer state from a checkpoint (:meth:`state_dict`).
 
         Raises:
-            ValueError: the checkpoint was trained with another optimizer type.
+            ConfigError: the checkpoint was trained with another optimizer type.
         """
         saved_type = state.get("optimizer_type", type(self.optimizer).__name__)
         if saved_type != type(self.optimizer).__name__:
-            raise ValueError(
+            raise ConfigError(
                 f"The checkpoint was trained with {saved_type} and this run builds "
                 f"{type(self.optimizer).__name__} (SOLVER.OPTIMIZER): resume with {saved_type}, "
                 "or start a new run (another OUTPUT_DIR) from its weights with MODEL.WEIGHTS"

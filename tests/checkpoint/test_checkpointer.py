@@ -117,7 +117,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path) -> None:
     assert checkpointer.resume() is None  # nothing there: start from scratch
     checkpointer.save("model_0000001", iteration=1)
     (tmp_path / "model_0000001.pth").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="None of the checkpoints"):
+    with pytest.raises(CheckpointReadError, match="None of the checkpoints"):
         checkpointer.resume()
     with pytest.raises(CheckpointReadError, match="None of the checkpoints"):
         checkpointer.load_newest()

@@ -240,6 +240,7 @@ def get_user_cfg(
             add_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts or []))
+    cfg.OUTPUT_DIR = os.path.expanduser(cfg.OUTPUT_DIR)
     return cfg
 
 
@@ -429,7 +430,8 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
 
     A negative ``SEED`` is replaced by a drawn seed shared by all ranks, so that
     ``OUTPUT_DIR/config.yaml`` records the seed that was actually used; an ``--eval-only``
-    run (``args.eval_only``) saves it later, once its weights are loaded (:func:`save_config`).
+    run (``args.eval_only``) saves it later, once its weights are loaded (:func:`save_config`),
+    and a resumed one (``args.resume``) in :meth:`DefaultTrainer.resume_or_load`.
     An earlier run's evaluation reports (``OUTPUT_DIR/inference``) are kept as
     ``inference.<time>`` when this run writes its first one, unless this run resumes the
     training run that wrote them (:func:`fima.evaluation.results.reports_dir`).
@@ -441,10 +443,11 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
         FileExistsError: OUTPUT_DIR holds another run's checkpoints and ``--resume`` was not
             given (starting over would overwrite them).
     """
-    output_dir = cfg.OUTPUT_DIR
     rank = comm.get_rank()
     if cfg.is_frozen():
         cfg.defrost()
+    # As DATA.ROOT and MODEL.WEIGHTS are: "~/runs/x" made a folder named "~" in the cwd.
+    cfg.OUTPUT_DIR = output_dir = os.path.expanduser(cfg.OUTPUT_DIR)
     cfg.SEED = shared_seed(cfg.SEED)
     # Nothing is written before the config is known to be valid (an empty OUTPUT_DIR is one of
     # its errors). What the checks log goes to the console now and into log.txt once it exists.
@@ -494,9 +497,10 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     eval_only = args is not None and args.eval_only
     resumed = args is not None and args.resume
     begin_reports(output_dir, "evaluation" if eval_only else "training", resumed)
-    # An --eval-only run's config is saved once its weights are loaded (save_config), so that
-    # one that cannot start leaves the config.yaml of the run it evaluates in place.
-    if not eval_only:
+    # An --eval-only run's config is saved once its weights are loaded (save_config), and a
+    # resumed run's once its checkpoint is (DefaultTrainer.resume_or_load), so that one that
+    # cannot start leaves the config.yaml of the run it evaluates or resumes in place.
+    if not eval_only and not resumed:
         save_config(cfg)
     seed_all_rng(cfg.SEED + rank)
     cfg.freeze()
@@ -678,6 +682,7 @@ class DefaultTrainer(SimpleTrainer):
             fima.model_zoo.DownloadError: it cannot be downloaded.
         """
         if resume and self.checkpointer.resume() is not None:
+            save_config(self.cfg)  # default_setup leaves it to here, for a resume that fails
             self.start_iter = self.iter + 1
             # Resumed from a finished run's final checkpoint, which a larger MAX_ITER continues:
             # the writers keep the records it made after training, and the checkpointer keeps
@@ -693,6 +698,7 @@ class DefaultTrainer(SimpleTrainer):
                 )
             return
         if resume:
+            save_config(self.cfg)
             # Not an error: a job restarted after preemption passes --resume from its first
             # start. But a mistyped OUTPUT_DIR would silently start over, so it is said.
             start = (

@@ -54,8 +54,13 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch=last_iter)
 
     def state_dict(self) -> dict:
-        # The multiplier is rebuilt from the config; only the position matters.
-        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+        # The multiplier is rebuilt from the config; only the position matters (and the length,
+        # to say when a resumed run changes it).
+        return {
+            "base_lrs": self.base_lrs,
+            "last_epoch": self.last_epoch,
+            "max_iter": self._max_iter,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue at the saved position on the schedule that the config now describes.
@@ -72,7 +77,22 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
                 self.base_lrs,
                 saved,
             )
+        saved_max_iter = state_dict.get("max_iter", self._max_iter)  # absent before 2026-12-05
         self.last_epoch = state_dict["last_epoch"]
+        if saved_max_iter != self._max_iter:
+            was = self._max_iter
+            self._max_iter = saved_max_iter
+            before = self.get_lr()
+            self._max_iter = was
+            logger.warning(
+                "Resuming with a schedule over %d iterations instead of the checkpoint's %d "
+                "(SOLVER.MAX_ITER / MAX_EPOCHS changed): the learning rate of the next step is "
+                "%s instead of %s",
+                self._max_iter,
+                saved_max_iter,
+                _format_rates(self.get_lr()),
+                _format_rates(before),
+            )
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
@@ -81,6 +101,10 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         step = (self.last_epoch // self._unit) * self._unit
         factor = self._multiplier(min(step / self._max_iter, 1.0 - 1e-9))
         return [base * factor for base in self.base_lrs]
+
+
+def _format_rates(rates: list[float]) -> str:
+    return ", ".join(f"{rate:.4g}" for rate in sorted(set(rates)))
 
 
 def build_lr_scheduler(

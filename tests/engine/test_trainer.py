@@ -182,6 +182,17 @@ def test_a_run_started_again_after_stopping_before_its_first_checkpoint_logs_onc
     assert len(list(tmp_path.glob("metrics.*.json"))) == 1
 
 
+def test_an_output_dir_under_home_is_expanded(tmp_path, monkeypatch) -> None:
+    # "~/runs/x" made a folder named "~" in the working directory.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cfg = default_setup(tiny_cfg("~/runs/x"), argparse.Namespace(resume=False, eval_only=False))
+    output_dir = tmp_path / "home" / "runs" / "x"
+    assert str(output_dir) == cfg.OUTPUT_DIR
+    assert (output_dir / "config.yaml").is_file()
+    assert not (tmp_path / "~").exists()
+
+
 def test_a_new_run_refuses_checkpoints_even_without_their_pointer(tmp_path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -366,7 +377,7 @@ def test_configs_replaced_within_one_second_are_all_kept(tmp_path) -> None:
     stamp = 1_796_000_000
     for seed in (1, 2, 3):
         default_setup(
-            tiny_cfg(str(out), SEED=seed), argparse.Namespace(resume=True, eval_only=False)
+            tiny_cfg(str(out), SEED=seed), argparse.Namespace(resume=False, eval_only=False)
         )
         os.utime(out / "config.yaml", (stamp, stamp))
     kept = [path.read_text() for path in out.glob("config.*.yaml")]
@@ -492,6 +503,10 @@ def test_resumed_schedule_follows_the_config_from_the_first_step(caplog) -> None
         assert resumed_optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
         assert resumed.get_last_lr() == [resumed_optimizer.param_groups[0]["lr"]]
     assert "config's base learning rates [0.5] instead of the checkpoint's [0.05]" in caplog.text
+    # The length is said too, with the rate it changes: it was followed silently.
+    said = "a schedule over 16 iterations instead of the checkpoint's 12"
+    assert caplog.text.count(said) == 2  # not for the unchanged 12
+    assert "the learning rate of the next step is 0.007322 instead of 0" in caplog.text
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -338,3 +338,20 @@ def test_an_eval_only_that_cannot_start_moves_nothing(tmp_path) -> None:
     weights.write_text("not a checkpoint\n")
     _one_line_error(train_net("--eval-only", *common, "MODEL.WEIGHTS", str(weights)), str(weights))
     assert files() == before
+
+
+def test_a_resume_that_cannot_start_is_one_line_and_keeps_the_runs_config(tmp_path) -> None:
+    """Another optimizer, or no readable checkpoint, ended --resume in a traceback, after
+    config.yaml had been replaced by the config that never ran."""
+    out = tmp_path / "out"
+    args = ["--config-file", MOCO, "OUTPUT_DIR", str(out), *TINY, "SOLVER.MAX_ITER", "2"]
+    assert train_net(*args).returncode == 0
+    config = (out / "config.yaml").read_text()
+    result = train_net("--resume", *args, "SOLVER.OPTIMIZER", "AdamW")
+    _one_line_error(result, "The checkpoint was trained with SGD and this run builds AdamW")
+    for checkpoint in out.glob("*.pth"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    result = train_net("--resume", *args, "SOLVER.MAX_ITER", "4")
+    _one_line_error(result, f"None of the checkpoints in {out} can be read")
+    assert (out / "config.yaml").read_text() == config
+    assert not list(out.glob("config.*.yaml"))

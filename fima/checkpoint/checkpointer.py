@@ -83,10 +83,15 @@ _WEIGHTS_ADVICE = (
 )
 
 
-def _unreadable_reason(err: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` failed with ``err``."""
+def _unreadable_reason(err: Exception, path: str) -> str:
+    """One line on why ``torch.load(weights_only=True)`` of ``path`` failed with ``err``."""
     text = str(err)
     if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
+        # Also what a text file or random bytes give, read as a legacy pickle stream.
+        with open(path, "rb") as f:
+            problem = torch_file_problem(f)
+        if problem is not None:
+            return problem
         detail = next((line for line in text.splitlines() if "WeightsUnpickler" in line), "")
         detail = detail.strip().split(". Please")[0]
         return (
@@ -168,7 +173,7 @@ def read_checkpoint(path: str) -> dict[str, Any]:
         raise CheckpointReadError(f"Cannot read checkpoint {path}: {reason}") from err
     except Exception as err:
         raise CheckpointReadError(
-            f"Cannot read checkpoint {path}: {_unreadable_reason(err)}"
+            f"Cannot read checkpoint {path}: {_unreadable_reason(err, path)}"
         ) from err
     if not isinstance(checkpoint, dict):
         raise CheckpointReadError(

@@ -198,13 +198,16 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     folder = os.path.abspath(folder)
     videos: list[tuple[str, str | None]] = []
     ignored: list[str] = []
+    hidden: list[str] = []
     for parent, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         relative = os.path.relpath(parent, folder)
         label = None if relative == os.curdir else relative.split(os.sep)[0]
         for name in sorted(files):
             path = os.path.join(parent, name)
-            if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
+            if name.startswith("."):
+                hidden.append(path)
+            elif not name.lower().endswith(VIDEO_EXTENSIONS):
                 ignored.append(path)
             else:
                 videos.append((path, label))
@@ -212,6 +215,11 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
         logger.info(
             "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
             folder, len(ignored), ", ".join(VIDEO_EXTENSIONS), ignored[0],
+        )  # fmt: skip
+    if hidden and log:
+        logger.info(
+            "VideoList %s: left out %d hidden file(s) (names starting with '.'), e.g. %s",
+            folder, len(hidden), hidden[0],
         )  # fmt: skip
     if not videos:
         raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")

@@ -3,7 +3,8 @@
 Loaders retry a bad video a few times, then skip it (training draws another video; testing
 marks it invalid and leaves it out of the denominator). Each skip is recorded here with its
 reason and listed in ``OUTPUT_DIR/bad_videos.txt``. The run stops with a clear error only when
-more than ``DATA.MAX_BAD_FRACTION`` of the videos read were bad.
+more than ``DATA.MAX_BAD_FRACTION`` of the videos read were bad, by all processes together
+while training and testing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import tempfile
 from collections.abc import Iterable
 
+from fima.utils import comm
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,7 +25,8 @@ class TooManyBadVideosError(RuntimeError):
 
 
 class BadVideoTracker:
-    """Counts videos read and bad ones (with reasons), per process.
+    """Counts videos read and bad ones (with reasons) in this process; :meth:`check` bounds the
+    share of all processes.
 
     Args:
         max_fraction: the largest tolerated share of bad videos among those read.
@@ -56,18 +60,26 @@ class BadVideoTracker:
                 self._unwritten = True
             self.bad_events += 1
 
-    def check(self, complete: bool = False) -> None:
+    def check(self, complete: bool = False, all_ranks: bool = False) -> None:
         """Raise if too large a share of the videos read was bad.
 
         Args:
             complete: the counts cover a whole dataset (its index), so the share is exact and
                 ``min_seen`` does not apply.
+            all_ranks: the share is that of the videos every rank has read (a collective: every
+                rank calls it at the same point), so that all ranks stop together, and whether
+                a run stops does not depend on its number of processes.
         """
-        enough = complete or self.seen >= self.min_seen
-        if enough and self.bad_events > self.max_fraction * self.seen:
+        seen, bad_events = self.seen, self.bad_events
+        world = comm.get_world_size() if all_ranks else 1
+        if world > 1:
+            seen, bad_events = comm.sum_over_ranks([seen, bad_events])
+        enough = complete or seen >= self.min_seen
+        if enough and bad_events > self.max_fraction * seen:
             self.write()
+            where = f" by the {world} processes" if world > 1 else ""
             raise TooManyBadVideosError(
-                f"{self.bad_events} of {self.seen} videos read were bad (more than "
+                f"{bad_events} of {seen} videos read{where} were bad (more than "
                 f"DATA.MAX_BAD_FRACTION={self.max_fraction}); see {self.output_file or 'the log'}"
             )
 

@@ -434,7 +434,7 @@ class TrainLoader:
                     f"({self.tracker.bad_events} of {self.tracker.seen} videos read were bad); "
                     f"see {self.tracker.output_file or 'the log'}"
                 )
-            self.tracker.check()
+            self.tracker.check(all_ranks=True)  # every rank takes each batch together
             yield batch
 
     def restarted(self) -> TrainLoader:
@@ -508,7 +508,8 @@ class TestLoader(DataLoader):
             self.tracker.record(len(batch["index"]), batch["bad_videos"])
             yield batch
         self.tracker.write()
-        self.tracker.check(complete=True)  # a pass reads every video of this rank's share
+        # A pass reads every video of the ranks' shares, and every rank makes each pass.
+        self.tracker.check(complete=True, all_ranks=True)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -246,6 +246,16 @@ def all_reduce_tensor(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def sum_over_ranks(counts: list[int]) -> list[int]:
+    """Sum integer counts over all ranks on the CPU (a collective; no GPU synchronisation, so a
+    training step may call it); ``counts`` itself in one process."""
+    if get_world_size() == 1:
+        return list(counts)
+    tensor = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=_cpu_group())
+    return tensor.tolist()
+
+
 def reduce_dict_mean(values: dict[str, float]) -> dict[str, float]:
     """Average a dict of floats over ranks (a collective); every rank gets the result.
 

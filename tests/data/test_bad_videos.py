@@ -3,6 +3,7 @@ through configs only; every bad file listed with its reason; training and testin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -15,8 +16,9 @@ from fima.data import build_dataset, build_test_loader, build_train_loader
 from fima.data.bad_videos import BadVideoTracker, TooManyBadVideosError, read_bad_videos
 from fima.data.build import WindowClips, load_index
 from fima.data.decoder import DecodeError
-from fima.engine import DefaultTrainer
+from fima.engine import DefaultTrainer, launch
 from tests.conftest import tiny_cfg
+from tests.data.bad_videos_worker import check_shares
 from tests.data.layouts import BAD_KINDS, LAYOUTS
 
 CLASSES = ["jump", "run"]
@@ -198,3 +200,13 @@ def test_a_split_without_one_usable_video_is_named_at_start_up(tmp_path) -> None
     dataset = build_dataset(cfg, "train")
     with pytest.raises(TooManyBadVideosError, match=r"No usable video in VideoList\(split="):
         load_index(cfg, dataset)
+
+
+def test_the_budget_is_that_of_all_processes_and_stops_them_together(tmp_path) -> None:
+    """Counted per process, one bad video in one rank's share stopped a two-process run (that
+    rank alone, the other then failing on a closed connection) that one process trains."""
+    launch(check_shares, 2, dist_url="auto", args=(str(tmp_path),))
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert said[0] == "ok"
+        assert said[1].startswith("3 of 50 videos read by the 2 processes were bad (more than")

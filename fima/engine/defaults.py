@@ -256,8 +256,11 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
 
 
 def usage_error(prog: str, message: str) -> NoReturn:
-    """Stop with ``PROG: error: MESSAGE`` on stderr and exit status 2, as argparse does."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Stop with ``PROG: error: MESSAGE`` on stderr and exit status 2, as argparse does; ranks
+    other than 0 say ``PROG (rank N): error: ...``, as their log lines carry their rank."""
+    rank = comm.get_rank()
+    where = f" (rank {rank})" if rank > 0 else ""
+    print(f"{prog}{where}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 

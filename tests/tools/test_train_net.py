@@ -355,3 +355,23 @@ def test_a_resume_that_cannot_start_is_one_line_and_keeps_the_runs_config(tmp_pa
     _one_line_error(result, f"None of the checkpoints in {out} can be read")
     assert (out / "config.yaml").read_text() == config
     assert not list(out.glob("config.*.yaml"))
+
+
+def test_an_error_found_by_every_rank_names_the_ranks_other_than_0(tmp_path) -> None:
+    """A start-up error that only the spawned processes find (a malformed list file) was printed
+    by each of them as the same unattributed line."""
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("a.mp4,0\nb.mp4,1\na,b,c\n")
+    result = train_net(
+        "--num-gpus", "2", "--config-file", MOCO, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+        "DATA.DATASET", "VideoList", "DATA.ROOT", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert errors and all(
+        line.startswith(("train_net.py: error: ", "train_net.py (rank 1): error: "))
+        for line in errors
+    ), result.stderr
+    assert sum(line.startswith("train_net.py: error: ") for line in errors) <= 1
+    assert all("train.csv:3: expected 'path,label'" in line for line in errors)
+    assert "Traceback" not in result.stderr

@@ -113,6 +113,7 @@ def test_under_ddp_every_test_video_goes_to_exactly_one_rank(tmp_path, monkeypat
     monkeypatch.setattr(comm, "is_main_process", lambda: True)
     monkeypatch.setattr(comm, "broadcast_object", lambda data, src=0: data)
     monkeypatch.setattr(comm, "all_gather_object", lambda data: [data])
+    monkeypatch.setattr(comm, "sum_over_ranks", lambda counts: counts)  # the bad-video budget
     shares = []
     for rank in range(3):
         monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)

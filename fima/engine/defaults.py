@@ -39,7 +39,7 @@ from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 from fima.utils import comm
 from fima.utils.env import get_rng_state, seed_all_rng, set_rng_state, shared_seed
 from fima.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardWriter
-from fima.utils.files import FolderInUseError, lock_folder, set_aside
+from fima.utils.files import FolderInUseError, folder_holder, lock_folder, set_aside
 from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory
 from fima.utils.visualization import check_visualizable
@@ -383,11 +383,22 @@ def check_before_launch(args: argparse.Namespace, world_size: int, first_machine
         check_run(cfg, args, world_size, previous)
     finally:
         fima_logger.removeHandler(quiet)
+    # Rank 0 takes the lock once spawned; a run already there is said now, not by every rank.
+    holder = folder_holder(cfg.OUTPUT_DIR) if first_machine else None
+    if holder is not None:
+        raise ConfigError(_in_use(cfg.OUTPUT_DIR, holder))
 
 
 # The lock files (OUTPUT_DIR/.lock) that this process holds, open for as long as it lives: a
 # second default_setup of the same OUTPUT_DIR in this process (a test, a notebook) keeps it.
 _held_locks: dict[str, TextIO] = {}
+
+
+def _in_use(output_dir: str, holder: str) -> str:
+    return (
+        f"OUTPUT_DIR: {output_dir} is in use by another run ({holder}): wait for it to end, or "
+        "set OUTPUT_DIR to another directory"
+    )
 
 
 def _lock_output_dir(output_dir: str) -> str | None:
@@ -400,10 +411,7 @@ def _lock_output_dir(output_dir: str) -> str | None:
     try:
         lock = lock_folder(output_dir)
     except FolderInUseError as err:
-        return (
-            f"OUTPUT_DIR: {output_dir} is in use by another run ({err.holder}): wait for it to "
-            "end, or set OUTPUT_DIR to another directory"
-        )
+        return _in_use(output_dir, err.holder)
     if lock is not None:
         _held_locks[key] = lock
     return None

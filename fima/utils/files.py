@@ -71,6 +71,24 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
+def folder_holder(folder: str) -> str | None:
+    """Who holds ``folder/.lock`` (as :func:`lock_folder` wrote it), or None when no process
+    does. Takes nothing and creates nothing: a check before processes that will lock it start."""
+    try:
+        lock = open(os.path.join(folder, ".lock"))  # noqa: SIM115  (closed below)
+    except OSError:  # no folder, no lock file, or unreadable: the lock itself will say
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "unknown"
+        except OSError:
+            return None
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
+
+
 def lock_folder(folder: str) -> TextIO | None:
     """Take ``folder/.lock`` (an exclusive ``flock``) for this process, writing its pid and host
     there for the message of whoever finds it taken. The lock lasts while the returned file is

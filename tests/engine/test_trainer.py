@@ -22,10 +22,11 @@ from torch import nn
 from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
 from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
+from fima.engine.defaults import check_before_launch
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
 from fima.engine.solver import build_lr_scheduler
 from fima.engine.train_loop import amp_dtype_name, autocast_dtype, describe_amp, resolve_amp
-from tests.conftest import tiny_cfg
+from tests.conftest import ROOT, tiny_cfg
 
 
 class ToyModel(nn.Module):
@@ -363,6 +364,13 @@ def test_a_second_run_into_an_output_dir_in_use_is_refused(tmp_path) -> None:
         ):
             default_setup(tiny_cfg(str(out)), args)
         assert sorted(os.listdir(out)) == [".lock"]
+        # A launcher of several processes says so before it spawns them (each rank said it).
+        launch_args = argparse.Namespace(
+            config_file=os.path.join(ROOT, "configs", "Quickstart", "moco_synthetic.yaml"),
+            opts=["OUTPUT_DIR", str(out)], imports=[], resume=True, eval_only=False,
+        )  # fmt: skip
+        with pytest.raises(ConfigError, match=r"in use by another run \(pid 4242 on elsewhere"):
+            check_before_launch(launch_args, 2, True)
     # Free again: this process holds it, and may set up the same folder again.
     default_setup(tiny_cfg(str(out)), args)
     default_setup(tiny_cfg(str(out)), argparse.Namespace(resume=True, eval_only=False))

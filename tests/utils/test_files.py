@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 
-from fima.utils.files import FolderInUseError, lock_folder
+from fima.utils.files import FolderInUseError, folder_holder, lock_folder
 
 
 def _wait(ready, stop) -> None:
@@ -35,3 +36,18 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path) -> None:
     finally:
         stop.set()
         child.join(30)
+
+
+def test_the_holder_of_a_folder_is_found_without_taking_or_creating_anything(tmp_path) -> None:
+    assert folder_holder(str(tmp_path / "absent")) is None
+    assert folder_holder(str(tmp_path)) is None and not (tmp_path / ".lock").exists()
+    lock = lock_folder(str(tmp_path))
+    assert lock is not None
+    try:
+        assert folder_holder(str(tmp_path)).startswith(f"pid {os.getpid()} on ")
+    finally:
+        lock.close()
+    assert folder_holder(str(tmp_path)) is None
+    again = lock_folder(str(tmp_path))  # the check took nothing
+    assert again is not None
+    again.close()

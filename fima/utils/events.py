@@ -401,7 +401,8 @@ class CommonMetricPrinter(EventWriter):
             for k, v in sorted(histories.items())
             if "loss" in k
         )
-        parts = [f"eta: {self._eta(storage, iteration)}", f"iter: {iteration}", losses]
+        eta = self._eta(storage, iteration)  # unknown until a step has been timed
+        parts = [*([f"eta: {eta}"] if eta else []), f"iter: {iteration}", losses]
         if "time" in histories:
             parts.append(f"time: {median('time')}")
         if "data_time" in histories:

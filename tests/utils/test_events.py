@@ -59,3 +59,5 @@ def test_console_line_after_a_stop_inside_a_step_shows_nothing_stale() -> None:
         printer.write()
     lines = [c.args[0] for c in printer._logger.info.call_args_list]
     assert len(lines) == 1 and "iter: 3" in lines[0] and "total_loss: 2.5" in lines[0]
+    # Before any step was timed the ETA is unknown: left out, not an empty "eta: " field.
+    assert lines[0].startswith("iter: 3")

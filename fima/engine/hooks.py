@@ -186,12 +186,14 @@ def warn_long_queues(model: torch.nn.Module, iters_per_epoch: int) -> None:
             continue
         epoch_keys = queue.last_enqueued * iters_per_epoch
         if queue.size >= epoch_keys:
+            # "queue" is MoCo's instance queue; the others say what they hold ("motion_queue").
+            label = "instance queue" if name == "queue" else name.replace("_", " ")
             logger.warning(
-                "Queue %s holds %d keys, %.1f epochs' worth (%d keys per step, %d steps per "
+                "The %s holds %d keys, %.1f epochs' worth (%d keys per step, %d steps per "
                 "epoch): every video meets its own keys from earlier epochs as negatives. The "
                 "recipe's instance and motion queues hold 6-14%% of an epoch's keys (RECIPE.md "
                 "§7); set a smaller queue size for this dataset",
-                name, queue.size, queue.size / epoch_keys, queue.last_enqueued, iters_per_epoch,
+                label, queue.size, queue.size / epoch_keys, queue.last_enqueued, iters_per_epoch,
             )  # fmt: skip
 
 

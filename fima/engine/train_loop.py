@@ -22,6 +22,7 @@ from torch import nn
 from fima.config.validation import ConfigError
 from fima.utils import comm
 from fima.utils.events import EventStorage, get_event_storage
+from fima.utils.logger import log_once
 
 if TYPE_CHECKING:
     from fima.config.config import CfgNode
@@ -275,9 +276,6 @@ def native_autocast(device_type: str, dtype: torch.dtype) -> bool:
     return True
 
 
-_warned_emulated: set[tuple[str, torch.dtype]] = set()
-
-
 def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
     """``SOLVER.AMP`` as it applies on ``device_type``.
 
@@ -295,14 +293,15 @@ def resolve_amp(amp: CfgNode, device_type: str) -> tuple[bool, torch.dtype]:
     dtype = autocast_dtype(amp.DTYPE, device_type)
     if not amp.ENABLED or native_autocast(device_type, dtype):
         return bool(amp.ENABLED), dtype
-    if (device_type, dtype) not in _warned_emulated:
-        _warned_emulated.add((device_type, dtype))
-        logger.warning(
-            "SOLVER.AMP: this %s has no native %s (no AVX512-BF16/AMX on a CPU); emulated it is "
-            "several times slower than float32, so this run computes in float32",
-            device_type,
-            dtype,
-        )
+    log_once(
+        logger,
+        logging.WARNING,
+        ("emulated autocast", device_type, dtype),
+        "SOLVER.AMP: this %s has no native %s (no AVX512-BF16/AMX on a CPU); emulated it is "
+        "several times slower than float32, so this run computes in float32",
+        device_type,
+        dtype,
+    )
     return False, dtype
 
 

@@ -12,6 +12,17 @@ import logging
 import os
 import sys
 
+_said_once: set[tuple] = set()
+
+
+def log_once(logger: logging.Logger, level: int, key: tuple, message: str, *args: object) -> None:
+    """Log ``message % args`` the first time this process passes ``key``, and not again: for
+    what each build of the same dataset or setting would repeat."""
+    if key in _said_once:
+        return
+    _said_once.add(key)
+    logger.log(level, message, *args)
+
 
 class _ColorFormatter(logging.Formatter):
     """Prefix warnings and errors so that they stand out on a terminal."""

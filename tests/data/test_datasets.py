@@ -318,12 +318,17 @@ def test_video_list_integer_labels_keep_their_value(tmp_path, caplog) -> None:
     assert [r.label for r in train] == [1, 2]
 
 
-def test_video_list_warns_when_integer_labels_become_names(tmp_path, caplog) -> None:
+def test_video_list_warns_when_integer_labels_become_names(tmp_path, caplog, monkeypatch) -> None:
+    from fima.utils import logger as fima_logger
+
+    monkeypatch.setattr(fima_logger, "_said_once", set())  # as in a fresh process
     (tmp_path / "train.txt").write_text("a.mp4 2\nb.mp4 10\nc.mp4 walk\n")
     with caplog.at_level("WARNING", logger="fima.data.datasets.video_list"):
         train = build_dataset(_cfg("VideoList", str(tmp_path)), "train")
+        build_dataset(_cfg("VideoList", str(tmp_path)), "train")  # said once, not per build
     assert train.class_names == ["10", "2", "walk"]
-    assert "2 label(s) are integers (e.g. '2') and others are not (e.g. 'walk')" in caplog.text
+    said = "2 label(s) are integers (e.g. '2') and others are not (e.g. 'walk')"
+    assert caplog.text.count(said) == 1
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "path,label\n"])
@@ -368,3 +373,45 @@ def test_hmdb51_missing_fold_file_is_named_not_a_label_shift(tmp_path) -> None:
     assert build_dataset(_cfg("HMDB51", str(root)), "train").num_classes == 3  # fold 1 is whole
     with pytest.raises(FileNotFoundError, match=re.escape(f"Missing {missing} (1 of the 3")):
         build_dataset(_cfg("HMDB51", str(root), **{"DATA.SPLIT": 2}), "train")
+
+
+def test_hmdb51_hidden_files_beside_the_split_files_are_not_classes(tmp_path) -> None:
+    # A folder copied from a Mac: "._brush_hair_test_split1.txt" was read as a 4th class's file.
+    root = tmp_path / "hmdb51"
+    LAYOUTS["HMDB51"](str(root), CLASSES, 3, {})
+    lists = root / "testTrainMulti_7030_splits"
+    (lists / "._brush_hair_test_split1.txt").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (lists / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    dataset = build_dataset(_cfg("HMDB51", str(root)), "train")
+    assert dataset.class_names == sorted(CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "overrides", "message"),
+    [
+        ("UCF101", {"DATA.SPLIT": 4}, "DATA.SPLIT: UCF101's official folds are 1, 2, 3, got 4"),
+        ("HMDB51", {"DATA.SPLIT": 0}, "DATA.SPLIT: HMDB51's official folds are 1, 2, 3, got 0"),
+        ("UCF101", {"DATA.TEST_SPLIT": "val"}, "DATA.TEST_SPLIT: UCF101 has splits 'train', "),
+        ("Kinetics400", {"DATA.TRAIN_SPLIT": "trainval"}, "Kinetics400 has splits 'test', "),
+    ],
+)
+def test_splits_an_official_dataset_does_not_have_are_refused_at_start_up(
+    roots, dataset: str, overrides: dict, message: str
+) -> None:
+    # They stopped the run in a traceback from inside the dataset, after config.yaml was written.
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_cfg(_cfg(dataset, roots[dataset], **overrides))
+    validate_cfg(_cfg(dataset, roots[dataset]))
+
+
+def test_kinetics_missing_videos_are_warned_about_once(tmp_path, caplog, monkeypatch) -> None:
+    from fima.utils import logger as fima_logger
+
+    monkeypatch.setattr(fima_logger, "_said_once", set())
+    root = tmp_path / "k400"
+    LAYOUTS["Kinetics400"](str(root), ["a", "b"], 3, {"missing": "a"})
+    with caplog.at_level("WARNING"):
+        for _ in range(3):  # as training, its evaluation and the start-up checks build it
+            build_dataset(_cfg("Kinetics400", str(root)), "train")
+    said = [r for r in caplog.records if "are missing and were skipped" in r.getMessage()]
+    assert len(said) == 1

@@ -10,6 +10,7 @@ import pytest
 from fima.config import ConfigError
 from fima.data.datasets import VideoDataset, VideoRecord, build_dataset
 from fima.data.datasets.validation import carve_validation_split, held_out_groups
+from fima.utils import logger as fima_logger
 from tests.conftest import tiny_cfg
 
 
@@ -41,8 +42,9 @@ def test_groups_never_straddle_and_every_class_is_held_out() -> None:
     assert val.class_names == full.class_names
 
 
-def test_the_carve_is_logged_once(caplog) -> None:
+def test_the_carve_is_logged_once(caplog, monkeypatch) -> None:
     # It was logged at every build of either part: 8 times in one fine-tuning run.
+    monkeypatch.setattr(fima_logger, "_said_once", set())  # as in a fresh process
     cfg = tiny_cfg(**{"DATA.VALIDATION.FRACTION": 0.25, "DATA.VALIDATION.SEED": 11})
     full = _ucf_like(groups_per_class=5)
     with caplog.at_level(logging.INFO, logger="fima"):

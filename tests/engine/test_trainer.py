@@ -21,11 +21,12 @@ from torch import nn
 
 from fima.checkpoint import CheckpointMismatchError
 from fima.config import ConfigError, validate_cfg
-from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup, train_loop
+from fima.engine import DefaultTrainer, HookBase, SimpleTrainer, default_setup
 from fima.engine.defaults import check_before_launch
 from fima.engine.hooks import EvalHook, NonFiniteLossGuard
 from fima.engine.solver import build_lr_scheduler
 from fima.engine.train_loop import amp_dtype_name, autocast_dtype, describe_amp, resolve_amp
+from fima.utils import logger as fima_logger
 from tests.conftest import ROOT, tiny_cfg
 
 
@@ -519,11 +520,11 @@ def test_resumed_schedule_follows_the_config_from_the_first_step(caplog) -> None
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_trainer_uses_amp_only_where_the_device_has_the_dtype(
-    tmp_path, caplog, native: bool
+    tmp_path, caplog, monkeypatch, native: bool
 ) -> None:
     cfg = tiny_cfg(str(tmp_path), **{"SOLVER.MAX_ITER": 1})
     assert cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "auto"  # bfloat16 on a CPU
-    train_loop._warned_emulated.clear()
+    monkeypatch.setattr(fima_logger, "_said_once", set())  # as in a fresh process
     with mock.patch("fima.engine.train_loop.native_autocast", return_value=native):
         trainer = DefaultTrainer(cfg)
         # A second run in the same process does not repeat the warning.
@@ -626,7 +627,11 @@ def test_resuming_with_another_model_config_lists_the_mismatched_keys(tmp_path) 
 
 @pytest.mark.parametrize(
     ("method", "queue_size", "warned"),
-    [("MoCo", 64, ["queue"]), ("MoCo", 16, []), ("FIMA", 16, ["motion_queue", "dense_queue"])],
+    [
+        ("MoCo", 64, ["The instance queue"]),
+        ("MoCo", 16, []),
+        ("FIMA", 16, ["The motion queue", "The dense queue"]),
+    ],
 )
 def test_queues_holding_an_epoch_of_keys_are_warned_about(
     tmp_path, caplog, method: str, queue_size: int, warned: list[str]
@@ -646,7 +651,7 @@ def test_queues_holding_an_epoch_of_keys_are_warned_about(
     with caplog.at_level("WARNING", logger="fima.engine.hooks"):
         trainer.train()
     messages = [r.getMessage() for r in caplog.records if "epochs' worth" in r.getMessage()]
-    assert [m.split()[1] for m in messages] == warned
+    assert [m.split(" holds ")[0] for m in messages] == warned  # not "Queue queue holds"
 
 
 def test_precise_bn_changes_only_the_statistics_that_are_checkpointed(tmp_path) -> None:

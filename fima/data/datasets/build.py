@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch.utils.data import Dataset
@@ -165,6 +166,31 @@ def require_root(root: str, dataset: str, layout: str) -> str:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{dataset} root {root!r} does not exist: {layout}")
     return os.path.abspath(root)
+
+
+def require_splits(
+    cfg: CfgNode, dataset: str, splits: Sequence[str], folds: Sequence[int] = ()
+) -> None:
+    """Start-up check that ``DATA.TRAIN_SPLIT`` and ``DATA.TEST_SPLIT`` name splits of an
+    official dataset, and that ``DATA.SPLIT`` is one of its ``folds`` (if it has any).
+
+    Raises:
+        ConfigError: naming the key and the dataset's own values.
+    """
+    from fima.config.validation import require
+
+    for key in ("TRAIN_SPLIT", "TEST_SPLIT"):
+        require(
+            cfg.DATA[key] in splits,
+            f"DATA.{key}",
+            f"{dataset} has splits {', '.join(map(repr, splits))}, not {cfg.DATA[key]!r}",
+        )
+    if folds:
+        require(
+            cfg.DATA.SPLIT in folds,
+            "DATA.SPLIT",
+            f"{dataset}'s official folds are {', '.join(map(str, folds))}, got {cfg.DATA.SPLIT}",
+        )
 
 
 def require_file(path: str, layout: str) -> str:

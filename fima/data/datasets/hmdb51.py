@@ -23,6 +23,7 @@ from fima.data.datasets.build import (
     VideoRecord,
     read_lines,
     require_root,
+    require_splits,
 )
 
 LAYOUT = (
@@ -52,7 +53,8 @@ def read_hmdb51_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
         raise FileNotFoundError(f"Missing {lists}: {LAYOUT}")
     files, every_class = {}, set()
     for file_name in os.listdir(lists):
-        match = _SPLIT_FILE.match(file_name)
+        # Hidden files (macOS's "._<name>" copies, .DS_Store) are not split files.
+        match = None if file_name.startswith(".") else _SPLIT_FILE.match(file_name)
         if match:
             every_class.add(match["name"])
             if int(match["fold"]) == fold:
@@ -92,6 +94,10 @@ class HMDB51(VideoDataset):
 
     LAYOUT = LAYOUT
     ROOT_REQUIRED = True
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        require_splits(cfg, "HMDB51", ("train", "test"), (1, 2, 3))
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = require_root(cfg.DATA.ROOT, "HMDB51", LAYOUT)

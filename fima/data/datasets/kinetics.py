@@ -32,7 +32,9 @@ from fima.data.datasets.build import (
     read_text,
     require_file,
     require_root,
+    require_splits,
 )
+from fima.utils.logger import log_once
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,10 @@ class Kinetics400(VideoDataset):
     LAYOUT = LAYOUT
     ROOT_REQUIRED = True
 
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        require_splits(cfg, "Kinetics400", tuple(sorted(CSV_FILES)))
+
     def __init__(self, cfg: CfgNode, split: str) -> None:
         if split not in CSV_FILES:
             raise ValueError(f"Kinetics400 has splits {sorted(CSV_FILES)}, not {split!r}")
@@ -167,8 +173,11 @@ class Kinetics400(VideoDataset):
                 records.append(VideoRecord(path, label_of[label], group=str(row["youtube_id"])))
             else:
                 missing.append(path)
-        if missing:
-            logger.warning(
+        if missing:  # once, not at every build of the split
+            log_once(
+                logger,
+                logging.WARNING,
+                ("kinetics missing", split_csv, len(missing)),
                 "Kinetics400 %s: %d of the %d videos that %s lists are missing and were "
                 "skipped (first: %s)",
                 split,

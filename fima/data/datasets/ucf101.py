@@ -25,6 +25,7 @@ from fima.data.datasets.build import (
     read_lines,
     require_file,
     require_root,
+    require_splits,
 )
 
 _GROUP = re.compile(r"_g(\d+)_c\d+")
@@ -90,6 +91,10 @@ class UCF101(VideoDataset):
 
     LAYOUT = LAYOUT
     ROOT_REQUIRED = True
+
+    @classmethod
+    def validate_config(cls, cfg: CfgNode, world_size: int) -> None:
+        require_splits(cfg, "UCF101", ("train", "test"), (1, 2, 3))
 
     def __init__(self, cfg: CfgNode, split: str) -> None:
         root = require_root(cfg.DATA.ROOT, "UCF101", LAYOUT)

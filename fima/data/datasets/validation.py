@@ -17,6 +17,7 @@ import numpy as np
 from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
 from fima.data.datasets.build import VideoDataset
+from fima.utils.logger import log_once
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +86,6 @@ def held_out_groups(groups: list[str], labels: list[int], fraction: float, seed:
     return held
 
 
-_announced_carves: set[tuple] = set()
-
-
 def carve_validation_split(cfg: CfgNode, split: str, train: VideoDataset) -> VideoDataset:
     """The ``"val"`` part (``split == "val"``) or the remaining training part of ``train``.
 
@@ -105,19 +103,20 @@ def carve_validation_split(cfg: CfgNode, split: str, train: VideoDataset) -> Vid
     want_val = split == VALIDATION_SPLIT
     records = [r for r, g in zip(train.records, groups) if (g in held) == want_val]
     remaining = sum(g not in held for g in groups)
-    carve = (train.name, train.root, train.split, len(train), len(held), remaining)
-    if carve not in _announced_carves:  # said once, not at every build of either part
-        _announced_carves.add(carve)
-        logger.info(
-            "Validation split carved from %s/%s by group: %d groups, %d videos held out as %r; "
-            "%d videos remain for training",
-            train.name,
-            train.split,
-            len(held),
-            len(train) - remaining,
-            VALIDATION_SPLIT,
-            remaining,
-        )
+    # Said once, not at every build of either part.
+    log_once(
+        logger,
+        logging.INFO,
+        ("carve", train.name, train.root, train.split, len(train), len(held), remaining),
+        "Validation split carved from %s/%s by group: %d groups, %d videos held out as %r; "
+        "%d videos remain for training",
+        train.name,
+        train.split,
+        len(held),
+        len(train) - remaining,
+        VALIDATION_SPLIT,
+        remaining,
+    )
     return VideoDataset(
         records,
         train.class_names,

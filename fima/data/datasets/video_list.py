@@ -36,6 +36,7 @@ from fima.data.datasets.build import (
     read_lines,
     require_root,
 )
+from fima.utils.logger import log_once
 
 logger = logging.getLogger(__name__)
 
@@ -239,11 +240,13 @@ def class_names_of(labels: list[str]) -> list[str]:
         return [str(i) for i in range(max(int(label) for label in labels) + 1)]
     numbers = sorted({label for label in labels if label.isdigit()}, key=int)
     if numbers:
-        logger.warning(
+        name = next(label for label in labels if not label.isdigit())
+        log_once(
+            logger, logging.WARNING, ("mixed labels", len(numbers), numbers[0], name),
             "VideoList: %d label(s) are integers (e.g. %r) and others are not (e.g. %r), so every "
             "label is read as a class name and the classes are sorted as text; label every video "
             "with an integer, or every one with a name",
-            len(numbers), numbers[0], next(label for label in labels if not label.isdigit()),
+            len(numbers), numbers[0], name,
         )  # fmt: skip
     return sorted(set(labels))
 

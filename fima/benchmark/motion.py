@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from typing import TextIO
 
 import torch
 
+from fima.checkpoint import atomic_write
 from fima.config import CfgNode, get_cfg, validate_cfg
 from fima.data.datasets import AnnotationError, build_dataset
 from fima.engine.defaults import USAGE_ERRORS, int_at_least, resolve_device, usage_errors
@@ -235,6 +237,60 @@ def _check_runs(runs: Sequence[_Run]) -> None:
         build_dataset(cfg, split)
 
 
+def data_fingerprint(cfg: CfgNode) -> dict[str, dict[str, object]]:
+    """What identifies the videos a run of ``cfg`` reads, per split: their count, and a sha256 of
+    every video's path (below the dataset's root), label, size and modification time. No video
+    is opened: a list read and a ``stat`` per file."""
+    fingerprint: dict[str, dict[str, object]] = {}
+    for split in dict.fromkeys((cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT)):
+        dataset = build_dataset(cfg, split)
+        digest = hashlib.sha256()
+        for record in dataset.records:
+            try:
+                stat = os.stat(record.path)
+                size, modified = stat.st_size, stat.st_mtime_ns
+            except OSError:  # a missing video: the runs skip it, and so does the fingerprint
+                size, modified = -1, -1
+            relative = os.path.relpath(record.path, dataset.root or "/")
+            digest.update(f"{relative}\t{record.label}\t{size}\t{modified}\n".encode())
+        fingerprint[split] = {"videos": len(dataset), "sha256": digest.hexdigest()}
+    return fingerprint
+
+
+def _check_same_data(output_dir: str, fingerprint: dict, reusable: bool) -> None:
+    """Record ``fingerprint`` in ``output_dir/data.json``, after checking that the runs found
+    there read the same videos.
+
+    Raises:
+        RuntimeError: runs in ``output_dir`` (finished or part-way) read other videos (a
+            VideoList folder rebuilt or edited under the same ``DATA.ROOT``): reusing them would
+            average two datasets in one table.
+    """
+    path = os.path.join(output_dir, "data.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        if reusable and recorded != fingerprint:
+            changed = ", ".join(
+                f"{split}: {recorded.get(split, {}).get('videos', 0)} videos then, "
+                f"{now['videos']} now" + ("" if recorded.get(split) != now else " (the same)")
+                for split, now in fingerprint.items()
+            )
+            raise RuntimeError(
+                f"The videos this benchmark reads differ from those its finished runs in "
+                f"{output_dir} read ({changed}; a file added, removed, relabelled or rewritten): "
+                "give another --output-dir, or move that folder away; nothing was reused or "
+                "overwritten"
+            )
+    elif reusable:
+        logger.warning(
+            "%s holds finished runs but no record of the videos they read (data.json, written "
+            "since 2026-12-05): they are reused as if they read these",
+            output_dir,
+        )
+    atomic_write(path, lambda f: json.dump(fingerprint, f, indent=1), mode="w")
+
+
 def _is_done(run_dir: str, marker: str, config_file: str, opts: Sequence[str]) -> bool:
     """Whether ``run_dir`` holds this very run, finished (``marker`` exists).
 
@@ -366,6 +422,18 @@ def run_motion_benchmark(
         to_run = [run for _, _, runs in plan for run in runs if not done[run.folder]]
         if to_run:
             _check_runs(to_run)
+        # Every run reads the data of the overrides (the arms' configs name no dataset).
+        _check_same_data(
+            output_dir,
+            data_fingerprint(_load_config(plan[-1][2][-1].config_file, opts)),
+            # A run found finished is reused, one found part-way is resumed: either way its
+            # videos must be these.
+            reusable=any(
+                os.path.isfile(os.path.join(run.folder, "config.yaml"))
+                for _, _, runs in plan
+                for run in runs
+            ),
+        )
         executed: set[str] = set()
         log_lock = threading.Lock()
         failed = threading.Event()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from unittest import mock
 
 import pytest
@@ -163,6 +164,16 @@ def test_motion_benchmark_runs_on_a_video_list_of_other_videos(tmp_path) -> None
     )
     assert record["metrics"]["retrieval/num_train"] == 3 * len(MOTIONS)
     assert record["metrics"]["retrieval/num_queries"] == 2 * len(MOTIONS)
+    # The folder rebuilt with other videos: the finished runs, which read the first ones, were
+    # reused, and the table averaged two datasets.
+    shutil.rmtree(root)
+    make_dataset(str(root), train_per_class=2, test_per_class=2, height=40, width=48, frames=24)
+    with pytest.raises(RuntimeError, match=r"differ from those its finished runs in .*train: 15 "):
+        run_motion_benchmark(str(tmp_path / "bench"), [0], opts, arms=arms, jobs=2)
+    assert (
+        json.loads((tmp_path / "bench" / "eval_random_init_seed0" / "results.json").read_text())
+        == record
+    )  # nothing was run again or overwritten
 
 
 @pytest.mark.slow

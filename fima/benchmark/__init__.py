@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -63,6 +64,26 @@ def format_figures(title: str, figures: list[Figure], notes: list[str] = ()) -> 
     return "\n".join(lines)
 
 
+def output_file_problem(path: str, overwrite: bool) -> str | None:
+    """Why a report cannot be written to ``path`` (checked before anything is measured), or
+    None: its folder must exist, and an existing file is kept unless ``overwrite``."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"folder {folder} does not exist"
+    if os.path.exists(path) and not overwrite:
+        return f"{path} exists; pass --overwrite to replace it"
+    return None
+
+
+def write_json(path: str, value: Any) -> None:
+    """Write ``value`` as indented JSON to ``path``, atomically."""
+    from fima.checkpoint import atomic_write
+
+    atomic_write(path, lambda f: json.dump(value, f, indent=2), mode="w")
+
+
 def run_figures_task(
     argv: list[str],
     task: str,
@@ -83,12 +104,15 @@ def run_figures_task(
     """
     parser = argparse.ArgumentParser(prog=f"tools/benchmark.py --task {task}")
     parser.add_argument("--json", default="", metavar="FILE", help="also write the figures here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    problem = output_file_problem(args.json, args.overwrite)
+    if problem is not None:
+        parser.error(f"--json: {problem}")
     setup_logger(name="fima")
     figures, notes = run(args)
     print(format_figures(f"fima benchmark: {task}", figures, notes))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"task": task, "figures": [fig.as_dict() for fig in figures]}, f, indent=2)
+        write_json(args.json, {"task": task, "figures": [fig.as_dict() for fig in figures]})
     return figures

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import logging
 import math
 import os
@@ -53,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fima.checkpoint import atomic_write
+from fima.benchmark import output_file_problem, write_json
 from fima.config import CfgNode, get_cfg
 from fima.config.validation import require, validate_cfg_without_data
 from fima.engine.defaults import (
@@ -824,11 +823,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     except ValueError as err:
         parser.error(str(err))
     args = parser.parse_args(argv_a)
-    folder = os.path.dirname(os.path.abspath(args.output_json)) if args.output_json else ""
-    if folder and not os.path.isdir(folder):
-        parser.error(f"--output-json: folder {folder} does not exist")
-    if args.output_json and os.path.exists(args.output_json) and not args.overwrite:
-        parser.error(f"--output-json: {args.output_json} exists; pass --overwrite to replace it")
+    problem = output_file_problem(args.output_json, args.overwrite)
+    if problem is not None:
+        parser.error(f"--output-json: {problem}")
     setup_logger(name="fima")
     specs: list[tuple[str, str, list[str]]] = [("A", args.config_file, list(args.opts))]
     if argv_b is not None:
@@ -964,7 +961,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for text in profiles:
         print(text)
     if args.output_json:
-        atomic_write(args.output_json, lambda f: json.dump(results, f, indent=2), mode="w")
+        write_json(args.output_json, results)
     return results
 
 

@@ -83,3 +83,28 @@ def test_a_kept_workdir_indexes_cold_on_every_first_start(tmp_path, monkeypatch)
         data.indexing(str(tmp_path), num_videos=4)
     # Per run: the 1- and 8-thread first starts are cold, the start after them reads the cache.
     assert cold == [True, True, False, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("notes.md", "--json: {path} exists; pass --overwrite to replace it"),
+        ("missing/d.json", "--json: folder {folder} does not exist"),
+    ],
+)
+def test_a_json_file_that_cannot_be_written_is_refused_before_anything_runs(
+    tmp_path, capsys, name: str, message: str
+) -> None:
+    """An existing file was replaced by the figures; a missing folder failed in a traceback
+    after every section had run."""
+    from fima.benchmark import data
+
+    (tmp_path / "notes.md").write_text("the user's notes\n")
+    path = tmp_path / name
+    with pytest.raises(SystemExit) as stop:
+        data.main(["--quick", "--workdir", str(tmp_path / "work"), "--json", str(path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(path=path, folder=path.parent) in err
+    assert (tmp_path / "notes.md").read_text() == "the user's notes\n"
+    assert not (tmp_path / "work").exists()

@@ -50,6 +50,7 @@ from fima.checkpoint import atomic_write
 from fima.config import CfgNode, get_cfg, validate_cfg
 from fima.data.datasets import AnnotationError, build_dataset
 from fima.engine.defaults import USAGE_ERRORS, int_at_least, resolve_device, usage_errors
+from fima.engine.launch import stop_interrupted
 from fima.engine.train_loop import describe_amp
 from fima.evaluation.results import sha256_of
 from fima.model_zoo.model_zoo import configs_root
@@ -153,14 +154,39 @@ def _run(
     env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     with open(log_file, "a") as log:
-        done = subprocess.run(
+        process = subprocess.Popen(
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             pass_fds=() if lock_fd is None else (lock_fd,),
         )
-    return done.returncode, time.perf_counter() - start
+        child = _Child(process)
+        _running.add(child)
+        try:
+            returncode = process.wait()
+        finally:
+            _running.discard(child)
+    return returncode, time.perf_counter() - start
+
+
+class _Child:
+    """A run's process as :func:`fima.engine.launch.stop_interrupted` stops it."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout)
+
+
+# The runs under way (their threads wait on them), for a SIGINT to the benchmark alone.
+_running: set[_Child] = set()
 
 
 def _load_config(config_file: str, opts: Sequence[str]) -> CfgNode:
@@ -474,7 +500,8 @@ def run_motion_benchmark(
             return seconds
 
         first_error: Exception | None = None
-        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+        try:
             for future in [pool.submit(execute, runs) for _, _, runs in plan]:
                 try:
                     result.seconds.update(future.result())
@@ -484,6 +511,16 @@ def run_motion_benchmark(
                 except Exception as err:
                     failed.set()
                     first_error = first_error or err
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the runs too, and they stop after their last checkpoint; a SIGINT
+            # to this process alone (kill -INT) does not: no run starts after it, and the runs
+            # under way are given the same chance, then SIGINT, then killed.
+            failed.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_interrupted(list(_running))
+            raise
+        finally:
+            pool.shutdown(wait=True)
         if first_error is not None:
             raise first_error
         order = [run.timed_as for _, _, runs in plan for run in runs if run.timed_as]
@@ -794,6 +831,13 @@ def main(argv: list[str]) -> BenchmarkResult:
             logger.debug("A run failed", exc_info=True)
             print(f"{PROG}: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            print(
+                f"{PROG}: interrupted; the same command continues it (finished runs are reused, "
+                "a pretraining resumes from its last checkpoint)",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
     elapsed = time.perf_counter() - start
     command = shlex.join(["python", "tools/benchmark.py", "--task", "motion", *argv])
     table = markdown_table(result, command, elapsed)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 # Seconds that the ranks of an interrupted launcher get to stop by themselves before they are
-# sent SIGINT, and then before they are killed (see _stop_interrupted).
+# sent SIGINT, and then before they are killed (see stop_interrupted).
 INTERRUPT_GRACE_SECONDS = 10.0
 
 
@@ -127,7 +127,7 @@ def launch(
         while not context.join():
             pass
     except KeyboardInterrupt:
-        _stop_interrupted(context.processes)
+        stop_interrupted(context.processes)
         raise
     except mp.ProcessExitedException as err:
         # The process said why (e.g. a config error on stderr) or was killed: exit with its
@@ -138,8 +138,9 @@ def launch(
     return None
 
 
-def _stop_interrupted(processes: list[Any], grace: float | None = None) -> None:
-    """Stop the spawned ranks after this launcher got SIGINT.
+def stop_interrupted(processes: list[Any], grace: float | None = None) -> None:
+    """Stop the spawned ranks after this launcher got SIGINT (``processes``: objects with
+    ``pid``, ``is_alive()`` and ``join(timeout)``, as ``multiprocessing.Process``).
 
     Ctrl-C in a terminal reaches every process of the job and the ranks stop by themselves;
     a SIGINT sent to the launcher alone (``kill -INT PID``) does not reach them, and the

@@ -8,6 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from unittest import mock
 
 import pytest
@@ -39,6 +43,8 @@ from fima.utils.env import (
 )
 
 from .independent_motion import MOTIONS, make_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The model, input, budget and evaluation of a tiny benchmark; then a tiny SyntheticMotion.
 TINY_RUN = [
@@ -268,6 +274,32 @@ def test_bad_overrides_and_missing_data_stop_before_any_run(tmp_path, capsys, mo
         with pytest.raises(SystemExit) as stopped:
             main(["--output-dir", str(tmp_path / "out"), "--seeds", "0", *TINY_RUN, *opts])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigint_to_the_benchmark_alone_starts_no_more_runs(tmp_path) -> None:
+    """kill -INT of the benchmark's process (not its group, as Ctrl-C) raised KeyboardInterrupt
+    in the main thread while the pool started every remaining run, then a traceback."""
+    out = tmp_path / "out"
+    command = [
+        sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--task", "motion",
+        "--output-dir", str(out), "--seeds", "0", "--jobs", "1", *TINY,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+    def started() -> int:
+        return sum((folder / "config.yaml").exists() for folder in out.glob("*seed0"))
+
+    deadline = time.monotonic() + 120
+    while started() < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    at_signal = started()
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted; the same command continues it" in err and "Traceback" not in err
+    assert at_signal >= 1 and started() <= at_signal + 1  # the run under way, at most
+    assert not (out / "results.md").exists()
 
 
 def test_a_second_benchmark_in_the_same_folder_is_refused_while_the_first_runs(tmp_path) -> None:

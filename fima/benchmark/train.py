@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--matmul-size",
-        type=int_at_least(0),
+        type=matmul_size,
         default=0,
-        help="side of the peak matmul (default: 2048 on a CPU, 8192 on a GPU, where a smaller "
-        "one does not fill the chip)",
+        help="side of the peak matmul, at least 256 (0, the default: 2048 on a CPU, 8192 on a "
+        "GPU, where a smaller one does not fill the chip)",
     )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     parser.add_argument("--output-json", default="", metavar="FILE", help="write results here")
@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of A")
     return parser
+
+
+def matmul_size(text: str) -> int:
+    """``--matmul-size``: 0 (the device's default) or at least 256. A smaller matmul measures
+    call overhead, not the peak, and every MFU read against it is meaningless (1-px: 11 million
+    percent)."""
+    size = int_at_least(0)(text)
+    if 0 < size < 256:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (the device's default) or at least 256, got {size}"
+        )
+    return size
 
 
 def load_config(config_file: str, opts: list[str]) -> CfgNode:

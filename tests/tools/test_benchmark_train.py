@@ -40,7 +40,7 @@ def test_compare_and_reference_report_every_figure(tmp_path, capsys) -> None:
     results = main(
         [
             "--config-file", _config("fima_synthetic.yaml"), "--reference", "--iters", "2",
-            "--warmup", "0", "--data-iters", "2", "--matmul-size", "128",
+            "--warmup", "0", "--data-iters", "2", "--matmul-size", "256",
             "--output-json", str(tmp_path / "r.json"), *TINY,
             "--compare", _config("moco_synthetic.yaml"), *TINY,
         ]
@@ -85,7 +85,7 @@ def test_fp32_run_measures_only_the_fp32_peak() -> None:
     results = main(
         [
             "--config-file", _config("moco_synthetic.yaml"), "--dtype", "fp32", "--iters", "1",
-            "--warmup", "0", "--matmul-size", "64", *TINY,
+            "--warmup", "0", "--matmul-size", "256", *TINY,
         ]
     )  # fmt: skip
     assert set(results["variants"]) == {"A/fp32"}
@@ -131,7 +131,7 @@ def test_each_variant_steps_with_its_own_cudnn_autotuning(monkeypatch) -> None:
     main(
         [
             "--config-file", _config("moco_synthetic.yaml"), "--dtype", "fp32", "--iters", "1",
-            "--warmup", "0", "--matmul-size", "64", "--data-iters", "0", *TINY,
+            "--warmup", "0", "--matmul-size", "256", "--data-iters", "0", *TINY,
             "CUDNN_BENCHMARK", "True",
             "--compare", _config("moco_synthetic.yaml"), *TINY, "CUDNN_BENCHMARK", "False",
         ]
@@ -164,7 +164,7 @@ def test_the_profiled_step_runs_with_the_memory_a_training_process_keeps(
     main(
         [
             "--config-file", _config("moco_synthetic.yaml"), "--dtype", "fp32", "--iters", "1",
-            "--warmup", "0", "--matmul-size", "64", "--profile", *TINY,
+            "--warmup", "0", "--matmul-size", "256", "--profile", *TINY,
         ]
     )  # fmt: skip
     assert events == ["profile", "return freed memory"]
@@ -265,6 +265,7 @@ def test_dtype_choices_name_the_dtype_autocast_computes_in(monkeypatch) -> None:
         (["--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
         (["--data-iters", "-1"], "argument --data-iters: must be >= 0, got -1"),
         (["--matmul-size", "-8"], "argument --matmul-size: must be >= 0, got -8"),
+        (["--matmul-size", "32"], "argument --matmul-size: must be 0 (the device's default) or"),
         (["SOLVER.BASE_LR", "0.1", "--output-json", "r.json"],
          "options (--output-json) must come before the KEY VALUE overrides"),
         (["LOG_PERIOD", "0"], "benchmark.py --task train: error: LOG_PERIOD: must be positive"),

@@ -49,7 +49,13 @@ import torch
 from fima.checkpoint import atomic_write
 from fima.config import CfgNode, get_cfg, validate_cfg
 from fima.data.datasets import AnnotationError, build_dataset
-from fima.engine.defaults import USAGE_ERRORS, int_at_least, resolve_device, usage_errors
+from fima.engine.defaults import (
+    USAGE_ERRORS,
+    int_at_least,
+    resolve_device,
+    usage_error,
+    usage_errors,
+)
 from fima.engine.launch import stop_interrupted
 from fima.engine.train_loop import describe_amp
 from fima.evaluation.results import sha256_of
@@ -61,7 +67,7 @@ from fima.utils.env import (
     threads_per_process,
     user_threads,
 )
-from fima.utils.files import FolderInUseError, lock_folder
+from fima.utils.files import FolderInUseError, folder_holder, lock_folder
 from fima.utils.logger import setup_logger
 
 logger = logging.getLogger(__name__)
@@ -227,11 +233,14 @@ def _lock_output_dir(output_dir: str) -> TextIO | None:
     try:
         return lock_folder(output_dir)
     except FolderInUseError as err:
-        raise RuntimeError(
-            f"Another motion benchmark, or a run it started, is using {output_dir} "
-            f"({err.holder}): wait for it to end (or stop its train_net.py processes), or give "
-            "another --output-dir"
-        ) from None
+        raise RuntimeError(_in_use_message(output_dir, err.holder)) from None
+
+
+def _in_use_message(output_dir: str, holder: str) -> str:
+    return (
+        f"Another motion benchmark, or a run it started, is using {output_dir} ({holder}): wait "
+        "for it to end (or stop its train_net.py processes), or give another --output-dir"
+    )
 
 
 def _evaluated_checkpoint_changed(run: _Run) -> bool:
@@ -820,6 +829,10 @@ def main(argv: list[str]) -> BenchmarkResult:
     args = build_parser().parse_args(argv)
     # The runs see the output directory and the overrides from where the user stands.
     args.output_dir = os.path.abspath(args.output_dir)
+    # Before its log file is opened: a refused benchmark wrote into the running one's log.txt.
+    holder = folder_holder(args.output_dir)
+    if holder is not None:
+        usage_error(PROG, _in_use_message(args.output_dir, holder))
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
     # A bad override, a dataset that is not there, a folder of another run, the output directory

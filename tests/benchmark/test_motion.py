@@ -311,6 +311,12 @@ def test_a_second_benchmark_in_the_same_folder_is_refused_while_the_first_runs(t
     ):
         _lock_output_dir(str(tmp_path))
     _lock_output_dir(str(tmp_path)).close()  # free again once the first lets go
+    # Refused before it opens its log: its lines and traceback went into the first one's log.txt.
+    (tmp_path / "log.txt").write_text("the running benchmark's log\n")
+    with _lock_output_dir(str(tmp_path)), pytest.raises(SystemExit) as stopped:
+        main(["--output-dir", str(tmp_path), "--seeds", "0", *TINY])
+    assert stopped.value.code == 2
+    assert (tmp_path / "log.txt").read_text() == "the running benchmark's log\n"
 
 
 def _result(top1: dict[str, list[float]]) -> BenchmarkResult:

@@ -45,6 +45,8 @@ from collections.abc import Callable
 import av
 import numpy as np
 
+from fima.engine.defaults import int_at_least
+
 # A motion maps frame times ``t [T]`` (0 .. T-1), the frame size and the video's generator to the
 # object's centre ``(x [T], y [T])`` in pixels and its scale ``[T]`` relative to its drawn size.
 Motion = Callable[
@@ -273,8 +275,8 @@ def make_dataset(
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="an empty or new folder")
-    parser.add_argument("--train-per-class", type=int, default=64)
-    parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--train-per-class", type=int_at_least(1), default=64)
+    parser.add_argument("--test-per-class", type=int_at_least(1), default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--class-backgrounds",
@@ -287,13 +289,18 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not 0.0 <= args.class_backgrounds <= 1.0:
         parser.error(f"--class-backgrounds {args.class_backgrounds}: must be in [0, 1]")
-    make_dataset(
-        args.root,
-        args.train_per_class,
-        args.test_per_class,
-        seed=args.seed,
-        class_backgrounds=args.class_backgrounds,
-    )
+    if os.path.exists(args.root) and not os.path.isdir(args.root):
+        parser.error(f"{args.root} is a file; give an empty or new folder")
+    try:
+        make_dataset(
+            args.root,
+            args.train_per_class,
+            args.test_per_class,
+            seed=args.seed,
+            class_backgrounds=args.class_backgrounds,
+        )
+    except FileExistsError as err:
+        parser.error(str(err))
     print(f"Wrote {len(MOTIONS)} classes into {args.root} (train.csv, test.csv)")
 
 

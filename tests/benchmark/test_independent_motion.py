@@ -55,3 +55,29 @@ def test_a_probability_outside_0_1_is_refused(tmp_path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path / "d"), "--class-backgrounds", "1.5"])
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--test-per-class", "-1"], "argument --test-per-class: must be >= 1, got -1"),
+        (["--train-per-class", "0"], "argument --train-per-class: must be >= 1, got 0"),
+    ],
+)
+def test_counts_below_one_are_refused(tmp_path, capsys, args: list[str], message: str) -> None:
+    # They wrote a test.csv without a video, which the benchmark found out later.
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "d"), *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_folder_that_holds_a_dataset_or_a_file_is_a_one_line_error(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text("the user's list\n")
+    for root, message in (("file", "is a file"), ("d", "already holds train.csv")):
+        with pytest.raises(SystemExit) as stop:
+            main([str(tmp_path / root), "--train-per-class", "1", "--test-per-class", "1"])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "d" / "train.csv").read_text() == "the user's list\n"

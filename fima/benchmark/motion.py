@@ -649,7 +649,14 @@ def markdown_table(result: BenchmarkResult, command: str, elapsed: float) -> str
             if result.reused
             else ""
         ),
-        f"- Command: `{command}`" + (f"; runs {result.cpu_sharing}" if result.cpu_sharing else ""),
+        f"- Command: `{command}`"
+        + (f"; runs {result.cpu_sharing}" if result.cpu_sharing else "")
+        + (
+            " (the reused runs as the invocation that ran them did: each run's log.txt gives its "
+            "CPU threads)"
+            if result.reused and result.cpu_sharing
+            else ""
+        ),
         f"- Machine: {describe_cpu_model()}, {describe_cpus()}, torch {torch.__version__}",
         *([f"- Precision: {result.precision}"] if result.precision else []),
         "",

@@ -55,7 +55,7 @@ def test_quick_data_benchmark_reports_every_figure(tmp_path) -> None:
     assert len(work) == 2 and min(work) >= 1.0
     # The kept workdir serves again, and a count given with --quick is the one used (the other
     # sections at their smallest: only the second run's start-up and counts are checked).
-    smallest = ["--loader-batches", "1", "--windows", "1", "--rss-clips", "1", "--batch-size", "1"]
+    smallest = ["--loader-batches", "1", "--windows", "1", "--rss-clips", "10", "--batch-size", "1"]
     again = subprocess.run(
         [*result.args[:-2], "--index-videos", "60", *smallest],
         capture_output=True,
@@ -108,3 +108,13 @@ def test_a_json_file_that_cannot_be_written_is_refused_before_anything_runs(
     assert message.format(path=path, folder=path.parent) in err
     assert (tmp_path / "notes.md").read_text() == "the user's notes\n"
     assert not (tmp_path / "work").exists()
+
+
+def test_a_memory_test_too_short_to_measure_is_refused(tmp_path, capsys) -> None:
+    # With 1 clip it reported a growth of 0.000 MB against its target: a pass that measured nothing.
+    from fima.benchmark import data
+
+    with pytest.raises(SystemExit) as stop:
+        data.main(["--quick", "--workdir", str(tmp_path / "work"), "--rss-clips", "5"])
+    assert stop.value.code == 2
+    assert "argument --rss-clips: must be >= 10, got 5" in capsys.readouterr().err

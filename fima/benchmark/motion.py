@@ -432,7 +432,8 @@ def run_motion_benchmark(
     if jobs is not None and jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     plan = _plan(output_dir, seeds, opts, arms, config_dir)
-    jobs = jobs if jobs is not None else min(processes_per_cpus(), len(plan))
+    # No more at a time than the plan can run at once, which the report then says.
+    jobs = min(jobs if jobs is not None else processes_per_cpus(), len(plan))
     # Every arm takes SOLVER.AMP and MODEL.DEVICE from the defaults and the same overrides.
     first_pretraining = plan[0][2][0]
     result = BenchmarkResult(

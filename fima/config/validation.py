@@ -138,6 +138,12 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     from fima.modeling.backbone.build import BACKBONE_REGISTRY
     from fima.modeling.ssl.build import SSL_METHOD_REGISTRY
 
+    # torch.manual_seed and the generators take 64-bit seeds; larger ones failed inside a run.
+    require(
+        cfg.SEED < 2**63,
+        "SEED",
+        f"must be below 2**63 (negative: drawn at random), got {cfg.SEED}",
+    )
     solver = cfg.SOLVER
     batch = solver.IMS_PER_BATCH
     require(batch > 0, "SOLVER.IMS_PER_BATCH", f"must be positive, got {batch}")

@@ -239,7 +239,9 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
         return 1, 0.0  # a failed run: the benchmark stops after the runs under way
 
     monkeypatch.setattr(motion, "_run", record)
-    monkeypatch.setattr(motion, "_check_runs", lambda runs: None)  # the full-size data
+    # Neither the full-size data nor its fingerprint.
+    monkeypatch.setattr(motion, "_check_runs", lambda runs: None)
+    monkeypatch.setattr(motion, "data_fingerprint", lambda cfg: {})
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
@@ -253,6 +255,12 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
     with pytest.raises(SystemExit):
         main(["--output-dir", str(tmp_path / "three"), "--seeds", "0", "--jobs", "3"])
     assert set(asked) == {21}
+    # More than can go at once: as many as can, and the report says so (it said 10).
+    asked.clear()
+    with pytest.raises(SystemExit):
+        main(["--output-dir", str(tmp_path / "ten"), "--seeds", "0", "--jobs", "10"])
+    assert set(asked) == {10}
+    assert "6 at a time, 10 thread(s) each" in (tmp_path / "ten" / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("seeds", ["0,0", "-1", "0,x"])

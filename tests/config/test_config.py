@@ -158,6 +158,7 @@ def test_tiny_config_is_valid() -> None:
         ("DATA.SYNTHETIC.OBJECT_SIZE", (0.5, 1.5), 1, "DATA.SYNTHETIC.OBJECT_SIZE"),
         ("DATA.SYNTHETIC.SPEED", (0.02, 0.01), 1, "DATA.SYNTHETIC.SPEED"),
         ("DATA.SYNTHETIC.NOISE", -0.1, 1, "DATA.SYNTHETIC.DISTRACTORS and NOISE must be >= 0"),
+        ("SEED", 2**64, 1, "SEED: must be below 2**63 (negative: drawn at random), got"),
         ("LOG_PERIOD", 0, 1, "LOG_PERIOD: must be positive, got 0"),
         ("LOG_PERIOD", -5, 1, "LOG_PERIOD: must be positive, got -5"),
         ("SOLVER.CHECKPOINT_PERIOD", 0, 1, "SOLVER.CHECKPOINT_PERIOD: must be positive, got 0"),

@@ -82,7 +82,7 @@ _TRAIN_NETS = [
 TRAIN_NET = next((path for path in _TRAIN_NETS if os.path.isfile(path)), _TRAIN_NETS[0])
 # The configs as the model zoo finds them: a checkout's configs/, or the wheel's copy.
 BENCHMARK_CONFIGS = str(configs_root() / "Benchmark")
-PROG = "benchmark.py --task motion"
+PROG = "tools/benchmark.py --task motion"
 METRICS = ("linear_probe/top1", "retrieval/R@1", "retrieval/R@5")
 # What each evaluation's motion_sensitivity evaluator adds (configs/Benchmark/eval_motion.yaml):
 # what the appearance alone tells about the class, and how blind a feature is to the motion. They
@@ -793,7 +793,7 @@ def _seed_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``--task motion``: options, then ``KEY VALUE`` overrides."""
     parser = argparse.ArgumentParser(
-        prog="tools/benchmark.py --task motion",
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog="Trailing KEY VALUE pairs override every run (another dataset, budget or "
         "backbone), e.g. SOLVER.MAX_ITER 50 or DATA.SYNTHETIC.CLASSES \"('Circle','Still')\".",

@@ -78,6 +78,7 @@ from fima.utils.logger import setup_logger
 from fima.utils.memory import retain_freed_memory, return_freed_memory
 
 logger = logging.getLogger(__name__)
+PROG = "tools/benchmark.py --task train"
 
 # The reference implementation's schedule (issue 4): float32, each window through the query
 # encoder on its own (2 query passes) and each view of each window through the key encoder on its
@@ -103,7 +104,7 @@ DTYPE_CHOICES: dict[str, list[tuple[bool, bool]]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``--task train`` (config A's; ``--compare`` is split off first)."""
     parser = OptionsFirstArgumentParser(
-        prog="tools/benchmark.py --task train",
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog=(
             "Examples:\n"
@@ -183,7 +184,7 @@ def load_config(config_file: str, opts: list[str]) -> CfgNode:
     Returns:
         The frozen config; a negative ``SEED`` becomes 0.
     """
-    with usage_errors("benchmark.py --task train"):
+    with usage_errors(PROG):
         cfg = get_cfg()
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(opts)

@@ -841,6 +841,11 @@ def main(argv: list[str]) -> BenchmarkResult:
     holder = folder_holder(args.output_dir)
     if holder is not None:
         usage_error(PROG, _in_use_message(args.output_dir, holder))
+    # And a bad override, before the folder is made (the data are checked with the runs).
+    with usage_errors(PROG):
+        for arm in ARMS:
+            config_file = os.path.join(BENCHMARK_CONFIGS, arm.config)
+            validate_cfg(_load_config(config_file, [*arm.opts, *args.opts]))
     setup_logger(args.output_dir, name="fima")
     start = time.perf_counter()
     # A bad override, a dataset that is not there, a folder of another run, the output directory

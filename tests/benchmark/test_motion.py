@@ -282,6 +282,8 @@ def test_bad_overrides_and_missing_data_stop_before_any_run(tmp_path, capsys, mo
         with pytest.raises(SystemExit) as stopped:
             main(["--output-dir", str(tmp_path / "out"), "--seeds", "0", *TINY_RUN, *opts])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
+        if message == "NO.SUCH_KEY":  # refused before the output folder and its log are made
+            assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

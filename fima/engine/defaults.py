@@ -518,6 +518,38 @@ def default_setup(cfg: CfgNode, args: argparse.Namespace | None = None) -> CfgNo
     return cfg
 
 
+@contextlib.contextmanager
+def batchnorm_statistics_of_rank0(model: nn.Module) -> Iterator[None]:
+    """Inside the block every rank holds rank 0's BatchNorm running statistics; afterwards its
+    own again.
+
+    Each rank keeps its own statistics while training (``create_ddp_model`` does not broadcast
+    buffers), and the checkpoints hold rank 0's. An evaluation shards the videos over the
+    ranks, so without this each rank's share would be scored with other statistics than the
+    checkpoint's, and the figures would belong to no saved model. Training in train mode never
+    reads the running statistics, so giving them back changes nothing there either. A
+    collective: every rank enters it together.
+    """
+    if comm.get_world_size() == 1:
+        yield
+        return
+    buffers = [
+        buffer
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for buffer in module.buffers(recurse=False)
+    ]
+    own = [buffer.clone() for buffer in buffers]
+    for buffer in buffers:
+        comm.broadcast_tensor(buffer)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in zip(buffers, own, strict=True):
+                buffer.copy_(saved)
+
+
 def save_config(cfg: CfgNode) -> str:
     """Write ``OUTPUT_DIR/config.yaml`` (main process); a differing one of an earlier run is kept
     as ``config.<time>.yaml``. Returns its path."""
@@ -842,8 +874,10 @@ class DefaultTrainer(SimpleTrainer):
         start = time.perf_counter()
         was_training = model.training
         model.eval()
+        unwrapped = comm.unwrap_model(model)
         try:
-            results = as_metrics(evaluator.evaluate(comm.unwrap_model(model)), finite=False)
+            with batchnorm_statistics_of_rank0(unwrapped):
+                results = as_metrics(evaluator.evaluate(unwrapped), finite=False)
         finally:
             model.train(was_training)
         logger.info("Evaluation took %.1f s: %s", time.perf_counter() - start, results)

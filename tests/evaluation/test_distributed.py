@@ -8,7 +8,7 @@ import os
 import pytest
 
 from fima.engine import launch
-from tests.evaluation.dist_worker import evaluate_test_split
+from tests.evaluation.dist_worker import evaluate_test_split, statistics_seen_by_an_evaluation
 from tests.evaluation.helpers import classifier_cfg
 
 
@@ -36,3 +36,14 @@ def test_two_processes_give_the_one_process_video_accuracy_on_an_odd_test_set(tm
     assert [v["index"] for v in two_report["videos"]] == [0, 1, 2]
     assert two_report["videos"] == one_report["videos"]
     assert two_report["confusion_matrix"] == one_report["confusion_matrix"]
+
+
+def test_every_rank_evaluates_with_the_statistics_the_checkpoints_hold(tmp_path) -> None:
+    """Each rank keeps its own BatchNorm statistics while training and the checkpoints hold rank
+    0's: an evaluation during a two-process run scored rank 1's share of the videos with rank
+    1's, so its figures belonged to no saved model (video top-1 4.76 against 9.52 for
+    --eval-only of model_final.pth)."""
+    launch(statistics_seen_by_an_evaluation, 2, dist_url="auto", args=(str(tmp_path),))
+    for rank in (0, 1):
+        said = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert said == {"seen": 1.0, "after": float(rank + 1)}  # its own again afterwards

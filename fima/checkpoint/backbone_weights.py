@@ -24,11 +24,13 @@ from torch import nn
 from fima.checkpoint.checkpointer import check_state, torch_file_problem
 from fima.model_zoo.download import download_cached
 from fima.model_zoo.model_zoo import (
+    PREFIX,
     PathManager,
     has_url_handler,
     trained_configs,
     trained_weights,
     url_cache_path,
+    zoo_file_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ def weights_problem(name: str) -> str | None:
     is downloaded."""
     if os.path.isfile(os.path.expanduser(name)) or trained_weights(name):
         return None
+    if name.startswith(PREFIX):
+        return zoo_file_problem(name)
     if _is_web_url(name) or has_url_handler(name):
         return None
     url = _URL_SCHEME.match(name)

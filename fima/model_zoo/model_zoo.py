@@ -236,14 +236,23 @@ class ModelZooHandler(_DownloadHandler):
         self._check_kwargs(kwargs)
         file = path[len(PREFIX) :]
         known = {entry.file: entry for entry in _CHECKPOINTS.values()}
-        if file not in known:
-            raise FileNotFoundError(
-                f"{path} is not a file of the model zoo, so its sha256 is unknown; known files: "
-                + (", ".join(PREFIX + f for f in sorted(known)) or "none yet (see MODEL_ZOO.md)")
-            )
+        problem = zoo_file_problem(path)
+        if problem is not None:
+            raise FileNotFoundError(problem)
         return download_verified(
             f"{base_url()}/{file}", os.path.join(cache_dir(), *file.split("/")), known[file].sha256
         )
+
+
+def zoo_file_problem(path: str) -> str | None:
+    """Why ``fima://<file>`` cannot be fetched (no sha256 is registered for it), or None."""
+    file = path[len(PREFIX) :]
+    known = sorted(entry.file for entry in _CHECKPOINTS.values())
+    if file in known:
+        return None
+    return f"{path} is not a file of the model zoo, so its sha256 is unknown; known files: " + (
+        ", ".join(PREFIX + f for f in known) or "none yet (see MODEL_ZOO.md)"
+    )
 
 
 class URLHandler(_DownloadHandler):

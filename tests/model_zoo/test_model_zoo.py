@@ -264,6 +264,14 @@ def test_unknown_zoo_file_is_not_downloaded(server) -> None:
     with pytest.raises(FileNotFoundError, match="sha256 is unknown"):
         resolve_weights("fima://elsewhere/model.pth")
     assert server.requests == []
+    # Said at start-up, naming the key, before config.yaml is written and the data generated.
+    from fima.config import ConfigError, validate_cfg
+
+    cfg = model_zoo.get_config(CONFIG)
+    cfg.MODEL.WEIGHTS = "fima://elsewhere/model.pth"
+    with pytest.raises(ConfigError, match=r"MODEL.WEIGHTS: fima://elsewhere/model.pth is not a"):
+        validate_cfg(cfg)
+    assert "sha256 is unknown" in weights_problem("fima://elsewhere/model.pth")
 
 
 @pytest.fixture
@@ -376,7 +384,7 @@ def test_other_url_schemes_are_refused_with_advice(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=f"file:// URLs .*given as its path: {path}\\)"):
         resolve_weights(f"file://{path}")
     assert "fima does not fetch s3:// URLs" in weights_problem("s3://bucket/model.pth")
-    assert weights_problem("fima://Quickstart/x.pth") is None
+    assert "sha256 is unknown" in weights_problem("fima://Quickstart/x.pth")  # not registered
     assert weights_problem("HTTPS://example.com/model.pth") is None
 
 

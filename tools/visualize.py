@@ -36,6 +36,7 @@ from fima.engine.defaults import (
     usage_errors,
 )
 from fima.model_zoo import DownloadError
+from fima.utils.files import nearest_existing
 from fima.utils.logger import setup_logger
 from fima.utils.progress import progress_bar
 from fima.utils.visualization import (
@@ -138,9 +139,7 @@ def output_names(videos: list[str], root: str) -> list[str]:
 def output_problem(folder: str) -> str | None:
     """Why the pictures cannot be written under ``folder``, or None: it, or the nearest path above
     it that exists, must be a directory."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(folder)
     if os.path.isdir(existing):
         return None
     where = "" if existing == os.path.abspath(folder) else f" ({existing} is)"

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -48,7 +48,7 @@ import torch
 
 from fima.checkpoint import atomic_write
 from fima.config import CfgNode, get_cfg, validate_cfg
-from fima.data.datasets import AnnotationError, build_dataset
+from fima.data.datasets import AnnotationError, VideoDataset, build_dataset
 from fima.engine.defaults import (
     USAGE_ERRORS,
     int_at_least,
@@ -255,30 +255,36 @@ def _evaluated_checkpoint_changed(run: _Run) -> bool:
 
 
 def _check_runs(runs: Sequence[_Run]) -> None:
-    """Check every run's config, and the data they read, before any run starts.
+    """Check every run's config before any run starts (the data: :func:`_read_splits`).
 
     Raises:
         ConfigError, KeyError, ValueError: a bad override or config (the message names the key).
-        FileNotFoundError, AnnotationError: the dataset is not where or what the config says.
     """
     for run in runs:
         opts = list(run.opts)
         if run.flags and "MODEL.WEIGHTS" in opts:  # an evaluation: its pretraining writes them
             opts[opts.index("MODEL.WEIGHTS") + 1] = ""
         validate_cfg(_load_config(run.config_file, opts))
-    # Every run reads the same data: the training and test splits, checked once.
-    cfg = _load_config(runs[0].config_file, runs[0].opts)
-    for split in (cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT):
-        build_dataset(cfg, split)
 
 
-def data_fingerprint(cfg: CfgNode) -> dict[str, dict[str, object]]:
-    """What identifies the videos a run of ``cfg`` reads, per split: their count, and a sha256 of
-    every video's path (below the dataset's root), label, size and modification time. No video
-    is opened: a list read and a ``stat`` per file."""
+def _read_splits(cfg: CfgNode) -> dict[str, VideoDataset]:
+    """The training and test splits that every run of the benchmark reads (lists, no video).
+
+    Raises:
+        FileNotFoundError, AnnotationError: the dataset is not where or what the config says.
+    """
+    return {
+        split: build_dataset(cfg, split)
+        for split in dict.fromkeys((cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT))
+    }
+
+
+def data_fingerprint(splits: Mapping[str, VideoDataset]) -> dict[str, dict[str, object]]:
+    """What identifies the videos of each split: their count, and a sha256 of every video's path
+    (below the dataset's root), label, size and modification time. No video is opened: a
+    ``stat`` per file."""
     fingerprint: dict[str, dict[str, object]] = {}
-    for split in dict.fromkeys((cfg.DATA.TRAIN_SPLIT, cfg.DATA.TEST_SPLIT)):
-        dataset = build_dataset(cfg, split)
+    for split, dataset in splits.items():
         digest = hashlib.sha256()
         for record in dataset.records:
             try:
@@ -458,10 +464,13 @@ def run_motion_benchmark(
         to_run = [run for _, _, runs in plan for run in runs if not done[run.folder]]
         if to_run:
             _check_runs(to_run)
-        # Every run reads the data of the overrides (the arms' configs name no dataset).
+        # Every run reads the data of the overrides (the arms' configs name no dataset), read
+        # once here: checked before any run starts, fingerprinted, and the test split's chance.
+        data_cfg = _load_config(plan[-1][2][-1].config_file, opts)
+        splits = _read_splits(data_cfg)
         _check_same_data(
             output_dir,
-            data_fingerprint(_load_config(plan[-1][2][-1].config_file, opts)),
+            data_fingerprint(splits),
             # A run found finished is reused, one found part-way is resumed: either way its
             # videos must be these.
             reusable=any(
@@ -547,8 +556,7 @@ def run_motion_benchmark(
                     m: float(metrics[m]) for m in METRICS + DIAGNOSTICS if m in metrics
                 }
                 result.num_test_videos = int(metrics["retrieval/num_queries"])
-        eval_cfg = _load_config(plan[-1][2][-1].config_file, opts)
-        test_split = build_dataset(eval_cfg, eval_cfg.DATA.TEST_SPLIT)
+        test_split = splits[data_cfg.DATA.TEST_SPLIT]
         result.chance = chance_top1([record.label for record in test_split])
         return result
 

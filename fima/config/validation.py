@@ -251,9 +251,9 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
         "DATA.ROOT",
         f"is empty: set it to the {data.DATASET} root ({layout})",
     )
-    if cfg.MODEL.WEIGHTS.startswith("fima://"):
-        from fima.model_zoo.model_zoo import zoo_file_problem
+    from fima.model_zoo.model_zoo import PREFIX, zoo_file_problem
 
+    if cfg.MODEL.WEIGHTS.startswith(PREFIX):
         problem = zoo_file_problem(cfg.MODEL.WEIGHTS)
         require(problem is None, "MODEL.WEIGHTS", problem or "")
     if (

@@ -80,10 +80,6 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         saved_max_iter = state_dict.get("max_iter", self._max_iter)  # absent before 2026-12-05
         self.last_epoch = state_dict["last_epoch"]
         if saved_max_iter != self._max_iter:
-            was = self._max_iter
-            self._max_iter = saved_max_iter
-            before = self.get_lr()
-            self._max_iter = was
             logger.warning(
                 "Resuming with a schedule over %d iterations instead of the checkpoint's %d "
                 "(SOLVER.MAX_ITER / MAX_EPOCHS changed): the learning rate of the next step is "
@@ -91,15 +87,19 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
                 self._max_iter,
                 saved_max_iter,
                 _format_rates(self.get_lr()),
-                _format_rates(before),
+                _format_rates(self._rates(saved_max_iter)),
             )
         self._last_lr = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
             group["lr"] = lr
 
     def get_lr(self) -> list[float]:
+        return self._rates(self._max_iter)
+
+    def _rates(self, max_iter: int) -> list[float]:
+        """The rates at the current position of a schedule over ``max_iter`` iterations."""
         step = (self.last_epoch // self._unit) * self._unit
-        factor = self._multiplier(min(step / self._max_iter, 1.0 - 1e-9))
+        factor = self._multiplier(min(step / max_iter, 1.0 - 1e-9))
         return [base * factor for base in self.base_lrs]
 
 

@@ -71,6 +71,15 @@ def _close_held_in_child() -> None:
 os.register_at_fork(after_in_child=_close_held_in_child)
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute, or the nearest folder above it that exists: where creating it
+    would start (whether that is a folder, and writable, says whether it can be created)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def folder_holder(folder: str) -> str | None:
     """Who holds ``folder/.lock`` (as :func:`lock_folder` wrote it), or None when no process
     does. Takes nothing and creates nothing: a check before processes that will lock it start."""

@@ -239,9 +239,7 @@ def test_without_jobs_one_run_per_cpu_up_to_the_runs_that_can_go_at_once(
         return 1, 0.0  # a failed run: the benchmark stops after the runs under way
 
     monkeypatch.setattr(motion, "_run", record)
-    # Neither the full-size data nor its fingerprint.
-    monkeypatch.setattr(motion, "_check_runs", lambda runs: None)
-    monkeypatch.setattr(motion, "data_fingerprint", lambda cfg: {})
+    monkeypatch.setattr(motion, "_read_splits", lambda cfg: {})  # not the full-size data
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)

@@ -32,6 +32,7 @@ from fima.config.config import CfgNode as CN
 from fima.data.datasets.build import DATASET_REGISTRY, VideoDataset
 from fima.data.datasets.ucf101 import read_ucf101_split
 from fima.utils.env import cache_root
+from fima.utils.files import nearest_existing
 from fima.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -402,9 +403,7 @@ def _generation_problem(root: str) -> str | None:
     nearest existing folder above it can be written (not read-only, not another user's)."""
     if os.path.isfile(os.path.join(root, "settings.json")):
         return None
-    existing = os.path.dirname(root)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(os.path.dirname(root))
     if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
         return None
     reason = "cannot be written" if os.path.isdir(existing) else "is a file"

@@ -155,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing --output-json file"
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of A")
+    # --compare is listed for --usage and --help only: split_compare takes it and everything after
+    # it off the command line before the rest is parsed, so it comes last, after A's overrides.
+    usage = parser.format_usage().removeprefix("usage: ").rstrip("\n")
+    parser.usage = f"{usage}\n{' ' * (len(PROG) + 8)}[--compare B.yaml [KEY VALUE ...]]"
+    parser.add_argument(
+        "--compare",
+        nargs=argparse.REMAINDER,
+        help="B.yaml [KEY VALUE ...]: config B, run alternately with A (A B A B ...), and the "
+        "ratio of each pair reported; everything after it is B's",
+    )
     return parser
 
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from fima.benchmark import train as train_benchmark
 from fima.benchmark.train import (
     float32_peak_name,
     main,
@@ -116,8 +117,6 @@ def test_the_tf32_peak_leaves_the_matmul_precision_as_it_found_it() -> None:
 def test_each_variant_steps_with_its_own_cudnn_autotuning(monkeypatch) -> None:
     # --compare A CUDNN_BENCHMARK True B CUDNN_BENCHMARK False weighs the autotuning: the global
     # flag must follow the variant that is stepping.
-    import fima.benchmark.train as train_benchmark
-
     seen: list[tuple[str, bool]] = []
     run_step = train_benchmark.run_step
 
@@ -200,6 +199,19 @@ def test_dispatcher_lists_tasks_and_forwards_arguments() -> None:
     )
     assert result.returncode == 2 and not result.stdout
     assert "--task is required: one of data, motion, train" in result.stderr
+
+
+def test_usage_line_and_options_name_compare_after_the_overrides_of_a() -> None:
+    parser = train_benchmark.build_parser()
+    usage = parser.format_usage()
+    assert usage.rstrip().endswith(
+        "...\n" + " " * (len(train_benchmark.PROG) + 8) + "[--compare B.yaml [KEY VALUE ...]]"
+    )
+    assert "B.yaml [KEY VALUE ...]: config B" in parser.format_help()
+    argv_a, argv_b = train_benchmark.split_compare(
+        ["--config-file", "a.yaml", "X 1", "--compare", "b.yaml", "Y", "2"]
+    )
+    assert parser.parse_args(argv_a).opts == ["X 1"] and argv_b == ["b.yaml", "Y", "2"]
 
 
 def test_onednn_primitives_are_summed_by_implementation_and_layout() -> None:

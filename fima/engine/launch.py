@@ -20,6 +20,7 @@ processes. Gloo processes on one machine share its cores (``torch.set_num_thread
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
 import math
 import os
@@ -173,8 +174,8 @@ def check_launch_arguments(
 ) -> None:
     """Raise ValueError, naming the flags, where the process layout cannot run: too few
     processes or machines, a rank out of range, a rendezvous URL that is not ``auto``,
-    ``tcp://HOST:PORT`` or ``file:///PATH``, or a timeout that is not a positive number of
-    seconds."""
+    ``tcp://HOST:PORT`` or ``file:///PATH``, a ``tcp://`` port that machine 0 already listens on
+    (checked there), or a timeout that is not a positive number of seconds."""
     if num_gpus_per_machine < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
         raise ValueError(
             f"--num-gpus {num_gpus_per_machine}, --num-machines {num_machines}, --machine-rank "
@@ -185,6 +186,8 @@ def check_launch_arguments(
         raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
     if dist_url not in (None, "auto"):
         _check_dist_url(dist_url)
+        if num_gpus_per_machine * num_machines > 1 and machine_rank == 0:
+            _check_rendezvous_port_free(dist_url)
     if not (math.isfinite(timeout_seconds) and timeout_seconds > 0):
         raise ValueError(
             f"--dist-timeout {timeout_seconds:g}: must be a positive number of seconds"
@@ -205,6 +208,31 @@ def _check_dist_url(dist_url: str) -> None:
     raise ValueError(
         f"--dist-url {dist_url}: expected auto (one machine), tcp://HOST:PORT or file:///PATH"
     )
+
+
+def _check_rendezvous_port_free(dist_url: str) -> None:
+    """Machine 0's rank 0 listens at a ``tcp://`` URL's port on every address of the machine
+    (torch's TCPStore): a port that something there already listens on (another run's
+    rendezvous, say) stops every rank with a traceback after they were spawned. Say it first.
+
+    Only a port in use is reported; any other reason the probe cannot bind (a port below 1024
+    without the right, no IPv4) is left to ``init_process_group``. A port taken between this
+    check and the rendezvous still fails there.
+    """
+    url = urllib.parse.urlsplit(dist_url)
+    if url.scheme != "tcp":
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the store sets it: a port left in TIME_WAIT by a finished run is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", url.port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(
+                    f"--dist-url {dist_url}: port {url.port} is in use on this machine (another "
+                    "run's rendezvous?); choose a free port, or --dist-url auto on one machine"
+                ) from None
 
 
 def resolve_backend(backend: str) -> str:

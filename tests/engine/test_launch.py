@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import socket
 
 import pytest
 import torch
@@ -13,7 +14,12 @@ from fima.config import ConfigError, get_cfg
 from fima.config.validation import validate_cfg
 from fima.engine import default_argument_parser, launch
 from fima.engine.defaults import resolve_device
-from fima.engine.launch import check_launch_arguments, launched_by_torchrun, resolve_backend
+from fima.engine.launch import (
+    _find_free_port,
+    check_launch_arguments,
+    launched_by_torchrun,
+    resolve_backend,
+)
 from fima.utils import comm
 
 
@@ -47,10 +53,25 @@ def test_bad_arguments_fail_before_starting_anything(kwargs: dict, message: str)
 
 
 @pytest.mark.parametrize(
-    "dist_url", ["auto", "tcp://127.0.0.1:29500", "tcp://[::1]:29500", "file:///tmp/rdzv"]
+    "dist_url", ["auto", "tcp://127.0.0.1:{port}", "tcp://[::1]:{port}", "file:///tmp/rdzv"]
 )
 def test_rendezvous_urls_that_init_process_group_takes(dist_url: str) -> None:
-    check_launch_arguments(2, 1, 0, dist_url, 1800.0)
+    check_launch_arguments(2, 1, 0, dist_url.format(port=_find_free_port()), 1800.0)
+
+
+def test_a_rendezvous_port_in_use_is_refused_on_machine_0_before_anything_starts() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        dist_url = f"tcp://127.0.0.1:{port}"
+        with pytest.raises(ValueError, match=f"--dist-url {dist_url}: port {port} is in use"):
+            check_launch_arguments(2, 1, 0, dist_url, 1800.0)
+        with pytest.raises(ValueError, match="is in use"):
+            launch(print, 1, num_machines=2, machine_rank=0, dist_url=dist_url)
+        # Machine 1 connects to machine 0's port, and one process listens on none.
+        check_launch_arguments(1, 2, 1, dist_url, 1800.0)
+        check_launch_arguments(1, 1, 0, dist_url, 1800.0)
 
 
 def test_a_timeout_must_be_a_finite_positive_number_of_seconds() -> None:

@@ -14,6 +14,7 @@ live as long as the run's one iterator, and a resume (a new position) needs new 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -393,6 +394,7 @@ class TrainLoader:
         self.tracker = tracker
         self.pin_memory = pin_memory
         self.position = 0
+        self._fingerprint: str | None = None
         self._sampler = self._make_sampler()
 
     def _make_sampler(self) -> TrainingBatchSampler:
@@ -462,23 +464,56 @@ class TrainLoader:
         """Clips that one batch of every rank takes from the data order together."""
         return self.batch_size * comm.get_world_size()
 
-    def state_dict(self) -> dict[str, int]:
-        """The seed, the batches handed out, and the clips they took from the data order (all
-        ranks), by which a resumed run with another batch per process finds its place."""
+    def data_fingerprint(self) -> str:
+        """What the data order is drawn from: the usable training videos in the dataset's order,
+        by their paths below its root (a SHA-1; another ``DATA.ROOT`` holding the same tree has
+        the same one). Computed once."""
+        if self._fingerprint is None:
+            records = self.dataset.dataset.records
+            root = self.dataset.dataset.root
+            digest = hashlib.sha1()
+            for index in self.dataset.valid:
+                path = records[index].path
+                digest.update(os.path.relpath(path, root).encode() if root else path.encode())
+                digest.update(b"\0")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def state_dict(self) -> dict[str, int | str]:
+        """The seed, the batches handed out, the clips they took from the data order (all
+        ranks), by which a resumed run with another batch per process finds its place, and the
+        usable videos the order was drawn from (their number and :meth:`data_fingerprint`)."""
         return {
             "seed": self.seed,
             "position": self.position,
             "clips": self.position * self._clips_per_batch(),
+            "videos": len(self.dataset.valid),
+            "data": self.data_fingerprint(),
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int | str]) -> None:
         """Continue after the clips that the saved loader handed out.
 
         The position is counted in clips, not batches: a run resumed with another
         ``SOLVER.ACCUM_STEPS`` (or number of processes, or ``IMS_PER_BATCH``) takes batches of
         another size and continues where the data order stopped instead of skipping or
-        repeating part of an epoch.
+        repeating part of an epoch. Training videos that differ from those the saved loader
+        drew from (added, removed, renamed or become unreadable) are warned about: the run
+        goes on, in an order that an uninterrupted run would not have taken.
         """
+        saved = state.get("data")
+        if saved is not None and saved != self.data_fingerprint():
+            logger.warning(
+                "The training data differ from those of the checkpoint's run (%d usable videos "
+                "then, %d now%s): the data order from here on is not the one the run would "
+                "have taken uninterrupted, and some videos of the current epoch may be seen twice "
+                "or not at all",
+                int(state["videos"]),
+                len(self.dataset.valid),
+                ", other paths or other videos unreadable"
+                if int(state["videos"]) == len(self.dataset.valid)
+                else "",
+            )
         self.seed = int(state["seed"])
         if "clips" not in state:  # a checkpoint written before positions were counted in clips
             self.position = int(state["position"])

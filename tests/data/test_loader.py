@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import numpy as np
 import torch
 
@@ -45,6 +48,59 @@ def test_loader_resumes_at_its_position(tmp_path) -> None:
     for a, b in zip(straight[3:], again):
         assert torch.equal(a["global"], b["global"])
     assert resumed.state_dict()["position"] == 5
+
+
+def test_resume_onto_other_training_videos_is_warned_about(tmp_path, caplog) -> None:
+    cfg = tiny_cfg(str(tmp_path))
+    state = build_pretrain_loader(cfg).state_dict()
+    assert state["videos"] == len(build_pretrain_loader(cfg).dataset.valid)
+
+    def warnings_on_resume(change) -> list[str]:
+        caplog.clear()
+        resumed = build_pretrain_loader(cfg)
+        change(resumed.dataset)
+        with caplog.at_level("WARNING", logger="fima.data.build"):
+            resumed.load_state_dict(state)
+        return [r.getMessage() for r in caplog.records if "training data differ" in r.getMessage()]
+
+    # The same videos, also below another root: no warning.
+    assert warnings_on_resume(lambda clips: None) == []
+    assert warnings_on_resume(_moved_to(str(tmp_path / "copy"))) == []
+    # One video fewer (removed, or unreadable now): the counts are named.
+    (message,) = warnings_on_resume(_without_first_video)
+    assert f"{state['videos']} usable videos then, {state['videos'] - 1} now)" in message
+    # As many videos, one of them another file.
+    (message,) = warnings_on_resume(_first_video_renamed)
+    assert "now, other paths or other videos unreadable" in message
+    # A checkpoint written before the fingerprint: nothing to compare.
+    caplog.clear()
+    old = {k: v for k, v in state.items() if k not in ("videos", "data")}
+    resumed = build_pretrain_loader(cfg)
+    _without_first_video(resumed.dataset)
+    with caplog.at_level("WARNING", logger="fima.data.build"):
+        resumed.load_state_dict(old)
+    assert not [r for r in caplog.records if "training data differ" in r.getMessage()]
+
+
+def _moved_to(root: str):
+    def move(clips) -> None:
+        videos = clips.dataset
+        videos.records = [
+            dataclasses.replace(r, path=os.path.join(root, os.path.relpath(r.path, videos.root)))
+            for r in videos.records
+        ]
+        videos.root = root
+
+    return move
+
+
+def _without_first_video(clips) -> None:
+    clips.valid = clips.valid[1:]
+
+
+def _first_video_renamed(clips) -> None:
+    first = clips.dataset.records[clips.valid[0]]
+    clips.dataset.records[clips.valid[0]] = dataclasses.replace(first, path=first.path + ".x")
 
 
 def test_loader_resumed_with_other_accumulation_continues_the_data_order(tmp_path) -> None:

@@ -188,6 +188,7 @@ def test_video_list_class_folders_share_class_indices_across_splits(tmp_path, ca
     _touch(
         tmp_path,
         "train/walk/a.mp4", "train/walk/b.AVI", "train/run/deep/c.mkv", "train/run/notes.txt",
+        "train/run/g.gif",
         "train/run/.hidden.mp4", "train/.cache/d.mp4", "test/walk/e.webm", "test/jump/f.mp4",
         "test/jump/thumbs.db",
     )  # fmt: skip
@@ -204,7 +205,8 @@ def test_video_list_class_folders_share_class_indices_across_splits(tmp_path, ca
     # The classes of both splits, sorted: "jump" has test videos only and still has index 0.
     assert train.class_names == ["jump", "run", "walk"] == test.class_names
     assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
-        ("train/run/deep/c.mkv", 1), ("train/walk/a.mp4", 2), ("train/walk/b.AVI", 2),
+        ("train/run/g.gif", 1), ("train/run/deep/c.mkv", 1), ("train/walk/a.mp4", 2),
+        ("train/walk/b.AVI", 2),
     ]  # fmt: skip
     assert [(os.path.relpath(r.path, tmp_path), r.label) for r in test] == [
         ("test/jump/f.mp4", 0), ("test/walk/e.webm", 2),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fima.data import decoder
 from fima.data.decoder import DecodeError, decode_frames, plan_passes, probe_video
@@ -305,6 +306,26 @@ def _write_with_audio(path: str, codec: str, audio: str, start: int, audio_secon
             container.mux(packet)
         mux_silence(container, sound, frames=int(audio_seconds * 50), samples_per_frame=960)
     return path
+
+
+def test_an_animated_gif_is_frame_exact(tmp_path) -> None:
+    """A GIF as Pillow writes it (a palette of its own per frame, a delay per frame). Delays
+    that vary are a variable frame rate, sampled in time as in any other container."""
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((24, 32, 3)) * 255).astype(np.uint8) for _ in range(30)]
+    path = str(tmp_path / "motion.gif")
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    assert probe_video(path).num_frames == 30
+    with Image.open(path) as gif:
+        expected = []
+        for index in range(30):
+            gif.seek(index)
+            expected.append(np.asarray(gif.convert("RGB")))
+    indices = [0, 1, 2, 3, 13, 14, 27, 29, 29]
+    torch.testing.assert_close(
+        decode_frames(path, indices), torch.from_numpy(np.stack([expected[i] for i in indices]))
+    )
 
 
 @pytest.mark.parametrize(

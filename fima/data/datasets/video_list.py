@@ -50,8 +50,8 @@ _PATH_COLUMNS = ("path", "video", "video_path", "filename", "file", "clip")
 _LABEL_COLUMNS = ("label", "class", "class_name", "category", "target", "action", "label_name")
 # Containers PyAV (FFmpeg) reads and videos commonly come in; compared in lower case.
 VIDEO_EXTENSIONS = (
-    ".3gp", ".avi", ".flv", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv", ".webm",
-    ".wmv",
+    ".3gp", ".avi", ".flv", ".gif", ".m4v", ".mkv", ".mov", ".mp4", ".mpeg", ".mpg", ".ogv",
+    ".webm", ".wmv",
 )  # fmt: skip
 
 

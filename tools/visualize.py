@@ -25,6 +25,7 @@ import sys
 from fima.checkpoint import CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import weights_problem
 from fima.config.validation import validate_cfg_without_data
+from fima.data.datasets.video_list import VIDEO_EXTENSIONS, holds_frames
 from fima.data.decoder import DecodeError
 from fima.engine.defaults import (
     OptionsFirstArgumentParser,
@@ -50,8 +51,6 @@ from fima.utils.visualization import (
 
 logger = logging.getLogger("fima.visualize")
 PROG = "visualize.py"
-
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,23 +89,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def find_videos(path: str) -> list[str]:
-    """``path`` itself if it is a file, else the videos under the directory, sorted."""
+    """``path`` itself if it is a file or a folder of frames, else the videos under the
+    directory (video files, as VideoList's class folders take them, and folders of frames),
+    sorted."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--input {path}: no such file or directory")
-    return sorted(
-        os.path.join(root, name)
-        for root, _, names in os.walk(path)
-        for name in names
-        if name.lower().endswith(VIDEO_EXTENSIONS)
-    )
+    videos = []
+    for root, dirs, names in os.walk(path):
+        if not dirs and holds_frames(names):
+            videos.append(root)
+            continue
+        videos.extend(
+            os.path.join(root, name) for name in names if name.lower().endswith(VIDEO_EXTENSIONS)
+        )
+    return sorted(videos)
 
 
 def output_name(video: str, root: str, keep_extension: bool = False) -> str:
     """The PNG name of a video: its path relative to ``--input`` with ``/`` as ``__``, without
-    its extension unless ``keep_extension`` (``clip.avi.png``)."""
-    relative = os.path.relpath(video, root) if os.path.isdir(root) else os.path.basename(video)
+    its extension unless ``keep_extension`` (``clip.avi.png``); a folder of frames given as
+    ``--input`` itself is named after the folder."""
+    is_root = os.path.normpath(video) == os.path.normpath(root)
+    inside = os.path.isdir(root) and not is_root
+    relative = os.path.relpath(video, root) if inside else os.path.basename(os.path.normpath(video))
     if not keep_extension:
         relative = os.path.splitext(relative)[0]
     return relative.replace(os.sep, "__") + ".png"

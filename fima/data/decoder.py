@@ -18,6 +18,10 @@ as the samplers do with the header's frame count). A stream that ends more than 
 the frame count its header promises is truncated, and decoding it raises :class:`DecodeError`.
 An index that no frame's timestamp maps to (a gap in a variable frame rate) takes the frame
 before the gap.
+
+A *folder of frames* (one image per frame, as ``ffmpeg -i v.mp4 dir/%05d.jpg`` or mmaction2's
+``rawframes`` extract them) is a video too: frame ``i`` is its ``i``-th image in name order,
+numbers compared as numbers (``img_2.jpg`` before ``img_10.jpg``). See :func:`frame_files`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
+from PIL import Image, ImageOps
 
 from fima.data.transforms import short_side_size
 
@@ -177,9 +184,13 @@ def probe_video(path: str) -> VideoInfo:
     else (Matroska/WebM, FLV) the video track's statistics tags, or the index after the last
     video packet's timestamp, read by demuxing from the last keyframe (still decoding nothing).
 
+    A folder of frames gives its number of frames, the size of its first, and ``fps`` 0.
+
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
     """
+    if is_frame_folder(path):
+        return _probe_frame_folder(path)
     with _open(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
@@ -190,6 +201,123 @@ def probe_video(path: str) -> VideoInfo:
         if width <= 0 or height <= 0:
             raise DecodeError("the header gives no frame size")
         return VideoInfo(num_frames=num_frames, fps=float(fps), width=width, height=height)
+
+
+# The images that make a folder a video of frames (compared in lower case).
+FRAME_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
+_DIGITS = re.compile(r"(\d+)")
+# What Pillow raises for a file that is no image it can read (truncated, corrupt, too large).
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _name_template(name: str) -> str:
+    """A frame's name with its numbers as ``#`` (``img_00012.jpg`` -> ``img_#.jpg``)."""
+    return _DIGITS.sub("#", name.lower())
+
+
+def _natural_key(name: str) -> list[str | int]:
+    # re.split with a group alternates text and digits from text on, so keys compare in step.
+    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name))]
+
+
+def frame_files(folder: str) -> list[str]:
+    """The frames of a folder of frames, in order: its images (:data:`FRAME_EXTENSIONS`, not
+    hidden) sorted by name with numbers compared as numbers.
+
+    The frames are the images of one name pattern. Optical-flow images beside them (names
+    starting with ``flow``, as mmaction2 and TSN extract ``flow_x_00001.jpg`` next to
+    ``img_00001.jpg``) are not frames.
+
+    Args:
+        folder: the folder of frames.
+
+    Returns:
+        The frames' paths.
+
+    Raises:
+        DecodeError: the folder cannot be listed, holds no image, or holds images of several
+            name patterns (other than optical flow).
+    """
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as err:
+        raise DecodeError(f"cannot list the folder of frames: {_reason(err)}") from None
+    images = [
+        name
+        for name in names
+        if not name.startswith(".")
+        and name.lower().endswith(FRAME_EXTENSIONS)
+        and not name.lower().startswith("flow")
+    ]
+    if not images:
+        raise DecodeError(
+            f"a folder without frame images ({', '.join(FRAME_EXTENSIONS)}) is not a video"
+        )
+    templates = sorted({_name_template(name) for name in images})
+    if len(templates) > 1:
+        raise DecodeError(
+            f"the folder holds images of {len(templates)} name patterns ({', '.join(templates)}, "
+            "# for a number): keep one video's frames, of one pattern, per folder"
+        )
+    return [os.path.join(folder, name) for name in sorted(images, key=_natural_key)]
+
+
+def is_frame_folder(path: str) -> bool:
+    """Whether ``path`` names a folder (a video of frames) rather than a video file."""
+    return os.path.isdir(path)
+
+
+def _read_image(path: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of one frame image, upright as its EXIF orientation says (as a
+    viewer shows it, and as :func:`decode_frames` turns rotated videos).
+
+    Raises:
+        DecodeError: the image cannot be read (corrupt, truncated, not an image).
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except _IMAGE_ERRORS as err:
+        raise DecodeError(f"{os.path.basename(path)}: cannot read the image: {err}") from None
+
+
+def _probe_frame_folder(folder: str) -> VideoInfo:
+    """A folder of frames' count and size (of its first image, upright); it has no frame rate,
+    so ``fps`` is 0 (fima samples frames by index)."""
+    files = frame_files(folder)
+    try:
+        with Image.open(files[0]) as image:
+            width, height = ImageOps.exif_transpose(image).size
+    except _IMAGE_ERRORS as err:
+        raise DecodeError(f"{os.path.basename(files[0])}: cannot read the image: {err}") from None
+    return VideoInfo(num_frames=len(files), fps=0.0, width=width, height=height)
+
+
+def _decode_frame_folder(folder: str, indices: Sequence[int], short_side: int) -> torch.Tensor:
+    """:func:`decode_frames` of a folder of frames: each wanted image read once, an index past
+    the last frame clamped to it.
+
+    Raises:
+        DecodeError: an image cannot be read, or is of another size than the first one read.
+    """
+    files = frame_files(folder)
+    last = len(files) - 1
+    convert = _Converter(short_side)
+    frames: dict[int, np.ndarray] = {}
+    source_size: tuple[int, int] | None = None
+    for index in sorted({min(max(int(i), 0), last) for i in indices}):
+        rgb = _read_image(files[index])
+        if source_size is None:
+            source_size = rgb.shape[:2]
+        elif rgb.shape[:2] != source_size:
+            raise DecodeError(
+                f"{os.path.basename(files[index])}: a frame of {rgb.shape[1]}x{rgb.shape[0]}, "
+                f"where the others are {source_size[1]}x{source_size[0]}"
+            )
+        frames[index] = convert(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
+    return torch.from_numpy(np.stack([frames[min(max(int(i), 0), last)] for i in indices]))
 
 
 class _FrameClock:
@@ -372,7 +500,7 @@ def decode_frames(
     """Decode the frames at ``indices`` (any order, repeats allowed).
 
     Args:
-        path: the video file.
+        path: the video file, or a folder of frames.
         indices: 0-based frame indices. An index past the last decodable frame takes the last
             frame (a video shorter than its header says by less than a second is clamped).
         threads: decoder threads; 0: FFmpeg's choice, 1: no threading (the right choice inside
@@ -391,6 +519,8 @@ def decode_frames(
     """
     if len(indices) == 0:
         raise ValueError("decode_frames needs at least one frame index")
+    if is_frame_folder(path):
+        return _decode_frame_folder(path, indices, short_side)
     wanted = sorted({max(int(i), 0) for i in indices})
     frames: dict[int, np.ndarray] = {}
     convert = _Converter(short_side)

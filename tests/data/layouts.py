@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import av
 import numpy as np
+from PIL import Image
 
 from tests.conftest import write_test_video
 
@@ -191,3 +192,15 @@ LAYOUTS: dict[str, Callable[[str, list[str], int, dict[str, str]], None]] = {
     "Kinetics400": make_kinetics,
     "VideoList": make_video_list,
 }
+
+
+def write_frames(
+    folder, count: int, name: str = "img_{:05d}.png", size: tuple[int, int] = (24, 32), seed=0
+) -> list[np.ndarray]:
+    """``count`` random RGB frames of ``size`` (H, W), saved losslessly; returns them."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    frames = [(rng.random((*size, 3)) * 255).astype(np.uint8) for _ in range(count)]
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(os.path.join(folder, name.format(index + 1)))
+    return frames

@@ -12,6 +12,7 @@ from PIL import Image
 
 from fima.modeling import build_model
 from tests.conftest import USER_BACKBONE, tiny_cfg, user_backbone_checkpoint, write_test_video
+from tests.data.layouts import write_frames
 from tests.modeling.test_fima import FIMA_TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,6 +84,23 @@ def test_videos_that_differ_in_their_extension_get_pictures_of_their_own(tmp_pat
     videos.append(os.path.join(root, "sub", "clip.avi"))
     names = visualize.output_names(videos, root)
     assert names == ["clip.avi.png", "clip.mp4.png", "other.png", "sub__clip.png"]
+
+
+def test_folders_of_frames_are_drawn_as_videos(setup, tmp_path) -> None:
+    config, weights, _ = setup
+    videos = tmp_path / "frames"
+    write_frames(videos / "walk" / "v1", 20)
+    write_frames(videos / "v2", 20)
+    (videos / "walk" / "notes.txt").write_text("not a video")
+    assert visualize.find_videos(str(videos)) == [str(videos / "v2"), str(videos / "walk" / "v1")]
+    # A folder of frames as --input is one video, named after the folder.
+    assert visualize.find_videos(str(videos / "v2")) == [str(videos / "v2")]
+    out = tmp_path / "out"
+    for source, folder in ((videos, out / "all"), (videos / "v2", out / "one")):
+        args = ["--config-file", config, "--input", str(source), "--output", str(folder)]
+        assert visualize.main([*args, "MODEL.WEIGHTS", weights["fima"]]) == 0
+    assert sorted(os.listdir(out / "all")) == ["v2.png", "walk__v1.png"]
+    assert os.listdir(out / "one") == ["v2.png"]
 
 
 def test_videos_whose_pictures_would_collide_are_refused(setup, tmp_path, capsys) -> None:

@@ -7,9 +7,10 @@ without spaces), with an optional header line naming the columns. Every line of 
 label or none does (an unlabelled list, for pretraining; labels are then -1).
 
 A split without a list file may be a folder ``DATA.ROOT/<split>/``: ``<class>/<video>`` (videos
-anywhere below a class folder), or only videos directly in it (unlabelled). Files whose extension
-is not a video container's (:data:`VIDEO_EXTENSIONS`) and hidden entries are left out, counted
-and logged.
+anywhere below a class folder), or only videos directly in it (unlabelled). A video may be a
+folder of frames (one image per frame) wherever a video file may be, in a list or a folder.
+Files whose extension is not a video container's (:data:`VIDEO_EXTENSIONS`) and hidden entries
+are left out, counted and logged.
 
 Labels: if every label of the dataset's splits is a non-negative integer, it is the class index
 and the classes are named ``"0" .. "K-1"``; otherwise the labels are class names, sorted, and a
@@ -36,6 +37,7 @@ from fima.data.datasets.build import (
     read_lines,
     require_root,
 )
+from fima.data.decoder import FRAME_EXTENSIONS
 from fima.utils.logger import log_once
 
 logger = logging.getLogger(__name__)
@@ -131,7 +133,9 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
     (:func:`_is_header`), or one whose label is not an integer while every other line's is (a
     header with other names, ``video_id,label``). A ``.csv`` file whose lines hold no comma and
     end in an integer label after whitespace is read as SlowFast's ``path label`` lines (the path
-    may hold spaces).
+    may hold spaces). A whitespace-separated list whose every line is ``path N label`` with
+    integers ``N`` and ``label`` is mmaction2's list of folders of frames; ``N`` (its frame
+    count) is not used.
 
     Raises:
         AnnotationError: no entry, a line with the wrong number of fields, an empty path, a CSV
@@ -154,6 +158,13 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
         lines = [(number, split(line)) for number, line in text_lines]
         expected = "'path label' (or 'path'), separated by whitespace; use a .csv for paths "
         expected += "with spaces"
+        if lines and all(
+            len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit() for _, fields in lines
+        ):
+            # mmaction2's lists of folders of frames: 'path frames label'. The frames are
+            # counted from the folder, as for any video.
+            logger.info("%s: read as 'path frames label' lines (mmaction2's)", path)
+            lines = [(number, [fields[0], fields[2]]) for number, fields in lines]
     if (
         len(lines) >= 2
         and len(lines[0][1]) == 2
@@ -190,8 +201,10 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     """``(absolute video path, class name or None)`` for every video under ``folder``, sorted.
 
     A video below a subfolder of ``folder`` has that subfolder's name as its class (at any depth
-    below it); a video directly in ``folder`` has none. Hidden entries and files that are not
-    videos (:data:`VIDEO_EXTENSIONS`) are left out, and counted in the log if ``log``.
+    below it); a video directly in ``folder`` has none. A folder without subfolders that holds
+    images (:data:`~fima.data.decoder.FRAME_EXTENSIONS`) and no video is one video, a folder of
+    frames: its path is the video's. Hidden entries and files that are not videos
+    (:data:`VIDEO_EXTENSIONS`) are left out, and counted in the log if ``log``.
 
     Raises:
         AnnotationError: the folder holds videos both directly and in class folders, or no video.
@@ -203,7 +216,13 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     for parent, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         relative = os.path.relpath(parent, folder)
-        label = None if relative == os.curdir else relative.split(os.sep)[0]
+        parts = [] if relative == os.curdir else relative.split(os.sep)
+        if parts and not dirs and holds_frames(files):
+            # A folder of frames is one video, of the class folder it lies below (directly in
+            # the split folder: unlabelled); the files beside its frames are its own.
+            videos.append((parent, parts[0] if len(parts) > 1 else None))
+            continue
+        label = parts[0] if parts else None
         for name in sorted(files):
             path = os.path.join(parent, name)
             if name.startswith("."):
@@ -231,6 +250,14 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
             "every video in its class folder, or all of them directly in it (unlabelled)"
         )
     return videos
+
+
+def holds_frames(files: list[str]) -> bool:
+    """Whether a folder's files make it a folder of frames: images and no video file."""
+    names = [name.lower() for name in files if not name.startswith(".")]
+    return any(name.endswith(FRAME_EXTENSIONS) for name in names) and not any(
+        name.endswith(VIDEO_EXTENSIONS) for name in names
+    )
 
 
 def class_names_of(labels: list[str]) -> list[str]:

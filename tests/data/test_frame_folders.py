@@ -1,0 +1,138 @@
+"""Folders of frames (one image per frame) as videos: frame order, decoding, bad folders, and
+how VideoList finds them in class folders and in mmaction2's lists."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fima.data.datasets.build import build_dataset
+from fima.data.decoder import DecodeError, decode_frames, probe_video
+from fima.data.index import build_index
+from tests.conftest import tiny_cfg
+from tests.data.layouts import write_frames
+
+
+def test_frames_are_read_in_name_order_with_numbers_compared_as_numbers(tmp_path) -> None:
+    # Unpadded numbers: text order would put 10 and 11 before 2.
+    frames = write_frames(tmp_path / "v", 12, name="{}.png")
+    Image.fromarray(frames[0]).save(tmp_path / "v" / ".hidden.png")
+    (tmp_path / "v" / "notes.txt").write_text("not a frame")
+    info = probe_video(str(tmp_path / "v"))
+    assert (info.num_frames, info.width, info.height, info.fps) == (12, 32, 24, 0.0)
+    indices = [0, 1, 9, 10, 11, 3, 3]
+    expected = torch.from_numpy(np.stack([frames[i] for i in indices]))
+    assert torch.equal(decode_frames(str(tmp_path / "v"), indices), expected)
+    # Past the last frame: the last frame, as for a video file.
+    assert torch.equal(decode_frames(str(tmp_path / "v"), [40])[0], torch.from_numpy(frames[11]))
+
+
+def test_downscaled_frames_are_the_short_side_asked_for(tmp_path) -> None:
+    write_frames(tmp_path / "v", 3, size=(48, 64))
+    clip = decode_frames(str(tmp_path / "v"), [0, 2], short_side=24)
+    assert clip.shape == (2, 24, 32, 3) and clip.dtype == torch.uint8
+
+
+def test_optical_flow_images_beside_the_frames_are_not_frames(tmp_path) -> None:
+    # mmaction2's and TSN's rawframes: img_*, flow_x_*, flow_y_* in one folder.
+    frames = write_frames(tmp_path / "v", 5, name="img_{:05d}.png")
+    write_frames(tmp_path / "v", 4, name="flow_x_{:05d}.png", seed=1)
+    write_frames(tmp_path / "v", 4, name="flow_y_{:05d}.png", seed=2)
+    assert probe_video(str(tmp_path / "v")).num_frames == 5
+    assert torch.equal(decode_frames(str(tmp_path / "v"), [4])[0], torch.from_numpy(frames[4]))
+
+
+def test_the_exif_orientation_turns_frames_upright(tmp_path) -> None:
+    frame = np.zeros((24, 32, 3), np.uint8)
+    frame[:, :8] = 255  # a white band on the left of the stored image
+    os.makedirs(tmp_path / "v")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: rotate 90 degrees clockwise to show
+    Image.fromarray(frame).save(tmp_path / "v" / "1.jpg", exif=exif, quality=100)
+    info = probe_video(str(tmp_path / "v"))
+    assert (info.width, info.height) == (24, 32)
+    upright = decode_frames(str(tmp_path / "v"), [0])[0]
+    assert upright.shape == (32, 24, 3)
+    # The band on the left is now at the top.
+    assert upright[:4].float().mean() > 200 and upright[-4:].float().mean() < 50
+
+
+def _write_text(folder: str, name: str) -> None:
+    os.makedirs(folder)
+    with open(os.path.join(folder, name), "w") as f:
+        f.write("not a frame")
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        (lambda d: os.makedirs(d), "a folder without frame images"),
+        (lambda d: _write_text(d, "1.txt"), "a folder without frame images"),
+        (
+            lambda d: (write_frames(d, 2, name="a_{}.png"), write_frames(d, 2, name="b_{}.png")),
+            "images of 2 name patterns (a_#.png, b_#.png",
+        ),
+        (lambda d: None, "file not found"),
+    ],
+)
+def test_folders_that_are_no_video_raise_decode_error(tmp_path, setup, reason: str) -> None:
+    folder = str(tmp_path / "v")
+    setup(folder)
+    with pytest.raises(DecodeError, match=reason.replace("(", r"\(")):
+        probe_video(folder)
+
+
+def test_unreadable_and_odd_sized_frames_raise_decode_error_naming_the_image(tmp_path) -> None:
+    write_frames(tmp_path / "v", 4)
+    with open(tmp_path / "v" / "img_00003.png", "r+b") as f:
+        f.truncate(40)
+    folder = str(tmp_path / "v")
+    assert probe_video(folder).num_frames == 4  # probing reads the first image only
+    assert decode_frames(folder, [0, 1, 3]).shape[0] == 3
+    with pytest.raises(DecodeError, match="img_00003.png: cannot read the image"):
+        decode_frames(folder, [0, 2])
+    write_frames(tmp_path / "w", 3)
+    Image.new("RGB", (8, 8)).save(tmp_path / "w" / "img_00004.png")
+    with pytest.raises(
+        DecodeError, match="img_00004.png: a frame of 8x8, where the others are 32x24"
+    ):
+        decode_frames(str(tmp_path / "w"), [0, 3])
+
+
+def test_video_list_finds_folders_of_frames_in_class_folders_and_mmaction2_lists(tmp_path) -> None:
+    for relative in ("train/walk/v1", "train/walk/v2", "train/run/deep/v3", "test/run/v4"):
+        write_frames(tmp_path / relative, 3)
+    # A class folder's stray picture beside its videos is not a folder of frames.
+    (tmp_path / "test" / "walk").mkdir(parents=True)
+    write_frames(tmp_path / "test" / "walk" / "clip", 2)
+    Image.new("RGB", (4, 4)).save(tmp_path / "test" / "walk" / "cover.png")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    train = build_dataset(cfg, "train")
+    assert train.class_names == ["run", "walk"]
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in train] == [
+        ("train/run/deep/v3", 0), ("train/walk/v1", 1), ("train/walk/v2", 1),
+    ]  # fmt: skip
+    test = build_dataset(cfg, "test")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in test] == [
+        ("test/run/v4", 0), ("test/walk/clip", 1),
+    ]  # fmt: skip
+    infos, _ = build_index(train, str(tmp_path / "index.json"))
+    assert [info.num_frames for info in infos] == [3, 3, 3]
+    # mmaction2's list of folders of frames: 'path frames label'.
+    (tmp_path / "train.txt").write_text("train/walk/v1 3 1\ntrain/run/deep/v3 3 0\n")
+    listed = build_dataset(cfg, "train")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in listed] == [
+        ("train/walk/v1", 1), ("train/run/deep/v3", 0),
+    ]  # fmt: skip
+
+
+def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> None:
+    write_frames(tmp_path / "train" / "a", 2)
+    write_frames(tmp_path / "train" / "b", 2)
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    train = build_dataset(cfg, "train")
+    assert [(os.path.basename(r.path), r.label) for r in train] == [("a", -1), ("b", -1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,7 @@ from fima.data.datasets.build import build_dataset
 from fima.data.decoder import DecodeError, decode_frames, probe_video
 from fima.data.index import build_index
 from tests.conftest import tiny_cfg
-from tests.data.layouts import write_frames
+from tests.data.layouts import LAYOUTS, write_frames
 
 
 def test_frames_are_read_in_name_order_with_numbers_compared_as_numbers(tmp_path) -> None:
@@ -136,3 +137,24 @@ def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> 
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     train = build_dataset(cfg, "train")
     assert [(os.path.basename(r.path), r.label) for r in train] == [("a", -1), ("b", -1)]
+
+
+@pytest.mark.parametrize("dataset", ["UCF101", "HMDB51"])
+def test_official_lists_take_a_videos_folder_of_frames_where_the_file_is_absent(
+    tmp_path, dataset: str
+) -> None:
+    LAYOUTS[dataset](str(tmp_path), ["brush_hair", "yoyo"], 3, {})
+    cfg = tiny_cfg(**{"DATA.DATASET": dataset, "DATA.ROOT": str(tmp_path)})
+    video = build_dataset(cfg, "train").records[0].path
+    with av.open(video) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    folder = os.path.splitext(video)[0]
+    os.makedirs(folder)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(os.path.join(folder, f"img_{index + 1:05d}.png"))
+    # Beside the file, the file is read; without it, the folder.
+    assert build_dataset(cfg, "train").records[0].path == video
+    os.remove(video)
+    records = build_dataset(cfg, "train").records
+    assert records[0].path == folder and all(os.path.isfile(r.path) for r in records[1:])
+    assert probe_video(folder).num_frames == len(frames)

@@ -93,6 +93,17 @@ class VideoDataset(Dataset):
         )
 
 
+def video_or_frames(path: str) -> str:
+    """The video file ``path`` of an official split list, or, where that file is absent, the
+    folder of its frames beside it: its name without the extension (``v_X_g01_c01.avi`` ->
+    ``v_X_g01_c01/``), as mmaction2 names extracted ``rawframes``. The path as given if neither
+    exists (a missing video, reported as a bad one)."""
+    if os.path.exists(path):
+        return path
+    frames = os.path.splitext(path)[0]
+    return frames if os.path.isdir(frames) else path
+
+
 def build_dataset(cfg: CfgNode, split: str) -> VideoDataset:
     """Build ``cfg.DATA.DATASET`` for ``split``.
 

@@ -24,6 +24,7 @@ from fima.data.datasets.build import (
     read_lines,
     require_root,
     require_splits,
+    video_or_frames,
 )
 
 LAYOUT = (
@@ -80,7 +81,7 @@ def read_hmdb51_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
             if parts[1] == _MARK[split]:
                 records.append(
                     VideoRecord(
-                        path=os.path.join(root, class_name, parts[0]),
+                        path=video_or_frames(os.path.join(root, class_name, parts[0])),
                         label=label,
                         group=_CLIP_NUMBER.sub("", parts[0]),
                     )

@@ -26,6 +26,7 @@ from fima.data.datasets.build import (
     require_file,
     require_root,
     require_splits,
+    video_or_frames,
 )
 
 _GROUP = re.compile(r"_g(\d+)_c\d+")
@@ -77,7 +78,7 @@ def read_ucf101_split(root: str, split: str, fold: int) -> tuple[list[VideoRecor
         group = _GROUP.search(rel)
         records.append(
             VideoRecord(
-                path=os.path.join(root, "UCF-101", rel),
+                path=video_or_frames(os.path.join(root, "UCF-101", rel)),
                 label=label,
                 group=f"{class_name}_g{group.group(1)}" if group else rel,
             )

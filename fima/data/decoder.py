@@ -206,6 +206,9 @@ def probe_video(path: str) -> VideoInfo:
 # The images that make a folder a video of frames (compared in lower case).
 FRAME_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 _DIGITS = re.compile(r"(\d+)")
+# The EXIF orientation tag, and its values that show the stored image turned a quarter.
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURN_ORIENTATIONS = (5, 6, 7, 8)
 # What Pillow raises for a file that is no image it can read (truncated, corrupt, too large).
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -288,8 +291,10 @@ def _probe_frame_folder(folder: str) -> VideoInfo:
     so ``fps`` is 0 (fima samples frames by index)."""
     files = frame_files(folder)
     try:
-        with Image.open(files[0]) as image:
-            width, height = ImageOps.exif_transpose(image).size
+        with Image.open(files[0]) as image:  # reads the header, decodes nothing
+            width, height = image.size
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURN_ORIENTATIONS:
+                width, height = height, width
     except _IMAGE_ERRORS as err:
         raise DecodeError(f"{os.path.basename(files[0])}: cannot read the image: {err}") from None
     return VideoInfo(num_frames=len(files), fps=0.0, width=width, height=height)

@@ -22,6 +22,7 @@ before the gap.
 A *folder of frames* (one image per frame, as ``ffmpeg -i v.mp4 dir/%05d.jpg`` or mmaction2's
 ``rawframes`` extract them) is a video too: frame ``i`` is its ``i``-th image in name order,
 numbers compared as numbers (``img_2.jpg`` before ``img_10.jpg``). See :func:`frame_files`.
+So is an animated GIF's frame ``i`` its ``i``-th image, whatever the images' delays.
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ def probe_video(path: str) -> VideoInfo:
     else (Matroska/WebM, FLV) the video track's statistics tags, or the index after the last
     video packet's timestamp, read by demuxing from the last keyframe (still decoding nothing).
 
-    A folder of frames gives its number of frames, the size of its first, and ``fps`` 0.
+    A folder of frames gives its number of frames, the size of its first, and ``fps`` 0; an
+    animated GIF its number of images (counted from its packets).
 
     Raises:
         DecodeError: the file is missing, unreadable, has no video stream or no usable length.
@@ -193,14 +195,55 @@ def probe_video(path: str) -> VideoInfo:
         return _probe_frame_folder(path)
     with _open(path) as container:
         stream = container.streams.video[0]
-        fps = _stream_fps(stream)
-        num_frames = _frame_count(container, fps)
+        if _in_image_order(container):
+            fps = Fraction(stream.average_rate or 0)
+            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
+        else:
+            fps = _stream_fps(stream)
+            num_frames = _frame_count(container, fps)
         if num_frames <= 0:
             raise DecodeError("neither the header nor the packets give a frame count")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width <= 0 or height <= 0:
             raise DecodeError("the header gives no frame size")
         return VideoInfo(num_frames=num_frames, fps=float(fps), width=width, height=height)
+
+
+def _in_image_order(container: av.container.InputContainer) -> bool:
+    """Whether frame ``i`` is the container's ``i``-th image, whatever its timestamps: an
+    animated GIF, whose per-image delays are a slide show's (a GIF of a clip saved with uneven
+    or zero delays would otherwise lose and repeat images)."""
+    return container.format.name == "gif"
+
+
+def _decode_in_image_order(
+    container: av.container.InputContainer, indices: Sequence[int], convert: _Converter
+) -> torch.Tensor:
+    """:func:`decode_frames` of a container read in image order (:func:`_in_image_order`),
+    decoded from its start (a GIF has no keyframe index, and an image may draw on the one
+    before it) through the last wanted one; an index past the last image takes that image.
+
+    Raises:
+        DecodeError: no image could be decoded.
+    """
+    wanted = {max(int(i), 0) for i in indices}
+    frames: dict[int, np.ndarray] = {}
+    last: tuple[int, av.VideoFrame] | None = None
+    try:
+        for number, frame in enumerate(container.decode(container.streams.video[0])):
+            if number in wanted:
+                frames[number] = convert(frame)
+            last = number, frame
+            if number >= max(wanted):
+                break
+    except (av.FFmpegError, OSError) as err:
+        if last is None:
+            raise DecodeError(f"decoding failed: {_reason(err)}") from None
+    if last is None:
+        raise DecodeError("no frame could be decoded")
+    if last[0] not in frames:
+        frames[last[0]] = convert(last[1])
+    return torch.from_numpy(np.stack([_nearest(frames, max(int(i), 0)) for i in indices]))
 
 
 # The images that make a folder a video of frames (compared in lower case).
@@ -264,7 +307,13 @@ def frame_files(folder: str) -> list[str]:
             f"the folder holds images of {len(templates)} name patterns ({', '.join(templates)}, "
             "# for a number): keep one video's frames, of one pattern, per folder"
         )
-    return [os.path.join(folder, name) for name in sorted(images, key=_natural_key)]
+    images.sort(key=lambda name: (_natural_key(name), name))
+    for previous, name in zip(images, images[1:]):
+        if _natural_key(previous) == _natural_key(name):
+            raise DecodeError(
+                f"two frames have one number ({previous}, {name}): their order is unknown"
+            )
+    return [os.path.join(folder, name) for name in images]
 
 
 def is_frame_folder(path: str) -> bool:
@@ -281,9 +330,31 @@ def _read_image(path: str) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode.startswith("I") or upright.mode == "F":
+                return _high_depth_to_rgb(upright, path)
+            return np.asarray(upright.convert("RGB"))
     except _IMAGE_ERRORS as err:
         raise DecodeError(f"{os.path.basename(path)}: cannot read the image: {err}") from None
+
+
+def _high_depth_to_rgb(image: Image.Image, path: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 of a 16-bit grayscale image (Pillow's modes ``I;16*``, and ``I`` as
+    older Pillows open 16-bit PNGs): the top 8 bits of each value. Pillow's own conversion
+    clips such values to 255, a white frame.
+
+    Raises:
+        DecodeError: floating-point values, or integers outside 16 bits, which have no one
+            8-bit reading.
+    """
+    values = np.asarray(image)
+    if image.mode == "F" or values.min() < 0 or values.max() > 65535:
+        raise DecodeError(
+            f"{os.path.basename(path)}: values of Pillow's mode {image.mode} that are not 16-bit "
+            "grayscale; save frames as 8- or 16-bit images"
+        )
+    gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
 
 
 def _probe_frame_folder(folder: str) -> VideoInfo:
@@ -311,15 +382,16 @@ def _decode_frame_folder(folder: str, indices: Sequence[int], short_side: int) -
     last = len(files) - 1
     convert = _Converter(short_side)
     frames: dict[int, np.ndarray] = {}
-    source_size: tuple[int, int] | None = None
+    first: tuple[str, tuple[int, int]] | None = None  # the first frame read: name, (H, W)
     for index in sorted({min(max(int(i), 0), last) for i in indices}):
         rgb = _read_image(files[index])
-        if source_size is None:
-            source_size = rgb.shape[:2]
-        elif rgb.shape[:2] != source_size:
+        name = os.path.basename(files[index])
+        if first is None:
+            first = name, rgb.shape[:2]
+        elif rgb.shape[:2] != first[1]:
             raise DecodeError(
-                f"{os.path.basename(files[index])}: a frame of {rgb.shape[1]}x{rgb.shape[0]}, "
-                f"where the others are {source_size[1]}x{source_size[0]}"
+                f"frames of different sizes: {first[0]} is {first[1][1]}x{first[1][0]}, {name} "
+                f"{rgb.shape[1]}x{rgb.shape[0]}"
             )
         frames[index] = convert(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
     return torch.from_numpy(np.stack([frames[min(max(int(i), 0), last)] for i in indices]))
@@ -531,6 +603,8 @@ def decode_frames(
     convert = _Converter(short_side)
     tail: tuple[int, av.VideoFrame] | None = None  # the furthest frame decoded, for clamping
     with _open(path) as container:
+        if _in_image_order(container):
+            return _decode_in_image_order(container, indices, convert)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = threads

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fima.data.datasets.build import VideoDataset
-from fima.data.decoder import DecodeError, VideoInfo, probe_video
+from fima.data.decoder import DecodeError, VideoInfo, frame_files, is_frame_folder, probe_video
 from fima.utils import comm
 from fima.utils.progress import progress_bar
 
@@ -33,17 +33,30 @@ logger = logging.getLogger(__name__)
 # 3: headers without a length are demuxed for one (format 2 cached them as errors).
 # 4: Matroska/WebM/FLV count the video track, not the file's duration, and MP4 does not count
 #    frames its edit list hides (format 3 cached counts that included frames never shown).
-_INDEX_FORMAT = 4
+# 5: animated GIFs count their images (format 4 counted them from their delays), and a folder
+#    of frames is keyed by its first frame too.
+_INDEX_FORMAT = 5
 PROBE_THREADS = 8
 T = TypeVar("T")
 
 
 def _file_key(path: str) -> list[int] | None:
+    """What a cached probe of ``path`` is valid for: its size and modification time; for a
+    folder of frames, whose probe reads its listing and its first frame, those of the folder
+    (a frame added, removed or renamed changes them) and of its first frame (replaced in
+    place, it changes only its own)."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
+    key = [stat.st_size, stat.st_mtime_ns]
+    if not is_frame_folder(path):
+        return key
+    try:
+        first = os.stat(frame_files(path)[0])
+    except (DecodeError, OSError):  # no frame: the folder's listing is all the probe read
+        return key
+    return [*key, first.st_size, first.st_mtime_ns]
 
 
 def _probe(path: str) -> dict[str, Any]:
@@ -72,7 +85,7 @@ def _is_entry(entry: Any) -> bool:
     if not isinstance(entry, dict):
         return False
     key, info = entry.get("key"), entry.get("info")
-    if not (key is None or (isinstance(key, list) and len(key) == 2)):
+    if not (key is None or (isinstance(key, list) and len(key) in (2, 4))):
         return False
     if info is not None:
         return (

@@ -308,24 +308,28 @@ def _write_with_audio(path: str, codec: str, audio: str, start: int, audio_secon
     return path
 
 
-def test_an_animated_gif_is_frame_exact(tmp_path) -> None:
-    """A GIF as Pillow writes it (a palette of its own per frame, a delay per frame). Delays
-    that vary are a variable frame rate, sampled in time as in any other container."""
+@pytest.mark.parametrize("delays", [40, [20, 200, 40, 40, 500] + [40] * 25, 0])
+def test_an_animated_gif_is_read_image_by_image(tmp_path, delays) -> None:
+    """A GIF as Pillow writes it (a palette of its own per frame, a delay per frame): frame i is
+    its i-th image, also where the delays vary or are 0 (which time-based indices lost and
+    repeated images of)."""
     rng = np.random.default_rng(0)
     frames = [(rng.random((24, 32, 3)) * 255).astype(np.uint8) for _ in range(30)]
     path = str(tmp_path / "motion.gif")
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=delays, loop=0)
     assert probe_video(path).num_frames == 30
     with Image.open(path) as gif:
         expected = []
         for index in range(30):
             gif.seek(index)
-            expected.append(np.asarray(gif.convert("RGB")))
-    indices = [0, 1, 2, 3, 13, 14, 27, 29, 29]
+            expected.append(np.array(gif.convert("RGB")))
+    indices = [0, 1, 2, 3, 4, 5, 13, 14, 27, 29, 29]
     torch.testing.assert_close(
         decode_frames(path, indices), torch.from_numpy(np.stack([expected[i] for i in indices]))
     )
+    # Past the last image: the last image.
+    assert torch.equal(decode_frames(path, [35])[0], torch.from_numpy(expected[29]))
 
 
 @pytest.mark.parametrize(

@@ -99,9 +99,45 @@ def test_unreadable_and_odd_sized_frames_raise_decode_error_naming_the_image(tmp
     write_frames(tmp_path / "w", 3)
     Image.new("RGB", (8, 8)).save(tmp_path / "w" / "img_00004.png")
     with pytest.raises(
-        DecodeError, match="img_00004.png: a frame of 8x8, where the others are 32x24"
+        DecodeError, match="frames of different sizes: img_00001.png is 32x24, img_00004.png 8x8"
     ):
         decode_frames(str(tmp_path / "w"), [0, 3])
+
+
+def test_16_bit_frames_keep_their_top_8_bits(tmp_path) -> None:
+    os.makedirs(tmp_path / "v")
+    values = np.array([[0, 255, 256, 32768], [40000, 65535, 512, 1000]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "v" / "1.png")
+    assert Image.open(tmp_path / "v" / "1.png").mode.startswith("I")
+    frame = decode_frames(str(tmp_path / "v"), [0])[0]
+    expected = torch.from_numpy((values >> 8).astype(np.uint8))
+    assert torch.equal(frame, expected[..., None].expand(2, 4, 3))
+
+
+def test_two_frames_of_one_number_are_no_video(tmp_path) -> None:
+    write_frames(tmp_path / "v", 3, name="img_{}.png")
+    write_frames(tmp_path / "v", 3, name="img_{:03d}.png")
+    with pytest.raises(DecodeError, match=r"two frames have one number \(img_001.png, img_1.png\)"):
+        probe_video(str(tmp_path / "v"))
+
+
+def test_the_index_probes_a_folder_of_frames_again_when_its_first_frame_is_replaced(
+    tmp_path,
+) -> None:
+    write_frames(tmp_path / "train" / "walk" / "v1", 3)
+    first = tmp_path / "train" / "walk" / "v1" / "img_00001.png"
+    good = first.read_bytes()
+    first.write_bytes(b"")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    train = build_dataset(cfg, "train")
+    cache = str(tmp_path / "index.json")
+    infos, bad = build_index(train, cache)
+    assert infos == [None] and "img_00001.png: cannot read the image" in bad[train[0].path]
+    folder_time = os.stat(first.parent).st_mtime_ns
+    first.write_bytes(good)  # in place: the folder's listing and time are as they were
+    assert os.stat(first.parent).st_mtime_ns == folder_time
+    infos, bad = build_index(train, cache)
+    assert infos[0].num_frames == 3 and not bad
 
 
 def test_video_list_finds_folders_of_frames_in_class_folders_and_mmaction2_lists(tmp_path) -> None:

@@ -100,6 +100,7 @@ def test_an_unreadable_cache_is_rebuilt(tmp_path, counted_probes, content: str) 
     [
         (2, {"error": "the header gives no frame count"}),
         (3, {"info": [76, 25.0, 64, 48]}),
+        (4, {"info": [76, 25.0, 64, 48]}),
     ],
 )
 def test_a_cache_of_a_previous_format_is_reprobed(
@@ -107,7 +108,8 @@ def test_a_cache_of_a_previous_format_is_reprobed(
 ) -> None:
     """Format 2 cached a header without a length as an error (WebM recorded live, read now);
     format 3 counted frames that Matroska's file duration or an MP4's edit list promise but
-    never show. Such entries must not outlive an upgrade while the file is as it was."""
+    never show; format 4 counted a GIF's frames from its delays. Such entries must not outlive
+    an upgrade while the file is as it was."""
     make_video_list(str(tmp_path), ["a"], 2, {})
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     dataset = build_dataset(cfg, "train")

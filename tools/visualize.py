@@ -25,7 +25,7 @@ import sys
 from fima.checkpoint import CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import weights_problem
 from fima.config.validation import validate_cfg_without_data
-from fima.data.datasets.video_list import VIDEO_EXTENSIONS, holds_frames
+from fima.data.datasets.video_list import scan_videos
 from fima.data.decoder import DecodeError
 from fima.engine.defaults import (
     OptionsFirstArgumentParser,
@@ -89,32 +89,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def find_videos(path: str) -> list[str]:
-    """``path`` itself if it is a file or a folder of frames, else the videos under the
-    directory (video files, as VideoList's class folders take them, and folders of frames),
-    sorted."""
+    """``path`` itself if it is a file or a folder of frames, else the videos below the
+    directory, found as VideoList finds them in class folders (video files and folders of
+    frames; links followed, each folder once; hidden entries left out), sorted."""
     if os.path.isfile(path):
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--input {path}: no such file or directory")
-    videos = []
-    for root, dirs, names in os.walk(path):
-        if not dirs and holds_frames(names):
-            videos.append(root)
-            continue
-        videos.extend(
-            os.path.join(root, name) for name in names if name.lower().endswith(VIDEO_EXTENSIONS)
+    scan = scan_videos(path, folder_may_be_video=True)
+    if scan.revisited:
+        logger.warning(
+            "%d folder(s) reached again through a symbolic link were read once, e.g. %s",
+            len(scan.revisited),
+            scan.revisited[0],
         )
-    return sorted(videos)
+    return sorted(video for video, _ in scan.videos)
 
 
 def output_name(video: str, root: str, keep_extension: bool = False) -> str:
     """The PNG name of a video: its path relative to ``--input`` with ``/`` as ``__``, without
-    its extension unless ``keep_extension`` (``clip.avi.png``); a folder of frames given as
-    ``--input`` itself is named after the folder."""
+    its extension unless ``keep_extension`` (``clip.avi.png``; a folder of frames keeps its
+    whole name); a folder of frames given as ``--input`` itself is named after the folder."""
     is_root = os.path.normpath(video) == os.path.normpath(root)
     inside = os.path.isdir(root) and not is_root
     relative = os.path.relpath(video, root) if inside else os.path.basename(os.path.normpath(video))
-    if not keep_extension:
+    # A folder of frames has no extension to drop ("Dr. Smith/" is not "Dr").
+    if not keep_extension and not os.path.isdir(video):
         relative = os.path.splitext(relative)[0]
     return relative.replace(os.sep, "__") + ".png"
 

@@ -167,6 +167,27 @@ def test_video_list_finds_folders_of_frames_in_class_folders_and_mmaction2_lists
     ]  # fmt: skip
 
 
+def test_class_folders_with_links_flow_subfolders_and_stray_pictures(tmp_path, caplog) -> None:
+    train = tmp_path / "train"
+    # A frame folder with mmaction2's flow images in a subfolder of its own.
+    write_frames(train / "walk" / "v1", 3)
+    write_frames(train / "walk" / "v1" / "flow", 2, name="flow_x_{:05d}.png")
+    # A class folder's picture beside videos two folders down is not a folder of frames.
+    write_frames(train / "run" / "cam1" / "day1" / "v2", 3)
+    Image.new("RGB", (4, 4)).save(train / "run" / "cover.png")
+    # A link back up to the split folder, and a second link to a frame folder.
+    os.symlink(train, train / "run" / "loop")
+    os.symlink(train / "walk" / "v1", train / "walk" / "again")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        dataset = build_dataset(cfg, "train")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in dataset] == [
+        ("train/run/cam1/day1/v2", 0), ("train/walk/again", 1),
+    ]  # fmt: skip
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "2 folder(s) reached again through a symbolic link were read once" in warning
+
+
 def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> None:
     write_frames(tmp_path / "train" / "a", 2)
     write_frames(tmp_path / "train" / "b", 2)

@@ -92,14 +92,22 @@ def test_folders_of_frames_are_drawn_as_videos(setup, tmp_path) -> None:
     write_frames(videos / "walk" / "v1", 20)
     write_frames(videos / "v2", 20)
     (videos / "walk" / "notes.txt").write_text("not a video")
-    assert visualize.find_videos(str(videos)) == [str(videos / "v2"), str(videos / "walk" / "v1")]
+    # As VideoList finds videos: hidden entries left out, links followed.
+    write_frames(videos / ".cache" / "v3", 20)
+    (videos / "walk" / "._v4.mp4").write_bytes(b"macOS metadata")
+    write_frames(tmp_path / "elsewhere" / "Dr. Smith", 20)
+    os.symlink(tmp_path / "elsewhere", videos / "linked")
+    assert visualize.find_videos(str(videos)) == [
+        str(videos / "linked" / "Dr. Smith"), str(videos / "v2"), str(videos / "walk" / "v1"),
+    ]  # fmt: skip
     # A folder of frames as --input is one video, named after the folder.
     assert visualize.find_videos(str(videos / "v2")) == [str(videos / "v2")]
     out = tmp_path / "out"
     for source, folder in ((videos, out / "all"), (videos / "v2", out / "one")):
         args = ["--config-file", config, "--input", str(source), "--output", str(folder)]
         assert visualize.main([*args, "MODEL.WEIGHTS", weights["fima"]]) == 0
-    assert sorted(os.listdir(out / "all")) == ["v2.png", "walk__v1.png"]
+    # A folder's name keeps what follows a dot.
+    assert sorted(os.listdir(out / "all")) == ["linked__Dr. Smith.png", "v2.png", "walk__v1.png"]
     assert os.listdir(out / "one") == ["v2.png"]
 
 

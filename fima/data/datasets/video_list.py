@@ -26,6 +26,7 @@ import csv
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 
 from fima.config.config import CfgNode
 from fima.config.config import CfgNode as CN
@@ -197,49 +198,118 @@ def split_folder(cfg: CfgNode, split: str) -> str | None:
     return folder if os.path.isdir(folder) else None
 
 
+@dataclass
+class VideoScan:
+    """What :func:`scan_videos` found below a folder.
+
+    Attributes:
+        videos: ``(absolute path, folders between the scanned folder and it)``, in walk order
+            (folders and files sorted by name).
+        ignored: files that are not videos.
+        hidden: hidden files (names starting with ``.``).
+        revisited: folders reached again through a symbolic link (a loop, or a second link
+            to one folder), read once.
+    """
+
+    videos: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+    revisited: list[str] = field(default_factory=list)
+
+
+def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
+    """The videos below ``folder``, and what was left out: video files
+    (:data:`VIDEO_EXTENSIONS`) and folders of frames (:func:`holds_frames`, below ``folder``:
+    a folder that holds frame images and no video, and has nothing video-like below it, so
+    that a class folder's stray picture beside its videos is none). Symbolic links are
+    followed, each folder read once; hidden entries are left out.
+
+    Args:
+        folder: the folder to search.
+        folder_may_be_video: ``folder`` itself may be a folder of frames (one video), as a
+            tool's input may; a dataset's split folder may not.
+
+    Returns:
+        The videos, and the files and folders left out.
+    """
+    folder = os.path.abspath(folder)
+    scan = VideoScan()
+    seen: set[tuple[int, int]] = set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        identity = _folder_identity(parent)
+        if identity in seen:
+            scan.revisited.append(parent)
+            dirs[:] = []
+            continue
+        seen.add(identity)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative = os.path.relpath(parent, folder)
+        parts = () if relative == os.curdir else tuple(relative.split(os.sep))
+        below_folder = bool(parts) or folder_may_be_video
+        if below_folder and holds_frames(files) and not (dirs and _videos_below(parent)):
+            # A folder of frames is one video; the files and folders beside its frames (an
+            # optical-flow subfolder, say) are its own.
+            scan.videos.append((parent, parts[:-1]))
+            dirs[:] = []
+            continue
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            if name.startswith("."):
+                scan.hidden.append(path)
+            elif not name.lower().endswith(VIDEO_EXTENSIONS):
+                scan.ignored.append(path)
+            else:
+                scan.videos.append((path, parts))
+    return scan
+
+
+def _folder_identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _videos_below(folder: str) -> bool:
+    """Whether any folder below ``folder`` holds a video file or frame images."""
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if parent != folder and (
+            holds_frames(files)
+            or any(not n.startswith(".") and n.lower().endswith(VIDEO_EXTENSIONS) for n in files)
+        ):
+            return True
+    return False
+
+
 def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | None]]:
     """``(absolute video path, class name or None)`` for every video under ``folder``, sorted.
 
     A video below a subfolder of ``folder`` has that subfolder's name as its class (at any depth
-    below it); a video directly in ``folder`` has none. A folder without subfolders that holds
-    images (:data:`~fima.data.decoder.FRAME_EXTENSIONS`) and no video is one video, a folder of
-    frames: its path is the video's. Hidden entries and files that are not videos
-    (:data:`VIDEO_EXTENSIONS`) are left out, and counted in the log if ``log``.
+    below it); a video directly in ``folder`` has none. Videos are found by :func:`scan_videos`
+    (video files and folders of frames); hidden entries and files that are not videos
+    (:data:`VIDEO_EXTENSIONS`) are left out, and counted in the log if ``log``, as are folders
+    that symbolic links reach twice (read once, with a warning).
 
     Raises:
         AnnotationError: the folder holds videos both directly and in class folders, or no video.
     """
     folder = os.path.abspath(folder)
-    videos: list[tuple[str, str | None]] = []
-    ignored: list[str] = []
-    hidden: list[str] = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        relative = os.path.relpath(parent, folder)
-        parts = [] if relative == os.curdir else relative.split(os.sep)
-        if parts and not dirs and holds_frames(files):
-            # A folder of frames is one video, of the class folder it lies below (directly in
-            # the split folder: unlabelled); the files beside its frames are its own.
-            videos.append((parent, parts[0] if len(parts) > 1 else None))
-            continue
-        label = parts[0] if parts else None
-        for name in sorted(files):
-            path = os.path.join(parent, name)
-            if name.startswith("."):
-                hidden.append(path)
-            elif not name.lower().endswith(VIDEO_EXTENSIONS):
-                ignored.append(path)
-            else:
-                videos.append((path, label))
-    if ignored and log:
+    scan = scan_videos(folder)
+    videos = [(path, parts[0] if parts else None) for path, parts in scan.videos]
+    if scan.ignored and log:
         logger.info(
             "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
-            folder, len(ignored), ", ".join(VIDEO_EXTENSIONS), ignored[0],
+            folder, len(scan.ignored), ", ".join(VIDEO_EXTENSIONS), scan.ignored[0],
         )  # fmt: skip
-    if hidden and log:
+    if scan.hidden and log:
         logger.info(
             "VideoList %s: left out %d hidden file(s) (names starting with '.'), e.g. %s",
-            folder, len(hidden), hidden[0],
+            folder, len(scan.hidden), scan.hidden[0],
+        )  # fmt: skip
+    if scan.revisited and log:
+        logger.warning(
+            "VideoList %s: %d folder(s) reached again through a symbolic link were read once "
+            "(a link that loops back, or two links to one folder), e.g. %s",
+            folder, len(scan.revisited), scan.revisited[0],
         )  # fmt: skip
     if not videos:
         raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")
@@ -253,11 +323,12 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
 
 
 def holds_frames(files: list[str]) -> bool:
-    """Whether a folder's files make it a folder of frames: images and no video file."""
+    """Whether a folder's files make it a folder of frames: frame images (not hidden, not
+    optical flow; see :func:`~fima.data.decoder.frame_files`) and no video file."""
     names = [name.lower() for name in files if not name.startswith(".")]
-    return any(name.endswith(FRAME_EXTENSIONS) for name in names) and not any(
-        name.endswith(VIDEO_EXTENSIONS) for name in names
-    )
+    return any(
+        name.endswith(FRAME_EXTENSIONS) and not name.startswith("flow") for name in names
+    ) and not any(name.endswith(VIDEO_EXTENSIONS) for name in names)
 
 
 def class_names_of(labels: list[str]) -> list[str]:

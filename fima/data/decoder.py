@@ -196,6 +196,7 @@ def probe_video(path: str) -> VideoInfo:
     with _open(path) as container:
         stream = container.streams.video[0]
         if _in_image_order(container):
+            _check_gif_trailer(path)
             fps = Fraction(stream.average_rate or 0)
             num_frames = sum(1 for packet in container.demux(stream) if packet.size)
         else:
@@ -214,6 +215,27 @@ def _in_image_order(container: av.container.InputContainer) -> bool:
     animated GIF, whose per-image delays are a slide show's (a GIF of a clip saved with uneven
     or zero delays would otherwise lose and repeat images)."""
     return container.format.name == "gif"
+
+
+# The byte that ends every GIF file (GIF89a, "Trailer").
+_GIF_TRAILER = b"\x3b"
+
+
+def _check_gif_trailer(path: str) -> None:
+    """A GIF cut short reads as a good, shorter one (FFmpeg decodes what is there, its last
+    image part drawn, and reports nothing): refuse one that does not end in its trailer.
+
+    Raises:
+        DecodeError: the file does not end in the GIF trailer.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+    except OSError as err:
+        raise DecodeError(f"cannot open: {_reason(err)}") from None
+    if last != _GIF_TRAILER:
+        raise DecodeError("truncated: the GIF does not end in its trailer (0x3B)")
 
 
 def _decode_in_image_order(
@@ -263,7 +285,8 @@ def _name_template(name: str) -> str:
 
 def _natural_key(name: str) -> list[str | int]:
     # re.split with a group alternates text and digits from text on, so keys compare in step.
-    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name))]
+    # In lower case: IMG_00004.jpg and img_00004.jpg are one frame number twice.
+    return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name.lower()))]
 
 
 def frame_files(folder: str) -> list[str]:

@@ -332,6 +332,21 @@ def test_an_animated_gif_is_read_image_by_image(tmp_path, delays) -> None:
     assert torch.equal(decode_frames(path, [35])[0], torch.from_numpy(expected[29]))
 
 
+def test_a_gif_cut_short_is_no_video(tmp_path) -> None:
+    """FFmpeg reads a GIF cut anywhere as a good, shorter one, its last image part drawn."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)) for _ in range(8)]
+    path = tmp_path / "whole.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+    assert probe_video(str(path)).num_frames == 8
+    data = path.read_bytes()
+    for keep in (len(data) // 2, len(data) - 30):
+        cut = tmp_path / f"cut_{keep}.gif"
+        cut.write_bytes(data[:keep])
+        with pytest.raises(DecodeError, match="truncated: the GIF does not end in its trailer"):
+            probe_video(str(cut))
+
+
 @pytest.mark.parametrize(
     ("name", "codec", "audio", "start", "audio_seconds"),
     [

@@ -14,7 +14,7 @@ from PIL import Image
 from fima.data.datasets.build import build_dataset
 from fima.data.decoder import DecodeError, decode_frames, probe_video
 from fima.data.index import build_index
-from tests.conftest import tiny_cfg
+from tests.conftest import tiny_cfg, write_test_video
 from tests.data.layouts import LAYOUTS, write_frames
 
 
@@ -114,10 +114,13 @@ def test_16_bit_frames_keep_their_top_8_bits(tmp_path) -> None:
     assert torch.equal(frame, expected[..., None].expand(2, 4, 3))
 
 
-def test_two_frames_of_one_number_are_no_video(tmp_path) -> None:
+@pytest.mark.parametrize("second", ["img_{:03d}.png", "IMG_{}.png"])
+def test_two_frames_of_one_number_are_no_video(tmp_path, second: str) -> None:
     write_frames(tmp_path / "v", 3, name="img_{}.png")
-    write_frames(tmp_path / "v", 3, name="img_{:03d}.png")
-    with pytest.raises(DecodeError, match=r"two frames have one number \(img_001.png, img_1.png\)"):
+    write_frames(tmp_path / "v", 1, name=second)
+    with pytest.raises(
+        DecodeError, match=r"two frames have one number \((img_001|IMG_1).png, img_1.png\)"
+    ):
         probe_video(str(tmp_path / "v"))
 
 
@@ -181,11 +184,45 @@ def test_class_folders_with_links_flow_subfolders_and_stray_pictures(tmp_path, c
     cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
     with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
         dataset = build_dataset(cfg, "train")
+    # The folder itself wins over the link to it, found first in name order.
     assert [(os.path.relpath(r.path, tmp_path), r.label) for r in dataset] == [
-        ("train/run/cam1/day1/v2", 0), ("train/walk/again", 1),
+        ("train/run/cam1/day1/v2", 0), ("train/walk/v1", 1),
     ]  # fmt: skip
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "2 folder(s) reached again through a symbolic link were read once" in warning
+
+
+def test_a_link_to_another_class_folder_leaves_its_videos_in_their_class(tmp_path) -> None:
+    for relative in ("train/a/a0", "train/c/c0"):
+        write_frames(tmp_path / relative, 2)
+    os.symlink(tmp_path / "train" / "c", tmp_path / "train" / "a" / "see_also")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in dataset] == [
+        ("train/a/a0", 0), ("train/c/c0", 1),
+    ]  # fmt: skip
+
+
+def test_a_folder_of_frames_keeps_its_subfolders_and_says_so_of_videos_in_them(
+    tmp_path, caplog
+) -> None:
+    write_frames(tmp_path / "train" / "walk" / "v1", 3)
+    write_frames(tmp_path / "train" / "walk" / "v1" / "thumbs", 3, name="t_{:03d}.png")
+    write_frames(tmp_path / "train" / "walk" / "v2", 3)
+    os.makedirs(tmp_path / "train" / "walk" / "v2" / "clips")
+    write_test_video(str(tmp_path / "train" / "walk" / "v2" / "clips" / "c1.mp4"))
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        dataset = build_dataset(cfg, "train")
+    assert [os.path.relpath(r.path, tmp_path) for r in dataset] == [
+        "train/walk/v1", "train/walk/v2",
+    ]  # fmt: skip
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 folder(s) of frames have video files in folders below them" in warning
+    assert warning.endswith(
+        "e.g. " + str(tmp_path / "train" / "walk" / "v2") + "; move such "
+        "videos out of folders of frames"
+    )
 
 
 def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> None:

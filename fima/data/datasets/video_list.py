@@ -164,7 +164,10 @@ def read_video_list(path: str) -> list[tuple[int, str, str | None]]:
         ):
             # mmaction2's lists of folders of frames: 'path frames label'. The frames are
             # counted from the folder, as for any video.
-            logger.info("%s: read as 'path frames label' lines (mmaction2's)", path)
+            log_once(
+                logger, logging.INFO, ("mmaction2 list", path),
+                "%s: read as 'path frames label' lines (mmaction2's)", path,
+            )  # fmt: skip
             lines = [(number, [fields[0], fields[2]]) for number, fields in lines]
     if (
         len(lines) >= 2
@@ -203,26 +206,31 @@ class VideoScan:
     """What :func:`scan_videos` found below a folder.
 
     Attributes:
-        videos: ``(absolute path, folders between the scanned folder and it)``, in walk order
-            (folders and files sorted by name).
+        videos: ``(absolute path, folders between the scanned folder and it)``: those of the
+            folders themselves first, in walk order (folders and files sorted by name), then
+            those reached through symbolic links, in the order the links were found.
         ignored: files that are not videos.
         hidden: hidden files (names starting with ``.``).
-        revisited: folders reached again through a symbolic link (a loop, or a second link
-            to one folder), read once.
+        revisited: folders reached again (through a link that loops back, or a second way to
+            one folder), read once.
+        inside_frames: folders of frames with video files in folders below them, which are
+            taken for the folder's own (left out).
     """
 
     videos: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     hidden: list[str] = field(default_factory=list)
     revisited: list[str] = field(default_factory=list)
+    inside_frames: list[str] = field(default_factory=list)
 
 
 def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
     """The videos below ``folder``, and what was left out: video files
-    (:data:`VIDEO_EXTENSIONS`) and folders of frames (:func:`holds_frames`, below ``folder``:
-    a folder that holds frame images and no video, and has nothing video-like below it, so
-    that a class folder's stray picture beside its videos is none). Symbolic links are
-    followed, each folder read once; hidden entries are left out.
+    (:data:`VIDEO_EXTENSIONS`) and folders of frames (:func:`is_folder_of_frames`).
+
+    Symbolic links to folders are followed after the folders themselves, so that a folder
+    reached both directly and through a link is read where it is (its class is its own); each
+    folder is read once. Hidden entries are left out.
 
     Args:
         folder: the folder to search.
@@ -235,32 +243,55 @@ def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
     folder = os.path.abspath(folder)
     scan = VideoScan()
     seen: set[tuple[int, int]] = set()
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        identity = _folder_identity(parent)
-        if identity in seen:
-            scan.revisited.append(parent)
-            dirs[:] = []
-            continue
-        seen.add(identity)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        relative = os.path.relpath(parent, folder)
-        parts = () if relative == os.curdir else tuple(relative.split(os.sep))
-        below_folder = bool(parts) or folder_may_be_video
-        if below_folder and holds_frames(files) and not (dirs and _videos_below(parent)):
-            # A folder of frames is one video; the files and folders beside its frames (an
-            # optical-flow subfolder, say) are its own.
-            scan.videos.append((parent, parts[:-1]))
-            dirs[:] = []
-            continue
-        for name in sorted(files):
-            path = os.path.join(parent, name)
-            if name.startswith("."):
-                scan.hidden.append(path)
-            elif not name.lower().endswith(VIDEO_EXTENSIONS):
-                scan.ignored.append(path)
-            else:
-                scan.videos.append((path, parts))
+    pending = [folder]  # the folder, then the links found below it, in order
+    while pending:
+        for parent, dirs, files in os.walk(pending.pop(0)):
+            identity = _folder_identity(parent)
+            if identity in seen:
+                scan.revisited.append(parent)
+                dirs[:] = []
+                continue
+            seen.add(identity)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            relative = os.path.relpath(parent, folder)
+            parts = () if relative == os.curdir else tuple(relative.split(os.sep))
+            if (parts or folder_may_be_video) and is_folder_of_frames(files, dirs):
+                # One video; the files and folders beside its frames are its own.
+                if dirs and _video_files_below(parent):
+                    scan.inside_frames.append(parent)
+                scan.videos.append((parent, parts[:-1]))
+                dirs[:] = []
+                continue
+            linked = [d for d in dirs if os.path.islink(os.path.join(parent, d))]
+            pending.extend(os.path.join(parent, d) for d in linked)
+            dirs[:] = [d for d in dirs if d not in linked]
+            for name in sorted(files):
+                path = os.path.join(parent, name)
+                if name.startswith("."):
+                    scan.hidden.append(path)
+                elif not name.lower().endswith(VIDEO_EXTENSIONS):
+                    scan.ignored.append(path)
+                else:
+                    scan.videos.append((path, parts))
     return scan
+
+
+def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
+    """Whether a folder of these files and (not hidden) subfolders is a folder of frames: it
+    holds frame images and no video (:func:`holds_frames`), and either no subfolder or at least
+    two numbered frames (``img_00001.jpg``), so that a class folder's stray picture
+    (``cover.jpg``) beside folders of videos does not make it one, while a folder of frames
+    with a subfolder of its own (optical flow, thumbnails) stays one."""
+    if not holds_frames(files):
+        return False
+    numbered = [
+        name
+        for name in files
+        if not name.startswith(".")
+        and name.lower().endswith(FRAME_EXTENSIONS)
+        and any(c.isdigit() for c in name)
+    ]
+    return not folders or len(numbered) >= 2
 
 
 def _folder_identity(path: str) -> tuple[int, int]:
@@ -268,14 +299,12 @@ def _folder_identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
-def _videos_below(folder: str) -> bool:
-    """Whether any folder below ``folder`` holds a video file or frame images."""
-    for parent, dirs, files in os.walk(folder, followlinks=True):
+def _video_files_below(folder: str) -> bool:
+    """Whether any folder below ``folder`` holds a video file (images below a folder of frames
+    are its own: optical flow, thumbnails)."""
+    for _, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if parent != folder and (
-            holds_frames(files)
-            or any(not n.startswith(".") and n.lower().endswith(VIDEO_EXTENSIONS) for n in files)
-        ):
+        if any(not n.startswith(".") and n.lower().endswith(VIDEO_EXTENSIONS) for n in files):
             return True
     return False
 
@@ -305,12 +334,8 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
             "VideoList %s: left out %d hidden file(s) (names starting with '.'), e.g. %s",
             folder, len(scan.hidden), scan.hidden[0],
         )  # fmt: skip
-    if scan.revisited and log:
-        logger.warning(
-            "VideoList %s: %d folder(s) reached again through a symbolic link were read once "
-            "(a link that loops back, or two links to one folder), e.g. %s",
-            folder, len(scan.revisited), scan.revisited[0],
-        )  # fmt: skip
+    if log:
+        warn_about_scan(scan, f"VideoList {folder}")
     if not videos:
         raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")
     unlabelled = [path for path, label in videos if label is None]
@@ -320,6 +345,23 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
             "every video in its class folder, or all of them directly in it (unlabelled)"
         )
     return videos
+
+
+def warn_about_scan(scan: VideoScan, source: str) -> None:
+    """Log a warning for what :func:`scan_videos` read once or left out unexpectedly."""
+    if scan.revisited:
+        logger.warning(
+            "%s: %d folder(s) reached again through a symbolic link were read once (a link that "
+            "loops back, or a second way to one folder), e.g. %s",
+            source, len(scan.revisited), scan.revisited[0],
+        )  # fmt: skip
+    if scan.inside_frames:
+        logger.warning(
+            "%s: %d folder(s) of frames have video files in folders below them, which are read "
+            "as the folder's own and left out, e.g. %s; move such videos out of folders of "
+            "frames",
+            source, len(scan.inside_frames), scan.inside_frames[0],
+        )  # fmt: skip
 
 
 def holds_frames(files: list[str]) -> bool:

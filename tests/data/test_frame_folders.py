@@ -4,6 +4,7 @@ how VideoList finds them in class folders and in mmaction2's lists."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import av
 import numpy as np
@@ -233,7 +234,7 @@ def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> 
     assert [(os.path.basename(r.path), r.label) for r in train] == [("a", -1), ("b", -1)]
 
 
-@pytest.mark.parametrize("dataset", ["UCF101", "HMDB51"])
+@pytest.mark.parametrize("dataset", ["UCF101", "HMDB51", "Kinetics400"])
 def test_official_lists_take_a_videos_folder_of_frames_where_the_file_is_absent(
     tmp_path, dataset: str
 ) -> None:
@@ -252,3 +253,16 @@ def test_official_lists_take_a_videos_folder_of_frames_where_the_file_is_absent(
     records = build_dataset(cfg, "train").records
     assert records[0].path == folder and all(os.path.isfile(r.path) for r in records[1:])
     assert probe_video(folder).num_frames == len(frames)
+
+
+def test_kinetics_folders_of_frames_left_flat_in_the_split_folder(tmp_path) -> None:
+    LAYOUTS["Kinetics400"](str(tmp_path), ["a", "b"], 2, {})
+    for label in ("a", "b"):  # every video's frames, flat in train/ as the CVDF archives unpack
+        for name in os.listdir(tmp_path / "train" / label):
+            write_frames(tmp_path / "train" / os.path.splitext(name)[0], 2)
+        shutil.rmtree(tmp_path / "train" / label)
+    cfg = tiny_cfg(**{"DATA.DATASET": "Kinetics400", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    assert len(dataset) == 2 and not dataset.missing
+    assert all(os.path.dirname(r.path) == str(tmp_path / "train") for r in dataset)
+    assert all(probe_video(r.path).num_frames == 2 for r in dataset)

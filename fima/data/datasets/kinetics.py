@@ -22,6 +22,7 @@ import csv
 import io
 import logging
 import os
+import re
 
 from fima.config.config import CfgNode
 from fima.data.datasets.build import (
@@ -99,6 +100,10 @@ def _seconds(text: str) -> int:
     return int(value)
 
 
+# A trimmed clip's name without its extension: <youtube_id>_<start:06d>_<end:06d>.
+_CLIP_NAME = re.compile(r"_\d{6}_\d{6}$")
+
+
 class _VideoFolders:
     """Which video files exist, listing each folder once (240k ``exists`` calls would not do)."""
 
@@ -125,8 +130,10 @@ class _VideoFolders:
             names = set(os.listdir(folder)) if os.path.isdir(folder) else set()
             self._files[split, ""] = (folder, names)
         folder, names = self._files[split, ""]
-        # Without label folders the videos lie flat in the split's folder, if anywhere.
-        return (folder, names) if any(name.endswith(".mp4") for name in names) else (missing, set())
+        # Without label folders the videos (or folders of their frames) lie flat in the split's
+        # folder, if anywhere.
+        flat = any(name.endswith(".mp4") or _CLIP_NAME.search(name) for name in names)
+        return (folder, names) if flat else (missing, set())
 
 
 def _csv_file(root: str, split: str) -> str:
@@ -167,9 +174,13 @@ class Kinetics400(VideoDataset):
                     f"{split_csv}:{number}: label {label!r} is not a class of {train_csv}"
                 )
             folder, files = folders.folder(str(row["split"]), label)
-            name = f"{row['youtube_id']}_{row['time_start']:06d}_{row['time_end']:06d}.mp4"
-            path = os.path.join(folder, name)
-            if name in files:
+            stem = f"{row['youtube_id']}_{row['time_start']:06d}_{row['time_end']:06d}"
+            path = os.path.join(folder, stem + ".mp4")
+            # The video, or the folder of its frames where the video is absent (mmaction2's
+            # rawframes): one listing of the folder tells both.
+            if stem + ".mp4" in files or stem in files:
+                if stem + ".mp4" not in files:
+                    path = os.path.join(folder, stem)
                 records.append(VideoRecord(path, label_of[label], group=str(row["youtube_id"])))
             else:
                 missing.append(path)

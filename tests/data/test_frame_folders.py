@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from fima.data.datasets.build import build_dataset
@@ -37,6 +38,21 @@ def test_downscaled_frames_are_the_short_side_asked_for(tmp_path) -> None:
     write_frames(tmp_path / "v", 3, size=(48, 64))
     clip = decode_frames(str(tmp_path / "v"), [0, 2], short_side=24)
     assert clip.shape == (2, 24, 32, 3) and clip.dtype == torch.uint8
+
+
+def test_large_jpeg_frames_are_decoded_at_a_reduced_scale_close_to_a_full_decode(
+    tmp_path,
+) -> None:
+    os.makedirs(tmp_path / "v")
+    rows, cols = np.mgrid[0:96, 0:128]
+    for index in range(3):  # smooth frames: what the DCT's scaling keeps
+        frame = np.stack([rows * 2 + index * 10, cols * 2, (rows + cols)], axis=2) % 256
+        Image.fromarray(frame.astype(np.uint8)).save(tmp_path / "v" / f"{index}.jpg", quality=95)
+    reduced = decode_frames(str(tmp_path / "v"), [0, 2], short_side=24)
+    assert reduced.shape == (2, 24, 32, 3)
+    full = decode_frames(str(tmp_path / "v"), [0, 2])
+    area = F.interpolate(full.permute(0, 3, 1, 2).float(), size=(24, 32), mode="area")
+    assert (reduced.permute(0, 3, 1, 2).float() - area).abs().mean() < 2.0
 
 
 def test_optical_flow_images_beside_the_frames_are_not_frames(tmp_path) -> None:

@@ -465,17 +465,18 @@ class TrainLoader:
         return self.batch_size * comm.get_world_size()
 
     def data_fingerprint(self) -> str:
-        """What the data order is drawn from: the usable training videos in the dataset's order,
-        by their paths below its root (a SHA-1; another ``DATA.ROOT`` holding the same tree has
-        the same one). Computed once."""
+        """What the data order and the windows are drawn from: the usable training videos in
+        the dataset's order, by their paths below its root and their lengths (a SHA-1; another
+        ``DATA.ROOT`` holding the same tree has the same one). Computed once."""
         if self._fingerprint is None:
             records = self.dataset.dataset.records
             root = self.dataset.dataset.root
             digest = hashlib.sha1()
             for index in self.dataset.valid:
                 path = records[index].path
+                info = self.dataset.infos[index]
                 digest.update(os.path.relpath(path, root).encode() if root else path.encode())
-                digest.update(b"\0")
+                digest.update(f"\0{info.num_frames if info else 0}\0".encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -505,12 +506,12 @@ class TrainLoader:
         if saved is not None and saved != self.data_fingerprint():
             logger.warning(
                 "The training data differ from those of the checkpoint's run (%d usable videos "
-                "then, %d now%s): the data order from here on is not the one the run would "
-                "have taken uninterrupted, and some videos of the current epoch may be seen twice "
-                "or not at all",
+                "then, %d now%s): the batches from here on are not those an uninterrupted run "
+                "would have taken, and where videos were added or removed, some of the current "
+                "epoch's may be seen twice or not at all",
                 int(state["videos"]),
                 len(self.dataset.valid),
-                ", other paths or other videos unreadable"
+                ", other paths or lengths, or other videos unreadable"
                 if int(state["videos"]) == len(self.dataset.valid)
                 else "",
             )

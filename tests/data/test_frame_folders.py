@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fima.data.datasets.build import build_dataset
+from fima.data.datasets.build import AnnotationError, build_dataset
 from fima.data.decoder import DecodeError, decode_frames, probe_video
 from fima.data.index import build_index
 from tests.conftest import tiny_cfg, write_test_video
@@ -236,10 +236,45 @@ def test_a_folder_of_frames_keeps_its_subfolders_and_says_so_of_videos_in_them(
     ]  # fmt: skip
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "1 folder(s) of frames have video files in folders below them" in warning
-    assert warning.endswith(
-        "e.g. " + str(tmp_path / "train" / "walk" / "v2") + "; move such "
-        "videos out of folders of frames"
-    )
+    assert warning.endswith("e.g. " + str(tmp_path / "train" / "walk" / "v2"))
+
+
+def test_a_video_file_wins_over_its_own_folder_of_frames_and_empty_folders_are_said(
+    tmp_path, caplog
+) -> None:
+    walk = tmp_path / "train" / "walk"
+    walk.mkdir(parents=True)
+    write_test_video(str(walk / "both.mp4"))
+    write_frames(walk / "both", 3)
+    (walk / "failed_extraction").mkdir()
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        for _ in range(2):  # said once per process, not at every build
+            dataset = build_dataset(cfg, "train")
+    assert [os.path.relpath(r.path, tmp_path) for r in dataset] == ["train/walk/both.mp4"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "1 folder(s) of frames lie beside a video file of their name" in warnings[0]
+    assert "1 empty folder(s) were left out" in warnings[1]
+
+
+def test_numbered_pictures_in_a_class_folder_are_named_in_the_error(tmp_path) -> None:
+    write_frames(tmp_path / "train" / "walk" / "v1", 2)
+    write_frames(tmp_path / "train" / "run" / "v2", 2)
+    write_frames(tmp_path / "train" / "run", 2, name="cover_{}.png")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    with pytest.raises(
+        AnnotationError, match=r"numbered images in it \(cover_1.png, cover_2.png\)"
+    ):
+        build_dataset(cfg, "train")
+
+
+def test_a_listed_video_file_that_is_absent_may_be_its_folder_of_frames(tmp_path) -> None:
+    write_frames(tmp_path / "rawframes" / "jump" / "v_jump_0", 3)
+    (tmp_path / "train.txt").write_text("rawframes/jump/v_jump_0.avi 0\n")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    (record,) = build_dataset(cfg, "train").records
+    assert record.path == str(tmp_path / "rawframes" / "jump" / "v_jump_0")
 
 
 def test_unlabelled_folders_of_frames_directly_in_the_split_folder(tmp_path) -> None:

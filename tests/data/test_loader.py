@@ -69,9 +69,11 @@ def test_resume_onto_other_training_videos_is_warned_about(tmp_path, caplog) -> 
     # One video fewer (removed, or unreadable now): the counts are named.
     (message,) = warnings_on_resume(_without_first_video)
     assert f"{state['videos']} usable videos then, {state['videos'] - 1} now)" in message
-    # As many videos, one of them another file.
+    # As many videos, one of them another file, or of another length.
     (message,) = warnings_on_resume(_first_video_renamed)
-    assert "now, other paths or other videos unreadable" in message
+    assert "now, other paths or lengths, or other videos unreadable" in message
+    (message,) = warnings_on_resume(_first_video_longer)
+    assert "now, other paths or lengths, or other videos unreadable" in message
     # A checkpoint written before the fingerprint: nothing to compare.
     caplog.clear()
     old = {k: v for k, v in state.items() if k not in ("videos", "data")}
@@ -96,6 +98,11 @@ def _moved_to(root: str):
 
 def _without_first_video(clips) -> None:
     clips.valid = clips.valid[1:]
+
+
+def _first_video_longer(clips) -> None:
+    info = clips.infos[clips.valid[0]]
+    clips.infos[clips.valid[0]] = dataclasses.replace(info, num_frames=info.num_frames + 1)
 
 
 def _first_video_renamed(clips) -> None:

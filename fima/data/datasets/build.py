@@ -88,7 +88,7 @@ class VideoDataset(Dataset):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(split={self.split!r}, videos={len(self)}, "
+            f"{self.name}(split={self.split!r}, videos={len(self)}, "
             f"classes={self.num_classes}, root={self.root!r})"
         )
 

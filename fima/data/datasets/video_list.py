@@ -37,6 +37,7 @@ from fima.data.datasets.build import (
     VideoRecord,
     read_lines,
     require_root,
+    video_or_frames,
 )
 from fima.data.decoder import FRAME_EXTENSIONS
 from fima.utils.logger import log_once
@@ -215,6 +216,9 @@ class VideoScan:
             one folder), read once.
         inside_frames: folders of frames with video files in folders below them, which are
             taken for the folder's own (left out).
+        beside_video: folders of frames beside a video file of their name (``clip/`` beside
+            ``clip.mp4``), left out for the file.
+        empty: empty folders (left out).
     """
 
     videos: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
@@ -222,6 +226,8 @@ class VideoScan:
     hidden: list[str] = field(default_factory=list)
     revisited: list[str] = field(default_factory=list)
     inside_frames: list[str] = field(default_factory=list)
+    beside_video: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
 
 def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
@@ -255,6 +261,16 @@ def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             relative = os.path.relpath(parent, folder)
             parts = () if relative == os.curdir else tuple(relative.split(os.sep))
+            if parts and not dirs and not files:
+                scan.empty.append(parent)  # a failed extraction leaves one
+                continue
+            # A video file wins over the folder of its own frames beside it (clip.mp4, clip/),
+            # as the official datasets' lists take the file.
+            stems = {os.path.splitext(n)[0] for n in files if n.lower().endswith(VIDEO_EXTENSIONS)}
+            for name in [d for d in dirs if d in stems]:
+                if _is_folder_of_frames_at(os.path.join(parent, name)):
+                    scan.beside_video.append(os.path.join(parent, name))
+                    dirs.remove(name)
             if (parts or folder_may_be_video) and is_folder_of_frames(files, dirs):
                 # One video; the files and folders beside its frames are its own.
                 if dirs and _video_files_below(parent):
@@ -292,6 +308,13 @@ def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
         and any(c.isdigit() for c in name)
     ]
     return not folders or len(numbered) >= 2
+
+
+def _is_folder_of_frames_at(path: str) -> bool:
+    """:func:`is_folder_of_frames` of the folder at ``path``."""
+    entries = [entry for entry in os.scandir(path) if not entry.name.startswith(".")]
+    files = [entry.name for entry in entries if not entry.is_dir()]
+    return is_folder_of_frames(files, [entry.name for entry in entries if entry.is_dir()])
 
 
 def _folder_identity(path: str) -> tuple[int, int]:
@@ -340,28 +363,42 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
         raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")
     unlabelled = [path for path, label in videos if label is None]
     if unlabelled and len(unlabelled) < len(videos):
+        why = ""
+        if os.path.isdir(unlabelled[0]):
+            # A class folder with numbered pictures of its own is read as a folder of frames.
+            pictures = sorted(name for name in os.listdir(unlabelled[0]) if holds_frames([name]))[
+                :3
+            ]
+            why = (
+                f", a folder read as a folder of frames for the numbered images in it "
+                f"({', '.join(pictures)}); move such pictures out of class folders"
+            )
         raise AnnotationError(
-            f"{folder}: videos directly in it (e.g. {unlabelled[0]}) and in class folders; put "
-            "every video in its class folder, or all of them directly in it (unlabelled)"
+            f"{folder}: videos directly in it (e.g. {unlabelled[0]}{why}) and in class folders; "
+            "put every video in its class folder, or all of them directly in it (unlabelled)"
         )
     return videos
 
 
 def warn_about_scan(scan: VideoScan, source: str) -> None:
-    """Log a warning for what :func:`scan_videos` read once or left out unexpectedly."""
-    if scan.revisited:
-        logger.warning(
-            "%s: %d folder(s) reached again through a symbolic link were read once (a link that "
-            "loops back, or a second way to one folder), e.g. %s",
-            source, len(scan.revisited), scan.revisited[0],
-        )  # fmt: skip
-    if scan.inside_frames:
-        logger.warning(
-            "%s: %d folder(s) of frames have video files in folders below them, which are read "
-            "as the folder's own and left out, e.g. %s; move such videos out of folders of "
-            "frames",
-            source, len(scan.inside_frames), scan.inside_frames[0],
-        )  # fmt: skip
+    """Log, once per process and source, what :func:`scan_videos` read once or left out that
+    a user would not expect."""
+    said = {
+        "revisited": "folder(s) reached again through a symbolic link were read once (a link "
+        "that loops back, or a second way to one folder)",
+        "inside_frames": "folder(s) of frames have video files in folders below them, which are "
+        "read as the folder's own and left out (move such videos out of folders of frames)",
+        "beside_video": "folder(s) of frames lie beside a video file of their name "
+        "(clip/ beside clip.mp4) and were left out for the file",
+        "empty": "empty folder(s) were left out (a failed frame extraction leaves one)",
+    }
+    for kind, words in said.items():
+        found = getattr(scan, kind)
+        if found:
+            log_once(
+                logger, logging.WARNING, ("scan", source, kind, len(found)),
+                "%s: %d %s, e.g. %s", source, len(found), words, found[0],
+            )  # fmt: skip
 
 
 def holds_frames(files: list[str]) -> bool:
@@ -462,7 +499,9 @@ class VideoList(VideoDataset):
             return None if folder is None else read_video_folder(folder, log)
         # List paths are relative to DATA.ROOT, or to the list's folder if it is empty.
         base = os.path.abspath(os.path.expanduser(cfg.DATA.ROOT) or os.path.dirname(path))
+        # A listed video file that is absent may be the folder of its frames beside it, as in
+        # the official datasets' lists.
         return [
-            (os.path.normpath(os.path.join(base, os.path.expanduser(video))), label)
-            for _, video, label in read_video_list(path)
+            (video_or_frames(os.path.normpath(os.path.join(base, os.path.expanduser(p)))), label)
+            for _, p, label in read_video_list(path)
         ]

@@ -10,7 +10,7 @@ import pytest
 from fima.config import ConfigError, validate_cfg
 from fima.data import build_dataset
 from fima.data.datasets import AnnotationError
-from tests.conftest import tiny_cfg
+from tests.conftest import tiny_cfg, write_test_video
 from tests.data.layouts import LAYOUTS
 
 CLASSES = ["brush_hair", "Archery", "yoyo"]
@@ -417,3 +417,31 @@ def test_kinetics_missing_videos_are_warned_about_once(tmp_path, caplog, monkeyp
             build_dataset(_cfg("Kinetics400", str(root)), "train")
     said = [r for r in caplog.records if "are missing and were skipped" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_kinetics_test_csv_without_labels_gives_unlabelled_videos(tmp_path) -> None:
+    # The original release's test.csv held its labels out; its videos lie flat in test/.
+    LAYOUTS["Kinetics400"](str(tmp_path), ["a", "b"], 2, {})
+    (tmp_path / "test").mkdir()
+    write_test_video(str(tmp_path / "test" / "xyz00000001_000000_000010.mp4"))
+    (tmp_path / "annotations" / "test.csv").write_text(
+        "youtube_id,time_start,time_end,split\nxyz00000001,0,10,test\nabsent00001,0,10,test\n"
+    )
+    cfg = _cfg("Kinetics400", str(tmp_path))
+    test = build_dataset(cfg, "test")
+    assert [(os.path.basename(r.path), r.label) for r in test] == [
+        ("xyz00000001_000000_000010.mp4", -1)
+    ]
+    assert test.class_names == ["a", "b"] and len(test.missing) == 1
+    # The training split's labels are still required.
+    (tmp_path / "annotations" / "train.csv").write_text(
+        "youtube_id,time_start,time_end,split\nxyz00000001,0,10,train\n"
+    )
+    with pytest.raises(AnnotationError, match="expected the header label,youtube_id"):
+        build_dataset(cfg, "train")
+
+
+def test_kinetics_without_a_test_csv_suggests_the_val_split(tmp_path) -> None:
+    LAYOUTS["Kinetics400"](str(tmp_path), ["a"], 2, {})
+    with pytest.raises(FileNotFoundError, match="DATA.TEST_SPLIT val"):
+        build_dataset(_cfg("Kinetics400", str(tmp_path)), "test")

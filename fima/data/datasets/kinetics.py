@@ -47,8 +47,15 @@ CSV_FILES = {"train": ("train.csv",), "val": ("val.csv", "validate.csv"), "test"
 COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
 
 
-def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
+def read_kinetics_csv(
+    path: str, labels_required: bool = True
+) -> list[tuple[int, dict[str, str | int]]]:
     """The rows of an official Kinetics CSV with their line numbers.
+
+    Args:
+        path: the CSV file.
+        labels_required: whether the ``label`` column must be there. Without it (the original
+            release's ``test.csv``, whose labels were held out) every row's label is ``""``.
 
     Returns:
         ``(line number, row)`` with ``row`` holding the :data:`COLUMNS`, times as ints.
@@ -64,11 +71,13 @@ def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
     with io.StringIO(read_text(path), newline="") as f:
         reader = csv.reader(f)
         header = [name.strip() for name in next(reader, [])]
-        if any(name not in header for name in COLUMNS):
+        needed = COLUMNS if labels_required else tuple(c for c in COLUMNS if c != "label")
+        if any(name not in header for name in needed):
+            optional = "" if labels_required else " (label may be left out)"
             raise AnnotationError(
-                f"{path}:1: expected the header {','.join(COLUMNS)}, got {header}"
+                f"{path}:1: expected the header {','.join(COLUMNS)}{optional}, got {header}"
             )
-        column = {name: header.index(name) for name in COLUMNS}
+        column = {name: header.index(name) for name in COLUMNS if name in header}
         for fields in reader:
             number = reader.line_num
             if not any(field.strip() for field in fields):
@@ -78,7 +87,9 @@ def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
                     f"{path}:{number}: expected {len(header)} comma-separated fields "
                     f"({','.join(header)}), got {len(fields)}"
                 )
-            row: dict[str, str | int] = {name: fields[column[name]].strip() for name in COLUMNS}
+            row: dict[str, str | int] = {
+                name: fields[column[name]].strip() if name in column else "" for name in COLUMNS
+            }
             try:
                 row["time_start"] = _seconds(str(row["time_start"]))
                 row["time_end"] = _seconds(str(row["time_end"]))
@@ -87,7 +98,8 @@ def read_kinetics_csv(path: str) -> list[tuple[int, dict[str, str | int]]]:
                     f"{path}:{number}: time_start and time_end must be whole seconds, got "
                     f"{fields[column['time_start']]!r}, {fields[column['time_end']]!r}"
                 ) from None
-            if not row["label"] or not row["youtube_id"] or not row["split"]:
+            empty_label = "label" in column and not row["label"]
+            if empty_label or not row["youtube_id"] or not row["split"]:
                 raise AnnotationError(f"{path}:{number}: empty label, youtube_id or split")
             rows.append((number, row))
     return rows
@@ -141,7 +153,10 @@ def _csv_file(root: str, split: str) -> str:
     for name in CSV_FILES[split]:
         if os.path.isfile(os.path.join(annotations, name)):
             return os.path.join(annotations, name)
-    return require_file(os.path.join(annotations, CSV_FILES[split][0]), LAYOUT)
+    hint = ""
+    if split == "test":
+        hint = " (without it, evaluate on the val split: DATA.TEST_SPLIT val)"
+    return require_file(os.path.join(annotations, CSV_FILES[split][0]), LAYOUT + hint)
 
 
 @DATASET_REGISTRY.register()
@@ -164,12 +179,15 @@ class Kinetics400(VideoDataset):
         train_rows = read_kinetics_csv(train_csv)
         class_names = sorted({str(row["label"]) for _, row in train_rows})
         label_of = {name: i for i, name in enumerate(class_names)}
-        rows = train_rows if split == "train" else read_kinetics_csv(split_csv)
+        # An evaluation split may come without labels (the original test.csv): unlabelled
+        # videos (-1), found flat in the split's folder; an evaluation that needs labels says so
+        # at start-up.
+        rows = train_rows if split == "train" else read_kinetics_csv(split_csv, False)
         folders = _VideoFolders(root)
         records, missing = [], []
         for number, row in rows:
             label = str(row["label"])
-            if label not in label_of:
+            if label and label not in label_of:
                 raise AnnotationError(
                     f"{split_csv}:{number}: label {label!r} is not a class of {train_csv}"
                 )
@@ -181,7 +199,8 @@ class Kinetics400(VideoDataset):
             if stem + ".mp4" in files or stem in files:
                 if stem + ".mp4" not in files:
                     path = os.path.join(folder, stem)
-                records.append(VideoRecord(path, label_of[label], group=str(row["youtube_id"])))
+                index = label_of[label] if label else -1
+                records.append(VideoRecord(path, index, group=str(row["youtube_id"])))
             else:
                 missing.append(path)
         if missing:  # once, not at every build of the split

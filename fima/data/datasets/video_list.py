@@ -312,7 +312,8 @@ def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
 
 def _is_folder_of_frames_at(path: str) -> bool:
     """:func:`is_folder_of_frames` of the folder at ``path``."""
-    entries = [entry for entry in os.scandir(path) if not entry.name.startswith(".")]
+    with os.scandir(path) as scan:
+        entries = [entry for entry in scan if not entry.name.startswith(".")]
     files = [entry.name for entry in entries if not entry.is_dir()]
     return is_folder_of_frames(files, [entry.name for entry in entries if entry.is_dir()])
 
@@ -324,8 +325,8 @@ def _folder_identity(path: str) -> tuple[int, int]:
 
 def _video_files_below(folder: str) -> bool:
     """Whether any folder below ``folder`` holds a video file (images below a folder of frames
-    are its own: optical flow, thumbnails)."""
-    for _, dirs, files in os.walk(folder, followlinks=True):
+    are its own: optical flow, thumbnails). Links are not followed: one may loop back."""
+    for _, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         if any(not n.startswith(".") and n.lower().endswith(VIDEO_EXTENSIONS) for n in files):
             return True

@@ -206,7 +206,10 @@ def test_class_folders_with_links_flow_subfolders_and_stray_pictures(tmp_path, c
         ("train/run/cam1/day1/v2", 0), ("train/walk/v1", 1),
     ]  # fmt: skip
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert "2 folder(s) reached again through a symbolic link were read once" in warning
+    assert (
+        "2 folder(s) or video file(s) reached again through a symbolic link were read once"
+        in warning
+    )
 
 
 def test_a_link_to_another_class_folder_leaves_its_videos_in_their_class(tmp_path) -> None:
@@ -237,6 +240,39 @@ def test_a_folder_of_frames_keeps_its_subfolders_and_says_so_of_videos_in_them(
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "1 folder(s) of frames have video files in folders below them" in warning
     assert warning.endswith("e.g. " + str(tmp_path / "train" / "walk" / "v2"))
+
+
+def test_links_above_the_split_folder_and_second_links_to_a_video_are_read_once(
+    tmp_path, caplog
+) -> None:
+    for split in ("train", "test"):
+        for label in ("run", "walk"):
+            (tmp_path / split / label).mkdir(parents=True)
+            write_test_video(str(tmp_path / split / label / f"{split}_{label}.mp4"))
+    # Up to the dataset root: the other split must not leak in.
+    os.symlink(tmp_path, tmp_path / "test" / "walk" / "loop")
+    # A second name for a video of another class.
+    os.symlink(tmp_path / "test" / "run" / "test_run.mp4", tmp_path / "test" / "walk" / "alias.mp4")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    with caplog.at_level("INFO", logger="fima.data.datasets.video_list"):
+        test = build_dataset(cfg, "test")
+    assert [(os.path.relpath(r.path, tmp_path), r.label) for r in test] == [
+        ("test/run/test_run.mp4", 0), ("test/walk/test_walk.mp4", 1),
+    ]  # fmt: skip
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "2 folder(s) or video file(s) reached again" in warning
+
+
+def test_class_folders_whose_pictures_are_fewer_than_their_videos_stay_class_folders(
+    tmp_path,
+) -> None:
+    for label in ("run", "walk"):
+        for video in ("a", "b"):
+            write_frames(tmp_path / "train" / label / video, 3)
+        write_frames(tmp_path / "train" / label, 2, name="cover_{}.png")
+    cfg = tiny_cfg(**{"DATA.DATASET": "VideoList", "DATA.ROOT": str(tmp_path)})
+    dataset = build_dataset(cfg, "train")
+    assert dataset.class_names == ["run", "walk"] and len(dataset) == 4
 
 
 def test_a_video_file_wins_over_its_own_folder_of_frames_and_empty_folders_are_said(

@@ -212,8 +212,8 @@ class VideoScan:
             those reached through symbolic links, in the order the links were found.
         ignored: files that are not videos.
         hidden: hidden files (names starting with ``.``).
-        revisited: folders reached again (through a link that loops back, or a second way to
-            one folder), read once.
+        revisited: folders and video files reached again (through a link that loops back or
+            leads above the folder, or a second way to one), read once.
         inside_frames: folders of frames with video files in folders below them, which are
             taken for the folder's own (left out).
         beside_video: folders of frames beside a video file of their name (``clip/`` beside
@@ -247,13 +247,20 @@ def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
         The videos, and the files and folders left out.
     """
     folder = os.path.abspath(folder)
+    real_folder = os.path.realpath(folder)
     scan = VideoScan()
     seen: set[tuple[int, int]] = set()
     pending = [folder]  # the folder, then the links found below it, in order
+    linked_files: list[tuple[str, tuple[str, ...]]] = []  # video files that are links
+    seen_files: set[tuple[int, int]] = set()
     while pending:
         for parent, dirs, files in os.walk(pending.pop(0)):
             identity = _folder_identity(parent)
-            if identity in seen:
+            target = os.path.realpath(parent)
+            # A link up to the folder or above it is a loop, whatever else it reaches (the
+            # other split, from one split's class folder).
+            above = real_folder == target or real_folder.startswith(target.rstrip(os.sep) + os.sep)
+            if identity in seen or (parent != folder and above):
                 scan.revisited.append(parent)
                 dirs[:] = []
                 continue
@@ -287,17 +294,32 @@ def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
                     scan.hidden.append(path)
                 elif not name.lower().endswith(VIDEO_EXTENSIONS):
                     scan.ignored.append(path)
+                elif os.path.islink(path):
+                    linked_files.append((path, parts))  # after the files themselves
                 else:
+                    seen_files.add(_folder_identity(path))
                     scan.videos.append((path, parts))
+    for path, parts in linked_files:
+        try:
+            identity = _folder_identity(path)
+        except OSError:  # a broken link: a missing video, reported as a bad one
+            scan.videos.append((path, parts))
+            continue
+        if identity in seen_files:
+            scan.revisited.append(path)
+        else:
+            seen_files.add(identity)
+            scan.videos.append((path, parts))
     return scan
 
 
 def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
     """Whether a folder of these files and (not hidden) subfolders is a folder of frames: it
-    holds frame images and no video (:func:`holds_frames`), and either no subfolder or at least
-    two numbered frames (``img_00001.jpg``), so that a class folder's stray picture
-    (``cover.jpg``) beside folders of videos does not make it one, while a folder of frames
-    with a subfolder of its own (optical flow, thumbnails) stays one."""
+    holds frame images and no video (:func:`holds_frames`), and either no subfolder or more
+    numbered frames (``img_00001.jpg``) than subfolders, and at least two: a class folder's stray
+    pictures (``cover.jpg``, ``cover_1.jpg`` and ``cover_2.jpg``) beside its folders of videos
+    do not make it one, while a folder of frames with a subfolder or two of its own (optical
+    flow, thumbnails) stays one."""
     if not holds_frames(files):
         return False
     numbered = [
@@ -307,7 +329,7 @@ def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
         and name.lower().endswith(FRAME_EXTENSIONS)
         and any(c.isdigit() for c in name)
     ]
-    return not folders or len(numbered) >= 2
+    return not folders or len(numbered) > max(len(folders), 1)
 
 
 def _is_folder_of_frames_at(path: str) -> bool:
@@ -319,6 +341,7 @@ def _is_folder_of_frames_at(path: str) -> bool:
 
 
 def _folder_identity(path: str) -> tuple[int, int]:
+    """A folder's or file's identity on its file system, whatever link reached it."""
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino
 
@@ -349,12 +372,14 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     scan = scan_videos(folder)
     videos = [(path, parts[0] if parts else None) for path, parts in scan.videos]
     if scan.ignored and log:
-        logger.info(
+        log_once(
+            logger, logging.INFO, ("not videos", folder, len(scan.ignored)),
             "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
             folder, len(scan.ignored), ", ".join(VIDEO_EXTENSIONS), scan.ignored[0],
         )  # fmt: skip
     if scan.hidden and log:
-        logger.info(
+        log_once(
+            logger, logging.INFO, ("hidden", folder, len(scan.hidden)),
             "VideoList %s: left out %d hidden file(s) (names starting with '.'), e.g. %s",
             folder, len(scan.hidden), scan.hidden[0],
         )  # fmt: skip
@@ -372,7 +397,8 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
             ]
             why = (
                 f", a folder read as a folder of frames for the numbered images in it "
-                f"({', '.join(pictures)}); move such pictures out of class folders"
+                f"({', '.join(pictures)}): a class folder's own pictures belong elsewhere, and a "
+                "video in its class folder"
             )
         raise AnnotationError(
             f"{folder}: videos directly in it (e.g. {unlabelled[0]}{why}) and in class folders; "
@@ -385,8 +411,9 @@ def warn_about_scan(scan: VideoScan, source: str) -> None:
     """Log, once per process and source, what :func:`scan_videos` read once or left out that
     a user would not expect."""
     said = {
-        "revisited": "folder(s) reached again through a symbolic link were read once (a link "
-        "that loops back, or a second way to one folder)",
+        "revisited": "folder(s) or video file(s) reached again through a symbolic link were "
+        "read once (a link that loops back or leads above the searched folder, or a second way "
+        "to one)",
         "inside_frames": "folder(s) of frames have video files in folders below them, which are "
         "read as the folder's own and left out (move such videos out of folders of frames)",
         "beside_video": "folder(s) of frames lie beside a video file of their name "

@@ -64,8 +64,10 @@ def labelled_dataset(cfg: CfgNode, split: str, purpose: str) -> VideoDataset:
     dataset = build_dataset(cfg, split)
     unlabelled = sum(record.label < 0 for record in dataset.records)
     if unlabelled:
+        key = "DATA.TEST_SPLIT" if split == cfg.DATA.TEST_SPLIT else "DATA.TRAIN_SPLIT"
         raise ConfigError(
-            f"{purpose} needs labels, but {dataset!r} has {unlabelled} videos without a label"
+            f"{purpose} needs labels, but {dataset!r} has {unlabelled} videos without a label; "
+            f"label them, or name a labelled split in {key}"
         )
     return dataset
 

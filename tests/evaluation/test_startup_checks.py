@@ -76,6 +76,8 @@ def test_retrieval_of_unlabelled_queries_is_an_error_not_zero_recall(tmp_path, v
     model = build_model(cfg).eval()
     with pytest.raises(ConfigError, match=r"^RetrievalEvaluator needs labels, but VideoList\(spl"):
         check_evaluator(build_classifier_evaluator(cfg), model)
+    with pytest.raises(ConfigError, match=r"name a labelled split in DATA\.(TEST|TRAIN)_SPLIT$"):
+        check_evaluator(build_classifier_evaluator(cfg), model)
 
 
 def test_motion_sensitivity_of_unlabelled_videos_leaves_out_only_the_static_probe(

@@ -499,8 +499,8 @@ class TrainLoader:
         ``SOLVER.ACCUM_STEPS`` (or number of processes, or ``IMS_PER_BATCH``) takes batches of
         another size and continues where the data order stopped instead of skipping or
         repeating part of an epoch. Training videos that differ from those the saved loader
-        drew from (added, removed, renamed or become unreadable) are warned about: the run
-        goes on, in an order that an uninterrupted run would not have taken.
+        drew from (added, removed, renamed, become unreadable or of another length) are warned
+        about: the run goes on, with batches that an uninterrupted run would not have taken.
         """
         saved = state.get("data")
         if saved is not None and saved != self.data_fingerprint():

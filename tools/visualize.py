@@ -25,7 +25,7 @@ import sys
 from fima.checkpoint import CheckpointMismatchError, CheckpointReadError
 from fima.checkpoint.backbone_weights import weights_problem
 from fima.config.validation import validate_cfg_without_data
-from fima.data.datasets.video_list import scan_videos, warn_about_scan
+from fima.data.datasets.video_list import report_scan, scan_videos
 from fima.data.decoder import DecodeError
 from fima.engine.defaults import (
     OptionsFirstArgumentParser,
@@ -97,7 +97,7 @@ def find_videos(path: str) -> list[str]:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--input {path}: no such file or directory")
     scan = scan_videos(path, folder_may_be_video=True)
-    warn_about_scan(scan, f"--input {path}")
+    report_scan(scan, f"--input {path}")
     return sorted(video for video, _ in scan.videos)
 
 

@@ -28,12 +28,13 @@ So is an animated GIF's frame ``i`` its ``i``-th image, whatever the images' del
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -289,6 +290,17 @@ def _natural_key(name: str) -> list[str | int]:
     return [int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(name.lower()))]
 
 
+def is_frame_name(name: str) -> bool:
+    """Whether a file of this name can be a frame of a folder of frames: an image
+    (:data:`FRAME_EXTENSIONS`), not hidden, not optical flow (``flow_x_00001.jpg``)."""
+    lower = name.lower()
+    return (
+        not name.startswith(".")
+        and lower.endswith(FRAME_EXTENSIONS)
+        and not lower.startswith("flow")
+    )
+
+
 def frame_files(folder: str) -> list[str]:
     """The frames of a folder of frames, in order: its images (:data:`FRAME_EXTENSIONS`, not
     hidden) sorted by name with numbers compared as numbers.
@@ -313,13 +325,7 @@ def frame_files(folder: str) -> list[str]:
         raise DecodeError("file not found") from None
     except OSError as err:
         raise DecodeError(f"cannot list the folder of frames: {_reason(err)}") from None
-    images = [
-        name
-        for name in names
-        if not name.startswith(".")
-        and name.lower().endswith(FRAME_EXTENSIONS)
-        and not name.lower().startswith("flow")
-    ]
+    images = [name for name in names if is_frame_name(name)]
     if not images:
         raise DecodeError(
             f"a folder without frame images ({', '.join(FRAME_EXTENSIONS)}) is not a video"
@@ -330,13 +336,13 @@ def frame_files(folder: str) -> list[str]:
             f"the folder holds images of {len(templates)} name patterns ({', '.join(templates)}, "
             "# for a number): keep one video's frames, of one pattern, per folder"
         )
-    images.sort(key=lambda name: (_natural_key(name), name))
-    for previous, name in zip(images, images[1:]):
-        if _natural_key(previous) == _natural_key(name):
+    keyed = sorted((_natural_key(name), name) for name in images)
+    for (previous_key, previous), (key, name) in zip(keyed, keyed[1:]):
+        if previous_key == key:
             raise DecodeError(
                 f"two frames have one number ({previous}, {name}): their order is unknown"
             )
-    return [os.path.join(folder, name) for name in images]
+    return [os.path.join(folder, name) for _, name in keyed]
 
 
 def is_frame_folder(path: str) -> bool:
@@ -358,16 +364,24 @@ def _read_image(path: str, short_side: int = 0) -> np.ndarray:
     Raises:
         DecodeError: the image cannot be read (corrupt, truncated, not an image).
     """
+    with _open_image(path) as image:
+        if short_side and image.format == "JPEG":
+            height, width = short_side_size(image.height, image.width, short_side)
+            if (height, width) != (image.height, image.width):
+                image.draft("RGB", (width, height))
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I") or upright.mode == "F":
+            return _high_depth_to_rgb(upright, path)
+        return np.asarray(upright.convert("RGB"))
+
+
+@contextlib.contextmanager
+def _open_image(path: str) -> Iterator[Image.Image]:
+    """Pillow's ``Image.open``, whose errors, there or in the ``with`` body that reads the
+    image, become a :class:`DecodeError` naming the image."""
     try:
         with Image.open(path) as image:
-            if short_side and image.format == "JPEG":
-                height, width = short_side_size(image.height, image.width, short_side)
-                if (height, width) != (image.height, image.width):
-                    image.draft("RGB", (width, height))
-            upright = ImageOps.exif_transpose(image)
-            if upright.mode.startswith("I") or upright.mode == "F":
-                return _high_depth_to_rgb(upright, path)
-            return np.asarray(upright.convert("RGB"))
+            yield image
     except _IMAGE_ERRORS as err:
         raise DecodeError(f"{os.path.basename(path)}: cannot read the image: {err}") from None
 
@@ -395,13 +409,10 @@ def _probe_frame_folder(folder: str) -> VideoInfo:
     """A folder of frames' count and size (of its first image, upright); it has no frame rate,
     so ``fps`` is 0 (fima samples frames by index)."""
     files = frame_files(folder)
-    try:
-        with Image.open(files[0]) as image:  # reads the header, decodes nothing
-            width, height = image.size
-            if image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURN_ORIENTATIONS:
-                width, height = height, width
-    except _IMAGE_ERRORS as err:
-        raise DecodeError(f"{os.path.basename(files[0])}: cannot read the image: {err}") from None
+    with _open_image(files[0]) as image:  # reads the header, decodes nothing
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURN_ORIENTATIONS:
+            width, height = height, width
     return VideoInfo(num_frames=len(files), fps=0.0, width=width, height=height)
 
 

@@ -197,9 +197,9 @@ def test_video_list_class_folders_share_class_indices_across_splits(tmp_path, ca
         train = build_dataset(cfg, "train")
     # Logged for the split being built only.
     left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert len(left_out) == 2 and "train: left out 1 file(s) that are not videos" in left_out[0]
+    assert len(left_out) == 2 and "train: 1 file(s) that are not videos (" in left_out[0]
     # A hidden video is not called a file that is not a video.
-    assert "left out 1 hidden file(s) (names starting with '.'), e.g." in left_out[1]
+    assert "train: 1 hidden file(s) (names starting with '.') were left out, e.g." in left_out[1]
     assert left_out[1].endswith(".hidden.mp4")
     test = build_dataset(cfg, "test")
     # The classes of both splits, sorted: "jump" has test videos only and still has index 0.

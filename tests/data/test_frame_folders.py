@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from fima.data.datasets.build import AnnotationError, build_dataset
 from fima.data.decoder import DecodeError, decode_frames, probe_video
@@ -41,15 +41,24 @@ def test_downscaled_frames_are_the_short_side_asked_for(tmp_path) -> None:
 
 
 def test_large_jpeg_frames_are_decoded_at_a_reduced_scale_close_to_a_full_decode(
-    tmp_path,
+    tmp_path, monkeypatch
 ) -> None:
     os.makedirs(tmp_path / "v")
     rows, cols = np.mgrid[0:96, 0:128]
     for index in range(3):  # smooth frames: what the DCT's scaling keeps
         frame = np.stack([rows * 2 + index * 10, cols * 2, (rows + cols)], axis=2) % 256
         Image.fromarray(frame.astype(np.uint8)).save(tmp_path / "v" / f"{index}.jpg", quality=95)
+    asked: list[tuple[int, int]] = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recorded_draft(image, mode, size):
+        asked.append(size)
+        return draft(image, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recorded_draft)
     reduced = decode_frames(str(tmp_path / "v"), [0, 2], short_side=24)
-    assert reduced.shape == (2, 24, 32, 3)
+    assert reduced.shape == (2, 24, 32, 3) and asked == [(32, 24), (32, 24)]
+    monkeypatch.undo()
     full = decode_frames(str(tmp_path / "v"), [0, 2])
     area = F.interpolate(full.permute(0, 3, 1, 2).float(), size=(24, 32), mode="area")
     assert (reduced.permute(0, 3, 1, 2).float() - area).abs().mean() < 2.0

@@ -39,7 +39,7 @@ from fima.data.datasets.build import (
     require_root,
     video_or_frames,
 )
-from fima.data.decoder import FRAME_EXTENSIONS
+from fima.data.decoder import is_frame_name
 from fima.utils.logger import log_once
 
 logger = logging.getLogger(__name__)
@@ -254,13 +254,18 @@ def scan_videos(folder: str, folder_may_be_video: bool = False) -> VideoScan:
     linked_files: list[tuple[str, tuple[str, ...]]] = []  # video files that are links
     seen_files: set[tuple[int, int]] = set()
     while pending:
-        for parent, dirs, files in os.walk(pending.pop(0)):
-            identity = _folder_identity(parent)
-            target = os.path.realpath(parent)
+        top = pending.pop(0)
+        if top != folder:
             # A link up to the folder or above it is a loop, whatever else it reaches (the
-            # other split, from one split's class folder).
-            above = real_folder == target or real_folder.startswith(target.rstrip(os.sep) + os.sep)
-            if identity in seen or (parent != folder and above):
+            # other split, from one split's class folder). Only a link's target can contain
+            # the folder: what lies below it was reached without a link.
+            target = os.path.realpath(top)
+            if real_folder == target or real_folder.startswith(target.rstrip(os.sep) + os.sep):
+                scan.revisited.append(top)
+                continue
+        for parent, dirs, files in os.walk(top):
+            identity = _folder_identity(parent)
+            if identity in seen:
                 scan.revisited.append(parent)
                 dirs[:] = []
                 continue
@@ -322,14 +327,7 @@ def is_folder_of_frames(files: list[str], folders: list[str]) -> bool:
     flow, thumbnails) stays one."""
     if not holds_frames(files):
         return False
-    numbered = [
-        name
-        for name in files
-        if not name.startswith(".")
-        and name.lower().endswith(FRAME_EXTENSIONS)
-        and any(c.isdigit() for c in name)
-    ]
-    return not folders or len(numbered) > max(len(folders), 1)
+    return not folders or len(_numbered_frames(files)) > max(len(folders), 1)
 
 
 def _is_folder_of_frames_at(path: str) -> bool:
@@ -371,20 +369,8 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     folder = os.path.abspath(folder)
     scan = scan_videos(folder)
     videos = [(path, parts[0] if parts else None) for path, parts in scan.videos]
-    if scan.ignored and log:
-        log_once(
-            logger, logging.INFO, ("not videos", folder, len(scan.ignored)),
-            "VideoList %s: left out %d file(s) that are not videos (%s), e.g. %s",
-            folder, len(scan.ignored), ", ".join(VIDEO_EXTENSIONS), scan.ignored[0],
-        )  # fmt: skip
-    if scan.hidden and log:
-        log_once(
-            logger, logging.INFO, ("hidden", folder, len(scan.hidden)),
-            "VideoList %s: left out %d hidden file(s) (names starting with '.'), e.g. %s",
-            folder, len(scan.hidden), scan.hidden[0],
-        )  # fmt: skip
     if log:
-        warn_about_scan(scan, f"VideoList {folder}")
+        report_scan(scan, f"VideoList {folder}")
     if not videos:
         raise AnnotationError(f"{folder}: no videos in it or in class folders below it ({LAYOUT})")
     unlabelled = [path for path, label in videos if label is None]
@@ -392,9 +378,7 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
         why = ""
         if os.path.isdir(unlabelled[0]):
             # A class folder with numbered pictures of its own is read as a folder of frames.
-            pictures = sorted(name for name in os.listdir(unlabelled[0]) if holds_frames([name]))[
-                :3
-            ]
+            pictures = sorted(_numbered_frames(os.listdir(unlabelled[0])))[:3]
             why = (
                 f", a folder read as a folder of frames for the numbered images in it "
                 f"({', '.join(pictures)}): a class folder's own pictures belong elsewhere, and a "
@@ -407,10 +391,13 @@ def read_video_folder(folder: str, log: bool = True) -> list[tuple[str, str | No
     return videos
 
 
-def warn_about_scan(scan: VideoScan, source: str) -> None:
-    """Log, once per process and source, what :func:`scan_videos` read once or left out that
-    a user would not expect."""
+def report_scan(scan: VideoScan, source: str) -> None:
+    """Log, once per process and source, what :func:`scan_videos` left out or read once: the
+    files that are not videos and the hidden ones at INFO, the rest, which a user would not
+    expect, as warnings."""
     said = {
+        "ignored": f"file(s) that are not videos ({', '.join(VIDEO_EXTENSIONS)}) were left out",
+        "hidden": "hidden file(s) (names starting with '.') were left out",
         "revisited": "folder(s) or video file(s) reached again through a symbolic link were "
         "read once (a link that loops back or leads above the searched folder, or a second way "
         "to one)",
@@ -423,19 +410,24 @@ def warn_about_scan(scan: VideoScan, source: str) -> None:
     for kind, words in said.items():
         found = getattr(scan, kind)
         if found:
+            level = logging.INFO if kind in ("ignored", "hidden") else logging.WARNING
             log_once(
-                logger, logging.WARNING, ("scan", source, kind, len(found)),
+                logger, level, ("scan", source, kind, len(found)),
                 "%s: %d %s, e.g. %s", source, len(found), words, found[0],
             )  # fmt: skip
 
 
 def holds_frames(files: list[str]) -> bool:
-    """Whether a folder's files make it a folder of frames: frame images (not hidden, not
-    optical flow; see :func:`~fima.data.decoder.frame_files`) and no video file."""
-    names = [name.lower() for name in files if not name.startswith(".")]
-    return any(
-        name.endswith(FRAME_EXTENSIONS) and not name.startswith("flow") for name in names
-    ) and not any(name.endswith(VIDEO_EXTENSIONS) for name in names)
+    """Whether a folder's files make it a folder of frames: frame images
+    (:func:`~fima.data.decoder.is_frame_name`) and no video file."""
+    return any(is_frame_name(name) for name in files) and not any(
+        not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS) for name in files
+    )
+
+
+def _numbered_frames(files: list[str]) -> list[str]:
+    """The frame images whose names hold a number (``img_00001.jpg``, ``cover_1.jpg``)."""
+    return [name for name in files if is_frame_name(name) and any(c.isdigit() for c in name)]
 
 
 def class_names_of(labels: list[str]) -> list[str]:
